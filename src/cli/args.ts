@@ -1,0 +1,54 @@
+/**
+ * A small argument parser for cellfinder-style flags: `--flag value`,
+ * `--flag=value`, boolean switches, and flags taking several values
+ * (`--voxel-sizes 5 2 2`, `-y a.yaml b.yaml`), as cellfinder's argparse has.
+ */
+export interface FlagSpec {
+  /** Long name without dashes. */
+  name: string;
+  short?: string;
+  /** Number of values: 0 = switch, 1 = one value, '+' = one or more. */
+  values: 0 | 1 | 3 | '+';
+}
+
+export interface ParsedArgs {
+  flags: Map<string, string[]>;
+  positionals: string[];
+}
+
+export class UsageError extends Error {}
+
+export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[]): ParsedArgs {
+  const flags = new Map<string, string[]>();
+  const positionals: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (!arg.startsWith('-') || arg === '-') {
+      positionals.push(arg);
+      continue;
+    }
+    const [rawName, inline] = arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
+    const spec = specs.find((s) => `--${s.name}` === rawName || (s.short && `-${s.short}` === rawName));
+    if (!spec) throw new UsageError(`unknown option ${rawName}`);
+    if (spec.values === 0) {
+      if (inline !== undefined) throw new UsageError(`${rawName} takes no value`);
+      flags.set(spec.name, []);
+      continue;
+    }
+    const values: string[] = inline !== undefined ? inline.split(',') : [];
+    while (inline === undefined && i + 1 < argv.length && !isFlag(argv[i + 1])) {
+      values.push(argv[++i]);
+      if (spec.values !== '+' && values.length === spec.values) break;
+    }
+    if (values.length === 0 || (spec.values !== '+' && values.length !== spec.values)) {
+      throw new UsageError(`${rawName} needs ${spec.values === '+' ? 'one or more values' : `${spec.values} value(s)`}`);
+    }
+    flags.set(spec.name, [...(flags.get(spec.name) ?? []), ...values]);
+  }
+  return { flags, positionals };
+}
+
+/** A negative number is a value, not a flag. */
+function isFlag(arg: string): boolean {
+  return arg.startsWith('-') && !/^-\d/.test(arg);
+}

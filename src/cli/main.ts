@@ -1,0 +1,248 @@
+/**
+ * `cellfinder-retrain`: the command line over the same core as the extension.
+ * Results go to stdout (text, or JSON with --json); progress and warnings go
+ * to stderr. Exit codes: 0 success, 1 data problem (validation failed, bad
+ * file), 2 usage error.
+ */
+import { existsSync } from 'node:fs';
+import * as path from 'node:path';
+import { CUBE_SHAPE } from '../core/cube';
+import { summarizeTrainingYaml, TrainingDataset, validateTrainingYaml, type DatasetSummary } from '../core/dataset';
+import { DataFileError } from '../core/errors';
+import { cuboidShape, type VoxelSizes } from '../core/extraction';
+import { extractToDataset } from '../core/extractToDataset';
+import { mergeTrainingYamls } from '../core/merge';
+import type { CubeLabel } from '../core/trainingYaml';
+import { parseArgs, UsageError, type FlagSpec } from './args';
+
+const USAGE = `cellfinder-retrain: build and check cellfinder training data
+
+Commands:
+  extract --signal <planes dir|tif> [--background <planes dir|tif>] --points <xml>
+          --output-dir <dir> [--voxel-sizes Z Y X] [--label cell|no_cell] [--json]
+      Cut network cubes (20x50x50) around the points into a training dataset
+      (cells/, non_cells/, training.yaml). Voxel sizes are the data's, in µm;
+      without them no rescaling is done. Each point's Cell Counter type gives
+      its label (2 = cell, 1 = non-cell) unless --label is given.
+  dataset create <dir> [--no-background]
+  dataset info <training.yaml|dir> [--json]
+  dataset validate <training.yaml|dir> [--json]
+  dataset merge -y <training.yaml>... --output-dir <dir> [--json]
+  demo [--output-dir <dir>]
+      Extract the bundled sample candidates and print the dataset summary.
+
+Exit codes: 0 ok, 1 data problem, 2 usage error.`;
+
+interface Io {
+  out: (text: string) => void;
+  err: (text: string) => void;
+}
+
+const defaultIo: Io = {
+  out: (text) => process.stdout.write(`${text}\n`),
+  err: (text) => process.stderr.write(`${text}\n`),
+};
+
+export async function main(argv: readonly string[], io: Io = defaultIo): Promise<number> {
+  try {
+    const [command, ...rest] = argv;
+    switch (command) {
+      case 'extract':
+        return await extractCommand(rest, io);
+      case 'dataset':
+        return await datasetCommand(rest, io);
+      case 'demo':
+        return await demoCommand(rest, io);
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        io.out(USAGE);
+        return command === undefined ? 2 : 0;
+      default:
+        throw new UsageError(`unknown command "${command}"`);
+    }
+  } catch (error) {
+    if (error instanceof UsageError) {
+      io.err(`error: ${error.message}\n\n${USAGE}`);
+      return 2;
+    }
+    if (error instanceof DataFileError) {
+      io.err(`error: ${error.message}`);
+      return 1;
+    }
+    io.err(`error: ${(error as Error)?.stack ?? String(error)}`);
+    return 1;
+  }
+}
+
+const EXTRACT_FLAGS: FlagSpec[] = [
+  { name: 'signal', short: 's', values: 1 },
+  { name: 'background', short: 'b', values: 1 },
+  { name: 'points', values: 1 },
+  { name: 'output-dir', short: 'o', values: 1 },
+  { name: 'voxel-sizes', short: 'v', values: 3 },
+  { name: 'label', values: 1 },
+  { name: 'json', values: 0 },
+];
+
+function one(flags: Map<string, string[]>, name: string, required: true): string;
+function one(flags: Map<string, string[]>, name: string, required?: false): string | undefined;
+function one(flags: Map<string, string[]>, name: string, required = false): string | undefined {
+  const value = flags.get(name)?.[0];
+  if (required && value === undefined) throw new UsageError(`--${name} is required`);
+  return value;
+}
+
+function parseVoxelSizes(values: string[] | undefined): VoxelSizes | undefined {
+  if (!values) return undefined;
+  const sizes = values.map(Number);
+  if (sizes.length !== 3 || sizes.some((s) => !Number.isFinite(s) || s <= 0)) {
+    throw new UsageError('--voxel-sizes needs three positive numbers: Z Y X in µm');
+  }
+  return sizes as unknown as VoxelSizes;
+}
+
+async function extractCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parseArgs(argv, EXTRACT_FLAGS);
+  if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+  const label = one(flags, 'label');
+  if (label !== undefined && label !== 'cell' && label !== 'no_cell') throw new UsageError('--label must be cell or no_cell');
+  const voxelSizes = parseVoxelSizes(flags.get('voxel-sizes'));
+  const json = flags.has('json');
+  let lastPercent = -1;
+  const report = await extractToDataset({
+    signal: one(flags, 'signal', true),
+    background: one(flags, 'background'),
+    points: one(flags, 'points', true),
+    outputDir: one(flags, 'output-dir', true),
+    voxelSizes,
+    label: label as CubeLabel | undefined,
+    onProgress: (done, total) => {
+      const percent = total === 0 ? 100 : Math.floor((100 * done) / total);
+      if (percent !== lastPercent) io.err(`extracting cubes: ${done}/${total} (${percent}%)`);
+      lastPercent = percent;
+    },
+  });
+  for (const warning of report.warnings) io.err(`warning: ${warning}`);
+  if (json) {
+    io.out(JSON.stringify(report, null, 2));
+    return 0;
+  }
+  const cuboid = cuboidShape(voxelSizes);
+  io.out(`Cubes written to ${path.dirname(report.yamlFile)} (training.yaml: ${report.yamlFile})`);
+  io.out(`  cuboid in data voxels (z, y, x): ${cuboid.join(' x ')} -> network cube ${CUBE_SHAPE.depth} x ${CUBE_SHAPE.height} x ${CUBE_SHAPE.width}${voxelSizes ? ` (rescaled from ${voxelSizes.join(', ')} µm)` : ' (no rescaling)'}`);
+  io.out(`  added ${report.added}, already present ${report.alreadyPresent}, skipped ${report.skipped.length}${report.unlabelledTypes ? `, ${report.unlabelledTypes} point(s) of other Cell Counter types left out` : ''}`);
+  for (const skipped of report.skipped) {
+    io.out(`  skipped point x=${skipped.point.x} y=${skipped.point.y} z=${skipped.point.z}: ${skipped.reason}`);
+  }
+  io.out(`  dataset now holds ${report.cells} cell(s) and ${report.nonCells} non-cell(s)`);
+  return 0;
+}
+
+async function datasetCommand(argv: readonly string[], io: Io): Promise<number> {
+  const [sub, ...rest] = argv;
+  switch (sub) {
+    case 'create': {
+      const { flags, positionals } = parseArgs(rest, [{ name: 'no-background', values: 0 }]);
+      if (positionals.length !== 1) throw new UsageError('dataset create needs one folder');
+      const dataset = await TrainingDataset.create(positionals[0], { backgroundChannel: !flags.has('no-background') });
+      io.out(`Dataset ready: ${dataset.yamlFile}`);
+      return 0;
+    }
+    case 'info': {
+      const { flags, positionals } = parseArgs(rest, [{ name: 'json', values: 0 }]);
+      const summary = await summarizeTrainingYaml(yamlPath(positionals));
+      if (flags.has('json')) io.out(JSON.stringify(summaryJson(summary), null, 2));
+      else printSummary(summary, io);
+      return 0;
+    }
+    case 'validate': {
+      const { flags, positionals } = parseArgs(rest, [{ name: 'json', values: 0 }]);
+      const { summary, problems, warnings } = await validateTrainingYaml(yamlPath(positionals));
+      if (flags.has('json')) {
+        io.out(JSON.stringify({ ...summaryJson(summary), problems, warnings }, null, 2));
+      } else {
+        printSummary(summary, io);
+        if (problems.length === 0) io.out('Valid: every cube has all its channels, is 20x50x50 and readable.');
+        for (const problem of problems) io.out(`problem: ${problem.file}: ${problem.problem}. ${problem.fix}`);
+        for (const warning of warnings) io.out(`note: ${warning.file}: ${warning.problem}. ${warning.fix}`);
+      }
+      return problems.length === 0 ? 0 : 1;
+    }
+    case 'merge': {
+      const { flags, positionals } = parseArgs(rest, [
+        { name: 'yaml', short: 'y', values: '+' },
+        { name: 'output-dir', short: 'o', values: 1 },
+        { name: 'json', values: 0 },
+      ]);
+      const sources = [...(flags.get('yaml') ?? []), ...positionals].map((source) => yamlPath([source]));
+      if (sources.length < 2) throw new UsageError('dataset merge needs at least two training.yaml files (-y a.yaml b.yaml)');
+      const report = await mergeTrainingYamls(sources, one(flags, 'output-dir', true));
+      if (flags.has('json')) {
+        io.out(JSON.stringify(report, null, 2));
+        return 0;
+      }
+      io.out(`Merged ${sources.length} datasets into ${report.yamlFile}`);
+      io.out(`  copied ${report.copied} cube(s): ${report.cells} cell(s), ${report.nonCells} non-cell(s); ${report.duplicates} duplicate(s) left out`);
+      for (const conflict of report.conflicts) {
+        const p = conflict.position;
+        io.out(`  conflict at x=${p.x} y=${p.y} z=${p.z} (${conflict.sourceVolume}): kept ${conflict.kept.label} from ${conflict.kept.yamlFile}, left out ${conflict.dropped.label} from ${conflict.dropped.yamlFile}`);
+      }
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown dataset command "${sub ?? ''}" (create, info, validate, merge)`);
+  }
+}
+
+function yamlPath(positionals: readonly string[]): string {
+  if (positionals.length !== 1) throw new UsageError('give one training.yaml or dataset folder');
+  const given = positionals[0];
+  return given.endsWith('.yaml') || given.endsWith('.yml') ? given : path.join(given, 'training.yaml');
+}
+
+function summaryJson(summary: DatasetSummary) {
+  return {
+    yamlFile: summary.yamlFile,
+    cells: summary.cells,
+    nonCells: summary.nonCells,
+    entries: summary.entries.map(({ entry, cubes }) => ({
+      cubeDir: entry.cubeDir,
+      cubeDirPath: entry.cubeDirPath,
+      resolvedAgainst: entry.resolvedAgainst,
+      type: entry.type,
+      signalChannel: entry.signalChannel,
+      bgChannel: entry.bgChannel,
+      cubes: cubes.length,
+    })),
+  };
+}
+
+function printSummary(summary: DatasetSummary, io: Io): void {
+  io.out(`Dataset ${summary.yamlFile}: ${summary.cells} cell(s), ${summary.nonCells} non-cell(s)`);
+  for (const { entry, cubes } of summary.entries) {
+    const where = entry.resolvedAgainst === 'absolute' ? '' : ` (relative path found from the ${entry.resolvedAgainst === 'yaml-folder' ? "YAML's folder" : 'working directory'})`;
+    io.out(`  ${entry.type.padEnd(7)} ${String(cubes.length).padStart(6)} cube(s) in ${entry.cubeDirPath}${where}`);
+  }
+}
+
+/** Where the bundled sample lives, found from the built CLI (dist/) or the compiled tests (out/src/cli/). */
+function sampleDataFolder(): string {
+  const candidates = [path.resolve(__dirname, '..', 'test', 'fixtures', 'cellfinder-data'), path.resolve(__dirname, '..', '..', '..', 'test', 'fixtures', 'cellfinder-data')];
+  return candidates.find((folder) => existsSync(folder)) ?? candidates[0];
+}
+
+async function demoCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parseArgs(argv, [{ name: 'output-dir', short: 'o', values: 1 }]);
+  if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+  const sample = sampleDataFolder();
+  const outputDir = one(flags, 'output-dir') ?? path.resolve('demo-output');
+  io.out(`Sample: BrainGlobe cellfinder test data (${sample}), 38 candidates detected by cellfinder at voxel sizes 5, 2, 2 µm.`);
+  const code = await extractCommand(
+    ['--signal', path.join(sample, 'signal'), '--background', path.join(sample, 'background'), '--points', path.join(sample, 'candidates', 'candidates.xml'), '--output-dir', outputDir, '--voxel-sizes', '5', '2', '2'],
+    io,
+  );
+  if (code !== 0) return code;
+  return datasetCommand(['validate', outputDir], io);
+}

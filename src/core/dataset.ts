@@ -1,0 +1,387 @@
+/**
+ * A training dataset in cellfinder's layout: `cells/` and `non_cells/` cube
+ * folders and a `training.yaml` naming them, plus our provenance log
+ * (`provenance.jsonl`, which cellfinder ignores) recording every label
+ * decision so that it can be undone and traced.
+ *
+ * Rules: every write is atomic; nothing that exists is overwritten; a cube
+ * only leaves the dataset when the user asked for exactly that, and even then
+ * it is moved to `.trash/` so undo can bring it back.
+ */
+import { randomUUID } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { appendLineDurably, exists, FileExistsError, moveFileNoClobber, writeFileAtomic } from './atomicFile';
+import { cubeFileName, encodeCube, pointFromCubeFileName, readCube, siblingChannelFile, type Point3 } from './cube';
+import { DataFileError } from './errors';
+import { NO_BACKGROUND_CHANNEL, readTrainingYaml, writeTrainingYaml, type CubeLabel, type ResolvedTrainingDataEntry, type TrainingDataEntry } from './trainingYaml';
+
+export const CELLS_FOLDER = 'cells';
+export const NON_CELLS_FOLDER = 'non_cells';
+export const TRAINING_YAML = 'training.yaml';
+export const PROVENANCE_LOG = 'provenance.jsonl';
+export const TRASH_FOLDER = '.trash';
+
+export interface Prediction {
+  label: CubeLabel;
+  /** Probability the network gave the cell class. */
+  cellProbability: number;
+  model?: string;
+}
+
+/** One line of the provenance log. */
+export interface ProvenanceRecord {
+  id: string;
+  time: string;
+  action: 'add' | 'relabel' | 'remove' | 'undo';
+  position: Point3;
+  /** Label after the action (absent after a remove). */
+  label?: CubeLabel;
+  previousLabel?: CubeLabel;
+  /** Where the cube came from: the signal volume, or the dataset it was merged from. */
+  source?: string;
+  prediction?: Prediction;
+  /** For an undo: the id of the record it reverses. */
+  undoes?: string;
+  /** For a remove: where the cube files were moved. */
+  trashedTo?: string;
+}
+
+export interface AddCubeRequest {
+  position: Point3;
+  label: CubeLabel;
+  /** Signal, then background when the dataset has two channels. */
+  channels: Float32Array[];
+  source?: string;
+  prediction?: Prediction;
+}
+
+export type AddCubeResult = 'added' | 'already-present';
+
+function folderFor(label: CubeLabel): string {
+  return label === 'cell' ? CELLS_FOLDER : NON_CELLS_FOLDER;
+}
+
+function positionKey(position: Point3): string {
+  return `${position.z},${position.y},${position.x}`;
+}
+
+/** The dataset we write into: our own `cells/` + `non_cells/` layout. */
+export class TrainingDataset {
+  private constructor(
+    readonly root: string,
+    /** Channel numbers of the cube files: [signal] or [signal, background]. */
+    readonly channels: readonly number[],
+  ) {}
+
+  get yamlFile(): string {
+    return path.join(this.root, TRAINING_YAML);
+  }
+  get logFile(): string {
+    return path.join(this.root, PROVENANCE_LOG);
+  }
+
+  /**
+   * Creates the folders and training.yaml. An existing dataset at `root` is
+   * opened instead, never rewritten.
+   */
+  static async create(root: string, options: { backgroundChannel?: boolean } = {}): Promise<TrainingDataset> {
+    const absolute = path.resolve(root);
+    if (await exists(path.join(absolute, TRAINING_YAML))) return TrainingDataset.open(absolute);
+    try {
+      await fs.mkdir(path.join(absolute, CELLS_FOLDER), { recursive: true });
+      await fs.mkdir(path.join(absolute, NON_CELLS_FOLDER), { recursive: true });
+    } catch (error) {
+      throw new DataFileError(absolute, `cannot create the dataset folders (${(error as Error).message})`, 'Choose a folder you can write to');
+    }
+    const bgChannel = options.backgroundChannel === false ? NO_BACKGROUND_CHANNEL : 1;
+    const entry = (label: CubeLabel): TrainingDataEntry => ({ cubeDir: path.join(absolute, folderFor(label)), cellDef: '', type: label, signalChannel: 0, bgChannel });
+    try {
+      await writeTrainingYaml(path.join(absolute, TRAINING_YAML), [entry('cell'), entry('no_cell')]);
+    } catch (error) {
+      // Another process created it between our check and our write: use theirs.
+      if (!(error instanceof FileExistsError)) throw error;
+    }
+    return TrainingDataset.open(absolute);
+  }
+
+  /** Opens the dataset in `root` (or the folder of a training.yaml given directly). */
+  static async open(rootOrYaml: string): Promise<TrainingDataset> {
+    const yamlFile = rootOrYaml.endsWith('.yaml') || rootOrYaml.endsWith('.yml') ? rootOrYaml : path.join(rootOrYaml, TRAINING_YAML);
+    const root = path.dirname(path.resolve(yamlFile));
+    const yaml = await readTrainingYaml(yamlFile, root);
+    const ours = (label: CubeLabel) => yaml.entries.find((entry) => entry.type === label && path.resolve(entry.cubeDirPath) === path.join(root, folderFor(label)));
+    const cells = ours('cell');
+    const nonCells = ours('no_cell');
+    if (!cells || !nonCells) {
+      throw new DataFileError(
+        yamlFile,
+        `does not list ${CELLS_FOLDER}/ (type cell) and ${NON_CELLS_FOLDER}/ (type no_cell) next to it, so it cannot be labelled into`,
+        'Create a new dataset for labelling, then merge the two if needed (cellfinder-retrain dataset merge)',
+      );
+    }
+    if (cells.signalChannel !== nonCells.signalChannel || cells.bgChannel !== nonCells.bgChannel) {
+      throw new DataFileError(yamlFile, 'its cell and no_cell entries use different channels', 'Make signal_channel and bg_channel the same in both entries');
+    }
+    const channels = cells.bgChannel === NO_BACKGROUND_CHANNEL ? [cells.signalChannel] : [cells.signalChannel, cells.bgChannel];
+    return new TrainingDataset(root, channels);
+  }
+
+  private cubeFiles(label: CubeLabel, position: Point3): string[] {
+    return this.channels.map((channel) => path.join(this.root, folderFor(label), cubeFileName(position, channel)));
+  }
+
+  /** The label of the cube at `position`, or undefined if it has none. */
+  async labelOf(position: Point3): Promise<CubeLabel | undefined> {
+    for (const label of ['cell', 'no_cell'] as const) {
+      if (await exists(this.cubeFiles(label, position)[0])) return label;
+    }
+    return undefined;
+  }
+
+  /**
+   * Saves a labelled cube (all channels) and logs the decision. Saving the
+   * same cube again is a no-op; a different cube at a labelled position is an
+   * error (relabel or remove it first), and nothing is overwritten.
+   */
+  async addCube(request: AddCubeRequest): Promise<AddCubeResult> {
+    if (request.channels.length !== this.channels.length) {
+      throw new DataFileError(this.yamlFile, `expects ${this.channels.length} channel(s) per cube, got ${request.channels.length}`, 'Extract with the same channels as the dataset (signal and background)');
+    }
+    const existing = await this.labelOf(request.position);
+    if (existing && existing !== request.label) {
+      throw new DataFileError(
+        this.cubeFiles(existing, request.position)[0],
+        `is already labelled ${existing}`,
+        `Relabel it instead of adding it again as ${request.label}`,
+      );
+    }
+    const files = this.cubeFiles(request.label, request.position);
+    const encoded = request.channels.map((data) => encodeCube(data));
+    if (existing) {
+      for (const [i, file] of files.entries()) {
+        const onDisk = await fs.readFile(file).catch(() => undefined);
+        if (!onDisk || !Buffer.from(encoded[i]).equals(onDisk)) {
+          throw new DataFileError(file, 'already exists with different content', 'Nothing was overwritten; remove the cube first if the new one should replace it');
+        }
+      }
+      return 'already-present';
+    }
+    const written: string[] = [];
+    try {
+      for (const [i, file] of files.entries()) {
+        await writeFileAtomic(file, encoded[i]);
+        written.push(file);
+      }
+    } catch (error) {
+      // Only the files this call created are removed: a cube is all channels or nothing.
+      await Promise.all(written.map((file) => fs.rm(file, { force: true })));
+      throw error;
+    }
+    await this.log({ action: 'add', position: request.position, label: request.label, source: request.source, prediction: request.prediction });
+    return 'added';
+  }
+
+  /** Moves a cube to the other label's folder (bytes unchanged) and logs it. */
+  async relabel(position: Point3, label: CubeLabel): Promise<void> {
+    const previous = await this.requireLabel(position);
+    if (previous === label) return;
+    await this.moveCube(this.cubeFiles(previous, position), this.cubeFiles(label, position));
+    await this.log({ action: 'relabel', position, label, previousLabel: previous });
+  }
+
+  /** Takes a cube out of the dataset, into `.trash/` (undo brings it back). */
+  async remove(position: Point3): Promise<void> {
+    const previous = await this.requireLabel(position);
+    const trash = path.join(TRASH_FOLDER, `${new Date().toISOString().replace(/[:.]/g, '-')}-${randomUUID().slice(0, 8)}`);
+    await fs.mkdir(path.join(this.root, trash), { recursive: true });
+    const from = this.cubeFiles(previous, position);
+    await this.moveCube(from, from.map((file) => path.join(this.root, trash, path.basename(file))));
+    await this.log({ action: 'remove', position, previousLabel: previous, trashedTo: trash });
+  }
+
+  /**
+   * Reverses the most recent decision not yet undone. Returns the record
+   * undone, or undefined when there is nothing to undo.
+   */
+  async undo(): Promise<ProvenanceRecord | undefined> {
+    const records = await this.history();
+    const undone = new Set(records.filter((r) => r.action === 'undo').map((r) => r.undoes));
+    const last = [...records].reverse().find((r) => r.action !== 'undo' && !undone.has(r.id));
+    if (!last) return undefined;
+    const current = await this.labelOf(last.position);
+    switch (last.action) {
+      case 'add': {
+        // Undoing an add takes the cube out, into the trash like a remove.
+        const trash = path.join(TRASH_FOLDER, `undo-${last.id}`);
+        await fs.mkdir(path.join(this.root, trash), { recursive: true });
+        const from = this.cubeFiles(last.label as CubeLabel, last.position);
+        await this.moveCube(from, from.map((file) => path.join(this.root, trash, path.basename(file))));
+        await this.log({ action: 'undo', undoes: last.id, position: last.position, previousLabel: current, trashedTo: trash });
+        break;
+      }
+      case 'relabel':
+        await this.moveCube(this.cubeFiles(last.label as CubeLabel, last.position), this.cubeFiles(last.previousLabel as CubeLabel, last.position));
+        await this.log({ action: 'undo', undoes: last.id, position: last.position, label: last.previousLabel, previousLabel: current });
+        break;
+      case 'remove': {
+        const from = this.cubeFiles(last.previousLabel as CubeLabel, last.position).map((file) => path.join(this.root, last.trashedTo as string, path.basename(file)));
+        await this.moveCube(from, this.cubeFiles(last.previousLabel as CubeLabel, last.position));
+        await this.log({ action: 'undo', undoes: last.id, position: last.position, label: last.previousLabel });
+        break;
+      }
+    }
+    return last;
+  }
+
+  /** Every logged decision, oldest first. A torn last line (crash mid-write) is ignored. */
+  async history(): Promise<ProvenanceRecord[]> {
+    let text: string;
+    try {
+      text = await fs.readFile(this.logFile, 'utf8');
+    } catch {
+      return [];
+    }
+    const records: ProvenanceRecord[] = [];
+    for (const line of text.split('\n')) {
+      if (line.trim() === '') continue;
+      try {
+        records.push(JSON.parse(line) as ProvenanceRecord);
+      } catch {
+        // A line cut short by a crash; the files on disk are the truth.
+      }
+    }
+    return records;
+  }
+
+  private async requireLabel(position: Point3): Promise<CubeLabel> {
+    const label = await this.labelOf(position);
+    if (!label) throw new DataFileError(path.join(this.root, cubeFileName(position, this.channels[0])), 'is not in the dataset (neither cells/ nor non_cells/)', 'Check the position');
+    return label;
+  }
+
+  /** Moves all channel files of one cube; if one move fails, the moved ones go back. */
+  private async moveCube(from: string[], to: string[]): Promise<void> {
+    const moved: number[] = [];
+    try {
+      for (const [i, source] of from.entries()) {
+        await moveFileNoClobber(source, to[i]);
+        moved.push(i);
+      }
+    } catch (error) {
+      for (const i of moved.reverse()) await moveFileNoClobber(to[i], from[i]).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  private async log(record: Omit<ProvenanceRecord, 'id' | 'time'>): Promise<void> {
+    const full: ProvenanceRecord = { id: randomUUID(), time: new Date().toISOString(), ...record };
+    await appendLineDurably(this.logFile, JSON.stringify(full));
+  }
+}
+
+/** A cube as listed in a training.yaml entry. */
+export interface ListedCube {
+  position: Point3;
+  /** The file of each channel in the entry's channel order. */
+  files: string[];
+}
+
+export interface EntrySummary {
+  entry: ResolvedTrainingDataEntry;
+  cubes: ListedCube[];
+}
+
+/** The cubes a training.yaml entry stands for, found as cellfinder finds them. */
+export async function listEntryCubes(entry: ResolvedTrainingDataEntry): Promise<ListedCube[]> {
+  const names = await fs.readdir(entry.cubeDirPath);
+  const suffix = `ch${entry.signalChannel}.tif`;
+  const channels = entry.bgChannel === NO_BACKGROUND_CHANNEL ? [entry.signalChannel] : [entry.signalChannel, entry.bgChannel];
+  const cubes: ListedCube[] = [];
+  for (const name of names.filter((n) => n.toLowerCase().endsWith(suffix)).sort()) {
+    const position = pointFromCubeFileName(name);
+    if (!position) continue;
+    const signalFile = path.join(entry.cubeDirPath, name);
+    cubes.push({ position, files: channels.map((channel) => siblingChannelFile(signalFile, channel)) });
+  }
+  return cubes;
+}
+
+export interface DatasetSummary {
+  yamlFile: string;
+  entries: EntrySummary[];
+  cells: number;
+  nonCells: number;
+}
+
+export async function summarizeTrainingYaml(yamlFile: string, workingDirectory?: string): Promise<DatasetSummary> {
+  const yaml = await readTrainingYaml(yamlFile, workingDirectory);
+  const entries: EntrySummary[] = [];
+  for (const entry of yaml.entries) entries.push({ entry, cubes: await listEntryCubes(entry) });
+  const count = (type: CubeLabel) => entries.filter((e) => e.entry.type === type).reduce((sum, e) => sum + e.cubes.length, 0);
+  return { yamlFile: yaml.file, entries, cells: count('cell'), nonCells: count('no_cell') };
+}
+
+export interface ValidationProblem {
+  file: string;
+  problem: string;
+  fix: string;
+}
+
+/**
+ * Checks every cube a training.yaml stands for the way cellfinder_train will
+ * need it: all channels present, readable, 20x50x50, one pixel type per
+ * dataset, and no position labelled both cell and non-cell.
+ */
+export interface ValidationResult {
+  summary: DatasetSummary;
+  /** What would make cellfinder_train fail or train on wrong data. */
+  problems: ValidationProblem[];
+  /** Worth knowing but not wrong (an empty label folder, mixed pixel types). */
+  warnings: ValidationProblem[];
+}
+
+export async function validateTrainingYaml(yamlFile: string, workingDirectory?: string): Promise<ValidationResult> {
+  const summary = await summarizeTrainingYaml(yamlFile, workingDirectory);
+  const problems: ValidationProblem[] = [];
+  const warnings: ValidationProblem[] = [];
+  const labels = new Map<string, { type: CubeLabel; file: string }>();
+  const pixelTypes = new Map<string, string>();
+  for (const { entry, cubes } of summary.entries) {
+    if (cubes.length === 0) {
+      warnings.push({ file: entry.cubeDirPath, problem: `holds no cube files ending Ch${entry.signalChannel}.tif (entry type ${entry.type})`, fix: 'Fine while labelling; cellfinder_train needs examples of both labels' });
+    }
+    for (const cube of cubes) {
+      for (const [channelIndex, file] of cube.files.entries()) {
+        if (!(await exists(file))) {
+          problems.push({
+            file,
+            problem: `is missing: the cube at z=${cube.position.z}, y=${cube.position.y}, x=${cube.position.x} has no ${channelIndex === 0 ? 'signal' : 'background'} channel file`,
+            fix: 'Re-extract the cube with all its channels, or remove its other channel file(s)',
+          });
+          continue;
+        }
+        try {
+          const { storedAs } = await readCube(file);
+          pixelTypes.set(storedAs, file);
+        } catch (error) {
+          if (error instanceof DataFileError) problems.push({ file: error.file, problem: error.problem, fix: error.fix });
+          else throw error;
+        }
+      }
+      const key = positionKey(cube.position);
+      const seen = labels.get(key);
+      if (seen && seen.type !== entry.type) {
+        problems.push({ file: cube.files[0], problem: `is labelled ${entry.type} but ${seen.file} at the same position is labelled ${seen.type}`, fix: 'Keep only one label for this position (relabel or remove one)' });
+      } else if (!seen) labels.set(key, { type: entry.type, file: cube.files[0] });
+    }
+  }
+  if (pixelTypes.size > 1) {
+    warnings.push({
+      file: summary.yamlFile,
+      problem: `its cubes mix pixel types (${[...pixelTypes.entries()].map(([type, file]) => `${type}, e.g. ${file}`).join('; ')})`,
+      fix: 'Allowed, as cellfinder converts all to float32, but check the cubes come from comparable data',
+    });
+  }
+  return { summary, problems, warnings };
+}

@@ -1,0 +1,157 @@
+/**
+ * Cutting network cubes around candidate points, identical to current
+ * cellfinder (`core/classify/cube_generator.py`): the same cuboid size and
+ * start rounding, the same trilinear rescaling, the same edge rule, except
+ * that points too near the edge are reported instead of silently dropped.
+ */
+import { CUBE_SHAPE, NETWORK_VOXEL_SIZES, type Point3 } from './cube';
+import { resizeTrilinear, type Shape3 } from './rescale';
+import type { PixelArray } from './tiff';
+import type { Volume } from './volume';
+
+export type VoxelSizes = readonly [number, number, number];
+
+/** Python's round(): halves go to the even neighbour (cellfinder relies on it). */
+export function roundHalfEven(value: number): number {
+  const nearest = Math.round(value);
+  return Math.abs(value % 1) === 0.5 ? 2 * Math.round(value / 2) : nearest;
+}
+
+/**
+ * Data voxels covering the network cube along one axis:
+ * round(network voxels * network µm / data µm), in cellfinder's operation order.
+ */
+export function dataCuboidVoxels(networkVoxels: number, networkMicrons: number, dataMicrons: number): number {
+  return roundHalfEven((networkVoxels * networkMicrons) / dataMicrons);
+}
+
+/** The cuboid (z, y, x) in data voxels for data at `dataVoxelSizes` µm (z, y, x). */
+export function cuboidShape(dataVoxelSizes: VoxelSizes = NETWORK_VOXEL_SIZES): Shape3 {
+  const network = [CUBE_SHAPE.depth, CUBE_SHAPE.height, CUBE_SHAPE.width];
+  return [0, 1, 2].map((axis) => dataCuboidVoxels(network[axis], NETWORK_VOXEL_SIZES[axis], dataVoxelSizes[axis])) as unknown as Shape3;
+}
+
+/**
+ * [start, end) of the cuboid along one axis. cellfinder centres x and y with
+ * round(pos - n/2) but z with int(pos - n//2), kept for backward compatibility.
+ */
+export function cuboidRange(position: number, voxels: number, axis: 'x' | 'y' | 'z'): [number, number] {
+  const start = axis === 'z' ? Math.trunc(position - Math.floor(voxels / 2)) : roundHalfEven(position - voxels / 2);
+  return [start, start + voxels];
+}
+
+export interface CuboidBounds {
+  z: [number, number];
+  y: [number, number];
+  x: [number, number];
+}
+
+export function cuboidBounds(point: Point3, shape: Shape3): CuboidBounds {
+  return { z: cuboidRange(point.z, shape[0], 'z'), y: cuboidRange(point.y, shape[1], 'y'), x: cuboidRange(point.x, shape[2], 'x') };
+}
+
+/** Why a point gets no cube, or undefined if its cuboid lies inside the volume. */
+export function edgeProblem(point: Point3, bounds: CuboidBounds, volumeShape: Shape3): string | undefined {
+  const inside = point.z >= 0 && point.z < volumeShape[0] && point.y >= 0 && point.y < volumeShape[1] && point.x >= 0 && point.x < volumeShape[2];
+  if (!inside) return 'outside the volume';
+  const sides: string[] = [];
+  const axes = [
+    ['z', bounds.z, volumeShape[0]],
+    ['y', bounds.y, volumeShape[1]],
+    ['x', bounds.x, volumeShape[2]],
+  ] as const;
+  for (const [axis, [start, end], size] of axes) {
+    if (start < 0) sides.push(`${axis} < 0`);
+    if (end > size) sides.push(`${axis} > ${size - 1}`);
+  }
+  return sides.length ? `too near the edge (cuboid reaches ${sides.join(', ')})` : undefined;
+}
+
+export interface ExtractionInput<P extends Point3> {
+  points: readonly P[];
+  /** The channels, signal first: each a volume of the same shape. */
+  channels: readonly Volume[];
+  /** Data voxel sizes (z, y, x) in µm; omitted = already at the network's (5, 1, 1), no rescaling. */
+  dataVoxelSizes?: VoxelSizes;
+  signal?: AbortSignal;
+}
+
+export interface ExtractedCube<P extends Point3> {
+  point: P;
+  /** Index of the point in the input list. */
+  index: number;
+  /** One (20, 50, 50) float32 cube per channel. */
+  channels: Float32Array[];
+}
+
+export interface SkippedPoint<P extends Point3> {
+  point: P;
+  index: number;
+  reason: string;
+}
+
+export interface ExtractionPlan<P extends Point3> {
+  cuboid: Shape3;
+  volumeShape: Shape3;
+  extractable: Array<{ point: P; index: number; bounds: CuboidBounds }>;
+  skipped: SkippedPoint<P>[];
+}
+
+/** Decides, before reading any pixels, which points get a cube and which are reported as skipped. */
+export function planExtraction<P extends Point3>(input: ExtractionInput<P>): ExtractionPlan<P> {
+  const [first, ...others] = input.channels;
+  if (!first) throw new Error('extraction needs at least the signal channel');
+  for (const other of others) {
+    if (other.shape.some((size, axis) => size !== first.shape[axis])) {
+      throw new Error(
+        `${other.source} is ${other.shape.join('x')} (z, y, x) but ${first.source} is ${first.shape.join('x')}: signal and background must have the same shape`,
+      );
+    }
+  }
+  const cuboid = cuboidShape(input.dataVoxelSizes);
+  const extractable: ExtractionPlan<P>['extractable'] = [];
+  const skipped: SkippedPoint<P>[] = [];
+  input.points.forEach((point, index) => {
+    const bounds = cuboidBounds(point, cuboid);
+    const reason = edgeProblem(point, bounds, first.shape);
+    if (reason) skipped.push({ point, index, reason });
+    else extractable.push({ point, index, bounds });
+  });
+  // In z order, so each plane is read once and only a cuboid's depth of planes is held.
+  extractable.sort((a, b) => a.bounds.z[0] - b.bounds.z[0] || a.index - b.index);
+  return { cuboid, volumeShape: first.shape, extractable, skipped };
+}
+
+/**
+ * Yields the cubes of `plan`, in z order. Holds at most one cuboid depth of
+ * planes per channel: memory is bounded by the cubes' z-range, not the volume.
+ */
+export async function* extractCubes<P extends Point3>(
+  plan: ExtractionPlan<P>,
+  channels: readonly Volume[],
+  signal?: AbortSignal,
+): AsyncGenerator<ExtractedCube<P>> {
+  const planes = new Map<number, PixelArray[]>();
+  const [depth, height, width] = plan.cuboid;
+  const [, , volumeWidth] = plan.volumeShape;
+  const networkShape: Shape3 = [CUBE_SHAPE.depth, CUBE_SHAPE.height, CUBE_SHAPE.width];
+  for (const { point, index, bounds } of plan.extractable) {
+    signal?.throwIfAborted();
+    for (const z of planes.keys()) if (z < bounds.z[0]) planes.delete(z);
+    for (let z = bounds.z[0]; z < bounds.z[1]; z++) {
+      if (!planes.has(z)) planes.set(z, await Promise.all(channels.map((volume) => volume.readPlane(z))));
+    }
+    const cubes = channels.map((_, channel) => {
+      const cuboid = new Float32Array(depth * height * width);
+      for (let dz = 0; dz < depth; dz++) {
+        const plane = (planes.get(bounds.z[0] + dz) as PixelArray[])[channel];
+        for (let dy = 0; dy < height; dy++) {
+          const from = (bounds.y[0] + dy) * volumeWidth + bounds.x[0];
+          cuboid.set(plane.subarray(from, from + width), (dz * height + dy) * width);
+        }
+      }
+      return resizeTrilinear(cuboid, plan.cuboid, networkShape);
+    });
+    yield { point, index, channels: cubes };
+  }
+}

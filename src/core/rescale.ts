@@ -1,0 +1,85 @@
+/**
+ * Trilinear resizing with the semantics of PyTorch's
+ * `F.interpolate(mode="trilinear", align_corners=False)`, which cellfinder uses
+ * to bring a cuboid cut at the data's voxel size to the network's cube.
+ *
+ * Along each axis, output voxel i samples the input at
+ * `(i + 0.5) * in/out - 0.5`, clamped below at 0, between the voxel below and
+ * the one above (the last voxel repeats at the far edge). torch computes the
+ * source position and weights in float32, so we do too (Math.fround); the
+ * interpolation runs axis by axis (x, y, then z) in float64, which differs from
+ * torch's one-step sum by float32 rounding only.
+ */
+
+export type Shape3 = readonly [number, number, number];
+
+interface AxisWeights {
+  lower: Int32Array;
+  upper: Int32Array;
+  /** Weight of the upper neighbour; the lower one gets 1 - this. */
+  upperWeight: Float64Array;
+}
+
+function axisWeights(inSize: number, outSize: number): AxisWeights {
+  const lower = new Int32Array(outSize);
+  const upper = new Int32Array(outSize);
+  const upperWeight = new Float64Array(outSize);
+  const f = Math.fround;
+  const scale = f(inSize / outSize);
+  for (let i = 0; i < outSize; i++) {
+    if (inSize === outSize) {
+      lower[i] = i;
+      upper[i] = i;
+      continue;
+    }
+    const source = Math.max(f(f(scale * f(i + 0.5)) - 0.5), 0);
+    const index = Math.min(Math.floor(source), inSize - 1);
+    lower[i] = index;
+    upper[i] = index < inSize - 1 ? index + 1 : index;
+    upperWeight[i] = Math.min(Math.max(f(source - index), 0), 1);
+  }
+  return { lower, upper, upperWeight };
+}
+
+/** Resizes a (z, y, x) float32 volume to `outShape`. Returns the input itself when the shapes match. */
+export function resizeTrilinear(input: Float32Array, inShape: Shape3, outShape: Shape3): Float32Array {
+  const [inZ, inY, inX] = inShape;
+  const [outZ, outY, outX] = outShape;
+  if (inZ === outZ && inY === outY && inX === outX) return input;
+  const wx = axisWeights(inX, outX);
+  const wy = axisWeights(inY, outY);
+  const wz = axisWeights(inZ, outZ);
+
+  // Pass 1: x, for every input row.
+  const alongX = new Float64Array(inZ * inY * outX);
+  for (let row = 0; row < inZ * inY; row++) {
+    const from = row * inX;
+    const to = row * outX;
+    for (let i = 0; i < outX; i++) {
+      const t = wx.upperWeight[i];
+      alongX[to + i] = input[from + wx.lower[i]] * (1 - t) + input[from + wx.upper[i]] * t;
+    }
+  }
+  // Pass 2: y, for every input plane.
+  const alongY = new Float64Array(inZ * outY * outX);
+  for (let z = 0; z < inZ; z++) {
+    for (let j = 0; j < outY; j++) {
+      const t = wy.upperWeight[j];
+      const lowRow = (z * inY + wy.lower[j]) * outX;
+      const highRow = (z * inY + wy.upper[j]) * outX;
+      const to = (z * outY + j) * outX;
+      for (let i = 0; i < outX; i++) alongY[to + i] = alongX[lowRow + i] * (1 - t) + alongX[highRow + i] * t;
+    }
+  }
+  // Pass 3: z.
+  const planeSize = outY * outX;
+  const output = new Float32Array(outZ * planeSize);
+  for (let k = 0; k < outZ; k++) {
+    const t = wz.upperWeight[k];
+    const low = wz.lower[k] * planeSize;
+    const high = wz.upper[k] * planeSize;
+    const to = k * planeSize;
+    for (let i = 0; i < planeSize; i++) output[to + i] = alongY[low + i] * (1 - t) + alongY[high + i] * t;
+  }
+  return output;
+}

@@ -1,0 +1,105 @@
+/**
+ * A minimal writer for the one TIFF layout cellfinder needs from us: a stack of
+ * single-channel float32 pages, uncompressed, little-endian, one strip per page.
+ *
+ * Why our own: no maintained npm package writes multi-page float32 greyscale
+ * TIFF (UTIF writes 8-bit RGBA, geotiff's writer makes single-image GeoTIFFs).
+ * The layout mirrors what cellfinder's `tifffile.imwrite` produces for a cube,
+ * including tifffile's JSON `{"shape": [...]}` description on the first page so
+ * tifffile reads the file back as one (z, y, x) series. Tests read our files
+ * with tifffile itself.
+ */
+
+const TAG = {
+  ImageWidth: 256,
+  ImageLength: 257,
+  BitsPerSample: 258,
+  Compression: 259,
+  PhotometricInterpretation: 262,
+  ImageDescription: 270,
+  StripOffsets: 273,
+  SamplesPerPixel: 277,
+  RowsPerStrip: 278,
+  StripByteCounts: 279,
+  SampleFormat: 339,
+} as const;
+
+const TYPE_ASCII = 2;
+const TYPE_SHORT = 3;
+const TYPE_LONG = 4;
+
+interface IfdEntry {
+  tag: number;
+  type: number;
+  count: number;
+  /** Inline value (SHORT/LONG) or, for ASCII, the offset of the text. */
+  value: number;
+}
+
+/**
+ * Encodes `pixels` (depth * height * width float32 values, z-major then rows)
+ * as a multi-page TIFF. Offsets are 32-bit, so a stack must stay under 4 GiB,
+ * which a cube (200 kB) always does.
+ */
+export function encodeFloat32Stack(pixels: Float32Array, depth: number, height: number, width: number): Uint8Array {
+  const pageBytes = height * width * 4;
+  if (pixels.length !== depth * height * width) {
+    throw new Error(`encodeFloat32Stack: ${pixels.length} values do not fill ${depth}x${height}x${width}`);
+  }
+  const description = `{"shape": [${depth}, ${height}, ${width}]}\0`;
+  const headerBytes = 8;
+  const dataStart = headerBytes;
+  const descriptionStart = dataStart + depth * pageBytes;
+  // IFDs start on a word boundary, as the TIFF specification asks.
+  const ifdStart = alignTo2(descriptionStart + description.length);
+  const pageEntries = (page: number): IfdEntry[] => [
+    { tag: TAG.ImageWidth, type: TYPE_LONG, count: 1, value: width },
+    { tag: TAG.ImageLength, type: TYPE_LONG, count: 1, value: height },
+    { tag: TAG.BitsPerSample, type: TYPE_SHORT, count: 1, value: 32 },
+    { tag: TAG.Compression, type: TYPE_SHORT, count: 1, value: 1 },
+    { tag: TAG.PhotometricInterpretation, type: TYPE_SHORT, count: 1, value: 1 },
+    ...(page === 0 ? [{ tag: TAG.ImageDescription, type: TYPE_ASCII, count: description.length, value: descriptionStart }] : []),
+    { tag: TAG.StripOffsets, type: TYPE_LONG, count: 1, value: dataStart + page * pageBytes },
+    { tag: TAG.SamplesPerPixel, type: TYPE_SHORT, count: 1, value: 1 },
+    { tag: TAG.RowsPerStrip, type: TYPE_LONG, count: 1, value: height },
+    { tag: TAG.StripByteCounts, type: TYPE_LONG, count: 1, value: pageBytes },
+    { tag: TAG.SampleFormat, type: TYPE_SHORT, count: 1, value: 3 },
+  ];
+  const ifdBytes = (entries: number) => 2 + entries * 12 + 4;
+  let total = ifdStart;
+  for (let page = 0; page < depth; page++) total += ifdBytes(pageEntries(page).length);
+
+  const bytes = new Uint8Array(total);
+  const view = new DataView(bytes.buffer);
+  bytes[0] = 0x49; // 'I'
+  bytes[1] = 0x49; // 'I': little-endian
+  view.setUint16(2, 42, true);
+  view.setUint32(4, ifdStart, true);
+
+  // Pixel data: copy as little-endian float32 whatever the host's byte order.
+  for (let i = 0; i < pixels.length; i++) view.setFloat32(dataStart + i * 4, pixels[i], true);
+  for (let i = 0; i < description.length; i++) bytes[descriptionStart + i] = description.charCodeAt(i);
+
+  let ifdOffset = ifdStart;
+  for (let page = 0; page < depth; page++) {
+    const entries = pageEntries(page);
+    view.setUint16(ifdOffset, entries.length, true);
+    entries.forEach((entry, i) => {
+      const at = ifdOffset + 2 + i * 12;
+      view.setUint16(at, entry.tag, true);
+      view.setUint16(at + 2, entry.type, true);
+      view.setUint32(at + 4, entry.count, true);
+      // SHORT values sit in the first two bytes of the value field.
+      if (entry.type === TYPE_SHORT) view.setUint16(at + 8, entry.value, true);
+      else view.setUint32(at + 8, entry.value, true);
+    });
+    const next = page === depth - 1 ? 0 : ifdOffset + ifdBytes(entries.length);
+    view.setUint32(ifdOffset + 2 + entries.length * 12, next, true);
+    ifdOffset += ifdBytes(entries.length);
+  }
+  return bytes;
+}
+
+function alignTo2(offset: number): number {
+  return offset + (offset % 2);
+}
