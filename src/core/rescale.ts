@@ -16,14 +16,15 @@ export type Shape3 = readonly [number, number, number];
 interface AxisWeights {
   lower: Int32Array;
   upper: Int32Array;
-  /** Weight of the upper neighbour; the lower one gets 1 - this. */
-  upperWeight: Float64Array;
+  lowerWeight: Float32Array;
+  upperWeight: Float32Array;
 }
 
 function axisWeights(inSize: number, outSize: number): AxisWeights {
   const lower = new Int32Array(outSize);
   const upper = new Int32Array(outSize);
-  const upperWeight = new Float64Array(outSize);
+  const lowerWeight = new Float32Array(outSize).fill(1);
+  const upperWeight = new Float32Array(outSize);
   const f = Math.fround;
   const scale = f(inSize / outSize);
   for (let i = 0; i < outSize; i++) {
@@ -37,8 +38,9 @@ function axisWeights(inSize: number, outSize: number): AxisWeights {
     lower[i] = index;
     upper[i] = index < inSize - 1 ? index + 1 : index;
     upperWeight[i] = Math.min(Math.max(f(source - index), 0), 1);
+    lowerWeight[i] = f(1 - upperWeight[i]);
   }
-  return { lower, upper, upperWeight };
+  return { lower, upper, lowerWeight, upperWeight };
 }
 
 /** Resizes a (z, y, x) float32 volume to `outShape`. Returns the input itself when the shapes match. */
@@ -50,36 +52,38 @@ export function resizeTrilinear(input: Float32Array, inShape: Shape3, outShape: 
   const wy = axisWeights(inY, outY);
   const wz = axisWeights(inZ, outZ);
 
-  // Pass 1: x, for every input row.
-  const alongX = new Float64Array(inZ * inY * outX);
+  const f = Math.fround;
+  // Pass 1: x, for every input row. Float32Array stores round each blend to float32.
+  const alongX = new Float32Array(inZ * inY * outX);
   for (let row = 0; row < inZ * inY; row++) {
     const from = row * inX;
     const to = row * outX;
     for (let i = 0; i < outX; i++) {
-      const t = wx.upperWeight[i];
-      alongX[to + i] = input[from + wx.lower[i]] * (1 - t) + input[from + wx.upper[i]] * t;
+      alongX[to + i] = input[from + wx.lower[i]] * wx.lowerWeight[i] + f(input[from + wx.upper[i]] * wx.upperWeight[i]);
     }
   }
   // Pass 2: y, for every input plane.
-  const alongY = new Float64Array(inZ * outY * outX);
+  const alongY = new Float32Array(inZ * outY * outX);
   for (let z = 0; z < inZ; z++) {
     for (let j = 0; j < outY; j++) {
-      const t = wy.upperWeight[j];
+      const w0 = wy.lowerWeight[j];
+      const w1 = wy.upperWeight[j];
       const lowRow = (z * inY + wy.lower[j]) * outX;
       const highRow = (z * inY + wy.upper[j]) * outX;
       const to = (z * outY + j) * outX;
-      for (let i = 0; i < outX; i++) alongY[to + i] = alongX[lowRow + i] * (1 - t) + alongX[highRow + i] * t;
+      for (let i = 0; i < outX; i++) alongY[to + i] = alongX[lowRow + i] * w0 + f(alongX[highRow + i] * w1);
     }
   }
   // Pass 3: z.
   const planeSize = outY * outX;
   const output = new Float32Array(outZ * planeSize);
   for (let k = 0; k < outZ; k++) {
-    const t = wz.upperWeight[k];
+    const w0 = wz.lowerWeight[k];
+    const w1 = wz.upperWeight[k];
     const low = wz.lower[k] * planeSize;
     const high = wz.upper[k] * planeSize;
     const to = k * planeSize;
-    for (let i = 0; i < planeSize; i++) output[to + i] = alongY[low + i] * (1 - t) + alongY[high + i] * t;
+    for (let i = 0; i < planeSize; i++) output[to + i] = alongY[low + i] * w0 + f(alongY[high + i] * w1);
   }
   return output;
 }
