@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { formatCellCounterXml, parseCellCounterXml, readCellCounterXml, writeCellCounterXml } from '../src/core/cellCounterXml';
-import { SAMPLE, scratch } from './helpers';
+import { BRAINGLOBE_FIXTURES, SAMPLE, scratch } from './helpers';
 
 test('reads cellfinder\'s candidates: 38 points of type 1, in file order', async () => {
   const { points, warnings } = await readCellCounterXml(path.join(SAMPLE, 'candidates', 'candidates.xml'));
@@ -58,4 +58,24 @@ test('malformed XML gets an error with the file and the place', () => {
     /noz.xml: marker #1 of type 1 has no valid MarkerZ \(missing\)/,
   );
   assert.throws(() => parseCellCounterXml('<CellCounter_Marker_File><Marker_Data><Current_Type>1</Current_Type></Marker_Data></CellCounter_Marker_File>', 'empty.xml'), /contains no markers/);
+});
+
+test('byte for byte what brainglobe-utils save_cells wrote for mixed types, fractions, zeros and artifacts', async () => {
+  // The inputs of test/fixtures/brainglobe-utils/README.md (a), in order.
+  const points = [
+    { x: 10, y: 20, z: 30, type: 2 },
+    { x: 12.7, y: 0, z: 5, type: 1 },
+    { x: 300, y: 400.99, z: 2, type: 1 },
+    { x: -3.7, y: 45, z: 1, type: 2 },
+    { x: 100, y: 200, z: 3, type: -1 },
+    { x: 7, y: 8, z: 0, type: -1 },
+    { x: 55, y: 66, z: 77, type: 2 },
+    { x: 1, y: 1, z: 1, type: 1 },
+    { x: 12.7, y: 0.9, z: 3.5, type: 2 },
+  ];
+  const golden = await fs.readFile(path.join(BRAINGLOBE_FIXTURES, 'cells_mixed_types.xml'), 'utf8');
+  const { text, warnings } = formatCellCounterXml(points);
+  assert.equal(text, golden);
+  // brainglobe-utils printed 4 clamp warnings; we report the same 4, plus the artifacts.
+  assert.equal(warnings.filter((w) => /written as 1 \(Cell Counter/.test(w)).length, 4);
 });

@@ -3,8 +3,8 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { DataFileError } from '../src/core/errors';
-import { formatTrainingYaml, parseTrainingYaml, readTrainingYaml, writeTrainingYaml } from '../src/core/trainingYaml';
-import { SAMPLE, scratch } from './helpers';
+import { formatTrainingYaml, parseTrainingYaml, pythonFloat, readTrainingYaml, writeTrainingYaml } from '../src/core/trainingYaml';
+import { BRAINGLOBE_FIXTURES, SAMPLE, scratch } from './helpers';
 
 const TRAINING = path.join(SAMPLE, 'training');
 
@@ -72,4 +72,15 @@ test('writes cube_dir relative to the YAML by default, absolute on request, and 
   assert.equal(back.entries[0].resolvedAgainst, 'yaml-folder');
   assert.deepEqual(back.entries[0].extra, { comment: 'round 2' });
   await assert.rejects(writeTrainingYaml(yamlFile, entries), /already exists/);
+});
+
+test('byte for byte what brainglobe-utils save_yaml wrote (napari curation layout), and Python float repr', async () => {
+  for (const name of ['training.yaml', 'training_single_channel.yaml']) {
+    const file = path.join(BRAINGLOBE_FIXTURES, name);
+    const golden = await fs.readFile(file, 'utf8');
+    const entries = parseTrainingYaml(golden, file);
+    assert.equal(formatTrainingYaml(file, entries, { absolutePaths: true }), golden, name);
+  }
+  // test/fixtures/brainglobe-utils/training_float_edge_cases.yaml
+  assert.deepEqual([1e-5, 1e16, 100, 12345678901234.5, 411.6390313291045].map(pythonFloat), ['1.0e-05', '1.0e+16', '100.0', '12345678901234.5', '411.6390313291045']);
 });

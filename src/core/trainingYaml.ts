@@ -91,12 +91,7 @@ function parseEntry(raw: unknown, index: number, file: string): TrainingDataEntr
   const cellDef = raw.cell_def ?? '';
   if (typeof cellDef !== 'string') fail('"cell_def" must be a path or \'\'');
   const entry: TrainingDataEntry = { cubeDir: cubeDir as string, cellDef: cellDef as string, type: type as CubeLabel, signalChannel, bgChannel };
-  for (const [key, field] of [
-    ['signal_mean', 'signalMean'],
-    ['signal_std', 'signalStd'],
-    ['bg_mean', 'bgMean'],
-    ['bg_std', 'bgStd'],
-  ] as const) {
+  for (const [key, field] of STAT_KEYS) {
     const value = raw[key];
     if (value === undefined) continue;
     if (typeof value !== 'number' || !Number.isFinite(value)) fail(`"${key}" is ${JSON.stringify(value)}; it must be a number`);
@@ -157,31 +152,69 @@ export interface WriteTrainingYamlOptions {
 }
 
 /**
- * Formats entries the way cellfinder's napari plugin writes them (PyYAML
- * `yaml.dump`: block style, keys sorted, list items not indented). `cubeDir`
- * must be absolute or relative to the process working directory; it is
- * written relative to the YAML's folder unless `absolutePaths` is set.
+ * Formats entries byte for byte as cellfinder's napari plugin writes them
+ * (brainglobe-utils `save_yaml`, i.e. PyYAML `yaml.dump`: block style, keys
+ * sorted, list items not indented, floats in Python's repr). `cubeDir` must
+ * be absolute or relative to the process working directory; it is written
+ * relative to the YAML's folder unless `absolutePaths` is set.
  */
 export function formatTrainingYaml(file: string, entries: TrainingDataEntry[], options: WriteTrainingYamlOptions = {}): string {
   const yamlFolder = path.dirname(path.resolve(file));
-  const data = entries.map((entry) => {
+  const lines = ['data:'];
+  for (const entry of entries) {
     const absolute = path.resolve(entry.cubeDir);
     const cubeDir = options.absolutePaths ? absolute : toPosix(path.relative(yamlFolder, absolute) || '.');
-    const mapping: Record<string, unknown> = {
-      ...entry.extra,
-      bg_channel: entry.bgChannel,
-      cell_def: entry.cellDef,
-      cube_dir: cubeDir,
-      signal_channel: entry.signalChannel,
-      type: entry.type,
-    };
-    if (entry.signalMean !== undefined) mapping.signal_mean = entry.signalMean;
-    if (entry.signalStd !== undefined) mapping.signal_std = entry.signalStd;
-    if (entry.bgMean !== undefined) mapping.bg_mean = entry.bgMean;
-    if (entry.bgStd !== undefined) mapping.bg_std = entry.bgStd;
-    return mapping;
-  });
-  return stringify({ data }, { sortMapEntries: true, indentSeq: false, singleQuote: true, lineWidth: 0 });
+    const values = new Map<string, string>();
+    for (const [key, value] of Object.entries(entry.extra ?? {})) values.set(key, yamlValue(value));
+    values.set('bg_channel', String(entry.bgChannel));
+    values.set('cell_def', yamlString(entry.cellDef));
+    values.set('cube_dir', yamlString(cubeDir));
+    values.set('signal_channel', String(entry.signalChannel));
+    values.set('type', entry.type);
+    for (const [key, field] of STAT_KEYS) {
+      const stat = entry[field];
+      if (stat !== undefined) values.set(key, pythonFloat(stat));
+    }
+    [...values.keys()].sort().forEach((key, i) => lines.push(`${i === 0 ? '- ' : '  '}${key}: ${values.get(key)}`));
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+const STAT_KEYS = [
+  ['signal_mean', 'signalMean'],
+  ['signal_std', 'signalStd'],
+  ['bg_mean', 'bgMean'],
+  ['bg_std', 'bgStd'],
+] as const;
+
+/** A string scalar quoted only when PyYAML would quote it (the yaml library decides, single quotes). */
+function yamlString(text: string): string {
+  return stringify(text, { singleQuote: true, lineWidth: 0 }).trimEnd();
+}
+
+function yamlValue(value: unknown): string {
+  if (typeof value === 'string') return yamlString(value);
+  if (typeof value === 'number') return Number.isInteger(value) ? String(value) : pythonFloat(value);
+  if (typeof value === 'boolean' || value === null) return String(value);
+  // Nested values a user added: JSON is valid YAML flow style.
+  return JSON.stringify(value);
+}
+
+/**
+ * A float as PyYAML writes it: Python's shortest repr (exponent below 1e-4 and
+ * from 1e16), with ".0" forced into exponent forms ("1.0e-05").
+ */
+export function pythonFloat(value: number): string {
+  if (Number.isNaN(value)) return '.nan';
+  if (!Number.isFinite(value)) return value > 0 ? '.inf' : '-.inf';
+  const [mantissa, exponentText] = value.toExponential().split('e');
+  const exponent = Number(exponentText);
+  if (exponent < -4 || exponent >= 16) {
+    const digits = mantissa.includes('.') ? mantissa : `${mantissa}.0`;
+    return `${digits}e${exponent < 0 ? '-' : '+'}${String(Math.abs(exponent)).padStart(2, '0')}`;
+  }
+  const fixed = value.toFixed(Math.max(0, (mantissa.split('.')[1]?.length ?? 0) - exponent));
+  return fixed.includes('.') ? fixed : `${fixed}.0`;
 }
 
 export async function writeTrainingYaml(file: string, entries: TrainingDataEntry[], options: WriteTrainingYamlOptions = {}): Promise<void> {
