@@ -70,3 +70,11 @@ test('the built CLI runs through bin/ (as npx cellfinder-retrain does)', () => {
   const none = spawnSync(process.execPath, [path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js')], { encoding: 'utf8' });
   assert.equal(none.status, 2);
 });
+
+test('--absolute-paths writes absolute cube_dir; the default is relative to the YAML', async (t) => {
+  const root = scratch(t);
+  await run(['dataset', 'create', path.join(root, 'relative')]);
+  await run(['dataset', 'create', path.join(root, 'absolute'), '--absolute-paths']);
+  assert.match(await fs.readFile(path.join(root, 'relative', 'training.yaml'), 'utf8'), /cube_dir: cells\n/);
+  assert.match(await fs.readFile(path.join(root, 'absolute', 'training.yaml'), 'utf8'), new RegExp(`cube_dir: ${path.join(root, 'absolute', 'cells')}\\n`));
+});

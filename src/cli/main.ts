@@ -19,15 +19,20 @@ const USAGE = `cellfinder-retrain: build and check cellfinder training data
 
 Commands:
   extract --signal <planes dir|tif> [--background <planes dir|tif>] --points <xml>
-          --output-dir <dir> [--voxel-sizes Z Y X] [--label cell|no_cell] [--json]
+          --output-dir <dir> [--voxel-sizes Z Y X] [--label cell|no_cell]
+          [--absolute-paths] [--json]
       Cut network cubes (20x50x50) around the points into a training dataset
       (cells/, non_cells/, training.yaml). Voxel sizes are the data's, in µm;
       without them no rescaling is done. Each point's Cell Counter type gives
       its label (2 = cell, 1 = non-cell) unless --label is given.
-  dataset create <dir> [--no-background]
+  dataset create <dir> [--no-background] [--absolute-paths]
   dataset info <training.yaml|dir> [--json]
   dataset validate <training.yaml|dir> [--json]
-  dataset merge -y <training.yaml>... --output-dir <dir> [--json]
+  dataset merge -y <training.yaml>... --output-dir <dir> [--absolute-paths] [--json]
+
+training.yaml paths are written relative to the YAML's folder unless
+--absolute-paths is given; cellfinder_train reads relative paths from its
+working directory, so run it from the dataset folder (see README).
   demo [--output-dir <dir>]
       Extract the bundled sample candidates and print the dataset summary.
 
@@ -83,6 +88,7 @@ const EXTRACT_FLAGS: FlagSpec[] = [
   { name: 'output-dir', short: 'o', values: 1 },
   { name: 'voxel-sizes', short: 'v', values: 3 },
   { name: 'label', values: 1 },
+  { name: 'absolute-paths', values: 0 },
   { name: 'json', values: 0 },
 ];
 
@@ -118,6 +124,7 @@ async function extractCommand(argv: readonly string[], io: Io): Promise<number> 
     outputDir: one(flags, 'output-dir', true),
     voxelSizes,
     label: label as CubeLabel | undefined,
+    absolutePaths: flags.has('absolute-paths'),
     onProgress: (done, total) => {
       const percent = total === 0 ? 100 : Math.floor((100 * done) / total);
       if (percent !== lastPercent) io.err(`extracting cubes: ${done}/${total} (${percent}%)`);
@@ -144,9 +151,12 @@ async function datasetCommand(argv: readonly string[], io: Io): Promise<number> 
   const [sub, ...rest] = argv;
   switch (sub) {
     case 'create': {
-      const { flags, positionals } = parseArgs(rest, [{ name: 'no-background', values: 0 }]);
+      const { flags, positionals } = parseArgs(rest, [
+        { name: 'no-background', values: 0 },
+        { name: 'absolute-paths', values: 0 },
+      ]);
       if (positionals.length !== 1) throw new UsageError('dataset create needs one folder');
-      const dataset = await TrainingDataset.create(positionals[0], { backgroundChannel: !flags.has('no-background') });
+      const dataset = await TrainingDataset.create(positionals[0], { backgroundChannel: !flags.has('no-background'), absolutePaths: flags.has('absolute-paths') });
       io.out(`Dataset ready: ${dataset.yamlFile}`);
       return 0;
     }
@@ -174,11 +184,12 @@ async function datasetCommand(argv: readonly string[], io: Io): Promise<number> 
       const { flags, positionals } = parseArgs(rest, [
         { name: 'yaml', short: 'y', values: '+' },
         { name: 'output-dir', short: 'o', values: 1 },
+        { name: 'absolute-paths', values: 0 },
         { name: 'json', values: 0 },
       ]);
       const sources = [...(flags.get('yaml') ?? []), ...positionals].map((source) => yamlPath([source]));
       if (sources.length < 2) throw new UsageError('dataset merge needs at least two training.yaml files (-y a.yaml b.yaml)');
-      const report = await mergeTrainingYamls(sources, one(flags, 'output-dir', true));
+      const report = await mergeTrainingYamls(sources, one(flags, 'output-dir', true), { absolutePaths: flags.has('absolute-paths') });
       if (flags.has('json')) {
         io.out(JSON.stringify(report, null, 2));
         return 0;

@@ -85,7 +85,7 @@ export class TrainingDataset {
    * Creates the folders and training.yaml. An existing dataset at `root` is
    * opened instead, never rewritten.
    */
-  static async create(root: string, options: { backgroundChannel?: boolean } = {}): Promise<TrainingDataset> {
+  static async create(root: string, options: { backgroundChannel?: boolean; absolutePaths?: boolean } = {}): Promise<TrainingDataset> {
     const absolute = path.resolve(root);
     if (await exists(path.join(absolute, TRAINING_YAML))) return TrainingDataset.open(absolute);
     try {
@@ -97,7 +97,7 @@ export class TrainingDataset {
     const bgChannel = options.backgroundChannel === false ? NO_BACKGROUND_CHANNEL : 1;
     const entry = (label: CubeLabel): TrainingDataEntry => ({ cubeDir: path.join(absolute, folderFor(label)), cellDef: '', type: label, signalChannel: 0, bgChannel });
     try {
-      await writeTrainingYaml(path.join(absolute, TRAINING_YAML), [entry('cell'), entry('no_cell')]);
+      await writeTrainingYaml(path.join(absolute, TRAINING_YAML), [entry('cell'), entry('no_cell')], { absolutePaths: options.absolutePaths });
     } catch (error) {
       // Another process created it between our check and our write: use theirs.
       if (!(error instanceof FileExistsError)) throw error;

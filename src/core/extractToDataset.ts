@@ -23,6 +23,8 @@ export interface ExtractToDatasetOptions {
    * (2 -> cell, 1 or -1 -> no_cell), as cellfinder reads labelled XML.
    */
   label?: CubeLabel;
+  /** Write absolute cube_dir paths in a new training.yaml (default: relative to it). */
+  absolutePaths?: boolean;
   onProgress?: (done: number, total: number) => void;
   abortSignal?: AbortSignal;
 }
@@ -59,7 +61,7 @@ export async function extractToDataset(options: ExtractToDatasetOptions): Promis
         'Check that the points belong to this volume (same coordinates, not atlas or downsampled space)',
       );
     }
-    const dataset = await TrainingDataset.create(options.outputDir, { backgroundChannel: volumes.length > 1 });
+    const dataset = await TrainingDataset.create(options.outputDir, { backgroundChannel: volumes.length > 1, absolutePaths: options.absolutePaths });
     let added = 0;
     let alreadyPresent = 0;
     const total = plan.extractable.length;

@@ -59,14 +59,21 @@ function folderName(text: string): string {
   return text.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 60) || 'dataset';
 }
 
-export async function mergeTrainingYamls(yamlFiles: string[], outputDir: string, workingDirectory?: string): Promise<MergeReport> {
+export interface MergeOptions {
+  /** Where relative cube_dir paths of the sources may also be found (as cellfinder would). */
+  workingDirectory?: string;
+  /** Write absolute cube_dir paths (default: relative to the merged training.yaml). */
+  absolutePaths?: boolean;
+}
+
+export async function mergeTrainingYamls(yamlFiles: string[], outputDir: string, options: MergeOptions = {}): Promise<MergeReport> {
   const output = path.resolve(outputDir);
   const outputYaml = path.join(output, TRAINING_YAML);
   if (await exists(outputYaml)) {
     throw new DataFileError(outputYaml, 'already exists', 'Merge into a new, empty output folder; nothing was changed');
   }
   const summaries = [];
-  for (const file of yamlFiles) summaries.push(await summarizeTrainingYaml(file, workingDirectory));
+  for (const file of yamlFiles) summaries.push(await summarizeTrainingYaml(file, options.workingDirectory));
   const channelCounts = new Set(summaries.flatMap((s) => s.entries.map((e) => (e.entry.bgChannel === NO_BACKGROUND_CHANNEL ? 1 : 2))));
   if (channelCounts.size > 1) {
     throw new DataFileError(yamlFiles.join(', '), 'mix single-channel and two-channel cubes', 'Merge only datasets with the same channels (all with background, or all without)');
@@ -126,6 +133,6 @@ export async function mergeTrainingYamls(yamlFiles: string[], outputDir: string,
       }
     }
   }
-  await writeTrainingYaml(outputYaml, entries);
+  await writeTrainingYaml(outputYaml, entries, { absolutePaths: options.absolutePaths });
   return { yamlFile: outputYaml, copied, duplicates, conflicts, cells: counts.cell, nonCells: counts.no_cell };
 }
