@@ -1,0 +1,97 @@
+/**
+ * `npm run bench`: cube extraction speed and peak memory on a synthetic
+ * whole-volume far larger than the cubes it extracts. Each case runs in its
+ * own process so its peak memory (max RSS) is its own. Prints a table.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, promises as fs, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { TrainingDataset } from '../src/core/dataset';
+import { extractCubes, planExtraction, type VoxelSizes } from '../src/core/extraction';
+import { encodeFloat32Stack } from '../src/core/tiffWriter';
+import { openVolume } from '../src/core/volume';
+
+const PLANES = 120;
+const SIDE = 2048;
+const POINTS = 3000;
+
+interface CaseResult {
+  name: string;
+  cubes: number;
+  seconds: number;
+  maxRssMiB: number;
+}
+
+async function makeVolume(folder: string): Promise<void> {
+  if (existsSync(path.join(folder, 'done'))) return;
+  mkdirSync(folder, { recursive: true });
+  const plane = new Float32Array(SIDE * SIDE);
+  for (let z = 0; z < PLANES; z++) {
+    for (let i = 0; i < plane.length; i++) plane[i] = (i * 31 + z * 17) % 4096;
+    await fs.writeFile(path.join(folder, `plane_${z}.tif`), encodeFloat32Stack(plane, 1, SIDE, SIDE));
+  }
+  await fs.writeFile(path.join(folder, 'done'), '');
+}
+
+/** Deterministic pseudo-random points spread through the volume. */
+function points(): Array<{ x: number; y: number; z: number }> {
+  let seed = 12345;
+  const next = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  return Array.from({ length: POINTS }, () => ({ x: Math.floor(20 + next() * (SIDE - 40)), y: Math.floor(20 + next() * (SIDE - 40)), z: Math.floor(12 + next() * (PLANES - 24)) }));
+}
+
+async function runCase(volumeDir: string, name: string, voxelSizes: VoxelSizes | undefined, writeTo: string | undefined): Promise<void> {
+  const channels = [await openVolume(volumeDir), await openVolume(volumeDir)];
+  const plan = planExtraction({ points: points(), channels, dataVoxelSizes: voxelSizes });
+  const dataset = writeTo ? await TrainingDataset.create(writeTo) : undefined;
+  const start = process.hrtime.bigint();
+  let cubes = 0;
+  for await (const cube of extractCubes(plan, channels)) {
+    if (dataset) await dataset.addCube({ position: cube.point, label: 'cell', channels: cube.channels, source: volumeDir });
+    cubes++;
+  }
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  const result: CaseResult = { name, cubes, seconds, maxRssMiB: process.resourceUsage().maxRSS / 1024 };
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+}
+
+async function main(): Promise<void> {
+  const [mode, volumeDir, name, voxels, writeTo] = process.argv.slice(2);
+  if (mode === 'case') {
+    await runCase(volumeDir, name, voxels === 'none' ? undefined : (voxels.split(',').map(Number) as unknown as VoxelSizes), writeTo === 'none' ? undefined : writeTo);
+    return;
+  }
+  const work = path.join(tmpdir(), 'cellfinder-retrain-bench');
+  const volume = path.join(work, 'volume');
+  process.stderr.write(`making a synthetic volume: ${PLANES} planes of ${SIDE}x${SIDE} float32 (${((PLANES * SIDE * SIDE * 4) / 2 ** 30).toFixed(1)} GiB, used as both channels)...\n`);
+  await makeVolume(volume);
+  const cases: Array<[string, string, boolean]> = [
+    ['no rescaling (5, 1, 1 µm)', 'none', false],
+    ['rescaled from 5, 2, 2 µm', '5,2,2', false],
+    ['rescaled from 2.5, 0.8, 0.8 µm', '2.5,0.8,0.8', false],
+    ['rescaled from 5, 2, 2 µm + saved to dataset', '5,2,2', true],
+  ];
+  const results: CaseResult[] = [];
+  for (const [name, voxels, save] of cases) {
+    const out = path.join(work, `dataset-${results.length}`);
+    rmSync(out, { recursive: true, force: true });
+    const run = spawnSync(process.execPath, [__filename, 'case', volume, name, voxels, save ? out : 'none'], { encoding: 'utf8' });
+    if (run.status !== 0) throw new Error(run.stderr);
+    results.push(JSON.parse(run.stdout.trim()) as CaseResult);
+    rmSync(out, { recursive: true, force: true });
+  }
+  const volumeMiB = (PLANES * SIDE * SIDE * 4 * 2) / 2 ** 20;
+  console.log(`\nCube extraction, ${POINTS} points, 2 channels, volume ${PLANES}x${SIDE}x${SIDE} float32 per channel (${(volumeMiB / 1024).toFixed(1)} GiB both channels), Node ${process.version}\n`);
+  console.log('| case | cubes | seconds | cubes/s | peak RSS (MiB) | cube data out (MiB) |');
+  console.log('|---|---|---|---|---|---|');
+  for (const r of results) {
+    console.log(`| ${r.name} | ${r.cubes} | ${r.seconds.toFixed(2)} | ${(r.cubes / r.seconds).toFixed(0)} | ${r.maxRssMiB.toFixed(0)} | ${((r.cubes * 2 * 20 * 50 * 50 * 4) / 2 ** 20).toFixed(0)} |`);
+  }
+  console.log(`\nPeak memory stays near one cuboid depth of planes per channel (20 planes x ${((SIDE * SIDE * 4) / 2 ** 20).toFixed(0)} MiB x 2 channels), not the volume.`);
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exitCode = 1;
+});
