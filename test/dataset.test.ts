@@ -7,6 +7,7 @@ import { CUBE_VOXELS, readCube } from '../src/core/cube';
 import { TrainingDataset, validateTrainingYaml, summarizeTrainingYaml } from '../src/core/dataset';
 import { DataFileError } from '../src/core/errors';
 import { mergeTrainingYamls } from '../src/core/merge';
+import { writeTrainingYaml } from '../src/core/trainingYaml';
 import { SAMPLE, scratch } from './helpers';
 
 /** A real cube pair from cellfinder's training data. */
@@ -90,6 +91,28 @@ test('a full disk: clear error, the cubes already saved are untouched, no partia
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=400k', 'tmpfs', mount]);
   try {
     await fillTheDisk(mount);
+  } finally {
+    execFileSync('umount', [mount]);
+  }
+});
+
+test('an unwritable output folder: clear error naming it, nothing written', async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.skip('needs root to mount a read-only tmpfs (CI runs as root; root ignores permission bits)');
+    return;
+  }
+  const mount = path.join(scratch(t, 'cfr-ro-'), 'read-only');
+  await fs.mkdir(mount);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs', mount]);
+  try {
+    await assert.rejects(TrainingDataset.create(path.join(mount, 'set')), (e: DataFileError) => {
+      assert.equal(e.file, path.join(mount, 'set'));
+      assert.match(e.message, /cannot create the dataset folders .*Choose a folder you can write to/);
+      return true;
+    });
+    const yamlFile = path.join(mount, 'training.yaml');
+    await assert.rejects(writeTrainingYaml(yamlFile, []), (e: DataFileError) => e.file === yamlFile && /the folder is not writable/.test(e.message));
+    assert.deepEqual(await fs.readdir(mount), []);
   } finally {
     execFileSync('umount', [mount]);
   }

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
+import { summarizeTrainingYaml } from '../src/core/dataset';
 import { DataFileError } from '../src/core/errors';
 import { formatTrainingYaml, parseTrainingYaml, pythonFloat, readTrainingYaml, writeTrainingYaml } from '../src/core/trainingYaml';
 import { BRAINGLOBE_FIXTURES, SAMPLE, scratch } from './helpers';
@@ -83,4 +84,19 @@ test('byte for byte what brainglobe-utils save_yaml wrote (napari curation layou
   }
   // test/fixtures/brainglobe-utils/training_float_edge_cases.yaml
   assert.deepEqual([1e-5, 1e16, 100, 12345678901234.5, 411.6390313291045].map(pythonFloat), ['1.0e-05', '1.0e+16', '100.0', '12345678901234.5', '411.6390313291045']);
+});
+
+test('cell_def limits an entry to the cubes it names (XML or folder), resolved like cube_dir', async (t) => {
+  const root = scratch(t);
+  await fs.cp(path.join(TRAINING, 'cells'), path.join(root, 'cubes'), { recursive: true });
+  await fs.writeFile(
+    path.join(root, 'chosen.xml'),
+    '<CellCounter_Marker_File><Marker_Data><Marker_Type><Type>2</Type><Marker><MarkerX>1896</MarkerX><MarkerY>413</MarkerY><MarkerZ>1132</MarkerZ></Marker></Marker_Type></Marker_Data></CellCounter_Marker_File>',
+  );
+  const yamlFile = path.join(root, 'training.yaml');
+  await fs.writeFile(yamlFile, "data:\n- bg_channel: 1\n  cell_def: chosen.xml\n  cube_dir: cubes\n  signal_channel: 0\n  type: cell\n");
+  const summary = await summarizeTrainingYaml(yamlFile, '/');
+  assert.deepEqual(summary.entries[0].cubes.map((c) => c.position), [{ x: 1896, y: 413, z: 1132 }]);
+  await fs.writeFile(yamlFile, "data:\n- bg_channel: 1\n  cell_def: missing.xml\n  cube_dir: cubes\n  signal_channel: 0\n  type: cell\n");
+  await assert.rejects(summarizeTrainingYaml(yamlFile, '/'), /data\[0\] \(type cell\): cell_def "missing.xml" does not exist/);
 });

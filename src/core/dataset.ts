@@ -13,6 +13,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { appendLineDurably, exists, FileExistsError, moveFileNoClobber, writeFileAtomic } from './atomicFile';
 import { cubeFileName, encodeCube, pointFromCubeFileName, readCube, siblingChannelFile, type Point3 } from './cube';
+import { readCellCounterXml } from './cellCounterXml';
 import { DataFileError } from './errors';
 import { NO_BACKGROUND_CHANNEL, readTrainingYaml, writeTrainingYaml, type CubeLabel, type ResolvedTrainingDataEntry, type TrainingDataEntry } from './trainingYaml';
 
@@ -292,19 +293,34 @@ export interface EntrySummary {
   cubes: ListedCube[];
 }
 
-/** The cubes a training.yaml entry stands for, found as cellfinder finds them. */
+/**
+ * The cubes a training.yaml entry stands for, found as cellfinder_train finds
+ * them: files ending `ch{signal_channel}.tif` (any case) in cube_dir, or, when
+ * cell_def names an XML file or a folder, only the files whose position it
+ * lists (then the suffix match is case-sensitive, `Ch{n}.tif`, as in cellfinder).
+ */
 export async function listEntryCubes(entry: ResolvedTrainingDataEntry): Promise<ListedCube[]> {
   const names = await fs.readdir(entry.cubeDirPath);
-  const suffix = `ch${entry.signalChannel}.tif`;
   const channels = entry.bgChannel === NO_BACKGROUND_CHANNEL ? [entry.signalChannel] : [entry.signalChannel, entry.bgChannel];
+  const wanted = entry.cellDefPath ? await cellDefPositions(entry.cellDefPath) : undefined;
+  const isSignalFile = wanted ? (name: string) => name.endsWith(`Ch${entry.signalChannel}.tif`) : (name: string) => name.toLowerCase().endsWith(`ch${entry.signalChannel}.tif`);
   const cubes: ListedCube[] = [];
-  for (const name of names.filter((n) => n.toLowerCase().endsWith(suffix)).sort()) {
+  for (const name of names.filter(isSignalFile).sort()) {
     const position = pointFromCubeFileName(name);
-    if (!position) continue;
+    if (!position || (wanted && !wanted.has(positionKey(position)))) continue;
     const signalFile = path.join(entry.cubeDirPath, name);
     cubes.push({ position, files: channels.map((channel) => siblingChannelFile(signalFile, channel)) });
   }
   return cubes;
+}
+
+/** Positions a cell_def names: the points of a Cell Counter XML file, or the cube file names in a folder. */
+async function cellDefPositions(cellDef: string): Promise<Set<string>> {
+  if ((await fs.stat(cellDef)).isDirectory()) {
+    const positions = (await fs.readdir(cellDef)).map((name) => pointFromCubeFileName(name)).filter((p): p is Point3 => p !== undefined);
+    return new Set(positions.map(positionKey));
+  }
+  return new Set((await readCellCounterXml(cellDef)).points.map(positionKey));
 }
 
 export interface DatasetSummary {

@@ -38,6 +38,8 @@ export interface ResolvedTrainingDataEntry extends TrainingDataEntry {
   /** Absolute folder the cubes are in. */
   cubeDirPath: string;
   resolvedAgainst: ResolvedAgainst;
+  /** The resolved `cell_def` (XML file or folder) when it is not ''. */
+  cellDefPath?: string;
 }
 
 export interface TrainingYaml {
@@ -117,32 +119,54 @@ export async function readTrainingYaml(file: string, workingDirectory: string = 
   const entries = parseTrainingYaml(text, file);
   const resolved: ResolvedTrainingDataEntry[] = [];
   for (const [index, entry] of entries.entries()) {
-    resolved.push({ ...entry, ...(await resolveCubeDir(entry, index, file, workingDirectory)) });
+    resolved.push({ ...entry, ...(await resolveEntry(entry, index, file, workingDirectory)) });
   }
   return { file: path.resolve(file), entries: resolved };
 }
 
-async function resolveCubeDir(
+/** Where a relative path of an entry may be: the YAML's folder first, then the working directory. */
+async function resolveEntryPath(
+  given: string,
+  yamlFile: string,
+  workingDirectory: string,
+  isWanted: (candidate: string) => Promise<boolean>,
+): Promise<{ resolved?: { path: string; against: ResolvedAgainst }; looked: string }> {
+  const candidates: Array<{ path: string; against: ResolvedAgainst }> = path.isAbsolute(given)
+    ? [{ path: given, against: 'absolute' }]
+    : [
+        { path: path.resolve(path.dirname(path.resolve(yamlFile)), given), against: 'yaml-folder' },
+        { path: path.resolve(workingDirectory, given), against: 'working-directory' },
+      ];
+  for (const candidate of candidates) {
+    if (await isWanted(candidate.path)) return { resolved: candidate, looked: '' };
+  }
+  return { looked: [...new Set(candidates.map((c) => c.path))].join(' or ') };
+}
+
+async function resolveEntry(
   entry: TrainingDataEntry,
   index: number,
   file: string,
   workingDirectory: string,
-): Promise<{ cubeDirPath: string; resolvedAgainst: ResolvedAgainst }> {
-  const candidates: Array<{ cubeDirPath: string; resolvedAgainst: ResolvedAgainst }> = path.isAbsolute(entry.cubeDir)
-    ? [{ cubeDirPath: entry.cubeDir, resolvedAgainst: 'absolute' }]
-    : [
-        { cubeDirPath: path.resolve(path.dirname(path.resolve(file)), entry.cubeDir), resolvedAgainst: 'yaml-folder' },
-        { cubeDirPath: path.resolve(workingDirectory, entry.cubeDir), resolvedAgainst: 'working-directory' },
-      ];
-  for (const candidate of candidates) {
-    if (await isDirectory(candidate.cubeDirPath)) return candidate;
+): Promise<Pick<ResolvedTrainingDataEntry, 'cubeDirPath' | 'resolvedAgainst' | 'cellDefPath'>> {
+  const cubeDir = await resolveEntryPath(entry.cubeDir, file, workingDirectory, isDirectory);
+  if (!cubeDir.resolved) {
+    throw new DataFileError(
+      file,
+      `data[${index}] (type ${entry.type}): cube_dir "${entry.cubeDir}" is not a folder (looked in ${cubeDir.looked})`,
+      "Fix cube_dir, or move the cubes there; relative paths are read from the YAML's folder first, then the working directory",
+    );
   }
-  const looked = [...new Set(candidates.map((c) => c.cubeDirPath))].join(' or ');
-  throw new DataFileError(
-    file,
-    `data[${index}] (type ${entry.type}): cube_dir "${entry.cubeDir}" is not a folder (looked in ${looked})`,
-    'Fix cube_dir, or move the cubes there; relative paths are read from the YAML\'s folder first, then the working directory',
-  );
+  if (entry.cellDef === '') return { cubeDirPath: cubeDir.resolved.path, resolvedAgainst: cubeDir.resolved.against };
+  const cellDef = await resolveEntryPath(entry.cellDef, file, workingDirectory, pathExists);
+  if (!cellDef.resolved) {
+    throw new DataFileError(
+      file,
+      `data[${index}] (type ${entry.type}): cell_def "${entry.cellDef}" does not exist (looked in ${cellDef.looked})`,
+      "Fix cell_def (a Cell Counter XML file or a folder of cube files naming the cubes to use), or set it to '' to use every cube",
+    );
+  }
+  return { cubeDirPath: cubeDir.resolved.path, resolvedAgainst: cubeDir.resolved.against, cellDefPath: cellDef.resolved.path };
 }
 
 export interface WriteTrainingYamlOptions {
@@ -227,6 +251,15 @@ function toPosix(relative: string): string {
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+async function pathExists(candidate: string): Promise<boolean> {
+  try {
+    await fs.stat(candidate);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function isDirectory(folder: string): Promise<boolean> {
