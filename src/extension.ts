@@ -10,8 +10,12 @@ import { DataFileError } from './core/errors';
 import { extractToDataset } from './core/extractToDataset';
 import type { VoxelSizes } from './core/extraction';
 
+let log: vscode.OutputChannel;
+
 export function activate(context: vscode.ExtensionContext): void {
+  log = vscode.window.createOutputChannel('Cellfinder');
   context.subscriptions.push(
+    log,
     vscode.commands.registerCommand('cellfinder.createTrainingDataset', () => runReportingErrors(createTrainingDataset)),
     vscode.commands.registerCommand('cellfinder.extractCubes', () => runReportingErrors(extractCubesCommand)),
   );
@@ -49,7 +53,10 @@ async function pickVolume(title: string): Promise<string | undefined> {
 async function createTrainingDataset(): Promise<void> {
   const folder = await pickFolder('Folder for the new training dataset');
   if (!folder) return;
-  const dataset = await TrainingDataset.create(folder);
+  const dataset = await vscode.window.withProgress(
+    { location: vscode.ProgressLocation.Notification, title: 'Cellfinder: creating training dataset', cancellable: false },
+    () => TrainingDataset.create(folder),
+  );
   void vscode.window.showInformationMessage(`Cellfinder: training dataset ready in ${dataset.root}`);
   await vscode.window.showTextDocument(vscode.Uri.file(dataset.yamlFile), { preview: true });
 }
@@ -96,14 +103,12 @@ async function extractCubesCommand(): Promise<void> {
       });
     },
   );
-  const skipped = report.skipped.length ? `, ${report.skipped.length} too near the edge (listed in the output log)` : '';
+  for (const warning of report.warnings) log.appendLine(`warning: ${warning}`);
+  for (const s of report.skipped) log.appendLine(`skipped x=${s.point.x} y=${s.point.y} z=${s.point.z}: ${s.reason}`);
+  const skipped = report.skipped.length ? `, ${report.skipped.length} skipped near the edge (listed in the Cellfinder output)` : '';
   const choice = await vscode.window.showInformationMessage(
     `Cellfinder: ${report.added} cube(s) added to ${path.basename(path.dirname(report.yamlFile))} (${report.cells} cells, ${report.nonCells} non-cells)${skipped}.`,
     'Open training.yaml',
   );
-  if (report.skipped.length) {
-    const channel = vscode.window.createOutputChannel('Cellfinder');
-    for (const s of report.skipped) channel.appendLine(`skipped x=${s.point.x} y=${s.point.y} z=${s.point.z}: ${s.reason}`);
-  }
   if (choice) await vscode.window.showTextDocument(vscode.Uri.file(report.yamlFile));
 }

@@ -13,6 +13,7 @@ import { readCube } from '../src/core/cube';
 import { summarizeTrainingYaml } from '../src/core/dataset';
 import { extractToDataset } from '../src/core/extractToDataset';
 import { writeTrainingYaml } from '../src/core/trainingYaml';
+import { openVolume } from '../src/core/volume';
 import { REPO_ROOT, SAMPLE, scratch } from './helpers';
 
 const PYTHON = path.join(REPO_ROOT, '.venv', 'bin', 'python');
@@ -80,4 +81,26 @@ test('cellfinder\'s readers read our cubes, XML and training.yaml as we meant th
   assert.match(run.stdout, /^0 failure\(s\)$/m);
   const checks = run.stdout.split('\n').filter((line) => line.startsWith('ok ')).length;
   assert.ok(checks >= 4 * cubes.length + 1 + 2, `ran ${checks} checks`);
+});
+
+test('planes tifffile writes compressed (deflate, tiled) read the same as the originals', async (t) => {
+  assert.ok(existsSync(PYTHON), 'the peer venv is missing: run scripts/python-env.sh (npm test runs it)');
+  const root = scratch(t);
+  const script = [
+    'import sys, tifffile',
+    'src, out = sys.argv[1], sys.argv[2]',
+    'a = tifffile.imread(src)',
+    "tifffile.imwrite(out + '/deflate.tif', a, compression='zlib')",
+    "tifffile.imwrite(out + '/tiled.tif', a, compression='zlib', tile=(256, 256))",
+    "tifffile.imwrite(out + '/bigendian.tif', a, byteorder='>')",
+  ].join('\n');
+  const original = path.join(SAMPLE, 'signal', 'signal_ch000010.tif');
+  const run = spawnSync(PYTHON, ['-c', script, original, root], { encoding: 'utf8' });
+  assert.equal(run.status, 0, run.stderr);
+  const expected = Array.from(await (await openVolume(original)).readPlane(0));
+  for (const name of ['deflate.tif', 'tiled.tif', 'bigendian.tif']) {
+    const volume = await openVolume(path.join(root, name));
+    assert.deepEqual(Array.from(await volume.readPlane(0)), expected, name);
+    await volume.close();
+  }
 });

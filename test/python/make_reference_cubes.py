@@ -126,15 +126,9 @@ def voxel_dir_name(voxel_sizes) -> str:
     return f"z{fmt(vz)}_y{fmt(vy)}_x{fmt(vx)}"
 
 
-def extract_like_napari(
-    signal, background, cells, voxel_sizes, out_dir: Path, save_cube
-):
-    """Extract and save cubes exactly as napari curation's extract_cubes.
-
-    Returns ``{input_index: [file names]}`` for the points cellfinder
-    extracted (points near the edges are silently dropped by cellfinder).
-    """
-    dataset = CuboidArrayDataset(
+def curation_dataset(signal, background, cells, voxel_sizes):
+    """cellfinder's CuboidArrayDataset configured as napari curation does."""
+    return CuboidArrayDataset(
         signal_array=signal,
         background_array=background,
         points=cells,
@@ -146,6 +140,17 @@ def extract_like_napari(
         max_axis_0_cuboids_buffered=1,
         target_output="index",
     )
+
+
+def extract_like_napari(
+    signal, background, cells, voxel_sizes, out_dir: Path, save_cube
+):
+    """Extract and save cubes exactly as napari curation's extract_cubes.
+
+    Returns ``{input_index: [file names]}`` for the points cellfinder
+    extracted (points near the edges are silently dropped by cellfinder).
+    """
+    dataset = curation_dataset(signal, background, cells, voxel_sizes)
     written = {}
     if len(dataset) == 0:
         # Every point was dropped. CuboidBatchSampler raises
@@ -360,17 +365,7 @@ def trilinear_check(signal, background, cells, voxel_sizes, source):
 
     Returns per-point, per-channel results for every extractable point.
     """
-    dataset = CuboidArrayDataset(
-        signal_array=signal,
-        background_array=background,
-        points=cells,
-        data_voxel_sizes=voxel_sizes,
-        network_voxel_sizes=NETWORK_VOXEL_SIZES,
-        network_cuboid_voxels=NETWORK_CUBOID_VOXELS,
-        axis_order=("z", "y", "x"),
-        output_axis_order=("z", "y", "x", "c"),
-        target_output="index",
-    )
+    dataset = curation_dataset(signal, background, cells, voxel_sizes)
     results = []
     for k in range(len(dataset)):
         images, idx = dataset[[k]]
