@@ -92,10 +92,71 @@ function pixelTypeOf(image: GeoTIFFImage, file: string): PixelType {
 
 /** Reads one page's pixels in its own type, row-major (y, x). */
 export async function readPage(image: GeoTIFFImage, file: string): Promise<PixelArray> {
+  const info = pageInfo(image, file);
   try {
+    const raw = await readUncompressedStrips(image, info);
+    if (raw) return raw;
     const raster = await image.readRasters({ interleave: true });
     return raster as unknown as PixelArray;
   } catch (error) {
     throw tiffReadError(file, error);
+  }
+}
+
+const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * Fast path for the common microscopy layout (uncompressed strips): the
+ * strips' bytes are read as they are and viewed as the pixel type, swapping
+ * bytes only when the file's byte order differs from the machine's.
+ * geotiff decodes pixel by pixel, about ten times slower on large planes.
+ * Returns undefined for any other layout (compressed, tiled), which geotiff reads.
+ */
+async function readUncompressedStrips(image: GeoTIFFImage, info: TiffPageInfo): Promise<PixelArray | undefined> {
+  const directory = image.fileDirectory;
+  if (image.isTiled || (directory.getValue('Compression') ?? 1) !== 1) return undefined;
+  const offsets = (await directory.loadValue('StripOffsets')) as ArrayLike<number> | undefined;
+  const counts = (await directory.loadValue('StripByteCounts')) as ArrayLike<number> | undefined;
+  if (!offsets || !counts || offsets.length !== counts.length) return undefined;
+  const bytesPerPixel = info.pixelType === 'uint8' || info.pixelType === 'int8' ? 1 : info.pixelType === 'float32' ? 4 : 2;
+  const total = info.width * info.height * bytesPerPixel;
+  const slices: Array<{ offset: number; length: number }> = [];
+  let planned = 0;
+  for (let i = 0; i < offsets.length && planned < total; i++) {
+    const length = Math.min(Number(counts[i]), total - planned);
+    slices.push({ offset: Number(offsets[i]), length });
+    planned += length;
+  }
+  if (planned < total) throw new RangeError(`the strips hold ${planned} bytes, the image needs ${total}`);
+  const pieces = await image.source.fetch(slices);
+  const bytes = new Uint8Array(total);
+  let at = 0;
+  pieces.forEach((piece, i) => {
+    if (piece.byteLength < slices[i].length) throw new RangeError('strip beyond the end of the file');
+    bytes.set(new Uint8Array(piece, 0, slices[i].length), at);
+    at += slices[i].length;
+  });
+  if (bytesPerPixel > 1 && image.littleEndian !== HOST_IS_LITTLE_ENDIAN) swapBytes(bytes, bytesPerPixel);
+  switch (info.pixelType) {
+    case 'uint8':
+      return bytes;
+    case 'int8':
+      return new Int8Array(bytes.buffer);
+    case 'uint16':
+      return new Uint16Array(bytes.buffer);
+    case 'int16':
+      return new Int16Array(bytes.buffer);
+    case 'float32':
+      return new Float32Array(bytes.buffer);
+  }
+}
+
+function swapBytes(bytes: Uint8Array, width: number): void {
+  for (let i = 0; i < bytes.length; i += width) {
+    for (let a = i, b = i + width - 1; a < b; a++, b--) {
+      const t = bytes[a];
+      bytes[a] = bytes[b];
+      bytes[b] = t;
+    }
   }
 }
