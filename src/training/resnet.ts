@@ -1,0 +1,334 @@
+/**
+ * cellfinder's classification network (`core/classify/resnet.py`
+ * `build_model`), described layer by layer with Keras' names, shapes and
+ * weight order, and run with plain TensorFlow.js ops.
+ *
+ * Why not tfjs-layers: it has no 3D zero padding, no 3D global average
+ * pooling, and its batch normalisation rejects rank-5 inputs; cellfinder
+ * normalises over axis 3 of (batch, y, x, z, channels), i.e. over z, so the
+ * batch-norm parameters have the size of z at each depth. Weight files only
+ * load if we do exactly the same, so the model is written out here once.
+ */
+import type * as tfType from '@tensorflow/tfjs';
+
+export const NETWORK_DEPTHS = [18, 34, 50, 101, 152] as const;
+export type NetworkDepth = (typeof NETWORK_DEPTHS)[number];
+
+/** Blocks per residual unit (units 2-5) and whether they are bottleneck blocks. */
+const ARCHITECTURES: Record<NetworkDepth, { blocks: number[]; bottleneck: boolean }> = {
+  18: { blocks: [2, 2, 2, 2], bottleneck: false },
+  34: { blocks: [3, 4, 6, 3], bottleneck: false },
+  50: { blocks: [3, 4, 6, 3], bottleneck: true },
+  101: { blocks: [3, 4, 23, 3], bottleneck: true },
+  152: { blocks: [3, 6, 36, 3], bottleneck: true },
+};
+
+/** Network input (y, x, z) in voxels; channels come last. */
+export const INPUT_SPATIAL_SHAPE = [50, 50, 20] as const;
+export const BATCH_NORM_EPSILON = 1e-5;
+export const BATCH_NORM_MOMENTUM = 0.99;
+/** Batch normalisation axis of (batch, y, x, z, channels): z, as cellfinder has it. */
+export const BATCH_NORM_AXIS = 3;
+const STARTING_FEATURES = 64;
+const NUMBER_OF_CLASSES = 2;
+
+export type Shape3 = [number, number, number];
+/** Spatial size plus channels: (y, x, z, channels), without the batch axis. */
+export type FeatureShape = [number, number, number, number];
+
+export interface WeightSpec {
+  /** Keras' variable name within its layer (kernel, gamma, moving_mean, ...). */
+  name: string;
+  shape: number[];
+  /** Updated by the optimiser (false for batch-norm moving statistics). */
+  trainable: boolean;
+  initializer: 'glorot_uniform' | 'he_normal' | 'zeros' | 'ones';
+}
+
+interface LayerBase {
+  name: string;
+  /** Names of the layers whose outputs feed this one. */
+  inputs: string[];
+  outputShape: FeatureShape | [number];
+  weights: WeightSpec[];
+}
+
+export type LayerSpec = LayerBase &
+  (
+    | { kind: 'input' }
+    | { kind: 'zeroPadding'; padding: number }
+    | { kind: 'conv'; filters: number; kernel: Shape3; strides: Shape3 }
+    | { kind: 'batchNorm' }
+    | { kind: 'relu' }
+    | { kind: 'maxPool'; poolSize: Shape3; strides: Shape3 }
+    | { kind: 'add' }
+    | { kind: 'globalAveragePool' }
+    | { kind: 'dense'; units: number }
+  );
+
+export interface ResNetSpec {
+  depth: NetworkDepth;
+  channels: number;
+  layers: LayerSpec[];
+}
+
+export function isNetworkDepth(value: number): value is NetworkDepth {
+  return (NETWORK_DEPTHS as readonly number[]).includes(value);
+}
+
+function convOutput(size: number, kernel: number, stride: number): number {
+  return Math.floor((size - kernel) / stride) + 1;
+}
+
+/** The layers of cellfinder's ResNet in Keras' order, with names, shapes and weights. */
+export function resnetSpec(depth: NetworkDepth, channels: number): ResNetSpec {
+  if (!isNetworkDepth(depth)) throw new Error(`network depth ${depth} is not one of ${NETWORK_DEPTHS.join(', ')}`);
+  if (!Number.isInteger(channels) || channels < 1) throw new Error(`channels must be a positive integer, got ${channels}`);
+  const layers: LayerSpec[] = [];
+  const shapes = new Map<string, FeatureShape>();
+  const add = <L extends LayerSpec>(layer: L): string => {
+    layers.push(layer);
+    if (layer.outputShape.length === 4) shapes.set(layer.name, layer.outputShape as FeatureShape);
+    return layer.name;
+  };
+  const shapeOf = (name: string) => shapes.get(name) as FeatureShape;
+
+  const zeroPadding = (name: string, input: string, padding: number) => {
+    const [y, x, z, c] = shapeOf(input);
+    return add({ kind: 'zeroPadding', name, inputs: [input], padding, outputShape: [y + 2 * padding, x + 2 * padding, z + 2 * padding, c], weights: [] });
+  };
+  const conv = (name: string, input: string, filters: number, kernel: Shape3, strides: Shape3, initializer: WeightSpec['initializer']) => {
+    const [y, x, z, c] = shapeOf(input);
+    return add({
+      kind: 'conv',
+      name,
+      inputs: [input],
+      filters,
+      kernel,
+      strides,
+      outputShape: [convOutput(y, kernel[0], strides[0]), convOutput(x, kernel[1], strides[1]), convOutput(z, kernel[2], strides[2]), filters],
+      weights: [{ name: 'kernel', shape: [...kernel, c, filters], trainable: true, initializer }],
+    });
+  };
+  const batchNorm = (name: string, input: string) => {
+    const shape = shapeOf(input);
+    const size = shape[BATCH_NORM_AXIS - 1];
+    return add({
+      kind: 'batchNorm',
+      name,
+      inputs: [input],
+      outputShape: shape,
+      weights: [
+        { name: 'gamma', shape: [size], trainable: true, initializer: 'ones' },
+        { name: 'beta', shape: [size], trainable: true, initializer: 'zeros' },
+        { name: 'moving_mean', shape: [size], trainable: false, initializer: 'zeros' },
+        { name: 'moving_variance', shape: [size], trainable: false, initializer: 'ones' },
+      ],
+    });
+  };
+  const relu = (name: string, input: string) => add({ kind: 'relu', name, inputs: [input], outputShape: shapeOf(input), weights: [] });
+
+  // Stem: cellfinder's "conv1" and max pool.
+  let x = add({ kind: 'input', name: 'input_layer', inputs: [], outputShape: [...INPUT_SPATIAL_SHAPE, channels], weights: [] });
+  x = zeroPadding('conv1_padding', x, 3);
+  x = conv('conv1', x, STARTING_FEATURES, [7, 7, 3], [2, 2, 2], 'glorot_uniform');
+  x = batchNorm('conv1_bn', x);
+  x = relu('conv1_activation', x);
+  {
+    const [y, xx, z, c] = shapeOf(x);
+    x = add({ kind: 'maxPool', name: 'max_pool', inputs: [x], poolSize: [3, 3, 2], strides: [2, 2, 2], outputShape: [convOutput(y, 3, 2), convOutput(xx, 3, 2), convOutput(z, 2, 2), c], weights: [] });
+  }
+
+  const { blocks, bottleneck } = ARCHITECTURES[depth];
+  let features = STARTING_FEATURES;
+  blocks.forEach((count, unitIndex) => {
+    const unit = unitIndex + 2;
+    for (let block = 0; block < count; block++) {
+      const stride = unitIndex === 0 || block !== 0 ? 1 : 2;
+      const strides: Shape3 = [stride, stride, stride];
+      const prefix = `resunit${unit}_block${block}`;
+      const blockInput = x;
+      let y: string;
+      if (bottleneck) {
+        y = conv(`${prefix}_conv_a`, blockInput, features, [1, 1, 1], strides, 'he_normal');
+      } else {
+        y = zeroPadding(`${prefix}_pad_a`, blockInput, 1);
+        y = conv(`${prefix}_conv_a`, y, features, [3, 3, 3], strides, 'he_normal');
+      }
+      y = batchNorm(`${prefix}_bn_a`, y);
+      y = relu(`${prefix}_activation_a`, y);
+      y = zeroPadding(`${prefix}_pad_b`, y, 1);
+      y = conv(`${prefix}_conv_b`, y, features, [3, 3, 3], [1, 1, 1], 'he_normal');
+      y = batchNorm(`${prefix}_bn_b`, y);
+      const outFeatures = bottleneck ? features * 4 : features;
+      if (bottleneck) {
+        y = relu(`${prefix}_activation_b`, y);
+        y = conv(`${prefix}_conv_c`, y, outFeatures, [1, 1, 1], [1, 1, 1], 'he_normal');
+        y = batchNorm(`${prefix}_bn_c`, y);
+      }
+      let shortcut = blockInput;
+      if (block === 0) {
+        shortcut = conv(`${prefix}_shortcut_conv`, blockInput, outFeatures, [1, 1, 1], strides, 'he_normal');
+        shortcut = batchNorm(`${prefix}_shortcut_bn`, shortcut);
+      }
+      y = add({ kind: 'add', name: `${prefix}_add`, inputs: [y, shortcut], outputShape: shapeOf(y), weights: [] });
+      x = relu(`${prefix}_activation_c`, y);
+    }
+    features *= 2;
+  });
+  const finalFeatures = shapeOf(x)[3];
+  add({ kind: 'globalAveragePool', name: 'final_average_pool', inputs: [x], outputShape: [finalFeatures], weights: [] });
+  add({
+    kind: 'dense',
+    name: 'fully_connected',
+    inputs: ['final_average_pool'],
+    units: NUMBER_OF_CLASSES,
+    outputShape: [NUMBER_OF_CLASSES],
+    weights: [
+      { name: 'kernel', shape: [finalFeatures, NUMBER_OF_CLASSES], trainable: true, initializer: 'glorot_uniform' },
+      { name: 'bias', shape: [NUMBER_OF_CLASSES], trainable: true, initializer: 'zeros' },
+    ],
+  });
+  return { depth, channels, layers };
+}
+
+export function parameterCount(spec: ResNetSpec): number {
+  return spec.layers.reduce((sum, layer) => sum + layer.weights.reduce((s, w) => s + w.shape.reduce((a, b) => a * b, 1), 0), 0);
+}
+
+/** `layer/variable`: how we key weights (Keras 3 names variables per layer). */
+export function weightKey(layer: string, variable: string): string {
+  return `${layer}/${variable}`;
+}
+
+export type Weights = Map<string, tfType.Variable>;
+
+/** Batch statistics a training-mode forward pass computed, for the moving-average update. */
+export interface BatchNormStatistics {
+  layer: string;
+  mean: tfType.Tensor1D;
+  variance: tfType.Tensor1D;
+}
+
+/**
+ * Runs the network on `input` (batch, y, x, z, channels) and returns the
+ * softmax probabilities (batch, 2): index 0 non-cell, 1 cell. In training
+ * mode batch normalisation uses the batch's statistics (biased variance, as
+ * Keras) and returns them for the moving-average update.
+ */
+export function forward(
+  tf: typeof tfType,
+  spec: ResNetSpec,
+  weights: Weights,
+  input: tfType.Tensor5D,
+  training: boolean,
+): { probabilities: tfType.Tensor2D; logits: tfType.Tensor2D; statistics: BatchNormStatistics[] } {
+  const outputs = new Map<string, tfType.Tensor>();
+  const statistics: BatchNormStatistics[] = [];
+  const weight = (layer: string, name: string) => {
+    const value = weights.get(weightKey(layer, name));
+    if (!value) throw new Error(`missing weight ${weightKey(layer, name)}`);
+    return value;
+  };
+  let logits: tfType.Tensor2D | undefined;
+  for (const layer of spec.layers) {
+    const inputs = layer.inputs.map((name) => outputs.get(name) as tfType.Tensor);
+    let output: tfType.Tensor;
+    switch (layer.kind) {
+      case 'input':
+        output = input;
+        break;
+      case 'zeroPadding': {
+        const p = layer.padding;
+        output = tf.pad(inputs[0], [
+          [0, 0],
+          [p, p],
+          [p, p],
+          [p, p],
+          [0, 0],
+        ]);
+        break;
+      }
+      case 'conv':
+        output = tf.conv3d(inputs[0] as tfType.Tensor5D, weight(layer.name, 'kernel') as tfType.Tensor5D, layer.strides, 'valid');
+        break;
+      case 'batchNorm': {
+        const size = layer.weights[0].shape[0];
+        const broadcast = [1, 1, 1, size, 1];
+        let mean: tfType.Tensor;
+        let variance: tfType.Tensor;
+        if (training) {
+          const moments = tf.moments(inputs[0], [0, 1, 2, 4]);
+          mean = moments.mean;
+          variance = moments.variance;
+          statistics.push({ layer: layer.name, mean: mean as tfType.Tensor1D, variance: variance as tfType.Tensor1D });
+        } else {
+          mean = weight(layer.name, 'moving_mean');
+          variance = weight(layer.name, 'moving_variance');
+        }
+        const scale = tf.mul(weight(layer.name, 'gamma'), tf.rsqrt(tf.add(variance, BATCH_NORM_EPSILON)));
+        const shift = tf.sub(weight(layer.name, 'beta'), tf.mul(mean, scale));
+        output = tf.add(tf.mul(inputs[0], scale.reshape(broadcast)), shift.reshape(broadcast));
+        break;
+      }
+      case 'relu':
+        output = tf.relu(inputs[0]);
+        break;
+      case 'maxPool':
+        output = tf.maxPool3d(inputs[0] as tfType.Tensor5D, layer.poolSize, layer.strides, 'valid');
+        break;
+      case 'add':
+        output = tf.add(inputs[0], inputs[1]);
+        break;
+      case 'globalAveragePool':
+        output = tf.mean(inputs[0], [1, 2, 3]);
+        break;
+      case 'dense':
+        logits = tf.add(tf.matMul(inputs[0] as tfType.Tensor2D, weight(layer.name, 'kernel') as tfType.Tensor2D), weight(layer.name, 'bias')) as tfType.Tensor2D;
+        output = tf.softmax(logits);
+        break;
+    }
+    outputs.set(layer.name, output);
+  }
+  const probabilities = outputs.get('fully_connected') as tfType.Tensor2D;
+  return { probabilities, logits: logits as tfType.Tensor2D, statistics };
+}
+
+/**
+ * Fresh weights as Keras initialises cellfinder's model: glorot-uniform for
+ * conv1 and the classifier, he-normal (truncated at two standard deviations)
+ * for the residual convolutions, batch norm at identity.
+ */
+export function initialWeights(tf: typeof tfType, spec: ResNetSpec, seed: number): Weights {
+  const weights: Weights = new Map();
+  let counter = 0;
+  for (const layer of spec.layers) {
+    for (const w of layer.weights) {
+      const size = w.shape.reduce((a, b) => a * b, 1);
+      const receptive = w.shape.slice(0, -2).reduce((a, b) => a * b, 1);
+      const fanIn = w.shape.length >= 2 ? receptive * w.shape[w.shape.length - 2] : size;
+      const fanOut = w.shape.length >= 2 ? receptive * w.shape[w.shape.length - 1] : size;
+      const layerSeed = seed + 7919 * ++counter;
+      let value: tfType.Tensor;
+      switch (w.initializer) {
+        case 'zeros':
+          value = tf.zeros(w.shape);
+          break;
+        case 'ones':
+          value = tf.ones(w.shape);
+          break;
+        case 'glorot_uniform': {
+          const limit = Math.sqrt(6 / (fanIn + fanOut));
+          value = tf.randomUniform(w.shape, -limit, limit, 'float32', layerSeed);
+          break;
+        }
+        case 'he_normal':
+          // Keras: truncated normal with stddev sqrt(2 / fan_in) / .87962566 (the truncation's correction).
+          value = tf.truncatedNormal(w.shape, 0, Math.sqrt(2 / fanIn) / 0.87962566103423978, 'float32', layerSeed);
+          break;
+      }
+      weights.set(weightKey(layer.name, w.name), tf.variable(value, w.trainable));
+    }
+  }
+  return weights;
+}

@@ -1,0 +1,113 @@
+import assert from 'node:assert/strict';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import * as tf from '@tensorflow/tfjs';
+import { readCube } from '../src/core/cube';
+import { categoricalCrossEntropy, KerasAdam } from '../src/training/adam';
+import { applyAugmentation, drawAugmentation, CELLFINDER_AUGMENTATION } from '../src/training/augment';
+import { seededRandom } from '../src/training/random';
+import { parameterCount, resnetSpec } from '../src/training/resnet';
+import { learningRateForEpoch, TRAIN_DEFAULTS } from '../src/training/trainConfig';
+import { epochOrder, loadSamples, makeBatch, splitSamples } from '../src/training/trainingData';
+import { SAMPLE, scratch } from './helpers';
+
+test('ResNet spec: cellfinder\'s layer counts, parameters and z-sized batch norm', () => {
+  const spec = resnetSpec(50, 2);
+  // cellfinder-facts.md: ResNet-50 with 2 channels has 192 layers, 107 with weights, 46,103,550 parameters.
+  assert.equal(spec.layers.length, 192);
+  assert.equal(spec.layers.filter((l) => l.weights.length > 0).length, 107);
+  assert.equal(parameterCount(spec), 46103550);
+  // Batch-norm parameters have the size of z at each depth: 12, 6, 3, 2, 1.
+  const bnSizes = new Set(spec.layers.filter((l) => l.kind === 'batchNorm').map((l) => l.weights[0].shape[0]));
+  assert.deepEqual([...bnSizes].sort((a, b) => a - b), [1, 2, 3, 6, 12]);
+  assert.deepEqual(spec.layers.find((l) => l.name === 'conv1')?.weights[0].shape, [7, 7, 3, 2, 64]);
+  assert.deepEqual(spec.layers.at(-1)?.weights.map((w) => w.shape), [[2048, 2], [2]]);
+  assert.throws(() => resnetSpec(42 as 50, 2), /network depth 42 is not one of 18, 34, 50, 101, 152/);
+});
+
+test('Keras Adam: the first steps match the Keras formula computed by hand', () => {
+  const variable = tf.variable(tf.tensor1d([1, -2]));
+  const adam = new KerasAdam(tf, 0.1);
+  adam.build([['w', variable]]);
+  const gradients = [
+    [0.5, -1],
+    [0.25, 2],
+  ];
+  let m = [0, 0];
+  let v = [0, 0];
+  let w = [1, -2];
+  gradients.forEach((g, index) => {
+    adam.apply(new Map([['w', variable]]), new Map([['w', tf.tensor1d(g)]]));
+    const t = index + 1;
+    const alpha = (0.1 * Math.sqrt(1 - 0.999 ** t)) / (1 - 0.9 ** t);
+    m = m.map((mi, i) => mi + (g[i] - mi) * 0.1);
+    v = v.map((vi, i) => vi + (g[i] ** 2 - vi) * 0.001);
+    w = w.map((wi, i) => wi - (alpha * m[i]) / (Math.sqrt(v[i]) + 1e-7));
+  });
+  const got = Array.from(variable.dataSync());
+  got.forEach((value, i) => assert.ok(Math.abs(value - w[i]) < 1e-6, `${value} vs ${w[i]}`));
+  assert.equal(adam.iterations, 2);
+});
+
+test('cross-entropy on probabilities clips like Keras', () => {
+  const loss = categoricalCrossEntropy(tf, tf.tensor2d([[1, 0], [0, 1]]), tf.tensor2d([[0.8, 0.2], [1, 0]]));
+  // -(log 0.8 + log 1e-7) / 2
+  assert.ok(Math.abs(loss.dataSync()[0] - -(Math.log(0.8) + Math.log(1e-7)) / 2) < 1e-4);
+});
+
+test('learning-rate schedule multiplies at the listed 0-based epochs, as cellfinder\'s help says', () => {
+  const config = { learningRate: 0.001, lrSchedule: [10, 25], lrMultiplier: 0.1 };
+  assert.equal(learningRateForEpoch(config, 9), 0.001);
+  assert.ok(Math.abs(learningRateForEpoch(config, 10) - 0.0001) < 1e-12);
+  assert.ok(Math.abs(learningRateForEpoch(config, 30) - 0.00001) < 1e-12);
+  assert.equal(TRAIN_DEFAULTS.networkDepth, 50);
+});
+
+test('augmentation: flips are exact, parity mode draws cellfinder\'s fixed pi/4 rotation, identity affine keeps the cube', () => {
+  const shape: [number, number, number] = [2, 3, 4];
+  const cube = Float32Array.from({ length: 24 }, (_, i) => i);
+  const flipped = applyAugmentation(cube, shape, { flip: [false, false, true] });
+  assert.deepEqual(Array.from(flipped.slice(0, 4)), [3, 2, 1, 0]);
+  const parity = drawAugmentation({ ...CELLFINDER_AUGMENTATION, likelihood: 1, affine: 'cellfinder-parity' }, seededRandom(3));
+  assert.deepEqual(parity.affine?.rotation, [Math.PI / 4, Math.PI / 4, Math.PI / 4]);
+  assert.deepEqual(parity.affine?.shift, [0.05, 0.05, 0.05]);
+  assert.ok(parity.affine?.zoom.every((z) => z >= 0.6 - 1e-9 && z <= 1.4 + 1e-9));
+  const random = drawAugmentation({ ...CELLFINDER_AUGMENTATION, likelihood: 1 }, seededRandom(3));
+  assert.ok(random.affine?.rotation.every((r) => Math.abs(r) <= Math.PI / 4));
+  const iso = Float32Array.from({ length: 27 }, (_, i) => i);
+  const same = applyAugmentation(iso, [3, 3, 3], { flip: [false, false, false], affine: { rotation: [0, 0, 0], shift: [0, 0, 0], zoom: [1, 1, 1] } });
+  assert.deepEqual(Array.from(same), Array.from(iso));
+  // A quarter turn about the first axis maps the cube onto itself exactly.
+  const turned = applyAugmentation(iso, [3, 3, 3], { flip: [false, false, false], affine: { rotation: [Math.PI / 2, 0, 0], shift: [0, 0, 0], zoom: [1, 1, 1] } });
+  assert.deepEqual(Array.from(turned).map(Math.round).sort((a, b) => a - b), Array.from(iso));
+  // Same seed, same draws: reproducible runs.
+  assert.deepEqual(drawAugmentation(CELLFINDER_AUGMENTATION, seededRandom(9)), drawAugmentation(CELLFINDER_AUGMENTATION, seededRandom(9)));
+});
+
+test('training data from real cubes: split, stratification, balance and network-order batches', async (t) => {
+  const root = scratch(t);
+  // The real training folder holds 2 cells and 2 non-cells.
+  await fs.cp(path.join(SAMPLE, 'training'), root, { recursive: true });
+  await fs.writeFile(
+    path.join(root, 'training.yaml'),
+    "data:\n- bg_channel: 1\n  cell_def: ''\n  cube_dir: cells\n  signal_channel: 0\n  type: cell\n  signal_mean: 241.31\n  signal_std: 154.92\n  bg_mean: 650.94\n  bg_std: 217.9\n- bg_channel: 1\n  cell_def: ''\n  cube_dir: non_cells\n  signal_channel: 0\n  type: no_cell\n",
+  );
+  const samples = await loadSamples([path.join(root, 'training.yaml')]);
+  assert.deepEqual(samples.map((s) => s.label).sort(), [0, 0, 1, 1]);
+  const split = splitSamples(samples, { testFraction: 0.5, stratified: true, random: seededRandom(1) });
+  assert.deepEqual(split.validation.map((s) => s.label).sort(), [0, 1]);
+  assert.equal(splitSamples(samples, { testFraction: 0.1, stratified: false, random: seededRandom(1) }).validation.length, 1);
+  const balanced = epochOrder([samples[0], samples[2], samples[3]], true, seededRandom(2));
+  assert.equal(balanced.filter((s) => s.label === 1).length, balanced.filter((s) => s.label === 0).length);
+
+  const batch = await makeBatch(samples.slice(0, 2), { channels: 2, normalise: false });
+  assert.equal(batch.inputs.length, 2 * 50 * 50 * 20 * 2);
+  // Network order (y, x, z, c): value at y=1, x=2, z=3, channel 0 = cube file value at z=3, y=1, x=2.
+  const cube = await readCube(samples[0].files[0]);
+  assert.equal(batch.inputs[(((1 * 50 + 2) * 20 + 3) * 2 + 0)], cube.data[(3 * 50 + 1) * 50 + 2]);
+  await assert.rejects(makeBatch(samples.filter((s) => s.label === 0), { channels: 2, normalise: true }), /has no signal_mean\/std/);
+  const normalised = await makeBatch(samples.filter((s) => s.label === 1).slice(0, 1), { channels: 2, normalise: true });
+  const cellCube = await readCube(samples.filter((s) => s.label === 1)[0].files[1]);
+  assert.ok(Math.abs(normalised.inputs[1] - (cellCube.data[0] - 650.94) / 217.9) < 1e-4);
+});
