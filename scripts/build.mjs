@@ -9,9 +9,14 @@ const common = {
   format: 'cjs',
   sourcemap: true,
   logLevel: 'warning',
+  // h5wasm's Node build (ESM) asks import.meta.url for its own location;
+  // a CommonJS bundle has none, so give it the bundle's file URL.
+  define: { 'import.meta.url': 'importMetaUrl' },
+  banner: { js: "const importMetaUrl = require('node:url').pathToFileURL(__filename).href;" },
 };
 
 await Promise.all([
   build({ ...common, entryPoints: ['src/extension.ts'], outfile: 'dist/extension.js', external: ['vscode'] }),
   build({ ...common, entryPoints: ['src/cli/main.ts'], outfile: 'dist/cli.js' }),
+  build({ ...common, entryPoints: ['src/training/worker.ts'], outfile: 'dist/worker.js' }),
 ]);

@@ -7,10 +7,10 @@ import { readCube } from '../src/core/cube';
 import { categoricalCrossEntropy, KerasAdam } from '../src/training/adam';
 import { applyAugmentation, drawAugmentation, CELLFINDER_AUGMENTATION } from '../src/training/augment';
 import { seededRandom } from '../src/training/random';
-import { parameterCount, resnetSpec } from '../src/training/resnet';
+import { kerasWeightGroups, parameterCount, resnetSpec } from '../src/training/resnet';
 import { learningRateForEpoch, TRAIN_DEFAULTS } from '../src/training/trainConfig';
 import { epochOrder, loadSamples, makeBatch, splitSamples } from '../src/training/trainingData';
-import { SAMPLE, scratch } from './helpers';
+import { REPO_ROOT, SAMPLE, scratch } from './helpers';
 
 test('ResNet spec: cellfinder\'s layer counts, parameters and z-sized batch norm', () => {
   const spec = resnetSpec(50, 2);

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { parseDocument, stringify } from 'yaml';
 import { writeFileAtomic } from './atomicFile';
 import { DataFileError } from './errors';
+import { pythonFloatRepr } from './pythonFloat';
 
 export type CubeLabel = 'cell' | 'no_cell';
 
@@ -225,20 +226,14 @@ function yamlValue(value: unknown): string {
 }
 
 /**
- * A float as PyYAML writes it: Python's shortest repr (exponent below 1e-4 and
- * from 1e16), with ".0" forced into exponent forms ("1.0e-05").
+ * A float as PyYAML writes it: Python's repr, with ".0" forced into the
+ * exponent forms ("1.0e-05") and YAML's names for the special values.
  */
 export function pythonFloat(value: number): string {
   if (Number.isNaN(value)) return '.nan';
   if (!Number.isFinite(value)) return value > 0 ? '.inf' : '-.inf';
-  const [mantissa, exponentText] = value.toExponential().split('e');
-  const exponent = Number(exponentText);
-  if (exponent < -4 || exponent >= 16) {
-    const digits = mantissa.includes('.') ? mantissa : `${mantissa}.0`;
-    return `${digits}e${exponent < 0 ? '-' : '+'}${String(Math.abs(exponent)).padStart(2, '0')}`;
-  }
-  const fixed = value.toFixed(Math.max(0, (mantissa.split('.')[1]?.length ?? 0) - exponent));
-  return fixed.includes('.') ? fixed : `${fixed}.0`;
+  const repr = pythonFloatRepr(value);
+  return /^-?\d+e/.test(repr) ? repr.replace('e', '.0e') : repr;
 }
 
 export async function writeTrainingYaml(file: string, entries: TrainingDataEntry[], options: WriteTrainingYamlOptions = {}): Promise<void> {

@@ -148,6 +148,13 @@ export function resnetSpec(depth: NetworkDepth, channels: number): ResNetSpec {
       const strides: Shape3 = [stride, stride, stride];
       const prefix = `resunit${unit}_block${block}`;
       const blockInput = x;
+      // Keras lists layers by graph depth: the projection shortcut's conv and
+      // batch norm sit next to the main path's last conv and batch norm. The
+      // order matters: legacy .h5 weights load by order, and Keras 3's
+      // .weights.h5 names its groups by class and position (conv3d_3, ...).
+      const outFeatures = bottleneck ? features * 4 : features;
+      const projection = block === 0;
+      let shortcut = blockInput;
       let y: string;
       if (bottleneck) {
         y = conv(`${prefix}_conv_a`, blockInput, features, [1, 1, 1], strides, 'he_normal');
@@ -159,18 +166,14 @@ export function resnetSpec(depth: NetworkDepth, channels: number): ResNetSpec {
       y = relu(`${prefix}_activation_a`, y);
       y = zeroPadding(`${prefix}_pad_b`, y, 1);
       y = conv(`${prefix}_conv_b`, y, features, [3, 3, 3], [1, 1, 1], 'he_normal');
-      y = batchNorm(`${prefix}_bn_b`, y);
-      const outFeatures = bottleneck ? features * 4 : features;
       if (bottleneck) {
+        y = batchNorm(`${prefix}_bn_b`, y);
         y = relu(`${prefix}_activation_b`, y);
         y = conv(`${prefix}_conv_c`, y, outFeatures, [1, 1, 1], [1, 1, 1], 'he_normal');
-        y = batchNorm(`${prefix}_bn_c`, y);
       }
-      let shortcut = blockInput;
-      if (block === 0) {
-        shortcut = conv(`${prefix}_shortcut_conv`, blockInput, outFeatures, [1, 1, 1], strides, 'he_normal');
-        shortcut = batchNorm(`${prefix}_shortcut_bn`, shortcut);
-      }
+      if (projection) shortcut = conv(`${prefix}_shortcut_conv`, blockInput, outFeatures, [1, 1, 1], strides, 'he_normal');
+      y = batchNorm(`${prefix}_bn_${bottleneck ? 'c' : 'b'}`, y);
+      if (projection) shortcut = batchNorm(`${prefix}_shortcut_bn`, shortcut);
       y = add({ kind: 'add', name: `${prefix}_add`, inputs: [y, shortcut], outputShape: shapeOf(y), weights: [] });
       x = relu(`${prefix}_activation_c`, y);
     }
@@ -190,6 +193,25 @@ export function resnetSpec(depth: NetworkDepth, channels: number): ResNetSpec {
     ],
   });
   return { depth, channels, layers };
+}
+
+/**
+ * The group each layer's variables have in a Keras 3 `.weights.h5` file:
+ * Keras names them by class in layer order (conv3d, conv3d_1, ...,
+ * batch_normalization, ..., dense), not by the layer's own name.
+ */
+export function kerasWeightGroups(spec: ResNetSpec): Map<string, string> {
+  const classNames: Partial<Record<LayerSpec['kind'], string>> = { conv: 'conv3d', batchNorm: 'batch_normalization', dense: 'dense' };
+  const counters = new Map<string, number>();
+  const groups = new Map<string, string>();
+  for (const layer of spec.layers) {
+    const className = classNames[layer.kind];
+    if (!className) continue;
+    const count = counters.get(className) ?? 0;
+    counters.set(className, count + 1);
+    groups.set(layer.name, count === 0 ? className : `${className}_${count}`);
+  }
+  return groups;
 }
 
 export function parameterCount(spec: ResNetSpec): number {

@@ -1,0 +1,22 @@
+/**
+ * The newline-delimited JSON events a training or classification worker
+ * writes to stdout, one object per line. Defined once here; the CLI, the
+ * extension host and the training panel all read this type.
+ */
+import type { EpochMetrics } from './trainer';
+
+export type TrainingEvent =
+  | {
+      type: 'started';
+      backend: string;
+      model: { depth: number; channels: number; layers: number; parameters: number };
+      samples: { training: number; validation: number; cells: number; nonCells: number };
+      epochs: number;
+      resumedAtEpoch?: number;
+    }
+  | { type: 'batch'; epoch: number; batch: number; batches: number; loss: number; accuracy: number }
+  | ({ type: 'epoch'; epochs: number } & EpochMetrics)
+  | { type: 'checkpoint'; file: string; epoch: number }
+  | { type: 'cancelled'; epoch: number; batch: number; resumeFrom: string }
+  | { type: 'finished'; modelFile: string; history: EpochMetrics[] }
+  | { type: 'error'; message: string; file?: string; fix?: string };

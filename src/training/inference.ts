@@ -1,0 +1,163 @@
+/**
+ * Classification with a trained network: candidates + volumes -> cellfinder's
+ * classified Cell Counter XML (type 2 = cell, 1 = non-cell, as cellfinder
+ * writes it) plus a sidecar with every probability (cellfinder discards them;
+ * users need them to find the uncertain candidates). And evaluation of a
+ * model on a labelled dataset.
+ */
+import * as path from 'node:path';
+import type * as tfType from '@tensorflow/tfjs';
+import { writeFileAtomic } from '../core/atomicFile';
+import { readCellCounterXml, writeCellCounterXml, type CellCounterPoint } from '../core/cellCounterXml';
+import { CUBE_SHAPE } from '../core/cube';
+import { extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from '../core/extraction';
+import { openVolume, type Volume } from '../core/volume';
+import { readModelFile } from './modelFiles';
+import { forward, initialWeights, resnetSpec, weightKey, type NetworkDepth, type ResNetSpec, type Weights } from './resnet';
+import { loadSamples, makeBatch, type Sample } from './trainingData';
+
+export interface LoadedNetwork {
+  spec: ResNetSpec;
+  weights: Weights;
+  file: string;
+}
+
+/** Loads a model or weights file into cellfinder's network of the given depth. */
+export async function loadNetwork(tf: typeof tfType, file: string, depth: NetworkDepth, channels: number): Promise<LoadedNetwork> {
+  const loaded = await readModelFile(file, { depth, channels });
+  const spec = resnetSpec(loaded.depth ?? depth, channels);
+  const weights = initialWeights(tf, spec, 0);
+  for (const layer of spec.layers) {
+    for (const w of layer.weights) {
+      const key = weightKey(layer.name, w.name);
+      (weights.get(key) as tfType.Variable).assign(tf.tensor(loaded.weights.get(key) as Float32Array, w.shape));
+    }
+  }
+  return { spec, weights, file };
+}
+
+/** Probability of "cell" for each cube of a (batch, y, x, z, channels) input. */
+export function predictCellProbabilities(tf: typeof tfType, network: LoadedNetwork, inputs: Float32Array, count: number, channels: number): Float32Array {
+  return tf.tidy(() => {
+    const x = tf.tensor5d(inputs, [count, CUBE_SHAPE.height, CUBE_SHAPE.width, CUBE_SHAPE.depth, channels]);
+    const { probabilities } = forward(tf, network.spec, network.weights, x, false);
+    return probabilities.slice([0, 1], [count, 1]).reshape([count]).dataSync() as Float32Array;
+  });
+}
+
+export interface ClassifyOptions {
+  signal: string;
+  background?: string;
+  points: string;
+  outputDir: string;
+  voxelSizes?: VoxelSizes;
+  batchSize: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface ClassifiedPoint extends CellCounterPoint {
+  cellProbability: number;
+}
+
+export interface ClassifyReport {
+  xmlFile: string;
+  probabilitiesFile: string;
+  classified: ClassifiedPoint[];
+  skipped: SkippedPoint<CellCounterPoint>[];
+  cells: number;
+  nonCells: number;
+}
+
+export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwork, options: ClassifyOptions): Promise<ClassifyReport> {
+  const { points } = await readCellCounterXml(options.points);
+  const volumes: Volume[] = [await openVolume(options.signal)];
+  if (options.background) volumes.push(await openVolume(options.background));
+  try {
+    const channels = volumes.length;
+    if (channels !== network.spec.channels) {
+      throw new Error(`the model takes ${network.spec.channels} channel(s) but ${channels} volume(s) were given`);
+    }
+    const plan = planExtraction({ points, channels: volumes, dataVoxelSizes: options.voxelSizes });
+    const classified: ClassifiedPoint[] = [];
+    const voxels = CUBE_SHAPE.depth * CUBE_SHAPE.height * CUBE_SHAPE.width;
+    let pending: Array<{ point: CellCounterPoint; channels: Float32Array[] }> = [];
+    const flush = () => {
+      const inputs = new Float32Array(pending.length * voxels * channels);
+      pending.forEach((cube, index) => {
+        for (let c = 0; c < channels; c++) {
+          const data = cube.channels[c];
+          // cube (z, y, x) -> network (y, x, z, c)
+          for (let z = 0; z < CUBE_SHAPE.depth; z++) {
+            for (let y = 0; y < CUBE_SHAPE.height; y++) {
+              for (let x = 0; x < CUBE_SHAPE.width; x++) {
+                inputs[index * voxels * channels + ((y * CUBE_SHAPE.width + x) * CUBE_SHAPE.depth + z) * channels + c] = data[(z * CUBE_SHAPE.height + y) * CUBE_SHAPE.width + x];
+              }
+            }
+          }
+        }
+      });
+      const probabilities = predictCellProbabilities(tf, network, inputs, pending.length, channels);
+      pending.forEach((cube, index) => {
+        const p = probabilities[index];
+        // Prediction type = argmax + 1: index 1 (cell) wins only above one half, as argmax picks the first on a tie.
+        classified.push({ ...cube.point, type: p > 1 - p ? 2 : 1, cellProbability: p });
+      });
+      options.onProgress?.(classified.length, plan.extractable.length);
+      pending = [];
+    };
+    for await (const cube of extractCubes(plan, volumes)) {
+      pending.push({ point: cube.point, channels: cube.channels });
+      if (pending.length === options.batchSize) flush();
+    }
+    if (pending.length) flush();
+    const xmlFile = path.join(options.outputDir, 'classified_points.xml');
+    const probabilitiesFile = path.join(options.outputDir, 'classified_points.csv');
+    await writeCellCounterXml(xmlFile, classified.map(({ x, y, z, type }) => ({ x, y, z, type })), { overwrite: true });
+    const rows = ['x,y,z,type,cell_probability', ...classified.map((p) => `${p.x},${p.y},${p.z},${p.type},${p.cellProbability}`)];
+    await writeFileAtomic(probabilitiesFile, `${rows.join('\n')}\n`, { overwrite: true });
+    return { xmlFile, probabilitiesFile, classified, skipped: plan.skipped, cells: classified.filter((p) => p.type === 2).length, nonCells: classified.filter((p) => p.type === 1).length };
+  } finally {
+    await Promise.all(volumes.map((v) => v.close()));
+  }
+}
+
+export interface Evaluation {
+  model: string;
+  samples: number;
+  accuracy: number;
+  /** confusion[actual][predicted], 0 = non-cell, 1 = cell. */
+  confusion: [[number, number], [number, number]];
+  cell: { precision: number; recall: number };
+  nonCell: { precision: number; recall: number };
+}
+
+export async function evaluateModel(
+  tf: typeof tfType,
+  network: LoadedNetwork,
+  yamlFiles: string[],
+  options: { batchSize: number; normalise: boolean; workingDirectory?: string },
+): Promise<Evaluation> {
+  const samples: Sample[] = await loadSamples(yamlFiles, options.workingDirectory);
+  const channels = network.spec.channels;
+  const confusion: [[number, number], [number, number]] = [
+    [0, 0],
+    [0, 0],
+  ];
+  for (let start = 0; start < samples.length; start += options.batchSize) {
+    const slice = samples.slice(start, start + options.batchSize);
+    const batch = await makeBatch(slice, { channels, normalise: options.normalise });
+    const probabilities = predictCellProbabilities(tf, network, batch.inputs, batch.size, channels);
+    slice.forEach((sample, i) => {
+      confusion[sample.label][probabilities[i] > 0.5 ? 1 : 0]++;
+    });
+  }
+  const ratio = (a: number, b: number) => (b === 0 ? 0 : a / b);
+  return {
+    model: network.file,
+    samples: samples.length,
+    accuracy: ratio(confusion[0][0] + confusion[1][1], samples.length),
+    confusion,
+    cell: { precision: ratio(confusion[1][1], confusion[0][1] + confusion[1][1]), recall: ratio(confusion[1][1], confusion[1][0] + confusion[1][1]) },
+    nonCell: { precision: ratio(confusion[0][0], confusion[0][0] + confusion[1][0]), recall: ratio(confusion[0][0], confusion[0][0] + confusion[0][1]) },
+  };
+}

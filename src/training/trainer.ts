@@ -1,0 +1,292 @@
+/**
+ * The training loop, as cellfinder_train runs it (Keras `fit`): Adam,
+ * categorical cross-entropy, accuracy; training batches reshuffled every
+ * epoch and augmented; validation neither shuffled nor augmented; a
+ * checkpoint and a CSV row per epoch. Progress is reported as events.
+ *
+ * It is resumable: after every epoch (and when cancelled, after the current
+ * batch) the weights, the optimiser state and where the run stands are
+ * written to `<output>/.resume/`, so a cancelled or killed run continues
+ * with the same optimiser state and epoch count.
+ */
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type * as tfType from '@tensorflow/tfjs';
+import { writeFileAtomic } from '../core/atomicFile';
+import { DataFileError } from '../core/errors';
+import { pythonFloatRepr } from '../core/pythonFloat';
+import { categoricalAccuracy, categoricalCrossEntropy, KerasAdam } from './adam';
+import { CELLFINDER_AUGMENTATION } from './augment';
+import { readModelFile, writeKerasModel, writeKerasWeights, type LoadedModel } from './modelFiles';
+import { randomFor, seededRandom } from './random';
+import { BATCH_NORM_MOMENTUM, forward, initialWeights, parameterCount, resnetSpec, weightKey, type BatchNormStatistics, type ResNetSpec, type Weights } from './resnet';
+import { learningRateForEpoch, type TrainConfig } from './trainConfig';
+import { epochOrder, loadSamples, makeBatch, splitSamples, type Batch, type Sample } from './trainingData';
+import type { TrainingEvent } from './events';
+
+export const RESUME_FOLDER = '.resume';
+
+interface ResumeState {
+  config: TrainConfig;
+  /** 0-based epoch the run is in (or starts next). */
+  epoch: number;
+  /** Batches of that epoch already trained (0 = start of the epoch). */
+  batchesDone: number;
+  /** The epoch's training order, as indices into `trainingIndices`, when stopped mid-epoch. */
+  epochOrder?: number[];
+  /** Running sums of the interrupted epoch's metrics. */
+  partial?: { lossSum: number; accuracySum: number; samples: number };
+  trainingIndices: number[];
+  validationIndices: number[];
+  history: EpochMetrics[];
+}
+
+export interface EpochMetrics {
+  epoch: number;
+  loss: number;
+  accuracy: number;
+  valLoss?: number;
+  valAccuracy?: number;
+  learningRate: number;
+  seconds: number;
+}
+
+export interface TrainControl {
+  /** Checked between batches: true stops the run there, leaving a resumable checkpoint. */
+  cancelRequested(): boolean;
+}
+
+export interface TrainResult {
+  status: 'finished' | 'cancelled';
+  modelFile?: string;
+  history: EpochMetrics[];
+}
+
+export async function train(
+  tf: typeof tfType,
+  backend: string,
+  config: TrainConfig,
+  emit: (event: TrainingEvent) => void,
+  control: TrainControl,
+  resume = false,
+): Promise<TrainResult> {
+  const output = path.resolve(config.outputDir);
+  await fs.mkdir(path.join(output, RESUME_FOLDER), { recursive: true }).catch((error: Error) => {
+    throw new DataFileError(output, `cannot create the output folder (${error.message})`, 'Choose an output folder you can write to');
+  });
+  const resumeFile = path.join(output, RESUME_FOLDER, 'state.json');
+  const resumeModel = path.join(output, RESUME_FOLDER, 'state.keras');
+
+  let state: ResumeState;
+  let loaded: LoadedModel | undefined;
+  if (resume) {
+    state = JSON.parse(await fs.readFile(resumeFile, 'utf8').catch(() => {
+      throw new DataFileError(resumeFile, 'does not exist: there is no interrupted run in this folder', 'Start a new run instead of resuming');
+    })) as ResumeState;
+    config = state.config;
+    loaded = await readModelFile(resumeModel, { depth: config.networkDepth });
+  } else {
+    state = { config, epoch: 0, batchesDone: 0, trainingIndices: [], validationIndices: [], history: [] };
+  }
+
+  const samples = await loadSamples(config.yamlFiles, config.workingDirectory);
+  const channels = samples[0].files.length;
+  if (!resume) {
+    const split = splitSamples(samples, { testFraction: config.testFraction, stratified: config.stratifiedSplit, random: randomFor(config.seed) });
+    const indexOf = new Map(samples.map((sample, index) => [sample, index]));
+    state.trainingIndices = split.training.map((s) => indexOf.get(s) as number);
+    state.validationIndices = split.validation.map((s) => indexOf.get(s) as number);
+  }
+  const training = state.trainingIndices.map((i) => samples[i]);
+  const validation = state.validationIndices.map((i) => samples[i]);
+  if (training.length === 0) throw new DataFileError(config.yamlFiles.join(', '), 'leaves no cubes for training after the validation split', 'Label more cubes or lower --test-fraction');
+
+  const spec = resnetSpec(config.networkDepth, channels);
+  const weights = initialWeights(tf, spec, config.seed ?? Math.floor(Math.random() * 2 ** 31));
+  const optimizer = new KerasAdam(tf, learningRateForEpoch(config, state.epoch));
+  optimizer.build(trainableEntries(spec, weights));
+  if (loaded) {
+    assignLoaded(tf, spec, weights, optimizer, loaded);
+  } else if (config.trainedModel || config.modelWeights) {
+    const file = (config.trainedModel ?? config.modelWeights) as string;
+    const start = await readModelFile(file, { depth: config.networkDepth, channels });
+    // Starting weights only: a new run starts with a fresh optimiser, as cellfinder does.
+    assignLoaded(tf, spec, weights, undefined, start);
+  }
+
+  emit({
+    type: 'started',
+    backend,
+    model: { depth: config.networkDepth, channels, layers: spec.layers.length, parameters: parameterCount(spec) },
+    samples: { training: training.length, validation: validation.length, cells: samples.filter((s) => s.label === 1).length, nonCells: samples.filter((s) => s.label === 0).length },
+    epochs: config.epochs,
+    resumedAtEpoch: resume ? state.epoch : undefined,
+  });
+
+  const random = config.seed === undefined ? randomFor(undefined) : seededRandom(config.seed + 1000003 * (state.epoch + 1) + state.batchesDone);
+  const augmentation = config.augment ? { options: { ...CELLFINDER_AUGMENTATION, likelihood: config.augmentLikelihood, affine: config.affineMode }, random } : undefined;
+  const csvFile = path.join(output, 'training.csv');
+
+  for (let epoch = state.epoch; epoch < config.epochs; epoch++) {
+    const started = Date.now();
+    optimizer.learningRate = learningRateForEpoch(config, epoch);
+    const resuming = epoch === state.epoch && state.batchesDone > 0 && state.epochOrder;
+    const order = resuming ? (state.epochOrder as number[]).map((i) => training[i]) : epochOrder(training, config.balancedSampling, random);
+    const trainingIndex = new Map(training.map((s, i) => [s, i]));
+    const batches = Math.ceil(order.length / config.batchSize);
+    let { lossSum, accuracySum, samples: seen } = resuming && state.partial ? state.partial : { lossSum: 0, accuracySum: 0, samples: 0 };
+    let next: Promise<Batch> | undefined;
+    const load = (b: number) => makeBatch(order.slice(b * config.batchSize, (b + 1) * config.batchSize), { channels, normalise: config.normalizeChannels, augmentation });
+    for (let b = resuming ? state.batchesDone : 0; b < batches; b++) {
+      if (control.cancelRequested()) {
+        await saveResume(tf, spec, weights, optimizer, resumeModel, resumeFile, {
+          ...state,
+          epoch,
+          batchesDone: b,
+          epochOrder: order.map((s) => trainingIndex.get(s) as number),
+          partial: { lossSum, accuracySum, samples: seen },
+        });
+        emit({ type: 'cancelled', epoch, batch: b, resumeFrom: output });
+        return { status: 'cancelled', history: state.history };
+      }
+      // Load the next batch while this one trains: disk and augmentation off the critical path.
+      const batch = await (next ?? load(b));
+      next = b + 1 < batches ? load(b + 1) : undefined;
+      const { loss, accuracy } = trainStep(tf, spec, weights, optimizer, batch);
+      lossSum += loss * batch.size;
+      accuracySum += accuracy * batch.size;
+      seen += batch.size;
+      emit({ type: 'batch', epoch, batch: b + 1, batches, loss: lossSum / seen, accuracy: accuracySum / seen });
+    }
+    const metrics: EpochMetrics = { epoch, loss: lossSum / seen, accuracy: accuracySum / seen, learningRate: optimizer.learningRate, seconds: 0 };
+    if (validation.length > 0) Object.assign(metrics, await evaluateSamples(tf, spec, weights, validation, config.batchSize, channels, config.normalizeChannels));
+    metrics.seconds = (Date.now() - started) / 1000;
+    state.history.push(metrics);
+    emit({ type: 'epoch', ...metrics, epochs: config.epochs });
+
+    if (config.saveCheckpoints) {
+      const file = path.join(output, checkpointName(epoch, metrics.valLoss, config.saveWeights));
+      if (config.saveWeights) await writeKerasWeights(file, spec, weights);
+      else await writeKerasModel(file, spec, weights, optimizer);
+      emit({ type: 'checkpoint', file, epoch });
+    }
+    if (config.saveProgress) await writeCsv(csvFile, state.history, validation.length > 0);
+    await saveResume(tf, spec, weights, optimizer, resumeModel, resumeFile, { ...state, epoch: epoch + 1, batchesDone: 0, epochOrder: undefined, partial: undefined });
+  }
+
+  const modelFile = path.join(output, config.saveWeights ? 'model.weights.h5' : 'model.keras');
+  if (config.saveWeights) await writeKerasWeights(modelFile, spec, weights, { overwrite: true });
+  else await writeKerasModel(modelFile, spec, weights, optimizer, { overwrite: true });
+  await fs.rm(path.join(output, RESUME_FOLDER), { recursive: true, force: true });
+  emit({ type: 'finished', modelFile, history: state.history });
+  return { status: 'finished', modelFile, history: state.history };
+}
+
+/** cellfinder's checkpoint names: epoch 1-based, two digits; validation loss to three decimals when there is validation. */
+export function checkpointName(epoch: number, valLoss: number | undefined, weightsOnly: boolean): string {
+  const stem = `${weightsOnly ? 'weight' : 'model'}-epoch.${String(epoch + 1).padStart(2, '0')}${valLoss === undefined ? '' : `-loss-${valLoss.toFixed(3)}`}`;
+  return weightsOnly ? `${stem}.weights.h5` : `${stem}.keras`;
+}
+
+function trainableEntries(spec: ResNetSpec, weights: Weights): Array<[string, tfType.Variable]> {
+  return spec.layers.flatMap((layer) => layer.weights.filter((w) => w.trainable).map((w) => [weightKey(layer.name, w.name), weights.get(weightKey(layer.name, w.name)) as tfType.Variable] as [string, tfType.Variable]));
+}
+
+function trainStep(tf: typeof tfType, spec: ResNetSpec, weights: Weights, optimizer: KerasAdam, batch: Batch): { loss: number; accuracy: number } {
+  const trainable = trainableEntries(spec, weights);
+  const keyOf = new Map(trainable.map(([key, variable]) => [variable.name, key]));
+  let statistics: BatchNormStatistics[] = [];
+  let accuracy: tfType.Scalar | undefined;
+  const x = tf.tensor5d(batch.inputs, [batch.size, 50, 50, 20, batch.channels]);
+  const y = tf.tensor2d(batch.labels, [batch.size, 2]);
+  const { value, grads } = tf.variableGrads(() => {
+    const result = forward(tf, spec, weights, x, true);
+    statistics = result.statistics.map((s) => ({ layer: s.layer, mean: tf.keep(s.mean), variance: tf.keep(s.variance) }));
+    accuracy = tf.keep(categoricalAccuracy(tf, y, result.probabilities));
+    return categoricalCrossEntropy(tf, y, result.probabilities);
+  }, trainable.map(([, variable]) => variable));
+  const gradients = new Map(Object.entries(grads).map(([name, gradient]) => [keyOf.get(name) as string, gradient]));
+  optimizer.apply(weights, gradients);
+  tf.tidy(() => {
+    for (const { layer, mean, variance } of statistics) {
+      const movingMean = weights.get(weightKey(layer, 'moving_mean')) as tfType.Variable;
+      const movingVariance = weights.get(weightKey(layer, 'moving_variance')) as tfType.Variable;
+      movingMean.assign(tf.add(tf.mul(movingMean, BATCH_NORM_MOMENTUM), tf.mul(mean, 1 - BATCH_NORM_MOMENTUM)));
+      movingVariance.assign(tf.add(tf.mul(movingVariance, BATCH_NORM_MOMENTUM), tf.mul(variance, 1 - BATCH_NORM_MOMENTUM)));
+    }
+  });
+  const loss = value.dataSync()[0];
+  const acc = (accuracy as tfType.Scalar).dataSync()[0];
+  tf.dispose([x, y, value, accuracy as tfType.Scalar, ...Object.values(grads), ...statistics.flatMap((s) => [s.mean, s.variance])]);
+  return { loss, accuracy: acc };
+}
+
+/** Loss and accuracy over samples in inference mode (batch norm uses its moving statistics). */
+export async function evaluateSamples(
+  tf: typeof tfType,
+  spec: ResNetSpec,
+  weights: Weights,
+  samples: readonly Sample[],
+  batchSize: number,
+  channels: number,
+  normalise: boolean,
+): Promise<{ valLoss: number; valAccuracy: number }> {
+  let lossSum = 0;
+  let accuracySum = 0;
+  for (let start = 0; start < samples.length; start += batchSize) {
+    const batch = await makeBatch(samples.slice(start, start + batchSize), { channels, normalise });
+    const [loss, accuracy] = tf.tidy(() => {
+      const x = tf.tensor5d(batch.inputs, [batch.size, 50, 50, 20, channels]);
+      const y = tf.tensor2d(batch.labels, [batch.size, 2]);
+      const { probabilities } = forward(tf, spec, weights, x, false);
+      return [categoricalCrossEntropy(tf, y, probabilities).dataSync()[0], categoricalAccuracy(tf, y, probabilities).dataSync()[0]];
+    });
+    lossSum += loss * batch.size;
+    accuracySum += accuracy * batch.size;
+  }
+  return { valLoss: lossSum / samples.length, valAccuracy: accuracySum / samples.length };
+}
+
+function assignLoaded(tf: typeof tfType, spec: ResNetSpec, weights: Weights, optimizer: KerasAdam | undefined, loaded: LoadedModel): void {
+  for (const layer of spec.layers) {
+    for (const w of layer.weights) {
+      const key = weightKey(layer.name, w.name);
+      const value = loaded.weights.get(key);
+      if (!value) throw new DataFileError(loaded.file, `has no weight ${key}`, 'Choose a model file made for cellfinder\'s network');
+      (weights.get(key) as tfType.Variable).assign(tf.tensor(value, w.shape));
+    }
+  }
+  if (optimizer && loaded.optimizer) {
+    optimizer.iterations = loaded.optimizer.iterations;
+    for (const [key, slot] of optimizer.slots) {
+      const saved = loaded.optimizer.slots.get(key);
+      if (!saved) continue;
+      slot.momentum.assign(tf.tensor(saved.momentum, slot.momentum.shape));
+      slot.velocity.assign(tf.tensor(saved.velocity, slot.velocity.shape));
+    }
+  }
+}
+
+async function saveResume(
+  _tf: typeof tfType,
+  spec: ResNetSpec,
+  weights: Weights,
+  optimizer: KerasAdam,
+  modelFile: string,
+  stateFile: string,
+  state: ResumeState,
+): Promise<void> {
+  // Model first, then the state that points at it: a crash between the two leaves the previous pair usable.
+  await writeKerasModel(modelFile, spec, weights, optimizer, { overwrite: true });
+  await writeFileAtomic(stateFile, JSON.stringify(state), { overwrite: true });
+}
+
+/** Keras' CSVLogger: sorted metric columns, epoch 0-based, Python float repr, NA where there is no validation. */
+async function writeCsv(file: string, history: EpochMetrics[], hasValidation: boolean): Promise<void> {
+  const rows = ['epoch,accuracy,loss,val_accuracy,val_loss'];
+  for (const m of history) {
+    const value = (v: number | undefined) => (v === undefined || !hasValidation ? 'NA' : pythonFloatRepr(v));
+    rows.push([m.epoch, pythonFloatRepr(m.accuracy), pythonFloatRepr(m.loss), value(m.valAccuracy), value(m.valLoss)].join(','));
+  }
+  await writeFileAtomic(file, `${rows.join('\r\n')}\r\n`, { overwrite: true });
+}

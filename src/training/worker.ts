@@ -1,0 +1,59 @@
+/**
+ * The background training process. The extension host (or the CLI) starts
+ * it with a JSON config file, reads newline-delimited JSON events from its
+ * stdout, and may write `{"command":"cancel"}` to its stdin (or send SIGTERM
+ * / SIGINT) to stop it at the next batch boundary with a resumable
+ * checkpoint. Never run in the extension host: training blocks its thread.
+ *
+ *   node dist/worker.js train <config.json>     start a run
+ *   node dist/worker.js resume <output-dir>     continue an interrupted run
+ */
+import { promises as fs } from 'node:fs';
+import * as readline from 'node:readline';
+import { DataFileError } from '../core/errors';
+import { loadTensorFlow } from './backend';
+import type { TrainingEvent } from './events';
+import { TRAIN_DEFAULTS, type TrainConfig } from './trainConfig';
+import { train } from './trainer';
+
+function emit(event: TrainingEvent): void {
+  process.stdout.write(`${JSON.stringify(event)}\n`);
+}
+
+export async function runWorker(argv: readonly string[]): Promise<number> {
+  const [mode, target] = argv;
+  let cancelled = false;
+  const cancel = () => {
+    cancelled = true;
+  };
+  process.on('SIGTERM', cancel);
+  process.on('SIGINT', cancel);
+  const input = readline.createInterface({ input: process.stdin });
+  input.on('line', (line) => {
+    try {
+      if ((JSON.parse(line) as { command?: string }).command === 'cancel') cancel();
+    } catch {
+      // not a command: ignore
+    }
+  });
+  try {
+    if ((mode !== 'train' && mode !== 'resume') || !target) throw new Error('usage: worker train <config.json> | resume <output-dir>');
+    const { tf, backend } = await loadTensorFlow();
+    const config: TrainConfig =
+      mode === 'train' ? { ...TRAIN_DEFAULTS, ...(JSON.parse(await fs.readFile(target, 'utf8')) as Partial<TrainConfig>) } as TrainConfig : ({ ...TRAIN_DEFAULTS, yamlFiles: [], outputDir: target } as TrainConfig);
+    const result = await train(tf, backend, config, emit, { cancelRequested: () => cancelled }, mode === 'resume');
+    return result.status === 'finished' ? 0 : 3;
+  } catch (error) {
+    if (error instanceof DataFileError) emit({ type: 'error', message: error.message, file: error.file, fix: error.fix });
+    else emit({ type: 'error', message: (error as Error)?.message ?? String(error) });
+    return 1;
+  } finally {
+    input.close();
+  }
+}
+
+if (require.main === module) {
+  void runWorker(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}
