@@ -14,6 +14,7 @@ import { extractToDataset } from '../core/extractToDataset';
 import { mergeTrainingYamls } from '../core/merge';
 import type { CubeLabel } from '../core/trainingYaml';
 import { parseArgs, UsageError, type FlagSpec } from './args';
+import { classifyCommand, evaluateCommand, trainCommand } from './trainCommands';
 
 const USAGE = `cellfinder-retrain: build and check cellfinder training data
 
@@ -33,6 +34,18 @@ Commands:
 training.yaml paths are written relative to the YAML's folder unless
 --absolute-paths is given; cellfinder_train reads relative paths from its
 working directory, so run it from the dataset folder (see README).
+  train -y <training.yaml>... -o <dir> [cellfinder_train's options]
+      --network-depth 18|34|50|101|152 (50)  --epochs (100)  --batch-size (16)
+      --learning-rate (0.0001)  --test-fraction (0.1)  --trained-model <.keras>
+      --model-weights <.h5|.weights.h5>  --continue-training  --no-augment
+      --augment-likelihood (0.9)  --no-save-checkpoints  --save-weights
+      --save-progress  --lr-schedule E...  --lr-multiplier (0.1)
+      --normalize-channels
+      ours: --seed N  --stratified-split  --balanced  --augment-parity
+            --resume <output-dir>  --json (events as JSON lines)
+  classify --trained-model|--model-weights <file> --signal <planes> [--background <planes>]
+           --points <xml> -o <dir> [--voxel-sizes Z Y X] [--batch-size 64]
+  evaluate --trained-model <file> [--compare <file>] -y <training.yaml>...
   demo [--output-dir <dir>]
       Extract the bundled sample candidates and print the dataset summary.
 
@@ -58,6 +71,12 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         return await datasetCommand(rest, io);
       case 'demo':
         return await demoCommand(rest, io);
+      case 'train':
+        return await trainCommand(rest, io);
+      case 'classify':
+        return await classifyCommand(rest, io);
+      case 'evaluate':
+        return await evaluateCommand(rest, io);
       case undefined:
       case 'help':
       case '--help':

@@ -285,8 +285,9 @@ async function saveResume(
 async function writeCsv(file: string, history: EpochMetrics[], hasValidation: boolean): Promise<void> {
   const rows = ['epoch,accuracy,loss,val_accuracy,val_loss'];
   for (const m of history) {
-    const value = (v: number | undefined) => (v === undefined || !hasValidation ? 'NA' : pythonFloatRepr(v));
-    rows.push([m.epoch, pythonFloatRepr(m.accuracy), pythonFloatRepr(m.loss), value(m.valAccuracy), value(m.valLoss)].join(','));
+    // Keras logs float32 metrics: round before printing Python's repr.
+    const value = (v: number | undefined) => (v === undefined || !hasValidation ? 'NA' : pythonFloatRepr(Math.fround(v)));
+    rows.push([m.epoch, pythonFloatRepr(Math.fround(m.accuracy)), pythonFloatRepr(Math.fround(m.loss)), value(m.valAccuracy), value(m.valLoss)].join(','));
   }
   await writeFileAtomic(file, `${rows.join('\r\n')}\r\n`, { overwrite: true });
 }
