@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { promises as fs } from 'node:fs';
+import { promises as fs, readdirSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
@@ -110,4 +110,26 @@ test('training data from real cubes: split, stratification, balance and network-
   const normalised = await makeBatch(samples.filter((s) => s.label === 1).slice(0, 1), { channels: 2, normalise: true });
   const cellCube = await readCube(samples.filter((s) => s.label === 1)[0].files[1]);
   assert.ok(Math.abs(normalised.inputs[1] - (cellCube.data[0] - 650.94) / 217.9) < 1e-4);
+});
+
+test('layer order, names, shapes and .weights.h5 groups equal what Keras 3 builds with cellfinder\'s build_model', () => {
+  const folder = path.join(REPO_ROOT, 'test', 'fixtures', 'keras-model');
+  const files = readdirSync(folder).filter((name) => /^describe-resnet\d+-\dch\.json$/.test(name) && statSync(path.join(folder, name)).size > 0);
+  assert.ok(files.length >= 4, 'Keras descriptions present');
+  for (const name of files) {
+    const keras = JSON.parse(readFileSync(path.join(folder, name), 'utf8'));
+    const spec = resnetSpec(keras.depth, keras.channels);
+    const groups = kerasWeightGroups(spec);
+    assert.equal(parameterCount(spec), keras.total_params, name);
+    assert.deepEqual(
+      spec.layers.map((l) => [l.name, l.weights.map((w) => [w.name, w.shape]), groups.get(l.name) ?? null, l.outputShape]),
+      keras.layers.map((l: { name: string; weights: Array<{ name: string; shape: number[] }>; weights_h5_group: string | null; output_shape: Array<number | null> }) => [
+        l.name,
+        l.weights.map((w) => [w.name, w.shape]),
+        l.weights_h5_group?.replace(/^layers\//, '').replace(/\/vars$/, '') ?? null,
+        l.output_shape.slice(1),
+      ]),
+      name,
+    );
+  }
 });

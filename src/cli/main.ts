@@ -14,7 +14,7 @@ import { extractToDataset } from '../core/extractToDataset';
 import { mergeTrainingYamls } from '../core/merge';
 import type { CubeLabel } from '../core/trainingYaml';
 import { parseArgs, UsageError, type FlagSpec } from './args';
-import { classifyCommand, evaluateCommand, trainCommand } from './trainCommands';
+import { classifyCommand, engineCommand, evaluateCommand, trainCommand } from './trainCommands';
 
 const USAGE = `cellfinder-retrain: build and check cellfinder training data
 
@@ -46,6 +46,11 @@ working directory, so run it from the dataset folder (see README).
   classify --trained-model|--model-weights <file> --signal <planes> [--background <planes>]
            --points <xml> -o <dir> [--voxel-sizes Z Y X] [--batch-size 64]
   evaluate --trained-model <file> [--compare <file>] -y <training.yaml>...
+  engine setup [--wheel <tensorflow wheel>] [--from-python]
+      Build the native engine (TensorFlow's C library from PyPI's tensorflow-cpu
+      wheel, a wheel you give, or your Python TensorFlow) once, offline after
+      that, then check its gradients. About 20 s and 640 MB.
+  engine status
   demo [--output-dir <dir>]
       Extract the bundled sample candidates and print the dataset summary.
 
@@ -77,6 +82,8 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         return await classifyCommand(rest, io);
       case 'evaluate':
         return await evaluateCommand(rest, io);
+      case 'engine':
+        return await engineCommand(rest, io);
       case undefined:
       case 'help':
       case '--help':

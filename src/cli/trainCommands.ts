@@ -5,6 +5,9 @@
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { loadTensorFlow } from '../training/backend';
+import { EngineSetupError, setupEngine } from '../training/native/engineSetup';
+import { formatGradientChecks, runGradientChecks } from '../training/native/gradientCheck';
+import { engineStatus } from '../training/native/nativeBackend';
 import type { TrainingEvent } from '../training/events';
 import { classifyCandidates, evaluateModel, loadNetwork, type Evaluation } from '../training/inference';
 import { readModelFile } from '../training/modelFiles';
@@ -233,4 +236,51 @@ export async function evaluateCommand(argv: readonly string[], io: Io): Promise<
   if (flags.has('json')) io.out(JSON.stringify(results, null, 2));
   else for (const result of results) for (const line of formatEvaluation(result)) io.out(line);
   return 0;
+}
+
+export async function engineCommand(argv: readonly string[], io: Io): Promise<number> {
+  const [sub, ...rest] = argv;
+  switch (sub) {
+    case 'setup': {
+      const { flags, positionals } = parseArgs(rest, [
+        { name: 'wheel', values: 1 },
+        { name: 'from-python', values: 0 },
+        { name: 'json', values: 0 },
+      ]);
+      if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+      try {
+        const result = await setupEngine({
+          source: flags.has('wheel') ? 'wheel' : flags.has('from-python') ? 'python' : 'auto',
+          wheel: flags.get('wheel')?.[0],
+          onProgress: (progress) => io.err(progress.message),
+        });
+        if (flags.has('json')) io.out(JSON.stringify(result, null, 2));
+        else io.out(`Native engine ready: ${result.engineDir}`);
+      } catch (error) {
+        if (error instanceof EngineSetupError) {
+          io.err(`error: ${error.message}${error.logFile ? ` (log: ${error.logFile})` : ''}`);
+          return 1;
+        }
+        throw error;
+      }
+      // Prove it: the gradient checks of every op the network uses, on the engine just built.
+      const runtime = await loadTensorFlow();
+      if (runtime.notNative) {
+        io.err(`error: the engine was built but does not load: ${runtime.notNative}`);
+        return 1;
+      }
+      const results = await runGradientChecks(runtime.tf, runtime.tf.getBackend());
+      io.out(formatGradientChecks(results));
+      return results.every((r) => r.passed) ? 0 : 1;
+    }
+    case 'status': {
+      const { flags } = parseArgs(rest, [{ name: 'json', values: 0 }]);
+      const status = engineStatus();
+      if (flags.has('json')) io.out(JSON.stringify(status, null, 2));
+      else io.out(status.installed ? `Native engine set up in ${status.engineDir}${status.reason ? ` (${status.reason})` : ''}` : `Native engine not in use: ${status.reason}. Training runs on the pure-JavaScript engine, about 100x slower.`);
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown engine command "${sub ?? ''}" (setup, status)`);
+  }
 }

@@ -83,7 +83,7 @@ async function writeWeightsHdf5(file: string, spec: ResNetSpec, weights: Weights
   try {
     out.create_group('vars').create_attribute('name', 'functional');
     out.create_group('layers');
-    const groups = allLayerGroups(spec);
+    const groups = kerasWeightGroups(spec);
     for (const layer of spec.layers) {
       out.create_group(`layers/${groups.get(layer.name)}`);
       const vars = out.create_group(`layers/${groups.get(layer.name)}/vars`) as H5Group;
@@ -111,30 +111,6 @@ async function writeWeightsHdf5(file: string, spec: ResNetSpec, weights: Weights
   } finally {
     out.close();
   }
-}
-
-/** Keras names every layer's group by class and position, weightless layers included. */
-function allLayerGroups(spec: ResNetSpec): Map<string, string> {
-  const classNames: Record<ResNetSpec['layers'][number]['kind'], string> = {
-    input: 'input_layer',
-    zeroPadding: 'zero_padding3d',
-    conv: 'conv3d',
-    batchNorm: 'batch_normalization',
-    relu: 'activation',
-    maxPool: 'max_pooling3d',
-    add: 'add',
-    globalAveragePool: 'global_average_pooling3d',
-    dense: 'dense',
-  };
-  const counters = new Map<string, number>();
-  const groups = new Map<string, string>();
-  for (const layer of spec.layers) {
-    const className = classNames[layer.kind];
-    const count = counters.get(className) ?? 0;
-    counters.set(className, count + 1);
-    groups.set(layer.name, count === 0 ? className : `${className}_${count}`);
-  }
-  return groups;
 }
 
 /** `model.weights.h5` / checkpoint `.weights.h5`, as Keras 3 `save_weights` writes it. */

@@ -196,17 +196,27 @@ export function resnetSpec(depth: NetworkDepth, channels: number): ResNetSpec {
 }
 
 /**
- * The group each layer's variables have in a Keras 3 `.weights.h5` file:
- * Keras names them by class in layer order (conv3d, conv3d_1, ...,
- * batch_normalization, ..., dense), not by the layer's own name.
+ * The group each layer has in a Keras 3 `.weights.h5` file: Keras names
+ * them by class in layer order (conv3d, conv3d_1, ..., batch_normalization,
+ * activation_7, ...), not by the layer's own name, and matches them by that
+ * path when loading.
  */
 export function kerasWeightGroups(spec: ResNetSpec): Map<string, string> {
-  const classNames: Partial<Record<LayerSpec['kind'], string>> = { conv: 'conv3d', batchNorm: 'batch_normalization', dense: 'dense' };
+  const classNames: Record<LayerSpec['kind'], string> = {
+    input: 'input_layer',
+    zeroPadding: 'zero_padding3d',
+    conv: 'conv3d',
+    batchNorm: 'batch_normalization',
+    relu: 'activation',
+    maxPool: 'max_pooling3d',
+    add: 'add',
+    globalAveragePool: 'global_average_pooling3d',
+    dense: 'dense',
+  };
   const counters = new Map<string, number>();
   const groups = new Map<string, string>();
   for (const layer of spec.layers) {
     const className = classNames[layer.kind];
-    if (!className) continue;
     const count = counters.get(className) ?? 0;
     counters.set(className, count + 1);
     groups.set(layer.name, count === 0 ? className : `${className}_${count}`);

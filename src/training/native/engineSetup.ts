@@ -1,0 +1,848 @@
+/**
+ * `cellfinder-retrain engine setup`: builds the native TensorFlow engine
+ * (tfjs-node 4.22's addon on TensorFlow's C library) into a cache folder,
+ * without ever contacting storage.googleapis.com or nodejs.org. Only the npm
+ * registry (for tfjs-node's sources) and the Python package index (for the
+ * TensorFlow wheel, unless one is given or installed) are used.
+ *
+ * Steps, each reported through `onProgress`:
+ *   1. check:      platform, python3, C++ compiler, make, Node headers, node-gyp, disk space
+ *   2. tfjs-node:  `npm pack @tensorflow/tfjs-node@4.22.0` (+ google-protobuf), integrity-checked, unpacked
+ *   3. tensorflow: the wheel (given, or `pip download`ed, hash-pinned) or an installed
+ *                  Python TensorFlow; its two shared libraries (stripped of their static
+ *                  symbol tables when extracted: 850 -> 635 MB) and the ~16 C API headers
+ *                  the addon includes go to tfjs-node/deps/, where its binding.gyp looks
+ *   4. build:      node-gyp against the local Node headers (N-API 8, offline)
+ *   5. verify:     a separate Node process loads the addon with all symbols bound
+ *                  (LD_BIND_NOW) and reports TensorFlow's version
+ * The build happens in a temporary folder that is renamed into place at the end
+ * (and removed on failure or cancellation), so an interrupted setup never leaves
+ * a half engine; a lock file keeps two setups from racing. A second run finds the
+ * manifest and returns at once. The downloaded wheel (274 MB) is deleted after a
+ * successful build unless keepDownloads; the npm tarballs (0.3 MB) are kept.
+ *
+ * Disk: 635 MB for the engine; 1.3 GB free needed while the wheel is unpacked.
+ * Time on 2 cores: about 20 s (pip download 3-4 s at 70 MB/s, extraction and strip
+ * 5-9 s, compile and link 8-11 s). The linker maps the 790 MB library: peak
+ * memory about 0.9 GB during linking, ~100 MB otherwise.
+ *
+ * No `vscode` import: the CLI and the extension both call `setupEngine`.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, promises as fs, realpathSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import * as path from 'node:path';
+import {
+  ACTIVE_FILE,
+  type EngineManifest,
+  engineFolderName,
+  engineRoot,
+  GOOGLE_PROTOBUF_INTEGRITY,
+  GOOGLE_PROTOBUF_VERSION,
+  MANIFEST_FILE,
+  NAPI_BUILD_VERSION,
+  PINNED_TENSORFLOW,
+  readActiveEngine,
+  readEngine,
+  TF_LIBRARIES,
+  TFJS_NODE_INTEGRITY,
+  TFJS_NODE_VERSION,
+} from './engineLayout';
+import { copyHeaders, headerClosure, includesOf, openInstalledPackage, openWheel, type TensorFlowPackage, wheelMetadata } from './wheel';
+
+/** Where TensorFlow's C library comes from. `auto`: a suitable installed Python TensorFlow, else download. */
+export type EngineSource = 'auto' | 'download' | 'python' | 'wheel';
+
+export type SetupStep = 'check' | 'tfjs-node' | 'tensorflow' | 'build' | 'verify' | 'done';
+
+export interface SetupProgress {
+  step: SetupStep;
+  message: string;
+  /** Overall completion, 0..1, never decreasing. */
+  fraction: number;
+}
+
+export interface EngineSetupOptions {
+  source?: EngineSource;
+  /** A tensorflow / tensorflow-cpu wheel file (implies source 'wheel'). */
+  wheel?: string;
+  /** The Python interpreter for pip, the TensorFlow lookup and node-gyp (default `python3`). */
+  python?: string;
+  /** Default: engineRoot() (CELLFINDER_RETRAIN_ENGINE_DIR or ~/.cache/cellfinder-retrain/engine). */
+  root?: string;
+  /** Pre-fetched npm tarballs, for machines without the npm registry. */
+  tfjsNodeTarball?: string;
+  googleProtobufTarball?: string;
+  /** Rebuild even when a complete engine exists. */
+  force?: boolean;
+  /** Keep the downloaded wheel (270 MB) after a successful setup. */
+  keepDownloads?: boolean;
+  onProgress?: (progress: SetupProgress) => void;
+  /** Every line of the tools' output (pip, npm, node-gyp), for a log view. Always also written to the log file. */
+  onLog?: (line: string) => void;
+  signal?: AbortSignal;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface EngineSetupResult {
+  engineDir: string;
+  alreadyInstalled: boolean;
+  tensorflowVersion: string;
+  source: EngineManifest['source'];
+  /** Seconds per step (empty when already installed). */
+  timings: Record<string, number>;
+  /** Bytes downloaded in this run (wheel + npm tarballs). */
+  downloadedBytes: number;
+  /** Bytes the engine folder takes (hard links from a Python install counted in full). */
+  diskBytes: number;
+  logFile?: string;
+}
+
+export type SetupErrorCode =
+  | 'UNSUPPORTED_PLATFORM'
+  | 'NO_PYTHON'
+  | 'NO_PIP'
+  | 'PIP_UNREACHABLE'
+  | 'PIP_FAILED'
+  | 'NO_TENSORFLOW'
+  | 'BAD_WHEEL'
+  | 'NO_COMPILER'
+  | 'NO_MAKE'
+  | 'NO_NODE_HEADERS'
+  | 'NO_NODE_GYP'
+  | 'NO_NPM'
+  | 'NPM_FAILED'
+  | 'BUILD_FAILED'
+  | 'VERIFY_FAILED'
+  | 'DISK_FULL'
+  | 'BUSY'
+  | 'CANCELLED';
+
+/** A setup failure told as what went wrong and what the user can do; `logFile` has the tools' full output. */
+export class EngineSetupError extends Error {
+  constructor(
+    readonly code: SetupErrorCode,
+    readonly problem: string,
+    readonly fix: string,
+    public logFile?: string,
+  ) {
+    super(`${problem}. ${fix}`);
+    this.name = 'EngineSetupError';
+  }
+}
+
+/** Step weights for the overall progress fraction. */
+const STEP_SPAN: Record<Exclude<SetupStep, 'done'>, [number, number]> = {
+  check: [0, 0.02],
+  'tfjs-node': [0.02, 0.06],
+  tensorflow: [0.06, 0.7],
+  build: [0.7, 0.95],
+  verify: [0.95, 1],
+};
+
+/** Free space the setup needs on the cache's disk: wheel (274 MB) + libraries (853 MB) + margin. */
+const REQUIRED_FREE_BYTES = 1.3e9;
+
+/** Sets the engine up (or finds it set up) and makes it the active one. */
+export async function setupEngine(options: EngineSetupOptions = {}): Promise<EngineSetupResult> {
+  const env = options.env ?? process.env;
+  const root = path.resolve(options.root || engineRoot(env));
+  const source: EngineSource = options.wheel ? 'wheel' : (options.source ?? 'auto');
+  if (source === 'wheel' && !options.wheel) throw new EngineSetupError('BAD_WHEEL', 'source "wheel" needs a wheel file', 'Pass the path of a tensorflow or tensorflow-cpu .whl file');
+  const setup = new Setup(root, options, env);
+
+  if (process.platform !== 'linux' || process.arch !== 'x64') {
+    throw new EngineSetupError(
+      'UNSUPPORTED_PLATFORM',
+      `the native engine is built for Linux x86-64 only; this is ${process.platform}-${process.arch}`,
+      'Training still works with the built-in JavaScript engine, only slower',
+    );
+  }
+  // Nothing to do when the wanted engine is already complete.
+  if (!options.force) {
+    const active = readActiveEngine(root);
+    if (active.ok && (source === 'auto' || (source === 'download' && active.manifest.tensorflowVersion === PINNED_TENSORFLOW.version))) {
+      return setup.installedResult(active.engineDir, active.manifest);
+    }
+  }
+  await fs.mkdir(root, { recursive: true });
+  await setup.openLog();
+  const release = await acquireLock(root);
+  try {
+    return await setup.run(source);
+  } catch (error) {
+    // A failed or cancelled build leaves no half engine (up to 600 MB) behind; downloads stay for the next run.
+    if (setup.workDir) await fs.rm(setup.workDir, { recursive: true, force: true }).catch(() => undefined);
+    if (error instanceof EngineSetupError) {
+      error.logFile ??= setup.logFile;
+      throw error;
+    }
+    if (options.signal?.aborted) throw new EngineSetupError('CANCELLED', 'the engine setup was cancelled', 'Run it again to continue; finished downloads are reused', setup.logFile);
+    const code = (error as NodeJS.ErrnoException)?.code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') throw new EngineSetupError('DISK_FULL', `the disk holding ${root} is full`, 'Free about 1.3 GB there, or set CELLFINDER_RETRAIN_ENGINE_DIR to a folder on a larger disk', setup.logFile);
+    throw error;
+  } finally {
+    await release();
+    await setup.closeLog();
+  }
+}
+
+/** Where a tool's output goes and how far along we are. */
+class Setup {
+  logFile?: string;
+  /** The temporary build folder while it exists. */
+  workDir?: string;
+  private log?: fs.FileHandle;
+  private fraction = 0;
+  private readonly timings: Record<string, number> = {};
+  private downloadedBytes = 0;
+
+  constructor(
+    readonly root: string,
+    readonly options: EngineSetupOptions,
+    readonly env: NodeJS.ProcessEnv,
+  ) {}
+
+  async openLog(): Promise<void> {
+    const logs = path.join(this.root, 'logs');
+    await fs.mkdir(logs, { recursive: true });
+    // Keep the last few setups' logs.
+    const old = (await fs.readdir(logs)).filter((name) => /^setup-.*\.log$/.test(name)).sort();
+    for (const name of old.slice(0, Math.max(0, old.length - 4))) await fs.rm(path.join(logs, name), { force: true });
+    this.logFile = path.join(logs, `setup-${new Date().toISOString().replace(/[:.]/g, '-')}.log`);
+    this.log = await fs.open(this.logFile, 'a');
+  }
+
+  async closeLog(): Promise<void> {
+    await this.log?.close();
+    this.log = undefined;
+  }
+
+  line(text: string): void {
+    this.options.onLog?.(text);
+    void this.log?.write(`${text}\n`);
+  }
+
+  progress(step: SetupStep, message: string, within = 0): void {
+    const [start, end] = step === 'done' ? [1, 1] : STEP_SPAN[step];
+    this.fraction = Math.max(this.fraction, start + (end - start) * Math.min(1, Math.max(0, within)));
+    this.line(`[${step}] ${message}`);
+    this.options.onProgress?.({ step, message, fraction: this.fraction });
+  }
+
+  checkCancelled(): void {
+    if (this.options.signal?.aborted) throw new EngineSetupError('CANCELLED', 'the engine setup was cancelled', 'Run it again to continue; finished downloads are reused');
+  }
+
+  async time<T>(name: string, work: () => Promise<T>): Promise<T> {
+    const start = performance.now();
+    try {
+      return await work();
+    } finally {
+      this.timings[name] = Math.round((performance.now() - start) / 10) / 100;
+    }
+  }
+
+  installedResult(engineDir: string, manifest: EngineManifest): EngineSetupResult {
+    this.options.onProgress?.({ step: 'done', message: `native engine already set up (TensorFlow ${manifest.tensorflowVersion})`, fraction: 1 });
+    return { engineDir, alreadyInstalled: true, tensorflowVersion: manifest.tensorflowVersion, source: manifest.source, timings: {}, downloadedBytes: 0, diskBytes: manifest.diskBytes };
+  }
+
+  /** Runs a tool, streaming its output lines to the log; never rejects on a non-zero exit. */
+  exec(command: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; onLine?: (line: string) => void } = {}): Promise<{ code: number; output: string; missing: boolean }> {
+    this.line(`$ ${command} ${args.join(' ')}`);
+    return new Promise((resolve, reject) => {
+      const child = spawn(command, args, { cwd: opts.cwd, env: opts.env ?? this.env, stdio: ['ignore', 'pipe', 'pipe'], signal: this.options.signal });
+      let output = '';
+      let pending = '';
+      const take = (chunk: Buffer) => {
+        const text = chunk.toString('utf8');
+        output += text;
+        pending += text;
+        const lines = pending.split(/\r?\n|\r/);
+        pending = lines.pop() ?? '';
+        for (const line of lines) {
+          this.line(line);
+          opts.onLine?.(line);
+        }
+      };
+      child.stdout.on('data', take);
+      child.stderr.on('data', take);
+      child.on('error', (error: NodeJS.ErrnoException) => {
+        if (error.code === 'ENOENT') resolve({ code: -1, output: '', missing: true });
+        else if (error.name === 'AbortError') reject(new EngineSetupError('CANCELLED', 'the engine setup was cancelled', 'Run it again to continue; finished downloads are reused'));
+        else reject(error);
+      });
+      child.on('close', (code) => {
+        if (pending) this.line(pending);
+        resolve({ code: code ?? -1, output, missing: false });
+      });
+    });
+  }
+
+  async run(requested: EngineSource): Promise<EngineSetupResult> {
+    const started = performance.now();
+    const python = this.options.python ?? 'python3';
+    // A given wheel is checked first: a wrong path should not wait for the tool checks.
+    const givenWheel = requested === 'wheel' ? path.resolve(this.options.wheel as string) : undefined;
+    const givenVersion = givenWheel ? (await this.inspectWheel(givenWheel)).version : undefined;
+    this.progress('check', 'checking the build tools');
+    const tools = await this.time('check', () => this.checkTools(python));
+    this.checkCancelled();
+
+    // Decide the source and learn the TensorFlow version (it names the engine folder).
+    let source = requested;
+    let installed: { sitePackages: string; version: string } | undefined;
+    if (source === 'auto' || source === 'python') {
+      installed = await this.findPythonTensorFlow(python);
+      if (source === 'python' && !installed) {
+        throw new EngineSetupError('NO_TENSORFLOW', `${python} has no TensorFlow with its C library (tensorflow/libtensorflow_cc.so.2)`, 'Install it (pip install tensorflow-cpu), pass --python for another interpreter, or use the default download');
+      }
+      source = installed && (requested === 'python' || isTestedVersion(installed.version)) ? 'python' : 'download';
+    }
+    let wheelFile: string | undefined;
+    let tfVersion: string;
+    if (source === 'wheel') {
+      wheelFile = givenWheel;
+      tfVersion = givenVersion as string;
+    } else if (source === 'python') {
+      tfVersion = (installed as { version: string }).version;
+    } else {
+      tfVersion = PINNED_TENSORFLOW.version;
+    }
+    const folder = engineFolderName(tfVersion);
+    const engineDir = path.join(this.root, folder);
+    const existing = readEngine(engineDir);
+    if (existing.ok && !this.options.force) {
+      await writeActive(this.root, folder);
+      return this.installedResult(engineDir, existing.manifest);
+    }
+    // A Python install is hard-linked (no space); a given wheel needs no download space.
+    await this.checkDiskSpace(source === 'python' ? 0.1e9 : source === 'wheel' ? REQUIRED_FREE_BYTES - PINNED_TENSORFLOW.bytes : REQUIRED_FREE_BYTES);
+
+    // Build in a private folder, renamed into place when complete.
+    const work = path.join(this.root, `.partial-${folder}`);
+    this.workDir = work;
+    await fs.rm(work, { recursive: true, force: true });
+    await fs.mkdir(work, { recursive: true });
+    const packageDir = path.join(work, 'tfjs-node');
+    const downloads = path.join(this.root, 'downloads');
+    await fs.mkdir(downloads, { recursive: true });
+
+    await this.time('tfjsNode', () => this.fetchTfjsNode(downloads, packageDir));
+    this.checkCancelled();
+
+    let sourceInfo: EngineManifest['source'];
+    let pkg: TensorFlowPackage;
+    if (source === 'python') {
+      const sitePackages = (installed as { sitePackages: string }).sitePackages;
+      pkg = await openInstalledPackage(sitePackages);
+      sourceInfo = { kind: 'python', from: path.join(sitePackages, 'tensorflow') };
+    } else {
+      if (source === 'download') wheelFile = await this.time('download', () => this.downloadWheel(python, downloads));
+      pkg = await openWheel(wheelFile as string);
+      sourceInfo = { kind: source === 'download' ? 'download' : 'wheel', from: wheelFile as string };
+    }
+    await this.time('extract', () => this.installLibraries(pkg, packageDir));
+    this.checkCancelled();
+
+    await this.time('build', () => this.build(packageDir, tools, python));
+    this.checkCancelled();
+    const reported = await this.time('verify', () => this.verify(path.join(packageDir, 'lib', `napi-v${NAPI_BUILD_VERSION}`, 'tfjs_binding.node')));
+
+    const manifest: EngineManifest = {
+      formatVersion: 1,
+      tfjsNodeVersion: TFJS_NODE_VERSION,
+      tensorflowVersion: reported,
+      source: sourceInfo,
+      platform: process.platform,
+      arch: process.arch,
+      napiBuildVersion: NAPI_BUILD_VERSION,
+      addon: path.posix.join('tfjs-node', 'lib', `napi-v${NAPI_BUILD_VERSION}`, 'tfjs_binding.node'),
+      packageDir: 'tfjs-node',
+      libraryDir: path.posix.join('tfjs-node', 'deps', 'lib'),
+      builtAt: new Date().toISOString(),
+      timings: { ...this.timings, total: Math.round((performance.now() - started) / 10) / 100 },
+      diskBytes: await diskUsage(work),
+    };
+    await fs.writeFile(path.join(work, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`);
+    // Move into place: an older build of the same versions (--force) goes first.
+    if (existsSync(engineDir)) {
+      const old = path.join(this.root, `.old-${folder}-${process.pid}`);
+      await fs.rename(engineDir, old);
+      await fs.rm(old, { recursive: true, force: true });
+    }
+    await fs.rename(work, engineDir);
+    this.workDir = undefined;
+    await writeActive(this.root, folder);
+    if (source === 'download' && !this.options.keepDownloads) await fs.rm(wheelFile as string, { force: true });
+    this.progress('done', `native engine ready: TensorFlow ${reported} in ${engineDir}`, 1);
+    return {
+      engineDir,
+      alreadyInstalled: false,
+      tensorflowVersion: reported,
+      source: sourceInfo,
+      timings: manifest.timings,
+      downloadedBytes: this.downloadedBytes,
+      diskBytes: manifest.diskBytes,
+      logFile: this.logFile,
+    };
+  }
+
+  /** Fails early, before any download, when a tool the build needs is missing. */
+  private async checkTools(python: string): Promise<{ nodeGyp: string; nodeDir: string; node: NodeCommand }> {
+    const py = await this.exec(python, ['--version']);
+    if (py.missing || py.code !== 0) {
+      throw new EngineSetupError(
+        'NO_PYTHON',
+        `Python 3 was not found (${python})`,
+        'The build needs it (node-gyp runs on Python, and pip fetches TensorFlow). Install python3 (Debian/Ubuntu: sudo apt install python3 python3-pip) or pass --python /path/to/python3',
+      );
+    }
+    const cxx = this.env.CXX || 'g++';
+    const compiler = await this.exec(cxx, ['--version']);
+    if (compiler.missing || compiler.code !== 0) {
+      throw new EngineSetupError('NO_COMPILER', `no C++ compiler was found (${cxx})`, 'Install one: Debian/Ubuntu: sudo apt install build-essential; Fedora: sudo dnf install gcc-c++ make; or set CXX');
+    }
+    const make = await this.exec('make', ['--version']);
+    if (make.missing || make.code !== 0) {
+      throw new EngineSetupError('NO_MAKE', '`make` was not found', 'Install it: Debian/Ubuntu: sudo apt install build-essential (or make); Fedora: sudo dnf install make');
+    }
+    const node = nodeCommand(this.env);
+    const nodeDir = findNodeHeaders(this.env);
+    if (!nodeDir) {
+      throw new EngineSetupError(
+        'NO_NODE_HEADERS',
+        "Node.js's C headers (include/node/node_api.h and common.gypi) were not found next to the node executable, in /usr or /usr/local",
+        'Official Node.js builds (nodejs.org, nvm, NodeSource) include them; for Debian/Ubuntu\'s own nodejs install libnode-dev. Or set CELLFINDER_RETRAIN_NODEDIR to the folder that holds include/node',
+      );
+    }
+    const nodeGyp = await this.findNodeGyp();
+    return { nodeGyp, nodeDir, node };
+  }
+
+  /** node-gyp: npm ships one (npm config get node-gyp); an explicit npm_config_node_gyp wins. */
+  private async findNodeGyp(): Promise<string> {
+    const candidates = [this.env.npm_config_node_gyp];
+    const fromNpm = await this.exec('npm', ['config', 'get', 'node-gyp']);
+    if (!fromNpm.missing && fromNpm.code === 0) candidates.push(fromNpm.output.trim().split('\n').pop());
+    const npmBin = which('npm', this.env);
+    if (npmBin) candidates.push(path.join(path.dirname(realpathSync(npmBin)), '..', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'));
+    const found = candidates.find((file) => file && file !== 'undefined' && existsSync(file));
+    if (!found) {
+      throw new EngineSetupError('NO_NODE_GYP', 'node-gyp was not found (npm normally ships it)', 'Install npm 7 or newer with Node.js, or set npm_config_node_gyp to node-gyp\'s bin/node-gyp.js');
+    }
+    return found;
+  }
+
+  private async checkDiskSpace(bytes: number): Promise<void> {
+    try {
+      const stats = await fs.statfs(this.root);
+      const free = stats.bavail * stats.bsize;
+      if (free < bytes) {
+        throw new EngineSetupError(
+          'DISK_FULL',
+          `the engine setup needs about ${(bytes / 1e9).toFixed(1)} GB free in ${this.root}, there are ${(free / 1e9).toFixed(1)} GB`,
+          'Free some space, or set CELLFINDER_RETRAIN_ENGINE_DIR to a folder on a larger disk',
+        );
+      }
+    } catch (error) {
+      if (error instanceof EngineSetupError) throw error;
+      // statfs unsupported: the copy itself will tell.
+    }
+  }
+
+  /**
+   * An installed Python TensorFlow with its C library. Looked up without
+   * importing TensorFlow (slow, noisy, and it may fail on unrelated NumPy
+   * problems): find_spec gives the folder, the distribution metadata the version.
+   */
+  private async findPythonTensorFlow(python: string): Promise<{ sitePackages: string; version: string } | undefined> {
+    const script = [
+      'import importlib.util, importlib.metadata as m, json, os',
+      'spec = importlib.util.find_spec("tensorflow")',
+      'folder = os.path.dirname(spec.origin) if spec and spec.origin else None',
+      'version = None',
+      'for d in m.distributions():',
+      '    try:',
+      '        if "tensorflow" in (d.read_text("top_level.txt") or "").split() and str(d.metadata["Name"]).lower().startswith(("tensorflow", "tf-nightly", "tf_nightly")):',
+      '            version = d.version; break',
+      '    except Exception:',
+      '        pass',
+      'print(json.dumps({"folder": folder, "version": version}))',
+    ].join('\n');
+    const result = await this.exec(python, ['-c', script]);
+    if (result.code !== 0) return undefined;
+    try {
+      const { folder, version } = JSON.parse(result.output.trim().split('\n').pop() as string) as { folder: string | null; version: string | null };
+      if (!folder || !version || !existsSync(path.join(folder, 'libtensorflow_cc.so.2')) || !existsSync(path.join(folder, 'include', 'tensorflow', 'c', 'c_api.h'))) return undefined;
+      this.line(`found TensorFlow ${version} in ${folder}`);
+      return { sitePackages: path.dirname(folder), version };
+    } catch {
+      return undefined;
+    }
+  }
+
+  private async inspectWheel(file: string): Promise<{ version: string }> {
+    if (!existsSync(file)) throw new EngineSetupError('BAD_WHEEL', `the wheel ${file} does not exist`, 'Check the path');
+    let wheel: Awaited<ReturnType<typeof openWheel>>;
+    try {
+      wheel = await openWheel(file);
+    } catch (error) {
+      throw new EngineSetupError('BAD_WHEEL', `${file} is not a readable wheel (${(error as Error).message})`, 'Download it again');
+    }
+    const missing = TF_LIBRARIES.filter((name) => !wheel.has(`tensorflow/${name}`));
+    const metadata = await wheelMetadata(wheel);
+    if (missing.length > 0 || !metadata || !/^(tensorflow|tf-nightly)/i.test(metadata.name)) {
+      throw new EngineSetupError('BAD_WHEEL', `${file} is not a TensorFlow wheel with its C library (missing ${missing.join(', ') || 'METADATA'})`, `Use a Linux x86-64 tensorflow or tensorflow-cpu wheel, e.g. ${PINNED_TENSORFLOW.fileName}`);
+    }
+    return { version: metadata.version };
+  }
+
+  /** `npm pack` (or the given tarball), integrity-checked, unpacked; google-protobuf into its node_modules. */
+  private async fetchTfjsNode(downloads: string, packageDir: string): Promise<void> {
+    this.progress('tfjs-node', `fetching @tensorflow/tfjs-node@${TFJS_NODE_VERSION} from the npm registry`);
+    const tfjsNode = await this.npmPack(`@tensorflow/tfjs-node@${TFJS_NODE_VERSION}`, TFJS_NODE_INTEGRITY, downloads, this.options.tfjsNodeTarball);
+    await this.untar(tfjsNode, packageDir);
+    this.progress('tfjs-node', `fetching google-protobuf@${GOOGLE_PROTOBUF_VERSION}`, 0.5);
+    const protobuf = await this.npmPack(`google-protobuf@${GOOGLE_PROTOBUF_VERSION}`, GOOGLE_PROTOBUF_INTEGRITY, downloads, this.options.googleProtobufTarball);
+    await this.untar(protobuf, path.join(packageDir, 'node_modules', 'google-protobuf'));
+    this.progress('tfjs-node', 'tfjs-node sources ready', 1);
+  }
+
+  private async npmPack(spec: string, integrity: string, downloads: string, given?: string): Promise<string> {
+    const expectedName = `${spec.replace(/^@/, '').replace('/', '-').replace(/@([^@]+)$/, '-$1')}.tgz`;
+    const file = given ? path.resolve(given) : path.join(downloads, expectedName);
+    if (!existsSync(file) || (await sriOf(file)) !== integrity) {
+      if (given) throw new EngineSetupError('NPM_FAILED', `${file} is missing or is not ${spec} (integrity mismatch)`, `Fetch it with: npm pack ${spec}`);
+      const result = await this.exec('npm', ['pack', spec, '--pack-destination', downloads, '--loglevel=error'], { cwd: downloads });
+      if (result.missing) throw new EngineSetupError('NO_NPM', 'npm was not found', 'Install Node.js with npm (npm 7 or newer)');
+      if (result.code !== 0) {
+        const offline = /ENOTFOUND|ECONNREFUSED|ETIMEDOUT|EAI_AGAIN|ECONNRESET|network|proxy/i.test(result.output);
+        throw new EngineSetupError(
+          'NPM_FAILED',
+          offline ? `npm could not reach its registry to fetch ${spec}` : `npm pack ${spec} failed: ${lastLines(result.output, 3)}`,
+          offline ? `Check the network or npm's registry/proxy settings (npm config get registry), or fetch the tarball elsewhere with "npm pack ${spec}" and pass it to the setup` : 'See the setup log for npm\'s full output',
+        );
+      }
+      if ((await sriOf(file)) !== integrity) throw new EngineSetupError('NPM_FAILED', `the ${spec} tarball from the registry does not match its published integrity`, 'Run the setup again; if it persists, your registry mirror serves a different file');
+      this.downloadedBytes += statSync(file).size;
+    }
+    return file;
+  }
+
+  private async untar(tarball: string, destination: string): Promise<void> {
+    await fs.mkdir(destination, { recursive: true });
+    const result = await this.exec('tar', ['-xzf', tarball, '-C', destination, '--strip-components=1', '--no-same-owner']);
+    if (result.code !== 0) throw new EngineSetupError('NPM_FAILED', `could not unpack ${tarball}: ${lastLines(result.output, 2)}`, 'Check that `tar` works and the disk has space');
+  }
+
+  /** `pip download` of the pinned wheel, with progress read from pip's growing temporary file. */
+  private async downloadWheel(python: string, downloads: string): Promise<string> {
+    const file = path.join(downloads, PINNED_TENSORFLOW.fileName);
+    if (existsSync(file) && statSync(file).size === PINNED_TENSORFLOW.bytes && (await sha256Of(file)) === PINNED_TENSORFLOW.sha256) {
+      this.line(`reusing ${file}`);
+      return file;
+    }
+    const pip = await this.exec(python, ['-m', 'pip', '--version']);
+    if (pip.code !== 0) {
+      throw new EngineSetupError(
+        'NO_PIP',
+        `pip is not available for ${python}`,
+        `Install it (Debian/Ubuntu: sudo apt install python3-pip), or download ${PINNED_TENSORFLOW.fileName} from PyPI on another machine and pass it with --wheel`,
+      );
+    }
+    const spec = `${PINNED_TENSORFLOW.pipName}==${PINNED_TENSORFLOW.version}`;
+    this.progress('tensorflow', `downloading ${spec} (${(PINNED_TENSORFLOW.bytes / 1e6).toFixed(0)} MB) with pip`);
+    // pip downloads into a temporary folder first; pointing TMPDIR at ours lets us watch it grow.
+    const tmp = path.join(downloads, 'pip-tmp');
+    await fs.rm(tmp, { recursive: true, force: true });
+    await fs.mkdir(tmp, { recursive: true });
+    const watch = setInterval(() => {
+      void diskUsage(tmp).then((bytes) => {
+        if (bytes > 0) this.progress('tensorflow', `downloading ${spec}: ${(bytes / 1e6).toFixed(0)} of ${(PINNED_TENSORFLOW.bytes / 1e6).toFixed(0)} MB`, (0.7 * bytes) / PINNED_TENSORFLOW.bytes);
+      });
+    }, 1000);
+    let result: Awaited<ReturnType<Setup['exec']>>;
+    try {
+      result = await this.exec(
+        python,
+        // Exactly the pinned file whatever the local Python: target platform, Python tag and ABI are given.
+        ['-m', 'pip', 'download', spec, '--no-deps', '--only-binary=:all:', '--platform', PINNED_TENSORFLOW.platform, '--python-version', PINNED_TENSORFLOW.pythonVersion, '--implementation', 'cp', '--abi', PINNED_TENSORFLOW.abi, '--no-cache-dir', '--progress-bar', 'off', '-d', downloads],
+        { env: { ...this.env, TMPDIR: tmp, PIP_DISABLE_PIP_VERSION_CHECK: '1' } },
+      );
+    } finally {
+      clearInterval(watch);
+      await fs.rm(tmp, { recursive: true, force: true });
+    }
+    if (result.code !== 0) throw pipError(result.output, spec);
+    if (!existsSync(file)) throw new EngineSetupError('PIP_FAILED', `pip finished but ${file} is not there`, 'See the setup log for pip\'s output');
+    if ((await sha256Of(file)) !== PINNED_TENSORFLOW.sha256) {
+      await fs.rm(file, { force: true });
+      throw new EngineSetupError('PIP_FAILED', `the downloaded ${PINNED_TENSORFLOW.fileName} does not match its published SHA-256`, 'Run the setup again; if it persists, your package index serves a different file');
+    }
+    this.downloadedBytes += PINNED_TENSORFLOW.bytes;
+    return file;
+  }
+
+  /** The two libraries (+ the link names binding.gyp and tfjs-node's scripts look for) and the headers. */
+  private async installLibraries(pkg: TensorFlowPackage, packageDir: string): Promise<void> {
+    const libDir = path.join(packageDir, 'deps', 'lib');
+    const includeDir = path.join(packageDir, 'deps', 'include');
+    // The headers the addon's sources include, and what those include, and so on.
+    const bindingDir = path.join(packageDir, 'binding');
+    const seeds = new Set<string>();
+    for (const name of await fs.readdir(bindingDir)) {
+      for (const include of includesOf(await fs.readFile(path.join(bindingDir, name), 'utf8'))) if (include.startsWith('tensorflow/')) seeds.add(include);
+    }
+    const headers = await headerClosure(pkg, [...seeds]);
+    if (!headers.includes('tensorflow/c/c_api.h') || !headers.includes('tensorflow/c/eager/c_api.h')) {
+      throw new EngineSetupError('BAD_WHEEL', `${pkg.location} lacks TensorFlow's C API headers (tensorflow/include/tensorflow/c)`, `Use a tensorflow or tensorflow-cpu package of version 2.x, e.g. ${PINNED_TENSORFLOW.fileName}`);
+    }
+    await copyHeaders(pkg, headers, includeDir);
+    this.line(`copied ${headers.length} headers: ${headers.join(' ')}`);
+
+    const total = TF_LIBRARIES.reduce((sum, name) => sum + pkg.size(`tensorflow/${name}`), 0);
+    const verb = pkg.location.endsWith('.whl') ? 'extracting' : 'linking';
+    let before = 0;
+    for (const name of TF_LIBRARIES) {
+      this.checkCancelled();
+      const done0 = before;
+      this.progress('tensorflow', `${verb} ${name}`, 0.7 + (0.3 * done0) / total);
+      let last = 0;
+      await pkg.copyTo(
+        `tensorflow/${name}`,
+        path.join(libDir, name),
+        (bytes) => {
+          if (bytes - last > 50e6) {
+            last = bytes;
+            this.progress('tensorflow', `${verb} ${name}: ${((done0 + bytes) / 1e6).toFixed(0)} of ${(total / 1e6).toFixed(0)} MB`, 0.7 + (0.3 * (done0 + bytes)) / total);
+          }
+        },
+        this.options.signal,
+      );
+      before += pkg.size(`tensorflow/${name}`);
+    }
+    // The wheel's libraries carry a 200 MB static symbol table (.symtab) that nothing
+    // loads; `strip --strip-unneeded` keeps the dynamic symbols the addon links to.
+    // Not for hard links into a Python install (stripping would copy them).
+    if (verb === 'extracting') {
+      for (const name of TF_LIBRARIES) {
+        const file = path.join(libDir, name);
+        const stripped = await this.exec('strip', ['--strip-unneeded', '-o', `${file}.stripped`, file]);
+        if (stripped.code === 0) await fs.rename(`${file}.stripped`, file);
+        else await fs.rm(`${file}.stripped`, { force: true }); // no binutils: keep it as it is
+      }
+    }
+    // binding.gyp links -ltensorflow -ltensorflow_framework; the addon then records the
+    // libraries' sonames (libtensorflow_cc.so.2, libtensorflow_framework.so.2), which
+    // are the real files. The .so.2.9.1 names make tfjs-node's own install script, if
+    // anyone runs it here, find "its" libtensorflow and skip its download.
+    const links: Array<[string, string]> = [
+      ['libtensorflow.so', 'libtensorflow_cc.so.2'],
+      ['libtensorflow.so.2', 'libtensorflow_cc.so.2'],
+      ['libtensorflow.so.2.9.1', 'libtensorflow_cc.so.2'],
+      ['libtensorflow_framework.so', 'libtensorflow_framework.so.2'],
+      ['libtensorflow_framework.so.2.9.1', 'libtensorflow_framework.so.2'],
+    ];
+    for (const [link, target] of links) await fs.symlink(target, path.join(libDir, link));
+    this.progress('tensorflow', 'TensorFlow libraries in place', 1);
+  }
+
+  /** node-gyp with tfjs-node's binding.gyp; the variables node-pre-gyp would normally pass are given by hand. */
+  private async build(packageDir: string, tools: { nodeGyp: string; nodeDir: string; node: NodeCommand }, python: string): Promise<void> {
+    this.progress('build', `compiling the TensorFlow addon (node-gyp, headers from ${tools.nodeDir})`);
+    const modulePath = path.join(packageDir, 'lib', `napi-v${NAPI_BUILD_VERSION}`);
+    let compiled = 0;
+    const result = await this.exec(
+      tools.node.command,
+      [
+        tools.nodeGyp,
+        'rebuild',
+        `--nodedir=${tools.nodeDir}`,
+        // Keeps node-gyp away from ~/.cache/node-gyp and from nodejs.org.
+        `--devdir=${path.join(packageDir, 'build', 'devdir')}`,
+        `--python=${python}`,
+        '--module_name=tfjs_binding',
+        `--module_path=${modulePath}`,
+        `--napi_build_version=${NAPI_BUILD_VERSION}`,
+        '--jobs=max',
+      ],
+      {
+        cwd: packageDir,
+        env: { ...this.env, ...tools.node.env, npm_config_offline: 'true' },
+        onLine: (line) => {
+          if (/^\s*CXX\(target\)/.test(line)) this.progress('build', `compiling (${++compiled} of 2 sources)`, compiled / 3);
+          if (/SOLINK_MODULE/.test(line)) this.progress('build', 'linking', 0.8);
+        },
+      },
+    );
+    if (result.missing || result.code !== 0 || !existsSync(path.join(modulePath, 'tfjs_binding.node'))) {
+      // The compiler and make were checked before; what is left is a real build problem.
+      throw new EngineSetupError('BUILD_FAILED', `building the TensorFlow addon failed: ${buildErrorSummary(result.output)}`, "The setup log has node-gyp's full output; please attach it to a bug report");
+    }
+    // Only the .node in lib/ is used; the object files and Makefiles are not.
+    await fs.rm(path.join(packageDir, 'build'), { recursive: true, force: true });
+    this.progress('build', 'addon built', 1);
+  }
+
+  /** Loads the addon in a separate process with every symbol bound now: a missing C API function fails here, not mid-training. */
+  private async verify(addon: string): Promise<string> {
+    this.progress('verify', 'loading the addon in a test process');
+    const node = nodeCommand(this.env);
+    const script = `const b = require(${JSON.stringify(addon)}); process.stdout.write('TF_VERSION=' + b.TF_Version + '\\n');`;
+    const result = await this.exec(node.command, ['-e', script], { env: { ...this.env, ...node.env, LD_BIND_NOW: '1', TF_CPP_MIN_LOG_LEVEL: '2' } });
+    const version = /TF_VERSION=(\S+)/.exec(result.output)?.[1];
+    if (result.code !== 0 || !version) {
+      throw new EngineSetupError(
+        'VERIFY_FAILED',
+        `the built addon does not load: ${lastLines(result.output, 3)}`,
+        /GLIBC/.test(result.output) ? 'This system\'s C/C++ runtime is older than TensorFlow needs (glibc 2.27, libstdc++ from GCC 6 or newer)' : 'The setup log has the details; try another TensorFlow version with --wheel',
+      );
+    }
+    this.progress('verify', `TensorFlow ${version} loads`, 1);
+    return version;
+  }
+}
+
+/** Versions of a user's Python TensorFlow that `auto` uses without asking (others need an explicit --source python). */
+function isTestedVersion(version: string): boolean {
+  const [major, minor] = version.split('.').map(Number);
+  return major === 2 && minor >= 16;
+}
+
+function pipError(output: string, spec: string): EngineSetupError {
+  const noVersions = /from versions: none/.test(output);
+  const network = /NewConnectionError|Could not fetch URL|Max retries exceeded|Temporary failure in name resolution|ProxyError|SSLError|ConnectTimeout|ReadTimeout|Network is unreachable/i.test(output);
+  if (network || noVersions) {
+    return new EngineSetupError(
+      'PIP_UNREACHABLE',
+      network ? `pip could not reach the Python package index to download ${spec}` : `pip found no ${spec} on the package index: it is unreachable or does not carry that package`,
+      `Check the network and pip's index/proxy settings (python3 -m pip config list), or download ${PINNED_TENSORFLOW.fileName} from PyPI elsewhere and pass it with --wheel`,
+    );
+  }
+  if (/No matching distribution found/.test(output)) {
+    return new EngineSetupError('PIP_FAILED', `the package index has no ${PINNED_TENSORFLOW.fileName}`, 'Your pip index (a mirror?) lacks it: download it from pypi.org and pass it with --wheel');
+  }
+  return new EngineSetupError('PIP_FAILED', `pip download failed: ${lastLines(output, 3)}`, 'See the setup log for pip\'s full output');
+}
+
+/** How to run Node for tools: inside VS Code (Electron) the same binary acts as Node with ELECTRON_RUN_AS_NODE. */
+interface NodeCommand {
+  command: string;
+  env: NodeJS.ProcessEnv;
+}
+function nodeCommand(env: NodeJS.ProcessEnv): NodeCommand {
+  if (process.versions.electron) return { command: process.execPath, env: { ...env, ELECTRON_RUN_AS_NODE: '1' } };
+  return { command: process.execPath, env: {} };
+}
+
+/**
+ * A folder with include/node/{node_api.h,common.gypi}, which node-gyp accepts
+ * as --nodedir so it never downloads headers. N-API headers do not depend on
+ * the Node version, so any local Node 18+ install's headers do.
+ */
+export function findNodeHeaders(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const candidates: Array<string | undefined> = [env.CELLFINDER_RETRAIN_NODEDIR, env.npm_config_nodedir];
+  const prefixOf = (executable: string) => path.dirname(path.dirname(realpathSync(executable)));
+  if (!process.versions.electron) candidates.push(prefixOf(process.execPath));
+  const nodeOnPath = which('node', env);
+  if (nodeOnPath) candidates.push(prefixOf(nodeOnPath));
+  candidates.push('/usr/local', '/usr');
+  // Headers node-gyp itself downloaded some other time, online.
+  for (const cache of [path.join(homedir(), '.cache', 'node-gyp'), path.join(homedir(), '.node-gyp')]) {
+    candidates.push(path.join(cache, process.versions.node));
+  }
+  return candidates.find((dir) => dir && existsSync(path.join(dir, 'include', 'node', 'node_api.h')) && existsSync(path.join(dir, 'include', 'node', 'common.gypi')));
+}
+
+function which(command: string, env: NodeJS.ProcessEnv): string | undefined {
+  for (const dir of (env.PATH ?? '').split(path.delimiter)) {
+    if (!dir) continue;
+    const candidate = path.join(dir, command);
+    try {
+      if (statSync(candidate).isFile()) return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+async function writeActive(root: string, folder: string): Promise<void> {
+  const file = path.join(root, ACTIVE_FILE);
+  const temporary = `${file}.${process.pid}.tmp`;
+  await fs.writeFile(temporary, `${JSON.stringify({ folder }, null, 2)}\n`);
+  await fs.rename(temporary, file);
+}
+
+/** One setup at a time per cache folder; a lock left by a dead process is taken over. */
+async function acquireLock(root: string): Promise<() => Promise<void>> {
+  const lock = path.join(root, '.setup.lock');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      await fs.writeFile(lock, String(process.pid), { flag: 'wx' });
+      return () => fs.rm(lock, { force: true });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      const pid = Number(await fs.readFile(lock, 'utf8').catch(() => ''));
+      if (pid && pid !== process.pid && isAlive(pid)) {
+        throw new EngineSetupError('BUSY', `another engine setup (process ${pid}) is running in ${root}`, 'Wait for it to finish, then run the setup again');
+      }
+      await fs.rm(lock, { force: true });
+    }
+  }
+  throw new EngineSetupError('BUSY', `could not lock ${root}`, 'Remove .setup.lock there if no setup is running');
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function hashOf(file: string, algorithm: 'sha256' | 'sha512'): Promise<Buffer> {
+  const hash = createHash(algorithm);
+  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
+  return hash.digest();
+}
+const sha256Of = async (file: string) => (await hashOf(file, 'sha256')).toString('hex');
+/** npm's Subresource Integrity string. */
+const sriOf = async (file: string) => `sha512-${(await hashOf(file, 'sha512')).toString('base64')}`;
+
+/** Bytes under a folder (files only; symlinks not followed). */
+export async function diskUsage(folder: string): Promise<number> {
+  let total = 0;
+  let items: import('node:fs').Dirent[];
+  try {
+    items = await fs.readdir(folder, { withFileTypes: true });
+  } catch {
+    return 0;
+  }
+  for (const item of items) {
+    const child = path.join(folder, item.name);
+    if (item.isDirectory()) total += await diskUsage(child);
+    else if (item.isFile()) total += await fs.stat(child).then((s) => s.size, () => 0);
+  }
+  return total;
+}
+
+/** The compiler's or linker's own error lines, not node-gyp's "gyp ERR!" epilogue. */
+function buildErrorSummary(output: string): string {
+  const lines = output.split(/\r?\n/).map((line) => line.trim()).filter((line) => line && !/^gyp (info|ERR!|http)/.test(line));
+  const errors = lines.filter((line) => /\berror\b|undefined reference|cannot find|not found/i.test(line));
+  return [...new Set(errors.length > 0 ? errors : lines.slice(-3))].slice(0, 3).join(' | ') || 'no output';
+}
+
+function lastLines(text: string, count: number): string {
+  return text
+    .split(/\r?\n/)
+    .map((line) => line.trim())
+    .filter(Boolean)
+    .slice(-count)
+    .join(' | ');
+}

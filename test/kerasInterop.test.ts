@@ -1,0 +1,132 @@
+/**
+ * Model files against the real peer: Keras 3.15 running cellfinder 1.10.1's
+ * own build_model on the JAX CPU backend (test/python/keras_peer.py in .venv).
+ * (a) Keras writes -> we load -> our predictions equal Keras' on real cubes;
+ * (b) we write -> Keras loads -> same predictions;
+ * (c) a Keras-2-layout .h5 (cellfinder's pre-trained resnet50_tv.h5 layout) loads.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import * as tf from '@tensorflow/tfjs';
+import { KerasAdam } from '../src/training/adam';
+import { loadNetwork, predictCellProbabilities } from '../src/training/inference';
+import { kerasModelConfig } from '../src/training/kerasConfig';
+import { readModelFile, writeKerasModel, writeKerasWeights } from '../src/training/modelFiles';
+import { resnetSpec, weightKey } from '../src/training/resnet';
+import { makeBatch } from '../src/training/trainingData';
+import { REPO_ROOT, SAMPLE, scratch } from './helpers';
+
+const PYTHON = path.join(REPO_ROOT, '.venv', 'bin', 'python');
+const PEER = path.join(REPO_ROOT, 'test', 'python', 'keras_peer.py');
+const CUBES = [
+  'cube_extract/cubes/pCellz10y522x392Ch0.tif',
+  'cube_extract/cubes/pCellz15y1004x340Ch0.tif',
+  'training/cells/pCellz1132y413x1896Ch0.tif',
+  'training/non_cells/pCellz1137y278x1616Ch0.tif',
+].map((file) => path.join(SAMPLE, file));
+
+interface PeerPrediction {
+  ok: boolean;
+  load_error?: string;
+  checks?: Record<string, unknown>;
+  predictions?: { cubes: Array<{ probabilities: [number, number] }> };
+  cubes?: Array<{ probabilities: [number, number] }>;
+}
+
+function peer(args: string[]): PeerPrediction {
+  const run = spawnSync(PYTHON, [PEER, ...args], { encoding: 'utf8', maxBuffer: 64 * 2 ** 20, env: { ...process.env, KERAS_BACKEND: 'jax' } });
+  assert.equal(run.status, 0, `keras_peer ${args[0]} failed:\n${run.stdout.slice(-3000)}\n${run.stderr.slice(-3000)}`);
+  return JSON.parse(run.stdout) as PeerPrediction;
+}
+
+async function ourCellProbabilities(file: string): Promise<number[]> {
+  const network = await loadNetwork(tf, file, 18, 2);
+  const samples = CUBES.map((ch0) => ({ files: [ch0, ch0.replace(/Ch0\.tif$/, 'Ch1.tif')], label: 0 as const, position: { x: 0, y: 0, z: 0 } }));
+  const batch = await makeBatch(samples, { channels: 2, normalise: false });
+  return Array.from(predictCellProbabilities(tf, network, batch.inputs, batch.size, 2));
+}
+
+test('Keras 3 <-> us: .weights.h5, .keras and Keras-2 .h5 load both ways with the same predictions on real cubes', { timeout: 15 * 60_000 }, async (t) => {
+  assert.ok(existsSync(PYTHON), 'the peer venv is missing: run scripts/python-env.sh (npm test runs it)');
+  await tf.setBackend('cpu');
+  const dir = scratch(t);
+  const saved = peer(['save', '--depth', '18', '--channels', '2', '--seed', '1', '--out-dir', dir, '--cubes', ...CUBES]);
+  assert.ok(saved.ok);
+  const kerasProbabilities = (saved.predictions?.cubes ?? []).map((cube) => cube.probabilities[1]);
+  assert.equal(kerasProbabilities.length, CUBES.length);
+
+  // (a) + (c): the three formats Keras wrote read to identical weights ...
+  const fromWeights = await readModelFile(path.join(dir, 'model.weights.h5'));
+  const fromKeras = await readModelFile(path.join(dir, 'model.keras'));
+  const fromLegacy = await readModelFile(path.join(dir, 'legacy_keras2.h5'));
+  assert.deepEqual([fromWeights.format, fromKeras.format, fromLegacy.format], ['weights.h5', 'keras', 'legacy.h5']);
+  assert.deepEqual([fromWeights.depth, fromWeights.channels], [18, 2]);
+  for (const [key, values] of fromWeights.weights) {
+    assert.deepEqual(fromKeras.weights.get(key), values, key);
+    assert.deepEqual(fromLegacy.weights.get(key), values, key);
+  }
+  // ... and our network predicts what Keras predicts.
+  const ours = await ourCellProbabilities(path.join(dir, 'model.weights.h5'));
+  ours.forEach((p, i) => assert.ok(Math.abs(p - kerasProbabilities[i]) < 1e-5, `cube ${i}: ours ${p}, Keras ${kerasProbabilities[i]}`));
+  t.diagnostic(`Keras-written: max |ours - Keras| = ${Math.max(...ours.map((p, i) => Math.abs(p - kerasProbabilities[i]))).toExponential(2)}`);
+
+  // (b) we write, Keras loads and predicts the same.
+  const network = await loadNetwork(tf, path.join(dir, 'legacy_keras2.h5'), 18, 2);
+  const optimizer = new KerasAdam(tf, 0.0003);
+  optimizer.build(network.spec.layers.flatMap((l) => l.weights.filter((w) => w.trainable).map((w) => [weightKey(l.name, w.name), network.weights.get(weightKey(l.name, w.name)) as tf.Variable] as [string, tf.Variable])));
+  optimizer.iterations = 5;
+  await writeKerasWeights(path.join(dir, 'ours.weights.h5'), network.spec, network.weights);
+  await writeKerasModel(path.join(dir, 'ours.keras'), network.spec, network.weights, optimizer);
+  for (const file of ['ours.weights.h5', 'ours.keras']) {
+    const result = peer(['predict', '--depth', '18', '--channels', '2', '--weights', path.join(dir, file), '--cubes', ...CUBES]);
+    assert.ok(result.ok, `${file}: ${result.load_error ?? JSON.stringify(result.checks)}`);
+    const probabilities = (result.cubes ?? []).map((cube) => cube.probabilities[1]);
+    probabilities.forEach((p, i) => assert.ok(Math.abs(p - kerasProbabilities[i]) < 1e-6, `${file} cube ${i}: Keras ${p}, expected ${kerasProbabilities[i]}`));
+  }
+  // Our .keras carries the optimiser state back to us.
+  const reloaded = await readModelFile(path.join(dir, 'ours.keras'));
+  assert.equal(reloaded.optimizer?.iterations, 5);
+  assert.ok(Math.abs((reloaded.optimizer?.learningRate ?? 0) - 0.0003) < 1e-9);
+  assert.equal(reloaded.optimizer?.slots.size, network.spec.layers.flatMap((l) => l.weights.filter((w) => w.trainable)).length);
+});
+
+test('config.json equals the one Keras writes for cellfinder\'s model (ignoring object ids)', async () => {
+  const layout = JSON.parse(await fs.readFile(path.join(REPO_ROOT, 'test', 'fixtures', 'keras-model', 'layout-keras-resnet18-2ch.json'), 'utf8'));
+  const findConfig = (value: unknown): unknown => {
+    if (value && typeof value === 'object') {
+      const record = value as Record<string, unknown>;
+      if (record.class_name === 'Functional' && record.compile_config) return record;
+      for (const child of Object.values(record)) {
+        const found = findConfig(child);
+        if (found) return found;
+      }
+    }
+    return undefined;
+  };
+  const strip = (value: unknown): unknown =>
+    Array.isArray(value) ? value.map(strip) : value && typeof value === 'object' ? Object.fromEntries(Object.entries(value).filter(([k]) => k !== 'shared_object_id').map(([k, v]) => [k, strip(v)])) : value;
+  const keras = findConfig(layout) as Record<string, { optimizer: { config: { learning_rate: number } } }>;
+  assert.ok(keras, 'the fixture holds config.json');
+  const ours = kerasModelConfig(resnetSpec(18, 2), keras.compile_config.optimizer.config.learning_rate);
+  assert.deepEqual(strip(JSON.parse(JSON.stringify(ours))), strip(keras));
+});
+
+test('a model of the wrong depth or channels, or a file that is no model: an error naming the mismatch', async (t) => {
+  const dir = scratch(t);
+  const spec = resnetSpec(34, 1);
+  const weights = new Map(spec.layers.flatMap((l) => l.weights.map((w) => [weightKey(l.name, w.name), tf.variable(tf.zeros(w.shape))] as const)));
+  const file = path.join(dir, 'resnet34.weights.h5');
+  await writeKerasWeights(file, spec, weights);
+  await assert.rejects(readModelFile(file, { depth: 50 }), /resnet34.weights.h5: holds a ResNet-34, but the network depth asked for is 50. Use --network-depth 34/);
+  await assert.rejects(readModelFile(file, { channels: 2 }), /takes 1 input channel\(s\), but the data has 2/);
+  const loaded = await readModelFile(file);
+  assert.deepEqual([loaded.depth, loaded.channels], [34, 1]);
+  const notModel = path.join(dir, 'notes.keras');
+  await fs.writeFile(notModel, 'hello');
+  await assert.rejects(readModelFile(notModel), /notes.keras: is not a Keras model or weights file/);
+  await assert.rejects(readModelFile(path.join(SAMPLE, 'cube_extract', 'cells.xml')), /is not a Keras model or weights file/);
+  tf.dispose([...weights.values()]);
+});

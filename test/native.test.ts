@@ -1,0 +1,229 @@
+/**
+ * The native TensorFlow engine (src/training/native): gradient checks of the
+ * ResNet's operations, a one-batch fit, loading, status and setup.
+ *
+ * The gradient checks always run on the pure-JS cpu backend (against finite
+ * differences). The native ones run when an engine is set up in the cache
+ * (`cellfinder-retrain engine setup`; CI runs it first) and are skipped,
+ * with the reason, only when there is no engine at all: an engine that is
+ * set up but does not load or disagrees fails.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import * as tf from '@tensorflow/tfjs';
+import { zipSync } from 'fflate';
+import { cpuMaxPool3dGradIsBroken, fixCpuMaxPool3dGrad } from '../src/training/cpuMaxPool3dGradFix';
+import { ACTIVE_FILE, engineRoot, readActiveEngine } from '../src/training/native/engineLayout';
+import { EngineSetupError, setupEngine, type SetupProgress } from '../src/training/native/engineSetup';
+import { formatGradientChecks, resnetGradientCases, runGradientChecks, tinyModelFit } from '../src/training/native/gradientCheck';
+import { engineStatus, loadNativeBackend } from '../src/training/native/nativeBackend';
+import { headerClosure, openWheel, readZipDirectory, wheelMetadata, ZipError } from '../src/training/native/wheel';
+import { scratch } from './helpers';
+
+const ROOT = engineRoot();
+/** Native tests are skipped only when no engine was ever set up here. */
+const NO_ENGINE = existsSync(path.join(ROOT, ACTIVE_FILE)) ? undefined : `no native engine in ${ROOT}; set it up with: cellfinder-retrain engine setup`;
+/** The native tests run whatever CELLFINDER_RETRAIN_NATIVE says. */
+const LOAD_ENV = { ...process.env, CELLFINDER_RETRAIN_NATIVE: undefined };
+
+function failures(results: Awaited<ReturnType<typeof runGradientChecks>>): string[] {
+  return results.filter((r) => !r.passed).map((r) => `${r.name}: ${r.failures.join('; ')}`);
+}
+
+// First, before anything loads the engine into this process.
+test('status and loader say why native is unavailable when no engine is set up', async (t) => {
+  const empty = scratch(t);
+  const status = engineStatus({ root: empty, env: LOAD_ENV });
+  assert.equal(status.installed, false);
+  assert.equal(status.loaded, false);
+  assert.match(status.reason ?? '', /no native engine is set up in .*cellfinder-retrain engine setup/);
+  const result = await loadNativeBackend(tf, { root: empty, env: LOAD_ENV });
+  assert.equal(result.ok, false);
+  assert.match(result.ok ? '' : result.reason, /no native engine is set up/);
+  const off = await loadNativeBackend(tf, { root: empty, env: { ...LOAD_ENV, CELLFINDER_RETRAIN_NATIVE: '0' } });
+  assert.match(off.ok ? '' : off.reason, /turned off/);
+
+  // A folder that claims an engine but lacks its files is reported as broken, not missing.
+  await fs.mkdir(path.join(empty, 'tfjs-node-4.22.0-tf-2.21.0-linux-x64'));
+  await fs.writeFile(path.join(empty, ACTIVE_FILE), JSON.stringify({ folder: 'tfjs-node-4.22.0-tf-2.21.0-linux-x64' }));
+  assert.match(engineStatus({ root: empty, env: LOAD_ENV }).reason ?? '', /setup did not finish/);
+});
+
+test('cpu backend: the tfjs 4.22 MaxPool3DGrad bug (non-square windows) is detected and fixed', async (t) => {
+  const poolCase = resnetGradientCases().filter((c) => c.name.startsWith('maxPool3d'));
+  const broken = await cpuMaxPool3dGradIsBroken(tf);
+  if (broken) {
+    // Without the fix, cellfinder's (3, 3, 2) pool gets gradients that finite differences refute.
+    const [before] = await runGradientChecks(tf, 'cpu', { cases: poolCase });
+    assert.equal(before.passed, false);
+    assert.ok(before.gradientVsFiniteDifference.maxRel > 0.5, `expected the known wrong gradient, got ${before.gradientVsFiniteDifference.maxRel}`);
+  } else {
+    t.diagnostic('this tfjs-backend-cpu computes MaxPool3DGrad correctly; the fix stays out');
+  }
+  assert.equal(await fixCpuMaxPool3dGrad(tf), broken);
+  assert.equal(await cpuMaxPool3dGradIsBroken(tf), false);
+  assert.equal(await fixCpuMaxPool3dGrad(tf), false, 'a second call changes nothing');
+  const [after] = await runGradientChecks(tf, 'cpu', { cases: poolCase });
+  assert.ok(after.passed, after.failures.join('; '));
+});
+
+test('gradient checks on the pure-JS cpu backend: analytic vs central finite differences (float32)', async (t) => {
+  await fixCpuMaxPool3dGrad(tf);
+  const results = await runGradientChecks(tf, 'cpu');
+  t.diagnostic(`\n${formatGradientChecks(results)}`);
+  assert.equal(results.length, resnetGradientCases().length);
+  assert.deepEqual(failures(results), []);
+});
+
+test('native engine: gradient checks vs the cpu backend and vs finite differences', async (t) => {
+  if (NO_ENGINE) return t.skip(NO_ENGINE);
+  const loaded = await loadNativeBackend(tf, { env: LOAD_ENV });
+  assert.ok(loaded.ok, loaded.ok ? '' : `an engine is set up in ${ROOT} but does not load: ${loaded.reason}`);
+  t.diagnostic(`TensorFlow ${loaded.info.tensorflowVersion} from ${loaded.info.libraryDir} (loaded in ${loaded.info.loadMs} ms)`);
+  assert.equal(tf.getBackend(), 'tensorflow');
+  await fixCpuMaxPool3dGrad(tf); // the cpu reference must be right too
+  const results = await runGradientChecks(tf, 'tensorflow');
+  t.diagnostic(`\n${formatGradientChecks(results)}`);
+  assert.equal(results.length, resnetGradientCases().length);
+  for (const r of results) {
+    assert.ok(r.forwardVsCpu && r.gradientVsCpu, `${r.name}: compared with cpu`);
+  }
+  assert.deepEqual(failures(results), []);
+  assert.equal(tf.getBackend(), 'tensorflow');
+});
+
+test('native engine: a one-batch fit of a tiny tfjs-layers model matches the cpu backend', async (t) => {
+  if (NO_ENGINE) return t.skip(NO_ENGINE);
+  assert.ok((await loadNativeBackend(tf, { env: LOAD_ENV })).ok);
+  await fixCpuMaxPool3dGrad(tf);
+  const cpu = await tinyModelFit(tf, 'cpu');
+  const native = await tinyModelFit(tf, 'tensorflow');
+  t.diagnostic(`loss before/after one SGD step: cpu ${cpu.lossBefore.toFixed(6)} -> ${cpu.lossAfter.toFixed(6)}, native ${native.lossBefore.toFixed(6)} -> ${native.lossAfter.toFixed(6)}`);
+  assert.ok(native.lossAfter < native.lossBefore, 'one step of SGD lowers the batch loss');
+  assert.ok(Math.abs(native.fitLoss - cpu.fitLoss) <= 1e-5 * Math.abs(cpu.fitLoss));
+  assert.ok(Math.abs(native.lossAfter - cpu.lossAfter) <= 1e-5 * Math.abs(cpu.lossAfter));
+  let worst = 0;
+  native.weights.forEach((w, i) => w.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - cpu.weights[i][j])))));
+  assert.ok(worst <= 1e-5, `updated weights differ by ${worst}`);
+  await tf.setBackend('tensorflow');
+});
+
+test('native engine: one tfjs-core in the process, library found through the addon\'s RUNPATH', async (t) => {
+  if (NO_ENGINE) return t.skip(NO_ENGINE);
+  const loaded = await loadNativeBackend(tf, { env: LOAD_ENV });
+  assert.ok(loaded.ok);
+  const coreCopies = new Set(
+    Object.keys(require.cache)
+      .map((file) => /^(.*[\\/]@tensorflow[\\/]tfjs-core)[\\/]/.exec(file)?.[1])
+      .filter(Boolean),
+  );
+  assert.equal(coreCopies.size, 1, `tfjs-core loaded from ${[...coreCopies].join(', ')}`);
+  assert.equal(existsSync(path.join(loaded.info.engineDir, 'tfjs-node', 'node_modules', '@tensorflow')), false);
+  assert.ok(!(process.env.LD_LIBRARY_PATH ?? '').includes(loaded.info.libraryDir), 'no LD_LIBRARY_PATH needed');
+  // The dynamic loader found the engine's own libtensorflow (RUNPATH $ORIGIN/../../deps/lib).
+  const maps = await fs.readFile('/proc/self/maps', 'utf8');
+  assert.ok(maps.includes(path.join(loaded.info.libraryDir, 'libtensorflow_cc.so.2')), 'libtensorflow_cc.so.2 is mapped from the engine folder');
+  const status = engineStatus({ tf, env: LOAD_ENV });
+  assert.equal(status.loaded, true);
+  assert.equal(status.activeBackend, 'tensorflow');
+  assert.equal(status.reason, undefined);
+});
+
+test('native engine: a second setup finds it and does nothing', async (t) => {
+  if (NO_ENGINE) return t.skip(NO_ENGINE);
+  const active = readActiveEngine(ROOT);
+  assert.ok(active.ok, active.ok ? '' : active.reason);
+  const events: SetupProgress[] = [];
+  const start = performance.now();
+  const result = await setupEngine({ onProgress: (p) => events.push(p) });
+  assert.equal(result.alreadyInstalled, true);
+  assert.equal(result.engineDir, active.engineDir);
+  assert.ok(performance.now() - start < 1000);
+  assert.deepEqual(events.map((e) => [e.step, e.fraction]), [['done', 1]]);
+});
+
+/** A small fake TensorFlow wheel: two "libraries", some headers, METADATA. */
+function fakeWheel(options: { metadata?: boolean } = {}): Uint8Array {
+  const text = (s: string) => new TextEncoder().encode(s);
+  const library = new Uint8Array(300_000).map((_, i) => (i * 7919) % 251);
+  const files: Record<string, Uint8Array | [Uint8Array, { level: 0 }]> = {
+    'tensorflow/libtensorflow_cc.so.2': library,
+    // Stored (not deflated), to cover both methods.
+    'tensorflow/libtensorflow_framework.so.2': [library.slice(0, 1000), { level: 0 }],
+    'tensorflow/include/tensorflow/c/c_api.h': text('#include <stdint.h>\n#include "tensorflow/c/tf_status.h"\n  #  include "tensorflow/c/tf_tensor.h"\n'),
+    'tensorflow/include/tensorflow/c/eager/c_api.h': text('#include "tensorflow/c/c_api.h"\n'),
+    'tensorflow/include/tensorflow/c/tf_status.h': text('#include "xla/tsl/c/tsl_status.h"\n'),
+    'tensorflow/include/tensorflow/c/tf_tensor.h': text('#include "tensorflow/c/tf_status.h"\n'),
+    'tensorflow/include/xla/tsl/c/tsl_status.h': text('// leaf\n'),
+    'tensorflow/include/tensorflow/core/unrelated.h': text('#include "tensorflow/c/c_api.h"\n'),
+  };
+  if (options.metadata ?? true) files['tensorflow_cpu-2.99.0.dist-info/METADATA'] = text('Metadata-Version: 2.1\nName: tensorflow-cpu\nVersion: 2.99.0\n');
+  return zipSync(files);
+}
+
+test('wheel reader: only the libraries and the headers the addon reaches come out, CRC-checked', async (t) => {
+  const dir = scratch(t);
+  const wheelFile = path.join(dir, 'tensorflow_cpu-2.99.0-cp311-cp311-manylinux_2_27_x86_64.whl');
+  await fs.writeFile(wheelFile, fakeWheel());
+  const wheel = await openWheel(wheelFile);
+  assert.deepEqual(await wheelMetadata(wheel), { name: 'tensorflow-cpu', version: '2.99.0' });
+  assert.deepEqual(await headerClosure(wheel, ['tensorflow/c/c_api.h', 'tensorflow/c/eager/c_api.h', 'tensorflow/not/there.h']), [
+    'tensorflow/c/c_api.h',
+    'tensorflow/c/eager/c_api.h',
+    'tensorflow/c/tf_status.h',
+    'tensorflow/c/tf_tensor.h',
+    'xla/tsl/c/tsl_status.h',
+  ]);
+  const out = path.join(dir, 'lib', 'libtensorflow_cc.so.2');
+  let reported = 0;
+  await wheel.copyTo('tensorflow/libtensorflow_cc.so.2', out, (bytes) => (reported = bytes));
+  assert.equal(reported, 300_000);
+  const expected = new Uint8Array(300_000).map((_, i) => (i * 7919) % 251);
+  assert.deepEqual(new Uint8Array(await fs.readFile(out)), expected);
+  await wheel.copyTo('tensorflow/libtensorflow_framework.so.2', path.join(dir, 'lib', 'fw'));
+  assert.equal((await fs.stat(path.join(dir, 'lib', 'fw'))).size, 1000);
+
+  // A flipped byte in the compressed data is caught by the CRC (or by inflate), and leaves no file behind.
+  const entries = await readZipDirectory(wheelFile);
+  const entry = entries.get('tensorflow/libtensorflow_cc.so.2');
+  assert.ok(entry);
+  const bytes = await fs.readFile(wheelFile);
+  bytes[entry.localHeaderOffset + 30 + entry.name.length + 100] ^= 0xff;
+  const corrupt = path.join(dir, 'corrupt.whl');
+  await fs.writeFile(corrupt, bytes);
+  await assert.rejects((await openWheel(corrupt)).copyTo('tensorflow/libtensorflow_cc.so.2', path.join(dir, 'bad.so')), (error: Error) => error instanceof ZipError || /invalid|incorrect/i.test(error.message));
+  assert.equal(existsSync(path.join(dir, 'bad.so')), false);
+  assert.equal(existsSync(path.join(dir, 'bad.so.partial')), false);
+  await fs.writeFile(path.join(dir, 'not.whl'), 'hello');
+  await assert.rejects(readZipDirectory(path.join(dir, 'not.whl')), /not a zip file/);
+});
+
+test('setup: errors a user can act on, before any download', { skip: process.platform !== 'linux' || process.arch !== 'x64' ? 'the engine is Linux x86-64 only' : false }, async (t) => {
+  const root = scratch(t);
+  const setupError = async (options: Parameters<typeof setupEngine>[0]) => {
+    try {
+      await setupEngine({ root, force: true, ...options });
+    } catch (error) {
+      assert.ok(error instanceof EngineSetupError, String(error));
+      return error;
+    }
+    assert.fail('setup should have failed');
+  };
+  const noWheel = await setupError({ wheel: path.join(root, 'missing.whl') });
+  assert.equal(noWheel.code, 'BAD_WHEEL');
+  assert.match(noWheel.message, /does not exist/);
+
+  const notTensorFlow = path.join(root, 'thing.whl');
+  await fs.writeFile(notTensorFlow, fakeWheel({ metadata: false }));
+  const bad = await setupError({ wheel: notTensorFlow });
+  assert.equal(bad.code, 'BAD_WHEEL');
+  assert.match(bad.message, /not a TensorFlow wheel/);
+
+  const noPython = await setupError({ python: path.join(root, 'no-such-python3'), source: 'download' });
+  assert.equal(noPython.code, 'NO_PYTHON');
+  assert.match(noPython.message, /Python 3 was not found.*--python/);
+  assert.ok(noPython.logFile && existsSync(noPython.logFile), 'the tools\' output is kept in a log file');
+  assert.equal(existsSync(path.join(root, 'downloads')), false, 'nothing was downloaded');
+});
