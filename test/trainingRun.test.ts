@@ -1,0 +1,139 @@
+/**
+ * The background training process end to end on real cubes: events, cancel
+ * at a batch boundary and resume with the optimiser state and epoch count,
+ * and kill -9 losing at most the current epoch.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+import { test } from 'node:test';
+import type { TrainingEvent } from '../src/training/events';
+import { readModelFile } from '../src/training/modelFiles';
+import { TRAIN_DEFAULTS, type TrainConfig } from '../src/training/trainConfig';
+import { REPO_ROOT, SAMPLE, scratch } from './helpers';
+
+const WORKER = path.join(REPO_ROOT, 'dist', 'worker.js');
+
+async function tinyDataset(root: string): Promise<string> {
+  await fs.cp(path.join(SAMPLE, 'training', 'cells'), path.join(root, 'cells'), { recursive: true });
+  await fs.cp(path.join(SAMPLE, 'training', 'non_cells'), path.join(root, 'non_cells'), { recursive: true });
+  const yaml = path.join(root, 'training.yaml');
+  await fs.writeFile(yaml, "data:\n- bg_channel: 1\n  cell_def: ''\n  cube_dir: cells\n  signal_channel: 0\n  type: cell\n- bg_channel: 1\n  cell_def: ''\n  cube_dir: non_cells\n  signal_channel: 0\n  type: no_cell\n");
+  return yaml;
+}
+
+interface Run {
+  child: ChildProcess;
+  events: TrainingEvent[];
+  /** Resolves with the first event that matches. */
+  waitFor(match: (event: TrainingEvent) => boolean): Promise<TrainingEvent>;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+function startWorker(args: string[]): Run {
+  const child = spawn(process.execPath, [WORKER, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const events: TrainingEvent[] = [];
+  const waiters: Array<{ match: (event: TrainingEvent) => boolean; resolve: (event: TrainingEvent) => void }> = [];
+  let stderr = '';
+  child.stderr?.on('data', (chunk) => (stderr += chunk));
+  readline.createInterface({ input: child.stdout! }).on('line', (line) => {
+    const event = JSON.parse(line) as TrainingEvent;
+    events.push(event);
+    for (const waiter of [...waiters]) {
+      if (waiter.match(event)) {
+        waiters.splice(waiters.indexOf(waiter), 1);
+        waiter.resolve(event);
+      }
+    }
+  });
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  return {
+    child,
+    events,
+    exit,
+    waitFor: (match) =>
+      new Promise((resolve, reject) => {
+        const found = events.find(match);
+        if (found) return resolve(found);
+        waiters.push({ match, resolve });
+        void exit.then(({ code }) => reject(new Error(`worker exited (${code}) before the event; stderr:\n${stderr.slice(-2000)}\nevents: ${JSON.stringify(events.slice(-3))}`)));
+      }),
+  };
+}
+
+async function writeConfig(root: string, yaml: string, overrides: Partial<TrainConfig>): Promise<string> {
+  const config: TrainConfig = { ...TRAIN_DEFAULTS, yamlFiles: [yaml], outputDir: path.join(root, 'out'), networkDepth: 18, epochs: 3, batchSize: 1, testFraction: 0.25, seed: 7, saveProgress: true, ...overrides };
+  const file = path.join(root, 'config.json');
+  await fs.writeFile(file, JSON.stringify(config));
+  return file;
+}
+
+test('cancel stops at a batch boundary with a resumable checkpoint; resume continues the epoch count and optimiser state', { timeout: 20 * 60_000 }, async (t) => {
+  assert.ok(existsSync(WORKER), 'dist/worker.js is built by npm test');
+  const root = scratch(t);
+  const config = await writeConfig(root, await tinyDataset(root), { saveCheckpoints: false });
+  const first = startWorker(['train', config]);
+  const started = (await first.waitFor((e) => e.type === 'started')) as Extract<TrainingEvent, { type: 'started' }>;
+  assert.deepEqual(started.model, { depth: 18, channels: 2, layers: 88, parameters: 33152674 });
+  assert.deepEqual([started.samples.training, started.samples.validation], [3, 1]);
+  t.diagnostic(`backend: ${started.backend}`);
+  await first.waitFor((e) => e.type === 'batch' && e.epoch === 1 && e.batch === 1);
+  first.child.stdin!.write('{"command":"cancel"}\n');
+  const cancelled = (await first.waitFor((e) => e.type === 'cancelled')) as Extract<TrainingEvent, { type: 'cancelled' }>;
+  assert.equal(cancelled.epoch, 1);
+  assert.ok(cancelled.batch >= 1 && cancelled.batch < 3, `stopped inside epoch 2 at batch ${cancelled.batch}`);
+  assert.equal((await first.exit).code, 3);
+  const state = JSON.parse(await fs.readFile(path.join(root, 'out', '.resume', 'state.json'), 'utf8'));
+  assert.equal(state.epoch, 1);
+  const checkpoint = await readModelFile(path.join(root, 'out', '.resume', 'state.keras'));
+  // 3 steps in epoch 1 and the ones of epoch 2 before the cancel.
+  assert.equal(checkpoint.optimizer?.iterations, 3 + cancelled.batch);
+
+  const second = startWorker(['resume', path.join(root, 'out')]);
+  const resumed = (await second.waitFor((e) => e.type === 'started')) as Extract<TrainingEvent, { type: 'started' }>;
+  assert.equal(resumed.resumedAtEpoch, 1);
+  const finished = (await second.waitFor((e) => e.type === 'finished')) as Extract<TrainingEvent, { type: 'finished' }>;
+  assert.equal((await second.exit).code, 0);
+  assert.deepEqual(finished.history.map((h) => h.epoch), [0, 1, 2]);
+  // Epoch 2's batches were split over the two processes; none was trained twice or skipped.
+  const model = await readModelFile(finished.modelFile);
+  assert.equal(model.optimizer?.iterations, 9);
+  const csv = (await fs.readFile(path.join(root, 'out', 'training.csv'), 'utf8')).split('\r\n');
+  assert.equal(csv[0], 'epoch,accuracy,loss,val_accuracy,val_loss');
+  assert.deepEqual(csv.slice(1, 4).map((row) => row.split(',')[0]), ['0', '1', '2']);
+  assert.ok(!existsSync(path.join(root, 'out', '.resume')), 'the resume state is removed when the run finishes');
+});
+
+test('kill -9 mid-epoch loses at most that epoch: resume restarts it from the last epoch\'s checkpoint', { timeout: 20 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const config = await writeConfig(root, await tinyDataset(root), { epochs: 2 });
+  const first = startWorker(['train', config]);
+  const checkpoint = (await first.waitFor((e) => e.type === 'checkpoint' && e.epoch === 0)) as Extract<TrainingEvent, { type: 'checkpoint' }>;
+  assert.match(path.basename(checkpoint.file), /^model-epoch\.01-loss-\d+\.\d{3}\.keras$/);
+  await first.waitFor((e) => e.type === 'batch' && e.epoch === 1);
+  first.child.kill('SIGKILL');
+  assert.equal((await first.exit).signal, 'SIGKILL');
+
+  const second = startWorker(['resume', path.join(root, 'out')]);
+  const resumed = (await second.waitFor((e) => e.type === 'started')) as Extract<TrainingEvent, { type: 'started' }>;
+  assert.equal(resumed.resumedAtEpoch, 1);
+  const finished = (await second.waitFor((e) => e.type === 'finished')) as Extract<TrainingEvent, { type: 'finished' }>;
+  assert.deepEqual(finished.history.map((h) => h.epoch), [0, 1]);
+  assert.equal((await readModelFile(finished.modelFile)).optimizer?.iterations, 6);
+  const files = await fs.readdir(path.join(root, 'out'));
+  assert.ok(files.includes('model.keras'));
+  assert.equal(files.filter((f) => /^model-epoch\.0[12]-loss-/.test(f)).length, 2);
+});
+
+test('a training.yaml with a problem ends the worker with an error event naming the file', async (t) => {
+  const root = scratch(t);
+  const yaml = path.join(root, 'training.yaml');
+  await fs.writeFile(yaml, 'data:\n- cube_dir: missing\n  type: cell\n  signal_channel: 0\n  bg_channel: 1\n');
+  const run = startWorker(['train', await writeConfig(root, yaml, {})]);
+  const error = (await run.waitFor((e) => e.type === 'error')) as Extract<TrainingEvent, { type: 'error' }>;
+  assert.equal(error.file, yaml);
+  assert.match(error.message, /cube_dir "missing" is not a folder/);
+  assert.equal((await run.exit).code, 1);
+});
