@@ -1,7 +1,9 @@
 /**
- * `npm run bench`: cube extraction speed and peak memory on a synthetic
- * whole-volume far larger than the cubes it extracts. Each case runs in its
- * own process so its peak memory (max RSS) is its own. Prints a table.
+ * `npm run bench [-- extraction|models]`: cube extraction speed and peak
+ * memory on a synthetic whole-volume far larger than the cubes it extracts,
+ * then training and inference speed of the network on each engine. Each case
+ * runs in its own process so its figures (and peak memory) are its own.
+ * Prints tables.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, promises as fs, rmSync } from 'node:fs';
@@ -11,6 +13,8 @@ import { TrainingDataset } from '../src/core/dataset';
 import { extractCubes, planExtraction, type VoxelSizes } from '../src/core/extraction';
 import { encodeFloat32Stack } from '../src/core/tiffWriter';
 import { openVolume } from '../src/core/volume';
+import { benchModel, type ModelBenchResult } from './modelBench';
+import type { NetworkDepth } from '../src/training/resnet';
 
 const PLANES = 120;
 const SIDE = 2048;
@@ -58,8 +62,18 @@ async function runCase(volumeDir: string, name: string, voxelSizes: VoxelSizes |
 
 async function main(): Promise<void> {
   const [mode, volumeDir, name, voxels, writeTo] = process.argv.slice(2);
+  if (mode === 'model') {
+    // argv: model <depth> <train batch> <infer batch> <steps>
+    const [depth, trainBatch, inferBatch, steps] = process.argv.slice(3).map(Number);
+    process.stdout.write(`${JSON.stringify(await benchModel(depth as NetworkDepth, trainBatch, inferBatch, steps))}\n`);
+    return;
+  }
   if (mode === 'case') {
     await runCase(volumeDir, name, voxels === 'none' ? undefined : (voxels.split(',').map(Number) as unknown as VoxelSizes), writeTo === 'none' ? undefined : writeTo);
+    return;
+  }
+  if (mode === 'models') {
+    benchModels();
     return;
   }
   const work = path.join(tmpdir(), 'cellfinder-retrain-bench');
@@ -89,6 +103,41 @@ async function main(): Promise<void> {
     console.log(`| ${r.name} | ${r.cubes} | ${r.seconds.toFixed(2)} | ${(r.cubes / r.seconds).toFixed(0)} | ${r.maxRssMiB.toFixed(0)} | ${((r.cubes * 2 * 20 * 50 * 50 * 4) / 2 ** 20).toFixed(0)} |`);
   }
   console.log(`\nPeak memory stays near one cuboid depth of planes per channel (20 planes x ${((SIDE * SIDE * 4) / 2 ** 20).toFixed(0)} MiB x 2 channels), not the volume.`);
+  if (mode !== 'extraction') benchModels();
+}
+
+/**
+ * Training (Adam step, batch 16) and inference (batch 64) of ResNet-18 and
+ * -50 on each engine. The pure-JavaScript engine is ~100x slower, so it runs
+ * smaller batches and a single step.
+ */
+function benchModels(): void {
+  const cases: Array<{ native: boolean; depth: number; trainBatch: number; inferBatch: number; steps: number }> = [
+    { native: true, depth: 18, trainBatch: 16, inferBatch: 64, steps: 3 },
+    { native: true, depth: 50, trainBatch: 16, inferBatch: 64, steps: 2 },
+    { native: false, depth: 18, trainBatch: 2, inferBatch: 4, steps: 1 },
+    { native: false, depth: 50, trainBatch: 1, inferBatch: 2, steps: 1 },
+  ];
+  const results: ModelBenchResult[] = [];
+  for (const c of cases) {
+    const env = { ...process.env, ...(c.native ? {} : { CELLFINDER_RETRAIN_NATIVE: '0' }) };
+    const run = spawnSync(process.execPath, [__filename, 'model', String(c.depth), String(c.trainBatch), String(c.inferBatch), String(c.steps)], { encoding: 'utf8', env });
+    if (run.status !== 0) throw new Error(run.stderr);
+    const result = JSON.parse(run.stdout.trim().split('\n').pop() as string) as ModelBenchResult;
+    if (c.native && !result.backend.startsWith('native')) {
+      console.log(`\n(native engine not set up: run "cellfinder-retrain engine setup" to bench it)`);
+      continue;
+    }
+    results.push(result);
+  }
+  console.log(`\ncellfinder's ResNet, 2 channels, 50x50x20 cubes, Adam; training FLOPs taken as 3x forward\n`);
+  console.log('| engine | model | forward GFLOP/cube | train batch | train cubes/s | train GFLOP/s | infer batch | infer cubes/s | infer GFLOP/s |');
+  console.log('|---|---|---|---|---|---|---|---|---|');
+  for (const r of results) {
+    console.log(
+      `| ${r.backend} | ResNet-${r.depth} | ${r.forwardGflopPerCube.toFixed(2)} | ${r.trainBatch} | ${r.trainCubesPerSecond.toFixed(2)} | ${(r.trainCubesPerSecond * 3 * r.forwardGflopPerCube).toFixed(1)} | ${r.inferBatch} | ${r.inferCubesPerSecond.toFixed(2)} | ${(r.inferCubesPerSecond * r.forwardGflopPerCube).toFixed(1)} |`,
+    );
+  }
 }
 
 main().catch((error) => {

@@ -9,6 +9,7 @@ import { TrainingDataset } from './core/dataset';
 import { DataFileError } from './core/errors';
 import { extractToDataset } from './core/extractToDataset';
 import type { VoxelSizes } from './core/extraction';
+import { EngineSetupError, setupEngine } from './training/native/engineSetup';
 
 let log: vscode.OutputChannel;
 
@@ -18,6 +19,7 @@ export function activate(context: vscode.ExtensionContext): void {
     log,
     vscode.commands.registerCommand('cellfinder.createTrainingDataset', () => runReportingErrors(createTrainingDataset)),
     vscode.commands.registerCommand('cellfinder.extractCubes', () => runReportingErrors(extractCubesCommand)),
+    vscode.commands.registerCommand('cellfinder.setUpEngine', () => runReportingErrors(setUpEngineCommand)),
   );
 }
 
@@ -111,4 +113,32 @@ async function extractCubesCommand(): Promise<void> {
     'Open training.yaml',
   );
   if (choice) await vscode.window.showTextDocument(vscode.Uri.file(report.yamlFile));
+}
+
+/**
+ * Builds the native TensorFlow engine (downloads TensorFlow's wheel from PyPI
+ * once, or uses a wheel or Python TensorFlow the user has). It is loaded only
+ * by the training worker process, never in the extension host.
+ */
+async function setUpEngineCommand(): Promise<void> {
+  const result = await vscode.window.withProgress(
+    { location: vscode.ProgressLocation.Notification, title: 'Cellfinder: setting up the native training engine', cancellable: true },
+    async (progress, token) => {
+      const abort = new AbortController();
+      token.onCancellationRequested(() => abort.abort());
+      try {
+        return await setupEngine({
+          signal: abort.signal,
+          onProgress: (step) => {
+            log.appendLine(step.message);
+            progress.report({ message: step.message });
+          },
+        });
+      } catch (error) {
+        if (error instanceof EngineSetupError && error.logFile) log.appendLine(`log: ${error.logFile}`);
+        throw error;
+      }
+    },
+  );
+  void vscode.window.showInformationMessage(`Cellfinder: native engine ready (${result.engineDir}). Training now runs on TensorFlow's C library.`);
 }

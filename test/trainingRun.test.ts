@@ -10,6 +10,8 @@ import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { test } from 'node:test';
 import type { TrainingEvent } from '../src/training/events';
+import { main } from '../src/cli/main';
+import { readCellCounterXml } from '../src/core/cellCounterXml';
 import { readModelFile } from '../src/training/modelFiles';
 import { TRAIN_DEFAULTS, type TrainConfig } from '../src/training/trainConfig';
 import { REPO_ROOT, SAMPLE, scratch } from './helpers';
@@ -104,6 +106,25 @@ test('cancel stops at a batch boundary with a resumable checkpoint; resume conti
   assert.equal(csv[0], 'epoch,accuracy,loss,val_accuracy,val_loss');
   assert.deepEqual(csv.slice(1, 4).map((row) => row.split(',')[0]), ['0', '1', '2']);
   assert.ok(!existsSync(path.join(root, 'out', '.resume')), 'the resume state is removed when the run finishes');
+
+  // The trained model classifies candidates (cellfinder's XML + every probability) and evaluates.
+  let out = '';
+  const io = { out: (text: string) => (out += `${text}\n`), err: () => undefined };
+  const classified = path.join(root, 'classified');
+  const code = await main(['classify', '--trained-model', finished.modelFile, '--signal', path.join(SAMPLE, 'signal'), '--background', path.join(SAMPLE, 'background'), '--points', path.join(SAMPLE, 'candidates', 'candidates.xml'), '--voxel-sizes', '5', '2', '2', '-o', classified], io);
+  assert.equal(code, 0, out);
+  const points = (await readCellCounterXml(path.join(classified, 'classified_points.xml'))).points;
+  assert.equal(points.length, 13);
+  assert.ok(points.every((p) => p.type === 1 || p.type === 2));
+  const rows = (await fs.readFile(path.join(classified, 'classified_points.csv'), 'utf8')).trim().split('\n');
+  assert.equal(rows[0], 'x,y,z,type,cell_probability');
+  assert.ok(rows.slice(1).every((row) => { const p = Number(row.split(',')[4]); return p >= 0 && p <= 1 && (p > 0.5) === (row.split(',')[3] === '2'); }));
+  out = '';
+  assert.equal(await main(['evaluate', '--trained-model', finished.modelFile, '--compare', finished.modelFile, '-y', path.join(root, 'training.yaml'), '--json'], io), 0);
+  const evaluations = JSON.parse(out) as Array<{ samples: number; confusion: number[][] }>;
+  assert.equal(evaluations.length, 2);
+  assert.equal(evaluations[0].confusion.flat().reduce((a, b) => a + b, 0), 4);
+  assert.deepEqual(evaluations[0].confusion, evaluations[1].confusion);
 });
 
 test('kill -9 mid-epoch loses at most that epoch: resume restarts it from the last epoch\'s checkpoint', { timeout: 20 * 60_000 }, async (t) => {

@@ -6,7 +6,8 @@
  */
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import { CUBE_SHAPE } from '../core/cube';
+import { readdir } from 'node:fs/promises';
+import { CUBE_SHAPE, pointFromCubeFileName, readCube, type Point3 } from '../core/cube';
 import { summarizeTrainingYaml, TrainingDataset, validateTrainingYaml, type DatasetSummary } from '../core/dataset';
 import { DataFileError } from '../core/errors';
 import { cuboidShape, type VoxelSizes } from '../core/extraction';
@@ -51,8 +52,9 @@ working directory, so run it from the dataset folder (see README).
       wheel, a wheel you give, or your Python TensorFlow) once, offline after
       that, then check its gradients. About 20 s and 640 MB.
   engine status
-  demo [--output-dir <dir>]
-      Extract the bundled sample candidates and print the dataset summary.
+  demo [--output-dir <dir>] [--epochs 2]
+      The whole loop on the bundled sample: extract cubes, build a labelled
+      dataset, retrain ResNet-18 briefly, classify the candidates, evaluate.
 
 Exit codes: 0 ok, 1 data problem, 2 usage error.`;
 
@@ -270,16 +272,56 @@ function sampleDataFolder(): string {
   return candidates.find((folder) => existsSync(folder)) ?? candidates[0];
 }
 
+/**
+ * The whole loop on the bundled sample: cut cubes around cellfinder's
+ * candidates, build a labelled dataset from cellfinder's own labelled
+ * training cubes, retrain a small network for a few epochs, classify the
+ * candidates with it and evaluate it.
+ */
 async function demoCommand(argv: readonly string[], io: Io): Promise<number> {
-  const { flags, positionals } = parseArgs(argv, [{ name: 'output-dir', short: 'o', values: 1 }]);
+  const { flags, positionals } = parseArgs(argv, [
+    { name: 'output-dir', short: 'o', values: 1 },
+    { name: 'epochs', values: 1 },
+  ]);
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   const sample = sampleDataFolder();
-  const outputDir = one(flags, 'output-dir') ?? path.resolve('demo-output');
-  io.out(`Sample: BrainGlobe cellfinder test data (${sample}), 38 candidates detected by cellfinder at voxel sizes 5, 2, 2 µm.`);
-  const code = await extractCommand(
-    ['--signal', path.join(sample, 'signal'), '--background', path.join(sample, 'background'), '--points', path.join(sample, 'candidates', 'candidates.xml'), '--output-dir', outputDir, '--voxel-sizes', '5', '2', '2'],
-    io,
+  const outputDir = path.resolve(one(flags, 'output-dir') ?? 'demo-output');
+  const epochs = one(flags, 'epochs') ?? '2';
+  const signal = path.join(sample, 'signal');
+  const background = path.join(sample, 'background');
+  const candidates = path.join(sample, 'candidates', 'candidates.xml');
+  const step = async (title: string, run: () => Promise<number>) => {
+    io.out(`\n== ${title}`);
+    const code = await run();
+    if (code !== 0) throw new DataFileError(outputDir, `the demo step "${title}" failed (exit code ${code})`, 'See the messages above');
+  };
+  io.out(`Sample: BrainGlobe cellfinder test data (${sample}): a 26 x 1116 x 627 brain region at 5, 2, 2 µm and 38 candidates cellfinder detected in it.`);
+  await step('1. Cut network cubes around the candidates (unlabelled: Cell Counter type 1, so they sit in non_cells/ until labelled)', () =>
+    extractCommand(['--signal', signal, '--background', background, '--points', candidates, '--output-dir', path.join(outputDir, 'candidate-cubes'), '--voxel-sizes', '5', '2', '2'], io),
   );
-  if (code !== 0) return code;
-  return datasetCommand(['validate', outputDir], io);
+  // cellfinder's own labelled training cubes (2 cells, 2 non-cells), as a dataset of ours.
+  const labelled = path.join(outputDir, 'labelled');
+  await step('2. A labelled training dataset (cellfinder\'s labelled test cubes)', async () => {
+    const dataset = await TrainingDataset.create(labelled);
+    for (const [folder, label] of [['cells', 'cell'], ['non_cells', 'no_cell']] as const) {
+      const folderPath = path.join(sample, 'training', folder);
+      for (const name of (await readdir(folderPath)).filter((n) => n.endsWith('Ch0.tif'))) {
+        const files = [path.join(folderPath, name), path.join(folderPath, name.replace(/Ch0\.tif$/, 'Ch1.tif'))];
+        const channels = await Promise.all(files.map(async (file) => (await readCube(file)).data));
+        await dataset.addCube({ position: pointFromCubeFileName(name) as Point3, label, channels, source: folderPath });
+      }
+    }
+    return datasetCommand(['info', labelled], io);
+  });
+  const modelDir = path.join(outputDir, 'model');
+  await step(`3. Retrain ResNet-18 for ${epochs} epochs`, () =>
+    trainCommand(['-y', path.join(labelled, 'training.yaml'), '-o', modelDir, '--network-depth', '18', '--epochs', epochs, '--batch-size', '2', '--test-fraction', '0.25', '--seed', '1', '--no-save-checkpoints', '--save-progress'], io),
+  );
+  const model = path.join(modelDir, 'model.keras');
+  await step('4. Classify the candidates with the new model', () =>
+    classifyCommand(['--trained-model', model, '--signal', signal, '--background', background, '--points', candidates, '--voxel-sizes', '5', '2', '2', '-o', path.join(outputDir, 'classified')], io),
+  );
+  await step('5. Evaluate the new model on the labelled cubes', () => evaluateCommand(['--trained-model', model, '-y', path.join(labelled, 'training.yaml')], io));
+  io.out(`\nEverything is in ${outputDir}. The model files load in cellfinder (Keras 3): ${model}`);
+  return 0;
 }

@@ -5,11 +5,13 @@
  * users need them to find the uncertain candidates). And evaluation of a
  * model on a labelled dataset.
  */
+import { mkdir } from 'node:fs/promises';
 import * as path from 'node:path';
 import type * as tfType from '@tensorflow/tfjs';
 import { writeFileAtomic } from '../core/atomicFile';
 import { readCellCounterXml, writeCellCounterXml, type CellCounterPoint } from '../core/cellCounterXml';
 import { CUBE_SHAPE } from '../core/cube';
+import { DataFileError } from '../core/errors';
 import { extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from '../core/extraction';
 import { openVolume, type Volume } from '../core/volume';
 import { readModelFile } from './modelFiles';
@@ -110,6 +112,9 @@ export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwo
       if (pending.length === options.batchSize) flush();
     }
     if (pending.length) flush();
+    await mkdir(options.outputDir, { recursive: true }).catch((error: Error) => {
+      throw new DataFileError(options.outputDir, `cannot be created (${error.message})`, 'Choose an output folder you can write to');
+    });
     const xmlFile = path.join(options.outputDir, 'classified_points.xml');
     const probabilitiesFile = path.join(options.outputDir, 'classified_points.csv');
     await writeCellCounterXml(xmlFile, classified.map(({ x, y, z, type }) => ({ x, y, z, type })), { overwrite: true });

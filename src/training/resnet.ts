@@ -364,3 +364,19 @@ export function initialWeights(tf: typeof tfType, spec: ResNetSpec, seed: number
   }
   return weights;
 }
+
+/** Multiply-add FLOPs (2 per MAC) of one forward pass for one cube: convolutions and the classifier. */
+export function forwardFlopsPerCube(spec: ResNetSpec): number {
+  let flops = 0;
+  const shapes = new Map(spec.layers.map((layer) => [layer.name, layer.outputShape]));
+  for (const layer of spec.layers) {
+    if (layer.kind === 'conv') {
+      const [y, x, z] = layer.outputShape as FeatureShape;
+      const inChannels = (shapes.get(layer.inputs[0]) as FeatureShape)[3];
+      flops += 2 * y * x * z * layer.kernel[0] * layer.kernel[1] * layer.kernel[2] * inChannels * layer.filters;
+    } else if (layer.kind === 'dense') {
+      flops += 2 * layer.weights[0].shape[0] * layer.units;
+    }
+  }
+  return flops;
+}
