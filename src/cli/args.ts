@@ -52,3 +52,23 @@ export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[]): 
 function isFlag(arg: string): boolean {
   return arg.startsWith('-') && !/^-\d/.test(arg);
 }
+
+/** Flags of commands that read candidates from volumes (extract, classify). */
+export const CANDIDATE_INPUT_FLAGS: FlagSpec[] = [
+  { name: 'signal', short: 's', values: 1 },
+  { name: 'background', short: 'b', values: 1 },
+  { name: 'points', values: 1 },
+  { name: 'output-dir', short: 'o', values: 1 },
+  { name: 'voxel-sizes', short: 'v', values: 3 },
+  { name: 'json', values: 0 },
+];
+
+/** `--voxel-sizes Z Y X` in µm, or undefined when not given. */
+export function parseVoxelSizes(values: string[] | undefined): [number, number, number] | undefined {
+  if (!values) return undefined;
+  const sizes = values.map(Number);
+  if (sizes.length !== 3 || sizes.some((s) => !Number.isFinite(s) || s <= 0)) {
+    throw new UsageError('--voxel-sizes needs three positive numbers: Z Y X in µm');
+  }
+  return sizes as [number, number, number];
+}

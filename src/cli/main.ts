@@ -10,11 +10,11 @@ import { readdir } from 'node:fs/promises';
 import { CUBE_SHAPE, pointFromCubeFileName, readCube, type Point3 } from '../core/cube';
 import { summarizeTrainingYaml, TrainingDataset, validateTrainingYaml, type DatasetSummary } from '../core/dataset';
 import { DataFileError } from '../core/errors';
-import { cuboidShape, type VoxelSizes } from '../core/extraction';
+import { cuboidShape } from '../core/extraction';
 import { extractToDataset } from '../core/extractToDataset';
 import { mergeTrainingYamls } from '../core/merge';
 import type { CubeLabel } from '../core/trainingYaml';
-import { parseArgs, UsageError, type FlagSpec } from './args';
+import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
 import { classifyCommand, engineCommand, evaluateCommand, trainCommand } from './trainCommands';
 
 const USAGE = `cellfinder-retrain: build and check cellfinder training data
@@ -109,16 +109,7 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
   }
 }
 
-const EXTRACT_FLAGS: FlagSpec[] = [
-  { name: 'signal', short: 's', values: 1 },
-  { name: 'background', short: 'b', values: 1 },
-  { name: 'points', values: 1 },
-  { name: 'output-dir', short: 'o', values: 1 },
-  { name: 'voxel-sizes', short: 'v', values: 3 },
-  { name: 'label', values: 1 },
-  { name: 'absolute-paths', values: 0 },
-  { name: 'json', values: 0 },
-];
+const EXTRACT_FLAGS: FlagSpec[] = [...CANDIDATE_INPUT_FLAGS, { name: 'label', values: 1 }, { name: 'absolute-paths', values: 0 }];
 
 function one(flags: Map<string, string[]>, name: string, required: true): string;
 function one(flags: Map<string, string[]>, name: string, required?: false): string | undefined;
@@ -128,14 +119,6 @@ function one(flags: Map<string, string[]>, name: string, required = false): stri
   return value;
 }
 
-function parseVoxelSizes(values: string[] | undefined): VoxelSizes | undefined {
-  if (!values) return undefined;
-  const sizes = values.map(Number);
-  if (sizes.length !== 3 || sizes.some((s) => !Number.isFinite(s) || s <= 0)) {
-    throw new UsageError('--voxel-sizes needs three positive numbers: Z Y X in µm');
-  }
-  return sizes as unknown as VoxelSizes;
-}
 
 async function extractCommand(argv: readonly string[], io: Io): Promise<number> {
   const { flags, positionals } = parseArgs(argv, EXTRACT_FLAGS);

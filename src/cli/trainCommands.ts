@@ -15,7 +15,7 @@ import { isNetworkDepth, type NetworkDepth } from '../training/resnet';
 import { TRAIN_DEFAULTS, type TrainConfig } from '../training/trainConfig';
 import { loadSamples } from '../training/trainingData';
 import { RESUME_FOLDER, train } from '../training/trainer';
-import { parseArgs, UsageError, type FlagSpec } from './args';
+import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
 
 export interface Io {
   out: (text: string) => void;
@@ -166,21 +166,15 @@ async function networkFor(flags: Map<string, string[]>, channels: number) {
 
 export async function classifyCommand(argv: readonly string[], io: Io): Promise<number> {
   const { flags, positionals } = parseArgs(argv, [
+    ...CANDIDATE_INPUT_FLAGS,
     { name: 'trained-model', values: 1 },
     { name: 'model-weights', values: 1 },
     { name: 'network-depth', values: 1 },
-    { name: 'signal', short: 's', values: 1 },
-    { name: 'background', short: 'b', values: 1 },
-    { name: 'points', values: 1 },
-    { name: 'output-dir', short: 'o', values: 1 },
-    { name: 'voxel-sizes', short: 'v', values: 3 },
     { name: 'batch-size', values: 1 },
-    { name: 'json', values: 0 },
   ]);
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   for (const required of ['signal', 'points', 'output-dir']) if (!flags.has(required)) throw new UsageError(`--${required} is required`);
-  const voxelSizes = flags.get('voxel-sizes')?.map(Number) as [number, number, number] | undefined;
-  if (voxelSizes && voxelSizes.some((v) => !(v > 0))) throw new UsageError('--voxel-sizes needs three positive numbers: Z Y X in µm');
+  const voxelSizes = parseVoxelSizes(flags.get('voxel-sizes'));
   const { runtime, network } = await networkFor(flags, flags.has('background') ? 2 : 1);
   const report = await classifyCandidates(runtime.tf, network, {
     signal: flags.get('signal')![0],
