@@ -130,6 +130,20 @@ function benchModels(): void {
     }
     results.push(result);
   }
+  // cellfinder itself (Keras 3 + a backend) in the same run, when a Python with it is given.
+  const python = process.env.CELLFINDER_BENCH_KERAS_PYTHON;
+  for (const kerasBackend of python ? (process.env.CELLFINDER_BENCH_KERAS_BACKENDS ?? 'torch').split(',') : []) {
+    for (const depth of [18, 50]) {
+      const script = path.resolve(__dirname, '..', '..', 'test', 'python', 'bench_keras.py');
+      const run = spawnSync(python as string, [script, String(depth), '16', '64', '2'], { encoding: 'utf8', env: { ...process.env, KERAS_BACKEND: kerasBackend } });
+      if (run.status !== 0) {
+        console.log(`(Keras ${kerasBackend} bench failed: ${run.stderr.trim().split('\n').pop()})`);
+        continue;
+      }
+      const keras = JSON.parse(run.stdout.trim().split('\n').pop() as string) as Omit<ModelBenchResult, 'forwardGflopPerCube'>;
+      results.push({ ...keras, forwardGflopPerCube: results.find((r) => r.depth === depth)?.forwardGflopPerCube ?? 0 });
+    }
+  }
   console.log(`\ncellfinder's ResNet, 2 channels, 50x50x20 cubes, Adam; training FLOPs taken as 3x forward\n`);
   console.log('| engine | model | forward GFLOP/cube | train batch | train cubes/s | train GFLOP/s | infer batch | infer cubes/s | infer GFLOP/s |');
   console.log('|---|---|---|---|---|---|---|---|---|');
