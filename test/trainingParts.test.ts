@@ -7,7 +7,8 @@ import { readCube } from '../src/core/cube';
 import { categoricalCrossEntropy, KerasAdam } from '../src/training/adam';
 import { applyAugmentation, drawAugmentation, CELLFINDER_AUGMENTATION } from '../src/training/augment';
 import { seededRandom } from '../src/training/random';
-import { kerasWeightGroups, parameterCount, resnetSpec } from '../src/training/resnet';
+import { kerasWeightGroups, maxPool3dSeparable, parameterCount, resnetSpec } from '../src/training/resnet';
+import { loadTensorFlow } from '../src/training/backend';
 import { learningRateForEpoch, TRAIN_DEFAULTS } from '../src/training/trainConfig';
 import { epochOrder, loadSamples, makeBatch, splitSamples } from '../src/training/trainingData';
 import { REPO_ROOT, SAMPLE, scratch } from './helpers';
@@ -132,4 +133,22 @@ test('layer order, names, shapes and .weights.h5 groups equal what Keras 3 build
       name,
     );
   }
+});
+
+test('separable max pool equals tf.maxPool3d in values and gradients; on ties one winner per window', async () => {
+  const runtime = await loadTensorFlow();
+  const t = runtime.tf;
+  const input = t.randomNormal([2, 25, 25, 12, 3], 0, 1, 'float32', 3) as tf.Tensor5D;
+  const upstream = t.randomNormal([2, 12, 12, 6, 3], 0, 1, 'float32', 5);
+  const pool3d = (x: tf.Tensor) => t.maxPool3d(x as tf.Tensor5D, [3, 3, 2], [2, 2, 2], 'valid');
+  const separable = (x: tf.Tensor) => maxPool3dSeparable(t, x as tf.Tensor5D, [3, 3, 2], [2, 2, 2]);
+  assert.deepEqual(Array.from(separable(input).dataSync()), Array.from(pool3d(input).dataSync()));
+  const reference = t.grad((x: tf.Tensor) => t.sum(t.mul(pool3d(x), upstream)))(input).dataSync();
+  const ours = t.grad((x: tf.Tensor) => t.sum(t.mul(separable(x), upstream)))(input).dataSync();
+  // Overlapping windows add up in a different order: float32 rounding only.
+  reference.forEach((value, i) => assert.ok(Math.abs(value - ours[i]) < 1e-5, `voxel ${i}: ${ours[i]} vs ${value} on ${runtime.backend}`));
+  // All tied: every window passes its gradient to exactly one voxel.
+  const ones = t.ones([1, 5, 5, 4, 1]) as tf.Tensor5D;
+  const windowGradient = t.grad((x: tf.Tensor) => t.sum(separable(x)))(ones).dataSync();
+  assert.equal(Array.from(windowGradient).reduce((a, b) => a + b, 0), 2 * 2 * 2);
 });

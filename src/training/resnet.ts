@@ -307,7 +307,7 @@ export function forward(
         output = tf.relu(inputs[0]);
         break;
       case 'maxPool':
-        output = tf.maxPool3d(inputs[0] as tfType.Tensor5D, layer.poolSize, layer.strides, 'valid');
+        output = maxPool3dSeparable(tf, inputs[0] as tfType.Tensor5D, layer.poolSize, layer.strides);
         break;
       case 'add':
         output = tf.add(inputs[0], inputs[1]);
@@ -324,6 +324,29 @@ export function forward(
   }
   const probabilities = outputs.get('fully_connected') as tfType.Tensor2D;
   return { probabilities, logits: logits as tfType.Tensor2D, statistics };
+}
+
+/**
+ * 3D max pooling as a z max followed by a 2D (y, x) max pool: the same values
+ * as tf.maxPool3d and the same gradient wherever a window has one maximum.
+ * On exact ties each window's gradient goes to one winner (the first in
+ * (y, x, z) order), as PyTorch's max pool (cellfinder's backend) does;
+ * TensorFlow's MaxPool3DGrad gives it to every tied voxel instead, and tfjs'
+ * cpu kernel to the last. Why: TensorFlow's CPU MaxPool3DGrad is a slow
+ * reference kernel (a sixth of a ResNet-18 training step), while the 2D
+ * MaxPoolGrad is optimised. Needs non-overlapping z windows (pool = stride in
+ * z), as cellfinder's (3, 3, 2) stride-2 pool has; other cases use
+ * tf.maxPool3d.
+ */
+export function maxPool3dSeparable(tf: typeof tfType, input: tfType.Tensor5D, poolSize: Shape3, strides: Shape3): tfType.Tensor5D {
+  const [batch, height, width, depth, channels] = input.shape;
+  if (poolSize[2] !== strides[2]) return tf.maxPool3d(input, poolSize, strides, 'valid');
+  const depthOut = Math.floor((depth - poolSize[2]) / strides[2]) + 1;
+  const windows = tf.reshape(tf.slice(input, [0, 0, 0, 0, 0], [batch, height, width, depthOut * poolSize[2], channels]), [batch, height, width, depthOut, poolSize[2], channels]);
+  const [first, ...rest] = tf.unstack(windows, 4);
+  const zMax = rest.reduce((max, part) => tf.maximum(max, part), first);
+  const pooled = tf.maxPool(tf.reshape(zMax, [batch, height, width, depthOut * channels]) as tfType.Tensor4D, [poolSize[0], poolSize[1]], [strides[0], strides[1]], 'valid');
+  return tf.reshape(pooled, [batch, pooled.shape[1], pooled.shape[2], depthOut, channels]);
 }
 
 /**
