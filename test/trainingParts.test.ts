@@ -7,7 +7,7 @@ import { readCube } from '../src/core/cube';
 import { categoricalCrossEntropy, KerasAdam } from '../src/training/adam';
 import { applyAugmentation, drawAugmentation, CELLFINDER_AUGMENTATION } from '../src/training/augment';
 import { seededRandom } from '../src/training/random';
-import { kerasWeightGroups, maxPool3dSeparable, parameterCount, resnetSpec } from '../src/training/resnet';
+import { batchNormWithBatchStatistics, kerasWeightGroups, maxPool3dSeparable, parameterCount, resnetSpec } from '../src/training/resnet';
 import { loadTensorFlow } from '../src/training/backend';
 import { learningRateForEpoch, TRAIN_DEFAULTS } from '../src/training/trainConfig';
 import { epochOrder, loadSamples, makeBatch, splitSamples } from '../src/training/trainingData';
@@ -151,4 +151,29 @@ test('separable max pool equals tf.maxPool3d in values and gradients; on ties on
   const ones = t.ones([1, 5, 5, 4, 1]) as tf.Tensor5D;
   const windowGradient = t.grad((x: tf.Tensor) => t.sum(separable(x)))(ones).dataSync();
   assert.equal(Array.from(windowGradient).reduce((a, b) => a + b, 0), 2 * 2 * 2);
+});
+
+test('batch norm with the written-out gradient equals differentiating through mean and variance', async () => {
+  const { tf: t, backend } = await loadTensorFlow();
+  const x = t.randomNormal([3, 6, 5, 4, 7], 2, 3, 'float32', 11) as tf.Tensor5D;
+  const gamma = t.randomNormal([4], 1, 0.2, 'float32', 12) as tf.Tensor1D;
+  const beta = t.randomNormal([4], 0, 0.2, 'float32', 13) as tf.Tensor1D;
+  const upstream = t.randomNormal([3, 6, 5, 4, 7], 0, 1, 'float32', 14);
+  const shape = [1, 1, 1, 4, 1];
+  const autodiff = (input: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => {
+    const { mean, variance } = t.moments(input, [0, 1, 2, 4]);
+    const normalised = t.div(t.sub(input, t.reshape(mean, shape)), t.sqrt(t.add(t.reshape(variance, shape), 1e-5)));
+    return t.sum(t.mul(t.add(t.mul(normalised, t.reshape(g, shape)), t.reshape(b, shape)), upstream));
+  };
+  const ours = (input: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => t.sum(t.mul(batchNormWithBatchStatistics(t, input as tf.Tensor5D, g as tf.Tensor1D, b as tf.Tensor1D).output, upstream));
+  const expected = t.grads(autodiff)([x, gamma, beta]).map((g) => g.dataSync());
+  const got = t.grads(ours)([x, gamma, beta]).map((g) => g.dataSync());
+  expected.forEach((values, which) => {
+    const scale = Math.max(...Array.from(values, Math.abs));
+    values.forEach((value, i) => assert.ok(Math.abs(value - got[which][i]) <= 1e-4 * scale, `${['x', 'gamma', 'beta'][which]}[${i}]: ${got[which][i]} vs ${value} on ${backend}`));
+  });
+  const { mean, variance } = batchNormWithBatchStatistics(t, x, gamma, beta);
+  const moments = t.moments(x, [0, 1, 2, 4]);
+  assert.ok(t.max(t.abs(t.sub(mean, moments.mean))).dataSync()[0] < 1e-5);
+  assert.ok(t.max(t.abs(t.sub(variance, moments.variance))).dataSync()[0] < 1e-4);
 });

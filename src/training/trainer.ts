@@ -201,7 +201,7 @@ function trainStep(tf: typeof tfType, spec: ResNetSpec, weights: Weights, optimi
   const y = tf.tensor2d(batch.labels, [batch.size, 2]);
   const { value, grads } = tf.variableGrads(() => {
     const result = forward(tf, spec, weights, x, true);
-    statistics = result.statistics.map((s) => ({ layer: s.layer, mean: tf.keep(s.mean), variance: tf.keep(s.variance) }));
+    statistics = result.statistics;
     accuracy = tf.keep(categoricalAccuracy(tf, y, result.probabilities));
     return categoricalCrossEntropy(tf, y, result.probabilities);
   }, trainable.map(([, variable]) => variable));
