@@ -81,25 +81,26 @@ test('cancel stops at a batch boundary with a resumable checkpoint; resume conti
   assert.deepEqual(started.model, { depth: 18, channels: 2, layers: 88, parameters: 33152674 });
   assert.deepEqual([started.samples.training, started.samples.validation], [3, 1]);
   t.diagnostic(`backend: ${started.backend}`);
-  await first.waitFor((e) => e.type === 'batch' && e.epoch === 1 && e.batch === 1);
+  await first.waitFor((e) => e.type === 'batch' && e.epoch === 0 && e.batch === 2);
   first.child.stdin!.write('{"command":"cancel"}\n');
   const cancelled = (await first.waitFor((e) => e.type === 'cancelled')) as Extract<TrainingEvent, { type: 'cancelled' }>;
-  assert.equal(cancelled.epoch, 1);
-  assert.ok(cancelled.batch >= 1 && cancelled.batch < 3, `stopped inside epoch 2 at batch ${cancelled.batch}`);
+  // It stops between batches: no batch after the cancel event, none half done.
+  const lastBatch = first.events.filter((e) => e.type === 'batch').at(-1) as Extract<TrainingEvent, { type: 'batch' }>;
+  assert.equal(cancelled.epoch * 3 + cancelled.batch, lastBatch.epoch * 3 + lastBatch.batch, 'stopped right after the last reported batch');
   assert.equal((await first.exit).code, 3);
   const state = JSON.parse(await fs.readFile(path.join(root, 'out', '.resume', 'state.json'), 'utf8'));
-  assert.equal(state.epoch, 1);
+  assert.equal(state.epoch, cancelled.epoch);
   const checkpoint = await readModelFile(path.join(root, 'out', '.resume', 'state.keras'));
-  // 3 steps in epoch 1 and the ones of epoch 2 before the cancel.
-  assert.equal(checkpoint.optimizer?.iterations, 3 + cancelled.batch);
+  // Every step taken so far is in the optimiser state (3 batches per epoch).
+  assert.equal(checkpoint.optimizer?.iterations, cancelled.epoch * 3 + cancelled.batch);
 
   const second = startWorker(['resume', path.join(root, 'out')]);
   const resumed = (await second.waitFor((e) => e.type === 'started')) as Extract<TrainingEvent, { type: 'started' }>;
-  assert.equal(resumed.resumedAtEpoch, 1);
+  assert.equal(resumed.resumedAtEpoch, cancelled.epoch);
   const finished = (await second.waitFor((e) => e.type === 'finished')) as Extract<TrainingEvent, { type: 'finished' }>;
   assert.equal((await second.exit).code, 0);
   assert.deepEqual(finished.history.map((h) => h.epoch), [0, 1, 2]);
-  // Epoch 2's batches were split over the two processes; none was trained twice or skipped.
+  // The interrupted epoch's batches were split over the two processes; none was trained twice or skipped.
   const model = await readModelFile(finished.modelFile);
   assert.equal(model.optimizer?.iterations, 9);
   const csv = (await fs.readFile(path.join(root, 'out', 'training.csv'), 'utf8')).split('\r\n');
