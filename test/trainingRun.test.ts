@@ -159,3 +159,18 @@ test('a training.yaml with a problem ends the worker with an error event naming 
   assert.match(error.message, /cube_dir "missing" is not a folder/);
   assert.equal((await run.exit).code, 1);
 });
+
+test('--continue-training with no model named starts from cellfinder\'s pre-trained file, and says where it must be', async (t) => {
+  const root = scratch(t);
+  const home = path.join(root, 'home');
+  await fs.mkdir(home);
+  const config = await writeConfig(root, await tinyDataset(root), { continueTraining: true, networkDepth: 50 });
+  const run = spawn(process.execPath, [WORKER, 'train', config], { env: { ...process.env, HOME: home } });
+  let out = '';
+  run.stdout.on('data', (chunk) => (out += chunk));
+  const code = await new Promise((resolve) => run.on('exit', resolve));
+  assert.equal(code, 1);
+  const error = JSON.parse(out.trim().split('\n').pop() as string) as Extract<TrainingEvent, { type: 'error' }>;
+  assert.equal(error.file, path.join(home, '.brainglobe', 'cellfinder', 'models', 'resnet50_tv.h5'));
+  assert.match(error.message, /is not there: --continue-training without --trained-model or --model-weights starts from cellfinder's pre-trained ResNet-50/);
+});

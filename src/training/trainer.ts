@@ -10,9 +10,10 @@
  * with the same optimiser state and epoch count.
  */
 import { promises as fs } from 'node:fs';
+import { homedir } from 'node:os';
 import * as path from 'node:path';
 import type * as tfType from '@tensorflow/tfjs';
-import { writeFileAtomic } from '../core/atomicFile';
+import { exists, writeFileAtomic } from '../core/atomicFile';
 import { DataFileError } from '../core/errors';
 import { pythonFloatRepr } from '../core/pythonFloat';
 import { categoricalAccuracy, categoricalCrossEntropy, KerasAdam } from './adam';
@@ -89,6 +90,7 @@ export async function train(
     state = { config, epoch: 0, batchesDone: 0, trainingIndices: [], validationIndices: [], history: [] };
   }
 
+  const startFrom = config.trainedModel ?? config.modelWeights ?? (config.continueTraining ? await pretrainedWeights() : undefined);
   const samples = await loadSamples(config.yamlFiles, config.workingDirectory);
   const channels = samples[0].files.length;
   if (!resume) {
@@ -107,9 +109,8 @@ export async function train(
   optimizer.build(trainableEntries(spec, weights));
   if (loaded) {
     assignLoaded(tf, spec, weights, optimizer, loaded);
-  } else if (config.trainedModel || config.modelWeights) {
-    const file = (config.trainedModel ?? config.modelWeights) as string;
-    const start = await readModelFile(file, { depth: config.networkDepth, channels });
+  } else if (startFrom) {
+    const start = await readModelFile(startFrom, { depth: config.networkDepth, channels });
     // Starting weights only: a new run starts with a fresh optimiser, as cellfinder does.
     assignLoaded(tf, spec, weights, undefined, start);
   }
@@ -180,6 +181,27 @@ export async function train(
   await fs.rm(path.join(output, RESUME_FOLDER), { recursive: true, force: true });
   emit({ type: 'finished', modelFile, history: state.history });
   return { status: 'finished', modelFile, history: state.history };
+}
+
+/**
+ * Where cellfinder keeps its pre-trained network after downloading it, which
+ * `--continue-training` starts from when no model is named. We never download
+ * (users are often offline): a missing file is an error that says where to put it.
+ */
+export function pretrainedWeightsPath(home: string = homedir()): string {
+  return path.join(home, '.brainglobe', 'cellfinder', 'models', 'resnet50_tv.h5');
+}
+
+async function pretrainedWeights(): Promise<string> {
+  const file = pretrainedWeightsPath();
+  if (!(await exists(file))) {
+    throw new DataFileError(
+      file,
+      'is not there: --continue-training without --trained-model or --model-weights starts from cellfinder\'s pre-trained ResNet-50',
+      'Copy resnet50_tv.h5 there (from a machine where cellfinder downloaded it, or from gin.g-node.org/cellfinder/models), or name a model with --model-weights',
+    );
+  }
+  return file;
 }
 
 /** cellfinder's checkpoint names: epoch 1-based, two digits; validation loss to three decimals when there is validation. */
