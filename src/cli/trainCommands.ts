@@ -218,14 +218,15 @@ export async function evaluateCommand(argv: readonly string[], io: Io): Promise<
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   const yamlFiles = flags.get('yaml');
   if (!yamlFiles?.length) throw new UsageError('-y/--yaml is required');
-  const channels = (await loadSamples(yamlFiles))[0].files.length;
+  const samples = await loadSamples(yamlFiles);
+  const channels = samples[0].files.length;
   const { runtime, network } = await networkFor(flags, channels);
   const options = { batchSize: number(flags, 'batch-size', 32, (n) => Number.isInteger(n) && n > 0, 'a positive integer'), normalise: flags.has('normalize-channels') };
-  const results = [await evaluateModel(runtime.tf, network, yamlFiles, options)];
+  const results = [await evaluateModel(runtime.tf, network, samples, options)];
   const compare = flags.get('compare')?.[0];
   if (compare) {
     const other = await loadNetwork(runtime.tf, compare, (await readModelFile(compare, { channels })).depth, channels);
-    results.push(await evaluateModel(runtime.tf, other, yamlFiles, options));
+    results.push(await evaluateModel(runtime.tf, other, samples, options));
   }
   if (flags.has('json')) io.out(JSON.stringify(results, null, 2));
   else for (const result of results) for (const line of formatEvaluation(result)) io.out(line);

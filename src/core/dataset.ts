@@ -63,7 +63,8 @@ function folderFor(label: CubeLabel): string {
   return label === 'cell' ? CELLS_FOLDER : NON_CELLS_FOLDER;
 }
 
-function positionKey(position: Point3): string {
+/** One key per voxel position, for de-duplication. */
+export function positionKey(position: Point3): string {
   return `${position.z},${position.y},${position.x}`;
 }
 

@@ -11,7 +11,7 @@ import { constants, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { appendLineDurably, exists } from './atomicFile';
 import { cubeFileName, type Point3 } from './cube';
-import { PROVENANCE_LOG, TRAINING_YAML, summarizeTrainingYaml, type ProvenanceRecord } from './dataset';
+import { positionKey, PROVENANCE_LOG, TRAINING_YAML, summarizeTrainingYaml, type ProvenanceRecord } from './dataset';
 import { DataFileError, writeErrorFor } from './errors';
 import { NO_BACKGROUND_CHANNEL, writeTrainingYaml, type CubeLabel, type TrainingDataEntry } from './trainingYaml';
 
@@ -49,10 +49,6 @@ async function sourceVolumes(datasetRoot: string): Promise<Map<string, string>> 
     }
   }
   return sources;
-}
-
-function positionKey(position: Point3): string {
-  return `${position.z},${position.y},${position.x}`;
 }
 
 function folderName(text: string): string {

@@ -16,7 +16,7 @@ import { extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from
 import { openVolume, type Volume } from '../core/volume';
 import { readModelFile } from './modelFiles';
 import { forward, initialWeights, resnetSpec, weightKey, type NetworkDepth, type ResNetSpec, type Weights } from './resnet';
-import { loadSamples, makeBatch, type Sample } from './trainingData';
+import { makeBatch, packChannel, toNetworkOrder, type Sample } from './trainingData';
 
 export interface LoadedNetwork {
   spec: ResNetSpec;
@@ -86,17 +86,7 @@ export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwo
     const flush = () => {
       const inputs = new Float32Array(pending.length * voxels * channels);
       pending.forEach((cube, index) => {
-        for (let c = 0; c < channels; c++) {
-          const data = cube.channels[c];
-          // cube (z, y, x) -> network (y, x, z, c)
-          for (let z = 0; z < CUBE_SHAPE.depth; z++) {
-            for (let y = 0; y < CUBE_SHAPE.height; y++) {
-              for (let x = 0; x < CUBE_SHAPE.width; x++) {
-                inputs[index * voxels * channels + ((y * CUBE_SHAPE.width + x) * CUBE_SHAPE.depth + z) * channels + c] = data[(z * CUBE_SHAPE.height + y) * CUBE_SHAPE.width + x];
-              }
-            }
-          }
-        }
+        for (let c = 0; c < channels; c++) packChannel(inputs, index, c, channels, toNetworkOrder(cube.channels[c]));
       });
       const probabilities = predictCellProbabilities(tf, network, inputs, pending.length, channels);
       pending.forEach((cube, index) => {
@@ -139,10 +129,9 @@ export interface Evaluation {
 export async function evaluateModel(
   tf: typeof tfType,
   network: LoadedNetwork,
-  yamlFiles: string[],
-  options: { batchSize: number; normalise: boolean; workingDirectory?: string },
+  samples: readonly Sample[],
+  options: { batchSize: number; normalise: boolean },
 ): Promise<Evaluation> {
-  const samples: Sample[] = await loadSamples(yamlFiles, options.workingDirectory);
   const channels = network.spec.channels;
   const confusion: [[number, number], [number, number]] = [
     [0, 0],

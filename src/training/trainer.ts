@@ -106,7 +106,8 @@ export async function train(
   const spec = resnetSpec(config.networkDepth, channels);
   const weights = initialWeights(tf, spec, config.seed ?? Math.floor(Math.random() * 2 ** 31));
   const optimizer = new KerasAdam(tf, learningRateForEpoch(config, state.epoch));
-  optimizer.build(trainableEntries(spec, weights));
+  const trainable = trainableEntries(spec, weights);
+  optimizer.build(trainable);
   if (loaded) {
     assignLoaded(tf, spec, weights, optimizer, loaded);
   } else if (startFrom) {
@@ -140,7 +141,7 @@ export async function train(
     const load = (b: number) => makeBatch(order.slice(b * config.batchSize, (b + 1) * config.batchSize), { channels, normalise: config.normalizeChannels, augmentation });
     for (let b = resuming ? state.batchesDone : 0; b < batches; b++) {
       if (control.cancelRequested()) {
-        await saveResume(tf, spec, weights, optimizer, resumeModel, resumeFile, {
+        await saveResume(spec, weights, optimizer, resumeModel, resumeFile, {
           ...state,
           epoch,
           batchesDone: b,
@@ -153,7 +154,7 @@ export async function train(
       // Load the next batch while this one trains: disk and augmentation off the critical path.
       const batch = await (next ?? load(b));
       next = b + 1 < batches ? load(b + 1) : undefined;
-      const { loss, accuracy } = trainStep(tf, spec, weights, optimizer, batch);
+      const { loss, accuracy } = trainStep(tf, spec, weights, trainable, optimizer, batch);
       lossSum += loss * batch.size;
       accuracySum += accuracy * batch.size;
       seen += batch.size;
@@ -172,7 +173,7 @@ export async function train(
       emit({ type: 'checkpoint', file, epoch });
     }
     if (config.saveProgress) await writeCsv(csvFile, state.history, validation.length > 0);
-    await saveResume(tf, spec, weights, optimizer, resumeModel, resumeFile, { ...state, epoch: epoch + 1, batchesDone: 0, epochOrder: undefined, partial: undefined });
+    await saveResume(spec, weights, optimizer, resumeModel, resumeFile, { ...state, epoch: epoch + 1, batchesDone: 0, epochOrder: undefined, partial: undefined });
   }
 
   const modelFile = path.join(output, config.saveWeights ? 'model.weights.h5' : 'model.keras');
@@ -214,8 +215,14 @@ function trainableEntries(spec: ResNetSpec, weights: Weights): Array<[string, tf
   return spec.layers.flatMap((layer) => layer.weights.filter((w) => w.trainable).map((w) => [weightKey(layer.name, w.name), weights.get(weightKey(layer.name, w.name)) as tfType.Variable] as [string, tfType.Variable]));
 }
 
-function trainStep(tf: typeof tfType, spec: ResNetSpec, weights: Weights, optimizer: KerasAdam, batch: Batch): { loss: number; accuracy: number } {
-  const trainable = trainableEntries(spec, weights);
+function trainStep(
+  tf: typeof tfType,
+  spec: ResNetSpec,
+  weights: Weights,
+  trainable: Array<[string, tfType.Variable]>,
+  optimizer: KerasAdam,
+  batch: Batch,
+): { loss: number; accuracy: number } {
   const keyOf = new Map(trainable.map(([key, variable]) => [variable.name, key]));
   let statistics: BatchNormStatistics[] = [];
   let accuracy: tfType.Scalar | undefined;
@@ -290,7 +297,6 @@ function assignLoaded(tf: typeof tfType, spec: ResNetSpec, weights: Weights, opt
 }
 
 async function saveResume(
-  _tf: typeof tfType,
   spec: ResNetSpec,
   weights: Weights,
   optimizer: KerasAdam,

@@ -120,7 +120,7 @@ const NETWORK_CUBE: [number, number, number] = [CUBE_SHAPE.height, CUBE_SHAPE.wi
 const VOXELS = CUBE_SHAPE.depth * CUBE_SHAPE.height * CUBE_SHAPE.width;
 
 /** Cube file order (z, y, x) to the network's (y, x, z). */
-function toNetworkOrder(cube: Float32Array): Float32Array {
+export function toNetworkOrder(cube: Float32Array): Float32Array {
   const { depth, height, width } = CUBE_SHAPE;
   const out = new Float32Array(VOXELS);
   for (let z = 0; z < depth; z++) {
@@ -130,6 +130,12 @@ function toNetworkOrder(cube: Float32Array): Float32Array {
     }
   }
   return out;
+}
+
+/** Puts one channel of one cube (network order) into a (batch, y, x, z, channels) input. */
+export function packChannel(inputs: Float32Array, cubeIndex: number, channel: number, channels: number, data: Float32Array): void {
+  const base = cubeIndex * VOXELS * channels;
+  for (let i = 0; i < VOXELS; i++) inputs[base + i * channels + channel] = data[i];
 }
 
 /** Reads, normalises, augments and packs samples into a batch. */
@@ -151,8 +157,7 @@ export async function makeBatch(samples: readonly Sample[], options: BatchOption
         for (let i = 0; i < data.length; i++) data[i] = (data[i] - mean) / std;
       }
       if (draw) data = applyAugmentation(data, NETWORK_CUBE, draw);
-      const base = index * VOXELS * channels;
-      for (let i = 0; i < VOXELS; i++) inputs[base + i * channels + channel] = data[i];
+      packChannel(inputs, index, channel, channels, data);
     }
   });
   return { inputs, size: samples.length, channels, labels };
