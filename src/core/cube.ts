@@ -49,12 +49,6 @@ export function pointFromCubeFileName(fileName: string): Point3 | undefined {
   return x === undefined || y === undefined || z === undefined ? undefined : { x, y, z };
 }
 
-/** The channel a cube file holds (`...Ch1.tif` -> 1), or undefined if the name has none. */
-export function channelOfCubeFileName(fileName: string): number | undefined {
-  const match = /ch(\d)\.tiff?$/i.exec(path.basename(fileName));
-  return match ? Number(match[1]) : undefined;
-}
-
 /**
  * The file of another channel of the same cube. cellfinder finds it by
  * replacing the last digit before `.tif`, so channel numbers are single digits.
