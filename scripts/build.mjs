@@ -1,4 +1,5 @@
-// Bundles the extension host entry and the CLI into dist/ with esbuild.
+// Bundles the extension host entry, the CLI and the training worker into
+// dist/, and each webview page's script into dist/webview/, with esbuild.
 // `vscode` is provided by the editor at run time and must stay external.
 import { build } from 'esbuild';
 
@@ -19,4 +20,15 @@ await Promise.all([
   build({ ...common, entryPoints: ['src/extension.ts'], outfile: 'dist/extension.js', external: ['vscode'] }),
   build({ ...common, entryPoints: ['src/cli/main.ts'], outfile: 'dist/cli.js' }),
   build({ ...common, entryPoints: ['src/training/worker.ts'], outfile: 'dist/worker.js' }),
+  build({
+    entryPoints: { labelling: 'src/webview/labelling/main.ts' },
+    outdir: 'dist/webview',
+    bundle: true,
+    platform: 'browser',
+    format: 'iife',
+    target: 'chrome120',
+    minify: true,
+    sourcemap: true,
+    logLevel: 'warning',
+  }),
 ]);

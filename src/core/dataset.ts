@@ -25,8 +25,8 @@ export const TRASH_FOLDER = '.trash';
 
 export interface Prediction {
   label: CubeLabel;
-  /** Probability the network gave the cell class. */
-  cellProbability: number;
+  /** Probability the network gave the cell class (absent when only the predicted type is known, as in cellfinder's classified XML). */
+  cellProbability?: number;
   model?: string;
 }
 
@@ -34,7 +34,8 @@ export interface Prediction {
 export interface ProvenanceRecord {
   id: string;
   time: string;
-  action: 'add' | 'relabel' | 'remove' | 'undo';
+  /** `skip`: the user looked at a candidate and chose not to label it; no file changes. */
+  action: 'add' | 'relabel' | 'remove' | 'skip' | 'undo';
   position: Point3;
   /** Label after the action (absent after a remove). */
   label?: CubeLabel;
@@ -202,6 +203,11 @@ export class TrainingDataset {
     await this.log({ action: 'remove', position, previousLabel: previous, trashedTo: trash });
   }
 
+  /** Records that the candidate at `position` was looked at and left unlabelled, so a resumed session moves past it. */
+  async skip(position: Point3, source?: string, prediction?: Prediction): Promise<void> {
+    await this.log({ action: 'skip', position, source, prediction });
+  }
+
   /**
    * Reverses the most recent decision not yet undone. Returns the record
    * undone, or undefined when there is nothing to undo.
@@ -232,6 +238,9 @@ export class TrainingDataset {
         await this.log({ action: 'undo', undoes: last.id, position: last.position, label: last.previousLabel });
         break;
       }
+      case 'skip':
+        await this.log({ action: 'undo', undoes: last.id, position: last.position, label: current });
+        break;
     }
     return last;
   }

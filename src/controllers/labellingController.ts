@@ -1,0 +1,140 @@
+/**
+ * The host side of the labelling page, without VS Code: answers the page's
+ * messages from a `LabellingSession`. The editor glue (src/editor) and the
+ * headless-browser harness (test/) both wire a page to this class, so the
+ * tests exercise the same logic users run.
+ */
+import * as path from 'node:path';
+import { LabellingSession, orderCandidates, type CandidateOrder, type CandidateSet } from '../core/labelling';
+import { dispatchMessage, type HostToLabelling, type LabellingToHost, type LabellingView, type MessageHandlers } from '../webview/protocol';
+
+/** The guide's lower bound of 1,000 labelled candidates, split over its four categories. */
+export const DEFAULT_TARGET_PER_CATEGORY = 250;
+
+export interface LabellingControllerOptions {
+  targetPerCategory?: number;
+  order?: CandidateOrder;
+  /**
+   * Asks the user for a model, runs it on the candidates (in a separate
+   * process) and returns the `classified_points.csv` it wrote, or undefined
+   * when the user cancelled.
+   */
+  predict?: (set: CandidateSet) => Promise<string | undefined>;
+  /** Called with each measured key-to-paint time. */
+  onPaintLatency?: (milliseconds: number) => void;
+  /** Called after each saved decision, e.g. to refresh the dataset tree. */
+  onChange?: () => void;
+}
+
+export class LabellingController {
+  private order: CandidateOrder;
+  /** Decisions and undos run one after another, in the order the keys were pressed. */
+  private writes: Promise<void> = Promise.resolve();
+  private readonly handlers: MessageHandlers<LabellingToHost>;
+
+  constructor(
+    private session: LabellingSession,
+    private readonly post: (message: HostToLabelling) => void,
+    private readonly options: LabellingControllerOptions = {},
+  ) {
+    this.order = options.order ?? (session.candidates.some((c) => c.prediction?.cellProbability !== undefined) ? 'uncertain-first' : 'file');
+    this.handlers = {
+      ready: () => this.sendSession(),
+      requestCube: ({ id }) => this.sendCube(id),
+      decide: ({ id, decision }) =>
+        this.serialised(async () => {
+          await this.session.decide(id, decision);
+          const status = (await this.session.statuses()).get(id) ?? 'todo';
+          this.post({ type: 'decided', id, status, balance: await this.session.balance() });
+          this.options.onChange?.();
+        }),
+      undo: () =>
+        this.serialised(async () => {
+          const candidate = await this.session.undo();
+          const balance = await this.session.balance();
+          if (candidate === undefined) {
+            this.post({ type: 'undone', id: null, balance });
+            return;
+          }
+          const status = candidate ? (await this.session.statuses()).get(candidate.id) : undefined;
+          this.post({ type: 'undone', id: candidate?.id ?? null, status, balance });
+          this.options.onChange?.();
+        }),
+      setOrder: async ({ order }) => {
+        this.order = order;
+        await this.sendSession();
+      },
+      chooseModel: () => this.predictWithModel(),
+      paintLatency: ({ milliseconds }) => this.options.onPaintLatency?.(milliseconds),
+    };
+  }
+
+  get dataset(): string {
+    return this.session.dataset.root;
+  }
+
+  /** Handles one message from the page; errors are shown on the page, never lost. */
+  async handle(message: LabellingToHost): Promise<void> {
+    try {
+      await dispatchMessage(this.handlers, message);
+    } catch (error) {
+      this.post({ type: 'error', message: (error as Error).message ?? String(error) });
+    }
+  }
+
+  /** Resolves once every decision sent so far is on disk. */
+  settled(): Promise<void> {
+    return this.writes;
+  }
+
+  async dispose(): Promise<void> {
+    await this.settled();
+    await this.session.close();
+  }
+
+  private serialised(work: () => Promise<void>): Promise<void> {
+    const run = this.writes.then(work);
+    this.writes = run.catch(() => undefined);
+    return run;
+  }
+
+  async view(): Promise<LabellingView> {
+    const statuses = await this.session.statuses();
+    const orderedIds = orderCandidates(this.session.candidates, this.order);
+    const set = this.session.set;
+    return {
+      title: path.basename(set.points),
+      datasetRoot: this.session.dataset.root,
+      channels: set.background ? ['Signal', 'Background'] : ['Signal'],
+      candidates: this.session.candidates.map((c) => ({ id: c.id, ...c.position, status: statuses.get(c.id) ?? 'todo', prediction: c.prediction })),
+      order: this.order,
+      orderedIds,
+      startId: orderedIds.find((id) => statuses.get(id) === 'todo'),
+      balance: await this.session.balance(),
+      targetPerCategory: this.options.targetPerCategory ?? DEFAULT_TARGET_PER_CATEGORY,
+      atEdge: this.session.skippedAtEdge.length,
+      predictionSource: set.predictions ? path.basename(path.dirname(set.predictions)) + path.sep + path.basename(set.predictions) : (this.session.candidates.some((c) => c.prediction) ? path.basename(set.points) : undefined),
+    };
+  }
+
+  private async sendSession(): Promise<void> {
+    this.post({ type: 'session', view: await this.view() });
+  }
+
+  private async sendCube(id: number): Promise<void> {
+    const [cube, context] = await Promise.all([this.session.cube(id), this.session.context(id)]);
+    this.post({ type: 'cube', id, channels: cube.channels, context });
+  }
+
+  private async predictWithModel(): Promise<void> {
+    if (!this.options.predict) throw new Error('predicting needs the editor: run `cellfinder-retrain classify` and reopen the candidates with its classified_points.csv');
+    const predictions = await this.options.predict(this.session.set);
+    if (!predictions) return;
+    await this.settled();
+    const reopened = await LabellingSession.open({ ...this.session.set, predictions }, this.session.dataset.root);
+    await this.session.close();
+    this.session = reopened;
+    this.order = 'uncertain-first';
+    await this.sendSession();
+  }
+}

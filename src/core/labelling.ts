@@ -1,0 +1,392 @@
+/**
+ * A labelling session: the candidates of one candidate set (Cell Counter XML +
+ * signal/background volumes) shown one by one, each decision saved at once
+ * into a training dataset through `TrainingDataset` (atomic cube write +
+ * provenance record). The session keeps no state of its own: what was decided
+ * is read back from the dataset (cube files and provenance log), so closing
+ * the editor or killing the process mid-session loses nothing and a reopened
+ * set continues where the user stopped.
+ */
+import { promises as fs } from 'node:fs';
+import { writeFileAtomic } from './atomicFile';
+import * as path from 'node:path';
+import { readCellCounterXml, type CellCounterPoint } from './cellCounterXml';
+import { pointFromCubeFileName, type Point3 } from './cube';
+import { CELLS_FOLDER, NON_CELLS_FOLDER, positionKey, TrainingDataset, type Prediction, type ProvenanceRecord } from './dataset';
+import { DataFileError } from './errors';
+import { cuboidBounds, extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from './extraction';
+import type { CubeLabel } from './trainingYaml';
+import { openVolume, type Volume } from './volume';
+import type { PixelArray } from './tiff';
+
+/** What the user labels: candidate points and the volumes they sit in. */
+export interface CandidateSet {
+  points: string;
+  signal: string;
+  background?: string;
+  /** Data voxel sizes (z, y, x) µm; omitted = already at the network's 5, 1, 1. */
+  voxelSizes?: VoxelSizes;
+  /**
+   * Per-candidate cell probabilities: the `classified_points.csv` sidecar that
+   * `classify` writes. Without it, a classified XML's types (2 cell, 1 non-cell)
+   * still give the prediction, without a probability.
+   */
+  predictions?: string;
+}
+
+/** The dataset remembers the candidate set last labelled into it here, so reopening the dataset continues that set. */
+export const CANDIDATE_SET_FILE = 'labelling.json';
+
+export async function saveCandidateSet(datasetRoot: string, set: CandidateSet): Promise<void> {
+  await writeFileAtomic(path.join(datasetRoot, CANDIDATE_SET_FILE), `${JSON.stringify(set, null, 2)}\n`, { overwrite: true });
+}
+
+/** The candidate set last labelled into the dataset, or undefined if none was. */
+export async function loadCandidateSet(datasetRoot: string): Promise<CandidateSet | undefined> {
+  const file = path.join(datasetRoot, CANDIDATE_SET_FILE);
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  let set: CandidateSet;
+  try {
+    set = JSON.parse(text) as CandidateSet;
+  } catch (error) {
+    throw new DataFileError(file, `is not valid JSON (${(error as Error).message})`, 'Delete it and choose the candidates again; no labels are stored in it');
+  }
+  if (typeof set.points !== 'string' || typeof set.signal !== 'string') {
+    throw new DataFileError(file, 'does not name the candidate points and the signal volume', 'Delete it and choose the candidates again; no labels are stored in it');
+  }
+  return set;
+}
+
+export type Decision = CubeLabel | 'skip';
+export type CandidateStatus = Decision | 'todo';
+export type CandidateOrder = 'file' | 'uncertain-first' | 'predicted-cells-first';
+
+export interface Candidate {
+  /** Index of the point in the XML file. */
+  id: number;
+  position: Point3;
+  prediction?: Prediction;
+}
+
+/**
+ * The guide's four kinds of training example. Balanced training data has
+ * roughly as many of each; the counts tell the user when to stop and retrain.
+ */
+export interface BalanceCounts {
+  cellsPredictedCell: number;
+  cellsPredictedNonCell: number;
+  nonCellsPredictedNonCell: number;
+  nonCellsPredictedCell: number;
+  /** Labelled cubes whose candidate had no prediction. */
+  withoutPrediction: { cells: number; nonCells: number };
+}
+
+/** A candidate's cube, as the network (and the saved training data) sees it: (z, y, x) 20x50x50 per channel. */
+export interface CandidateCube {
+  id: number;
+  channels: Float32Array[];
+}
+
+/** The candidate's neighbourhood on its own plane, in data voxels, with the cube's footprint. */
+export interface CandidateContext {
+  id: number;
+  z: number;
+  /** Region origin in the volume (x, y) and size. */
+  x0: number;
+  y0: number;
+  width: number;
+  height: number;
+  /** One array per channel, row-major (y, x). */
+  channels: Float32Array[];
+  /** The cuboid the cube is cut from, in region coordinates. */
+  box: { x: number; y: number; width: number; height: number };
+}
+
+const CONTEXT_CUBOIDS = 4;
+
+/** Planes kept in memory per channel: neighbouring candidates share most planes. */
+const PLANE_CACHE_SIZE = 64;
+
+/** Wraps a volume so recently read planes are served from memory (least recently used dropped first). */
+function cachedVolume(volume: Volume, capacity: number): Volume {
+  const planes = new Map<number, Promise<PixelArray>>();
+  return {
+    source: volume.source,
+    shape: volume.shape,
+    pixelType: volume.pixelType,
+    readPlane(z: number): Promise<PixelArray> {
+      let plane = planes.get(z);
+      if (plane) {
+        planes.delete(z);
+      } else {
+        plane = volume.readPlane(z);
+        plane.catch(() => planes.delete(z));
+      }
+      planes.set(z, plane);
+      if (planes.size > capacity) planes.delete(planes.keys().next().value as number);
+      return plane;
+    },
+    close: () => volume.close(),
+  };
+}
+
+/** Reads `classified_points.csv` (x,y,z,type,cell_probability) into predictions by position. */
+async function readPredictionsCsv(file: string): Promise<Map<string, Prediction>> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (error) {
+    throw new DataFileError(file, `cannot be read (${(error as Error).message})`, 'Choose the classified_points.csv written by classify');
+  }
+  const [header, ...rows] = text.split(/\r?\n/).filter((line) => line.trim() !== '');
+  const columns = (header ?? '').split(',');
+  const at = (name: string) => columns.indexOf(name);
+  const [xi, yi, zi, pi] = [at('x'), at('y'), at('z'), at('cell_probability')];
+  if ([xi, yi, zi, pi].some((i) => i < 0)) {
+    throw new DataFileError(file, 'has no x, y, z and cell_probability columns', 'Choose the classified_points.csv written by classify');
+  }
+  const predictions = new Map<string, Prediction>();
+  for (const [line, row] of rows.entries()) {
+    const cells = row.split(',').map(Number);
+    if ([xi, yi, zi, pi].some((i) => !Number.isFinite(cells[i]))) {
+      throw new DataFileError(file, `line ${line + 2} is not numbers: "${row}"`, 'Re-run classify to rewrite the file');
+    }
+    const cellProbability = cells[pi];
+    predictions.set(positionKey({ x: cells[xi], y: cells[yi], z: cells[zi] }), { label: cellProbability > 0.5 ? 'cell' : 'no_cell', cellProbability, model: file });
+  }
+  return predictions;
+}
+
+/**
+ * cellfinder's classified XML says 2 = predicted cell, 1 = predicted non-cell
+ * (without the probability). But detection writes every candidate as type 1
+ * (UNKNOWN, the same number), so types count as predictions only in a file
+ * that has at least one type 2.
+ */
+function predictionsFromTypes(points: readonly CellCounterPoint[]): boolean {
+  return points.some((point) => point.type === 2);
+}
+
+function predictionFromType(point: CellCounterPoint): Prediction | undefined {
+  if (point.type === 2) return { label: 'cell' };
+  if (point.type === 1) return { label: 'no_cell' };
+  return undefined;
+}
+
+/** How sure the prediction is: 0 at p = 0.5, 1 at p = 0 or 1. Unknown probabilities count as sure. */
+function certainty(candidate: Candidate): number {
+  const p = candidate.prediction?.cellProbability;
+  return p === undefined ? 1 : Math.abs(p - 0.5) * 2;
+}
+
+export function orderCandidates(candidates: readonly Candidate[], order: CandidateOrder): number[] {
+  const ids = candidates.map((c) => c.id);
+  const byId = new Map(candidates.map((c) => [c.id, c]));
+  const get = (id: number) => byId.get(id) as Candidate;
+  if (order === 'uncertain-first') return ids.sort((a, b) => certainty(get(a)) - certainty(get(b)) || a - b);
+  if (order === 'predicted-cells-first') {
+    const score = (id: number) => {
+      const p = get(id).prediction;
+      if (!p) return 0.5;
+      return p.cellProbability ?? (p.label === 'cell' ? 1 : 0);
+    };
+    return ids.sort((a, b) => score(b) - score(a) || a - b);
+  }
+  return ids;
+}
+
+/** Folds the provenance log into the guide's four categories, using each cube's current label. */
+export function balanceOf(history: readonly ProvenanceRecord[], labels: ReadonlyMap<string, CubeLabel>): BalanceCounts {
+  const predictions = new Map<string, Prediction | undefined>();
+  const undone = new Set(history.filter((r) => r.action === 'undo').map((r) => r.undoes));
+  for (const record of history) {
+    if (record.action === 'add' && !undone.has(record.id)) predictions.set(positionKey(record.position), record.prediction);
+  }
+  const counts: BalanceCounts = { cellsPredictedCell: 0, cellsPredictedNonCell: 0, nonCellsPredictedNonCell: 0, nonCellsPredictedCell: 0, withoutPrediction: { cells: 0, nonCells: 0 } };
+  for (const [key, label] of labels) {
+    const predicted = predictions.get(key)?.label;
+    if (!predicted) {
+      if (label === 'cell') counts.withoutPrediction.cells++;
+      else counts.withoutPrediction.nonCells++;
+    } else if (label === 'cell') {
+      if (predicted === 'cell') counts.cellsPredictedCell++;
+      else counts.cellsPredictedNonCell++;
+    } else if (predicted === 'no_cell') counts.nonCellsPredictedNonCell++;
+    else counts.nonCellsPredictedCell++;
+  }
+  return counts;
+}
+
+export class LabellingSession {
+  private constructor(
+    readonly set: CandidateSet,
+    readonly dataset: TrainingDataset,
+    readonly candidates: readonly Candidate[],
+    /** Points too close to the volume's edge for a cube, with the reason. */
+    readonly skippedAtEdge: readonly SkippedPoint<CellCounterPoint>[],
+    private readonly volumes: Volume[],
+    private readonly byId: ReadonlyMap<number, Candidate>,
+  ) {}
+
+  /**
+   * Opens the candidate set against the dataset at `datasetRoot` (created if
+   * absent, with as many channels as volumes given).
+   */
+  static async open(set: CandidateSet, datasetRoot: string): Promise<LabellingSession> {
+    const { points } = await readCellCounterXml(set.points);
+    const predictions = set.predictions ? await readPredictionsCsv(set.predictions) : undefined;
+    const typesArePredictions = predictionsFromTypes(points);
+    const volumes: Volume[] = [cachedVolume(await openVolume(set.signal), PLANE_CACHE_SIZE)];
+    try {
+      if (set.background) volumes.push(cachedVolume(await openVolume(set.background), PLANE_CACHE_SIZE));
+      const dataset = await TrainingDataset.create(datasetRoot, { backgroundChannel: Boolean(set.background) });
+      if (dataset.channels.length !== volumes.length) {
+        throw new DataFileError(
+          dataset.yamlFile,
+          `holds ${dataset.channels.length}-channel cubes but ${volumes.length} volume(s) were given`,
+          dataset.channels.length === 2 ? 'Give the background channel too' : 'Label into a single-channel dataset, or create a new one',
+        );
+      }
+      const plan = planExtraction({ points, channels: volumes, dataVoxelSizes: set.voxelSizes });
+      const candidates: Candidate[] = plan.extractable
+        .map(({ point, index }) => ({
+          id: index,
+          position: { x: point.x, y: point.y, z: point.z },
+          prediction: predictions ? predictions.get(positionKey(point)) : typesArePredictions ? predictionFromType(point) : undefined,
+        }))
+        .sort((a, b) => a.id - b.id);
+      return new LabellingSession(set, dataset, candidates, plan.skipped, volumes, new Map(candidates.map((c) => [c.id, c])));
+    } catch (error) {
+      await Promise.all(volumes.map((v) => v.close()));
+      throw error;
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.volumes.map((v) => v.close()));
+  }
+
+  candidate(id: number): Candidate {
+    const candidate = this.byId.get(id);
+    if (!candidate) throw new Error(`no candidate ${id} in ${this.set.points}`);
+    return candidate;
+  }
+
+  /** Current labels of every cube in the dataset, by position, read from the cube folders. */
+  async labels(): Promise<Map<string, CubeLabel>> {
+    const labels = new Map<string, CubeLabel>();
+    for (const [folder, label] of [[CELLS_FOLDER, 'cell'], [NON_CELLS_FOLDER, 'no_cell']] as const) {
+      const names = await fs.readdir(path.join(this.dataset.root, folder)).catch(() => [] as string[]);
+      for (const name of names) {
+        const position = pointFromCubeFileName(name);
+        if (position) labels.set(positionKey(position), label);
+      }
+    }
+    return labels;
+  }
+
+  /**
+   * Each candidate's status, from the dataset: its cube's folder, else a skip
+   * in the provenance log not since undone, else todo.
+   */
+  async statuses(): Promise<Map<number, CandidateStatus>> {
+    const labels = await this.labels();
+    const history = await this.dataset.history();
+    const undone = new Set(history.filter((r) => r.action === 'undo').map((r) => r.undoes));
+    const skipped = new Set(history.filter((r) => r.action === 'skip' && !undone.has(r.id) && r.source === this.set.signal).map((r) => positionKey(r.position)));
+    const statuses = new Map<number, CandidateStatus>();
+    for (const candidate of this.candidates) {
+      const key = positionKey(candidate.position);
+      statuses.set(candidate.id, labels.get(key) ?? (skipped.has(key) ? 'skip' : 'todo'));
+    }
+    return statuses;
+  }
+
+  async balance(): Promise<BalanceCounts> {
+    return balanceOf(await this.dataset.history(), await this.labels());
+  }
+
+  /** The cube the network would see for candidate `id` (and that a decision saves). */
+  async cube(id: number): Promise<CandidateCube> {
+    const candidate = this.candidate(id);
+    const plan = planExtraction({ points: [candidate.position], channels: this.volumes, dataVoxelSizes: this.set.voxelSizes });
+    for await (const cube of extractCubes(plan, this.volumes)) return { id, channels: cube.channels };
+    throw new Error(`candidate ${id} has no full cube inside the volume`);
+  }
+
+  /** The candidate's plane, a few cuboids wide around it, with the cuboid outlined. */
+  async context(id: number): Promise<CandidateContext> {
+    const { position } = this.candidate(id);
+    const plan = planExtraction({ points: [position], channels: this.volumes, dataVoxelSizes: this.set.voxelSizes });
+    const [, cuboidHeight, cuboidWidth] = plan.cuboid;
+    const [, volumeHeight, volumeWidth] = plan.volumeShape;
+    const bounds = cuboidBounds(position, plan.cuboid);
+    const clamp = (value: number, max: number) => Math.max(0, Math.min(value, max));
+    const half = (size: number) => Math.floor((size * CONTEXT_CUBOIDS) / 2);
+    const x0 = clamp(Math.round(position.x) - half(cuboidWidth), volumeWidth);
+    const y0 = clamp(Math.round(position.y) - half(cuboidHeight), volumeHeight);
+    const width = clamp(x0 + cuboidWidth * CONTEXT_CUBOIDS, volumeWidth) - x0;
+    const height = clamp(y0 + cuboidHeight * CONTEXT_CUBOIDS, volumeHeight) - y0;
+    const z = clamp(Math.round(position.z), plan.volumeShape[0] - 1);
+    const channels = await Promise.all(
+      this.volumes.map(async (volume) => {
+        const plane = await volume.readPlane(z);
+        const region = new Float32Array(width * height);
+        for (let row = 0; row < height; row++) {
+          const from = (y0 + row) * volumeWidth + x0;
+          region.set(plane.subarray(from, from + width), row * width);
+        }
+        return region;
+      }),
+    );
+    return {
+      id,
+      z,
+      x0,
+      y0,
+      width,
+      height,
+      channels,
+      box: { x: bounds.x[0] - x0, y: bounds.y[0] - y0, width: cuboidWidth, height: cuboidHeight },
+    };
+  }
+
+  /**
+   * Saves the user's decision for candidate `id`: a new cube in cells/ or
+   * non_cells/, a relabel when it already has the other label, or a skip.
+   * Returns once the files and the provenance record are durably on disk.
+   */
+  async decide(id: number, decision: Decision): Promise<void> {
+    const candidate = this.candidate(id);
+    const current = await this.dataset.labelOf(candidate.position);
+    if (decision === 'skip') {
+      if (!current) await this.dataset.skip(candidate.position, this.set.signal, candidate.prediction);
+      return;
+    }
+    if (current === decision) return;
+    if (current) {
+      await this.dataset.relabel(candidate.position, decision);
+      return;
+    }
+    const cube = await this.cube(id);
+    await this.dataset.addCube({ position: candidate.position, label: decision, channels: cube.channels, source: this.set.signal, prediction: candidate.prediction });
+  }
+
+  /**
+   * Undoes the dataset's most recent decision. Returns the candidate it
+   * concerned when that candidate is in this set (so the view can go back to
+   * it), null when the undone decision was about a cube of another set, and
+   * undefined when there was nothing to undo.
+   */
+  async undo(): Promise<Candidate | null | undefined> {
+    const record = await this.dataset.undo();
+    if (!record) return undefined;
+    const key = positionKey(record.position);
+    return this.candidates.find((c) => positionKey(c.position) === key) ?? null;
+  }
+}
