@@ -10,6 +10,7 @@
  * load if we do exactly the same, so the model is written out here once.
  */
 import type * as tfType from '@tensorflow/tfjs';
+import { nativeBatchNormTraining, nativeKernelsActive, nativeRelu } from './native/nativeKernels';
 
 export const NETWORK_DEPTHS = [18, 34, 50, 101, 152] as const;
 export type NetworkDepth = (typeof NETWORK_DEPTHS)[number];
@@ -301,7 +302,7 @@ export function forward(
         break;
       }
       case 'relu':
-        output = tf.relu(inputs[0]);
+        output = relu(tf, inputs[0]);
         break;
       case 'maxPool':
         output = maxPool3dSeparable(tf, inputs[0] as tfType.Tensor5D, layer.poolSize, layer.strides);
@@ -323,17 +324,37 @@ export function forward(
   return { probabilities, logits: logits as tfType.Tensor2D, statistics };
 }
 
+/** ReLU; on the native engine its gradient is TensorFlow's ReluGrad (one pass) instead of tfjs' dy * step(x) (seven). */
+export function relu<T extends tfType.Tensor>(tf: typeof tfType, x: T): T {
+  return nativeKernelsActive(tf) ? nativeRelu(tf, x) : tf.relu(x);
+}
+
 const BATCH_NORM_REDUCTION_AXES = [0, 1, 2, 4];
 
 /**
- * Training-mode batch normalisation over z (axis 3) with its gradient
- * written out (the textbook form: dx = gamma * rstd / N * (N dy - sum dy -
- * xhat sum(dy xhat))), instead of differentiating through mean and variance
- * op by op: the same numbers with about half the passes over the
- * activations. Returns the batch mean and (biased, as Keras) variance, kept
- * for the moving-average update; the caller disposes them.
+ * Training-mode batch normalisation over z (axis 3) with the batch's
+ * statistics: the native engine's fused kernel where it is active, else
+ * tfjs ops with the gradient written out. Returns the batch mean and
+ * (biased, as Keras) variance, kept for the moving-average update; the
+ * caller disposes them.
  */
 export function batchNormWithBatchStatistics(
+  tf: typeof tfType,
+  input: tfType.Tensor5D,
+  gamma: tfType.Tensor1D,
+  beta: tfType.Tensor1D,
+): { output: tfType.Tensor5D; mean: tfType.Tensor1D; variance: tfType.Tensor1D } {
+  if (nativeKernelsActive(tf)) return nativeBatchNormTraining(tf, input, gamma, beta, BATCH_NORM_EPSILON);
+  return batchNormTfjs(tf, input, gamma, beta);
+}
+
+/**
+ * Batch normalisation as tfjs ops, with its gradient written out (the
+ * textbook form: dx = gamma * rstd / N * (N dy - sum dy - xhat sum(dy
+ * xhat))), instead of differentiating through mean and variance op by op:
+ * the same numbers with about half the passes over the activations.
+ */
+function batchNormTfjs(
   tf: typeof tfType,
   input: tfType.Tensor5D,
   gamma: tfType.Tensor1D,

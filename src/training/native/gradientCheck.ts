@@ -18,6 +18,7 @@
  * input (elementwise relative errors are meaningless near zero).
  */
 import type * as tfType from '@tensorflow/tfjs';
+import { batchNormWithBatchStatistics, relu } from '../resnet';
 
 type Tf = typeof tfType;
 type T = tfType.Tensor;
@@ -240,6 +241,25 @@ export function resnetGradientCases(): GradCase[] {
         const logits = tf.matMul(tf.mean(h, [1, 2, 3]) as tfType.Tensor2D, dense as tfType.Tensor2D);
         return tf.losses.softmaxCrossEntropy(oneHot(tf, 2), logits);
       },
+    },
+    // The network's own functions from resnet.ts, which use kernels of their
+    // own on the native engine and tfjs ops on cpu (appended: a case's inputs
+    // are seeded by its position).
+    {
+      name: 'network batch norm, training',
+      op: 'resnet.ts batchNormWithBatchStatistics (native: FusedBatchNormV3 + FusedBatchNormGradV3)',
+      inputs: [
+        { name: 'x', shape: [2, 4, 4, 5, 3] },
+        { name: 'gamma', shape: [5], kind: 'positive' },
+        { name: 'beta', shape: [5] },
+      ],
+      f: (tf, x, gamma, beta) => batchNormWithBatchStatistics(tf, x as tfType.Tensor5D, gamma as tfType.Tensor1D, beta as tfType.Tensor1D).output,
+    },
+    {
+      name: 'network relu',
+      op: 'resnet.ts relu (native: ReluGrad)',
+      inputs: [{ name: 'x', shape: [2, 4, 4, 3, 4], kind: 'distinct' }],
+      f: (tf, x) => relu(tf, x),
     },
   ];
 }

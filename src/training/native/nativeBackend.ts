@@ -26,6 +26,7 @@ import Module, { createRequire } from 'node:module';
 import * as path from 'node:path';
 import type * as tfType from '@tensorflow/tfjs';
 import { type EngineManifest, engineRoot, readActiveEngine, TFJS_NODE_VERSION } from './engineLayout';
+import { registerNativeKernels } from './nativeKernels';
 
 export const NATIVE_BACKEND_NAME = 'tensorflow';
 /** Set to 0 to keep the native engine from loading (e.g. to compare numbers with the JS engine). */
@@ -125,6 +126,7 @@ export async function loadNativeBackend(tf: typeof tfType, options: LoadOptions 
     // Priority 3 as tfjs-node gives it: above cpu (1), so it is the default once registered.
     tf.registerBackend(NATIVE_BACKEND_NAME, () => new Backend(binding, '@tensorflow/tfjs-node'), 3);
   }
+  registerNativeKernels(tf, NATIVE_BACKEND_NAME);
   // The kernel registry is global (shared by any tfjs-core copies); the backend class is not.
   if (!(Backend.prototype instanceof tf.KernelBackend) || !tf.getKernel('Conv3D', NATIVE_BACKEND_NAME)) {
     return fail('the native engine was loaded with another copy of @tensorflow/tfjs than the one given; load it with the tf object that runs the model');
