@@ -18,7 +18,7 @@
  * input (elementwise relative errors are meaningless near zero).
  */
 import type * as tfType from '@tensorflow/tfjs';
-import { batchNormWithBatchStatistics, relu } from '../resnet';
+import { batchNormWithBatchStatistics, convolution, relu } from '../resnet';
 
 type Tf = typeof tfType;
 type T = tfType.Tensor;
@@ -261,6 +261,21 @@ export function resnetGradientCases(): GradCase[] {
       inputs: [{ name: 'x', shape: [2, 4, 4, 3, 4], kind: 'distinct' }],
       f: (tf, x) => relu(tf, x),
     },
+    ...([
+      [[2, 4, 4, 3, 3], "'same' Conv3D"],
+      [[2, 2, 2, 1, 5], 'native: patches x kernel, z taps left out (ResNet unit 5)'],
+      [[2, 2, 2, 2, 3], 'native: patches x kernel, all 27 taps'],
+    ] as Array<[number[], string]>).map(
+      ([x, how]): GradCase => ({
+        name: `network conv 3x3x3 /1 pad 1, ${x.slice(1, 4).join('x')}`,
+        op: `resnet.ts convolution: ZeroPadding3D(1) + Conv3D 3x3x3 /1 (${how})`,
+        inputs: [
+          { name: 'x', shape: x },
+          { name: 'filter', shape: [3, 3, 3, x[4], 4], scale: 0.3 },
+        ],
+        f: (tf, input, filter) => convolution(tf, input as tfType.Tensor5D, filter as tfType.Tensor5D, [1, 1, 1], 1),
+      }),
+    ),
   ];
 }
 
