@@ -27,28 +27,38 @@ test('ResNet spec: cellfinder\'s layer counts, parameters and z-sized batch norm
   assert.throws(() => resnetSpec(42 as 50, 2), /network depth 42 is not one of 18, 34, 50, 101, 152/);
 });
 
-test('Keras Adam: the first steps match the Keras formula computed by hand', () => {
-  const variable = tf.variable(tf.tensor1d([1, -2]));
-  const adam = new KerasAdam(tf, 0.1);
-  adam.build([['w', variable]]);
-  const gradients = [
-    [0.5, -1],
-    [0.25, 2],
-  ];
-  let m = [0, 0];
-  let v = [0, 0];
-  let w = [1, -2];
-  gradients.forEach((g, index) => {
-    adam.apply(new Map([['w', variable]]), new Map([['w', tf.tensor1d(g)]]));
-    const t = index + 1;
-    const alpha = (0.1 * Math.sqrt(1 - 0.999 ** t)) / (1 - 0.9 ** t);
-    m = m.map((mi, i) => mi + (g[i] - mi) * 0.1);
-    v = v.map((vi, i) => vi + (g[i] ** 2 - vi) * 0.001);
-    w = w.map((wi, i) => wi - (alpha * m[i]) / (Math.sqrt(v[i]) + 1e-7));
-  });
-  const got = Array.from(variable.dataSync());
-  got.forEach((value, i) => assert.ok(Math.abs(value - w[i]) < 1e-6, `${value} vs ${w[i]}`));
-  assert.equal(adam.iterations, 2);
+test('Keras Adam: the first steps match the Keras formula computed by hand, on cpu and on the native engine', async () => {
+  const { backend: loaded } = await loadTensorFlow();
+  for (const backend of loaded.startsWith('native') ? ['cpu', 'tensorflow'] : ['cpu']) {
+    await tf.setBackend(backend);
+    const variable = tf.variable(tf.tensor1d([1, -2]));
+    const adam = new KerasAdam(tf, 0.1);
+    adam.build([['w', variable]]);
+    const gradients = [
+      [0.5, -1],
+      [0.25, 2],
+    ];
+    let m = [0, 0];
+    let v = [0, 0];
+    let w = [1, -2];
+    gradients.forEach((g, index) => {
+      adam.apply(new Map([['w', variable]]), new Map([['w', tf.tensor1d(g)]]));
+      const t = index + 1;
+      const alpha = (0.1 * Math.sqrt(1 - 0.999 ** t)) / (1 - 0.9 ** t);
+      m = m.map((mi, i) => mi + (g[i] - mi) * 0.1);
+      v = v.map((vi, i) => vi + (g[i] ** 2 - vi) * 0.001);
+      w = w.map((wi, i) => wi - (alpha * m[i]) / (Math.sqrt(v[i]) + 1e-7));
+    });
+    const slots = adam.slots.get('w');
+    for (const [got, expected] of [
+      [variable, w],
+      [slots?.momentum, m],
+      [slots?.velocity, v],
+    ] as Array<[tf.Variable, number[]]>) {
+      Array.from(got.dataSync()).forEach((value, i) => assert.ok(Math.abs(value - expected[i]) < 1e-6, `${value} vs ${expected[i]} on ${backend}`));
+    }
+    assert.equal(adam.iterations, 2);
+  }
 });
 
 test('cross-entropy on probabilities clips like Keras', () => {

@@ -12,6 +12,7 @@
  * optimiser's variables, so resuming continues where training stopped.
  */
 import type * as tfType from '@tensorflow/tfjs';
+import { nativeKerasAdam, nativeKernelsActive } from './native/nativeKernels';
 
 export const ADAM_DEFAULTS = { beta1: 0.9, beta2: 0.999, epsilon: 1e-7 } as const;
 
@@ -49,11 +50,30 @@ export class KerasAdam {
     const tf = this.tf;
     const step = this.iterations + 1;
     const alpha = (this.learningRate * Math.sqrt(1 - this.beta2 ** step)) / (1 - this.beta1 ** step);
+    const native = nativeKernelsActive(tf);
     tf.tidy(() => {
+      // The native engine's one-op update takes the scalars as float32 tensors, as Keras computes them.
+      const scalars = native
+        ? {
+            beta1Power: tf.pow(tf.scalar(this.beta1), step) as tfType.Scalar,
+            beta2Power: tf.pow(tf.scalar(this.beta2), step) as tfType.Scalar,
+            learningRate: tf.scalar(this.learningRate),
+            beta1: tf.scalar(this.beta1),
+            beta2: tf.scalar(this.beta2),
+            epsilon: tf.scalar(this.epsilon),
+          }
+        : undefined;
       for (const [key, gradient] of gradients) {
         const variable = variables.get(key);
         const slots = this.slots.get(key);
         if (!variable || !slots) throw new Error(`no optimiser state for ${key}`);
+        if (scalars) {
+          const [updated, momentum, velocity] = nativeKerasAdam(tf, variable, slots.momentum, slots.velocity, gradient, scalars);
+          variable.assign(updated);
+          slots.momentum.assign(momentum);
+          slots.velocity.assign(velocity);
+          continue;
+        }
         const momentum = tf.add(slots.momentum, tf.mul(tf.sub(gradient, slots.momentum), 1 - this.beta1));
         const velocity = tf.add(slots.velocity, tf.mul(tf.sub(tf.square(gradient), slots.velocity), 1 - this.beta2));
         slots.momentum.assign(momentum);

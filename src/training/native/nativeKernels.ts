@@ -1,8 +1,8 @@
 /**
  * TensorFlow ops that tfjs-node has no kernel for, registered as extra
  * kernels of the native ('tensorflow') backend: the network's batch
- * normalisation and ReLU gradient as one TensorFlow op each, where tfjs
- * spells them as chains of elementwise ops.
+ * normalisation, ReLU gradient and Keras' Adam update as one TensorFlow op
+ * each, where tfjs spells them as chains of elementwise ops.
  *
  * Why: on the native engine each tfjs op is one full pass over the tensor,
  * and at cellfinder's sizes (conv1's activation is 30 MB for a batch of 16)
@@ -28,6 +28,7 @@ export const NATIVE_RELU = 'CellfinderNativeRelu';
 const NATIVE_RELU_GRAD = 'CellfinderNativeReluGrad';
 export const NATIVE_BATCH_NORM_TRAINING = 'CellfinderNativeBatchNormTraining';
 const NATIVE_BATCH_NORM_GRAD = 'CellfinderNativeBatchNormGrad';
+const NATIVE_ADAM = 'CellfinderNativeKerasAdam';
 
 interface OpAttr {
   name: string;
@@ -37,7 +38,7 @@ interface OpAttr {
 
 /** The parts of tfjs-node's NodeJSKernelBackend used here. */
 interface NodeBackend {
-  binding: { TF_ATTR_TYPE: number; TF_ATTR_FLOAT: number; TF_ATTR_STRING: number; TF_ATTR_BOOL: number; TF_FLOAT: number };
+  binding: { TF_ATTR_TYPE: number; TF_ATTR_FLOAT: number; TF_ATTR_STRING: number; TF_ATTR_BOOL: number; TF_ATTR_SHAPE: number; TF_FLOAT: number };
   executeSingleOutput(name: string, attrs: OpAttr[], inputs: tfType.TensorInfo[]): tfType.TensorInfo;
   executeMultipleOutputs(name: string, attrs: OpAttr[], inputs: tfType.TensorInfo[], outputs: number): tfType.TensorInfo[];
 }
@@ -88,6 +89,47 @@ export function registerNativeKernels(tf: Tf, backendName: string): void {
   register(NATIVE_BATCH_NORM_GRAD, (backend, { dy, x, scale, reserve1, reserve2, reserve3 }, { epsilon }) =>
     firstOutputs(tf, backend.executeMultipleOutputs('FusedBatchNormGradV3', batchNormAttrs(backend.binding, epsilon as number), [dy, x, scale, reserve1, reserve2, reserve3], 5), 3),
   );
+  register(NATIVE_ADAM, (backend, inputs) => kerasAdam(tf, backend, inputs));
+}
+
+/**
+ * One Adam step of one variable as TensorFlow's ResourceApplyAdam, whose CPU
+ * kernel is Keras' update in one pass (m += (g - m)(1 - beta1); v += (g^2 -
+ * v)(1 - beta2); w -= alpha m / (sqrt(v) + epsilon), alpha from the float32
+ * beta powers as Keras computes it) where tfjs ops take twelve. It updates
+ * resource variables in place, so w, m and v are put in temporary ones
+ * (TensorFlow copies them there, as the tfjs tensors still hold their
+ * buffers) and read back. About 2.5 times less memory traffic: 40 -> 15 ms
+ * for a 3x3x3x512x512 kernel.
+ */
+let adamResources = 0;
+function kerasAdam(tf: Tf, backend: NodeBackend, inputs: Record<string, tfType.TensorInfo>): tfType.TensorInfo[] {
+  const { binding } = backend;
+  const dtype = { name: 'dtype', type: binding.TF_ATTR_TYPE, value: binding.TF_FLOAT };
+  const state = [inputs.variable, inputs.momentum, inputs.velocity];
+  const handles: tfType.TensorInfo[] = [];
+  try {
+    for (const value of state) {
+      const handle = backend.executeSingleOutput(
+        'VarHandleOp',
+        [dtype, { name: 'shape', type: binding.TF_ATTR_SHAPE, value: value.shape }, { name: 'container', type: binding.TF_ATTR_STRING, value: '' }, { name: 'shared_name', type: binding.TF_ATTR_STRING, value: `cellfinder_adam_${adamResources++}` }],
+        [],
+      );
+      handles.push(handle);
+      backend.executeMultipleOutputs('AssignVariableOp', [dtype], [handle, value], 0);
+    }
+    const { beta1Power, beta2Power, learningRate, beta1, beta2, epsilon, gradient } = inputs;
+    backend.executeMultipleOutputs(
+      'ResourceApplyAdam',
+      [...float32Attrs(binding, ['T']), { name: 'use_locking', type: binding.TF_ATTR_BOOL, value: false }, { name: 'use_nesterov', type: binding.TF_ATTR_BOOL, value: false }],
+      [...handles, beta1Power, beta2Power, learningRate, beta1, beta2, epsilon, gradient],
+      0,
+    );
+    return handles.map((handle) => backend.executeSingleOutput('ReadVariableOp', [dtype], [handle]));
+  } finally {
+    for (const handle of handles) backend.executeMultipleOutputs('DestroyResourceOp', [{ name: 'ignore_lookup_error', type: binding.TF_ATTR_BOOL, value: true }], [handle], 0);
+    tf.dispose(handles as tfType.Tensor[]);
+  }
 }
 
 /** The first `count` outputs of an op; the others (unused reserve spaces) are freed at once. */
@@ -138,4 +180,19 @@ export function nativeBatchNormTraining(tf: Tf, input: tfType.Tensor5D, gamma: t
   }) as unknown as Parameters<typeof tf.customGrad>[0]);
   const output = normalise(input, gamma, beta) as tfType.Tensor5D;
   return { output, mean: mean as tfType.Tensor1D, variance: variance as tfType.Tensor1D };
+}
+
+/** Scalars of one Adam step, float32 as Keras has them (see kerasAdam). */
+export interface AdamScalars {
+  beta1Power: tfType.Scalar;
+  beta2Power: tfType.Scalar;
+  learningRate: tfType.Scalar;
+  beta1: tfType.Scalar;
+  beta2: tfType.Scalar;
+  epsilon: tfType.Scalar;
+}
+
+/** Keras' Adam update of one variable; returns the new variable, momentum and velocity values. */
+export function nativeKerasAdam(tf: Tf, variable: tfType.Tensor, momentum: tfType.Tensor, velocity: tfType.Tensor, gradient: tfType.Tensor, scalars: AdamScalars): [tfType.Tensor, tfType.Tensor, tfType.Tensor] {
+  return tf.engine().runKernel(NATIVE_ADAM, { variable, momentum, velocity, gradient, ...scalars }) as [tfType.Tensor, tfType.Tensor, tfType.Tensor];
 }
