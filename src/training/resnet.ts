@@ -356,7 +356,7 @@ function conv3dSameAsMatMul(tf: typeof tfType, input: tfType.Tensor5D, kernel: t
   const [batch, height, width, depth, channels] = input.shape;
   const filters = kernel.shape[4];
   const sizes = [height, width, depth];
-  // Per axis: padding 1 where the axis is longer than 1, and the first kernel tap used.
+  // Per axis longer than 1: padding 1 and all three taps; per axis of size 1: no padding, the centre tap.
   const pads = sizes.map((size) => (size > 1 ? 1 : 0));
   const taps = sizes.map((size) => (size > 1 ? 3 : 1));
   const padded = tf.pad(input, [[0, 0], ...pads.map((p) => [p, p] as [number, number]), [0, 0]]);
