@@ -21,7 +21,7 @@ await Promise.all([
   build({ ...common, entryPoints: ['src/cli/main.ts'], outfile: 'dist/cli.js' }),
   build({ ...common, entryPoints: ['src/training/worker.ts'], outfile: 'dist/worker.js' }),
   build({
-    entryPoints: { labelling: 'src/webview/labelling/main.ts' },
+    entryPoints: { labelling: 'src/webview/labelling/main.ts', training: 'src/webview/training/main.ts' },
     outdir: 'dist/webview',
     bundle: true,
     platform: 'browser',

@@ -1,29 +1,98 @@
 /**
- * Extension entry: thin glue between VS Code and the core. Every command asks
- * for its inputs, runs a core job under a cancellable progress notification,
- * and reports the result; no domain logic lives here.
+ * Extension entry: registers the sidebar, the labelling and training panels
+ * and the commands. Thin glue between VS Code and the core: every command
+ * asks for its inputs, runs a core job (or a background process) with
+ * progress, and reports the result; no domain logic lives here.
  */
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { TrainingDataset } from './core/dataset';
+import { TrainingDataset, validateTrainingYaml } from './core/dataset';
+import { mergeTrainingYamls } from './core/merge';
 import { DataFileError } from './core/errors';
 import { extractToDataset } from './core/extractToDataset';
-import type { VoxelSizes } from './core/extraction';
+import { LabellingPanels } from './editor/labellingPanel';
+import { askVoxelSizes, pickFolder, pickVolume } from './editor/pickers';
+import { requireTrust } from './editor/settings';
+import { registerSidebar, type SidebarItem, type WorkspaceIndex } from './editor/sidebar';
+import { Training } from './editor/training';
 import { EngineSetupError, setupEngine } from './training/native/engineSetup';
 
 let log: vscode.OutputChannel;
 
+/** What a sidebar command is invoked with: the clicked item, or nothing from the command palette. */
+type ItemArgument = SidebarItem | undefined;
+
 export function activate(context: vscode.ExtensionContext): void {
   log = vscode.window.createOutputChannel('Cellfinder');
+  const index = registerSidebar(context);
+  const labelling = new LabellingPanels(context, index, log);
+  const training = new Training(context, index);
+  const command = (id: string, run: (item: ItemArgument) => Promise<void> | void) =>
+    vscode.commands.registerCommand(id, (item: ItemArgument) => runReportingErrors(async () => run(item)));
   context.subscriptions.push(
     log,
-    vscode.commands.registerCommand('cellfinder.createTrainingDataset', () => runReportingErrors(createTrainingDataset)),
-    vscode.commands.registerCommand('cellfinder.extractCubes', () => runReportingErrors(extractCubesCommand)),
-    vscode.commands.registerCommand('cellfinder.setUpEngine', () => runReportingErrors(setUpEngineCommand)),
+    command('cellfinder.retrainNetwork', () => training.retrain()),
+    command('cellfinder.retrainOnDataset', (item) => training.retrain(datasetOf(item))),
+    command('cellfinder.labelCandidates', () => labelling.labelCandidates()),
+    command('cellfinder.labelDataset', async (item) => labelling.labelDataset(datasetOf(item) ?? (await pickFolder('Training dataset to label into')) ?? '')),
+    command('cellfinder.addCandidates', (item) => labelling.labelDataset(datasetOf(item) ?? '', true)),
+    command('cellfinder.createTrainingDataset', createTrainingDataset),
+    command('cellfinder.extractCubes', extractCubesCommand),
+    command('cellfinder.classify', () => training.classifyWith(undefined)),
+    command('cellfinder.classifyWithModel', (item) => training.classifyWith(item?.kind === 'model' ? item.file : undefined)),
+    command('cellfinder.setUpEngine', setUpEngineCommand),
+    command('cellfinder.refresh', () => index.refresh()),
+    command('cellfinder.validateDataset', (item) => validateDataset(index, item)),
+    command('cellfinder.mergeDatasets', (item) => mergeDatasets(item)),
+    command('cellfinder.reveal', (item) => {
+      const target = item?.kind === 'dataset' ? item.dataset.root : item?.kind === 'model' ? item.file : undefined;
+      if (target) void vscode.commands.executeCommand('revealInExplorer', vscode.Uri.file(target));
+    }),
+    command('cellfinder.openRun', async (item) => {
+      const outputDir = item?.kind === 'run' ? item.run.outputDir : await pickRun(index);
+      if (outputDir) training.show(outputDir);
+    }),
+    command('cellfinder.cancelRun', (item) => (item?.kind === 'run' ? training.cancel(item.run.outputDir) : undefined)),
+    command('cellfinder.resumeRun', (item) => (item?.kind === 'run' ? training.resume(item.run.outputDir) : undefined)),
   );
 }
 
 export function deactivate(): void {}
+
+function datasetOf(item: ItemArgument): string | undefined {
+  return item?.kind === 'dataset' ? item.dataset.root : undefined;
+}
+
+async function pickRun(index: WorkspaceIndex): Promise<string | undefined> {
+  const runs = index.runItems().flatMap((item) => (item.kind === 'run' ? [{ label: path.basename(item.run.outputDir), description: item.run.status, detail: item.run.outputDir }] : []));
+  if (!runs.length) throw new Error('no training runs in this workspace yet: use "Retrain Network"');
+  return (await vscode.window.showQuickPick(runs, { title: 'Training run' }))?.detail;
+}
+
+/** Checks every cube the way cellfinder_train will need it; problems appear under the dataset in the sidebar. */
+async function validateDataset(index: WorkspaceIndex, item: ItemArgument): Promise<void> {
+  if (item?.kind !== 'dataset' || !item.dataset.yamlFile) return;
+  const yamlFile = item.dataset.yamlFile;
+  const result = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Cellfinder: validating ${path.basename(item.dataset.root)}` }, () => validateTrainingYaml(yamlFile));
+  index.validation.set(item.dataset.root, [...result.problems, ...result.warnings]);
+  for (const p of [...result.problems, ...result.warnings]) log.appendLine(`validate: ${p.file}: ${p.problem}. ${p.fix}`);
+  index.refreshSoon();
+  const counts = `${result.summary.cells} cells, ${result.summary.nonCells} non-cells`;
+  if (result.problems.length) void vscode.window.showWarningMessage(`Cellfinder: ${result.problems.length} problem(s) in ${yamlFile} (${counts}); listed under the dataset and in the Cellfinder output.`);
+  else void vscode.window.showInformationMessage(`Cellfinder: ${yamlFile} is valid: ${counts}${result.warnings.length ? `, ${result.warnings.length} warning(s)` : ''}.`);
+}
+
+/** Pools this dataset with others into a new one, de-duplicating by source volume and position. */
+async function mergeDatasets(item: ItemArgument): Promise<void> {
+  if (item?.kind !== 'dataset' || !item.dataset.yamlFile) return;
+  const others = await vscode.window.showOpenDialog({ title: 'training.yaml files to merge with this one', canSelectMany: true, filters: { 'training.yaml': ['yaml', 'yml'] } });
+  if (!others?.length) return;
+  const outputDir = await pickFolder('Empty folder for the merged dataset');
+  if (!outputDir) return;
+  const report = await mergeTrainingYamls([item.dataset.yamlFile, ...others.map((u) => u.fsPath)], outputDir);
+  for (const c of report.conflicts) log.appendLine(`merge conflict at x=${c.position.x} y=${c.position.y} z=${c.position.z}: kept ${c.kept.label} (${c.kept.yamlFile}), dropped ${c.dropped.label} (${c.dropped.yamlFile})`);
+  void vscode.window.showInformationMessage(`Cellfinder: merged ${report.copied} cubes into ${report.yamlFile} (${report.duplicates} duplicates, ${report.conflicts.length} conflicts listed in the Cellfinder output).`);
+}
 
 async function runReportingErrors(command: () => Promise<void>): Promise<void> {
   try {
@@ -35,24 +104,8 @@ async function runReportingErrors(command: () => Promise<void>): Promise<void> {
   }
 }
 
-async function pickFolder(title: string): Promise<string | undefined> {
-  const picked = await vscode.window.showOpenDialog({ title, canSelectFolders: true, canSelectFiles: false, canSelectMany: false, defaultUri: vscode.workspace.workspaceFolders?.[0]?.uri });
-  return picked?.[0]?.fsPath;
-}
-
-async function pickVolume(title: string): Promise<string | undefined> {
-  const picked = await vscode.window.showOpenDialog({
-    title,
-    canSelectFolders: true,
-    canSelectFiles: true,
-    canSelectMany: false,
-    filters: { 'TIFF stack or plane list': ['tif', 'tiff', 'txt'] },
-    defaultUri: vscode.workspace.workspaceFolders?.[0]?.uri,
-  });
-  return picked?.[0]?.fsPath;
-}
-
 async function createTrainingDataset(): Promise<void> {
+  requireTrust('Creating a dataset');
   const folder = await pickFolder('Folder for the new training dataset');
   if (!folder) return;
   const dataset = await vscode.window.withProgress(
@@ -63,24 +116,15 @@ async function createTrainingDataset(): Promise<void> {
   await vscode.window.showTextDocument(vscode.Uri.file(dataset.yamlFile), { preview: true });
 }
 
-function parseVoxelSizes(text: string): VoxelSizes | undefined {
-  const sizes = text.trim().split(/[\s,]+/).map(Number);
-  return sizes.length === 3 && sizes.every((s) => Number.isFinite(s) && s > 0) ? (sizes as unknown as VoxelSizes) : undefined;
-}
-
 async function extractCubesCommand(): Promise<void> {
+  requireTrust('Extracting cubes');
   const signal = await pickVolume('Signal channel: folder of z-planes or multi-page TIFF');
   if (!signal) return;
   const background = await pickVolume('Background channel (cancel for a signal-only dataset)');
   const points = await vscode.window.showOpenDialog({ title: 'Candidate points (Cell Counter XML)', canSelectMany: false, filters: { 'Cell Counter XML': ['xml'] } });
   if (!points?.[0]) return;
-  const voxelText = await vscode.window.showInputBox({
-    title: 'Data voxel sizes in µm (z y x)',
-    prompt: 'The network works at 5, 1, 1 µm; cubes are rescaled from these sizes. Leave empty if your data is already at 5 1 1.',
-    placeHolder: '5 2 2',
-    validateInput: (text) => (text.trim() === '' || parseVoxelSizes(text) ? undefined : 'Three positive numbers: z y x'),
-  });
-  if (voxelText === undefined) return;
+  const voxelSizes = await askVoxelSizes();
+  if (voxelSizes === undefined) return;
   const outputDir = await pickFolder('Output folder for the training dataset');
   if (!outputDir) return;
 
@@ -95,7 +139,7 @@ async function extractCubesCommand(): Promise<void> {
         background,
         points: points[0].fsPath,
         outputDir,
-        voxelSizes: voxelText.trim() === '' ? undefined : parseVoxelSizes(voxelText),
+        voxelSizes: voxelSizes ?? undefined,
         abortSignal: abort.signal,
         onProgress: (done, total) => {
           const percent = total === 0 ? 100 : (100 * done) / total;
@@ -121,6 +165,7 @@ async function extractCubesCommand(): Promise<void> {
  * by the training worker process, never in the extension host.
  */
 async function setUpEngineCommand(): Promise<void> {
+  requireTrust('Setting up the engine');
   const result = await vscode.window.withProgress(
     { location: vscode.ProgressLocation.Notification, title: 'Cellfinder: setting up the native training engine', cancellable: true },
     async (progress, token) => {

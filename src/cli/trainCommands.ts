@@ -9,6 +9,7 @@ import { EngineSetupError, setupEngine } from '../training/native/engineSetup';
 import { formatGradientChecks, runGradientChecks } from '../training/native/gradientCheck';
 import { engineStatus } from '../training/native/nativeBackend';
 import type { TrainingEvent } from '../training/events';
+import { openRunLog } from '../training/runLog';
 import { classifyCandidates, evaluateModel, loadNetwork, type Evaluation } from '../training/inference';
 import { readModelFile } from '../training/modelFiles';
 import { isNetworkDepth, type NetworkDepth } from '../training/resnet';
@@ -114,6 +115,7 @@ function describeEvent(event: TrainingEvent): string | undefined {
     case 'error':
       return `error: ${event.message}`;
     case 'batch':
+    case 'launched':
       return undefined;
   }
 }
@@ -133,13 +135,6 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   try {
-    const emit = (event: TrainingEvent) => {
-      if (json) io.out(JSON.stringify(event));
-      else {
-        const text = describeEvent(event);
-        if (text) (event.type === 'error' ? io.err : io.out)(text);
-      }
-    };
     let config: TrainConfig;
     if (resumeDir) {
       if (!existsSync(path.join(resumeDir, RESUME_FOLDER, 'state.json'))) throw new UsageError(`${resumeDir} holds no interrupted run to resume`);
@@ -147,8 +142,23 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
     } else {
       config = trainConfigFromFlags(flags);
     }
-    const result = await train(runtime.tf, runtime.backend, config, emit, { cancelRequested: () => cancelled }, Boolean(resumeDir));
-    return result.status === 'finished' ? 0 : 3;
+    const logEvent = openRunLog(path.resolve(config.outputDir), resumeDir ? 'resume' : 'train');
+    const emit = (event: TrainingEvent) => {
+      logEvent(event);
+      if (json) io.out(JSON.stringify(event));
+      else {
+        const text = describeEvent(event);
+        if (text) (event.type === 'error' ? io.err : io.out)(text);
+      }
+    };
+    try {
+      const result = await train(runtime.tf, runtime.backend, config, emit, { cancelRequested: () => cancelled }, Boolean(resumeDir));
+      return result.status === 'finished' ? 0 : 3;
+    } catch (error) {
+      // The run's log says why it ended, for the editor's Runs view; the CLI reports the error itself.
+      logEvent({ type: 'error', message: (error as Error)?.message ?? String(error) });
+      throw error;
+    }
   } finally {
     process.removeListener('SIGINT', stop);
     process.removeListener('SIGTERM', stop);

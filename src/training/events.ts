@@ -5,7 +5,12 @@
  */
 import type { EpochMetrics } from './trainer';
 
+/** Written next to the run's outputs, one event per line, so an editor can show the run after a reload. */
+export const EVENTS_FILE = 'training-events.jsonl';
+
 export type TrainingEvent =
+  /** First line of every worker process: which process to watch (and signal to cancel). */
+  | { type: 'launched'; pid: number; mode: 'train' | 'resume'; time: number }
   | {
       type: 'started';
       backend: string;

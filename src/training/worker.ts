@@ -4,20 +4,27 @@
  * stdout, and may write `{"command":"cancel"}` to its stdin (or send SIGTERM
  * / SIGINT) to stop it at the next batch boundary with a resumable
  * checkpoint. Never run in the extension host: training blocks its thread.
+ * Every event also goes to `<output>/training-events.jsonl`, so a run started
+ * by one editor window (or the CLI) can be followed and shown by another.
  *
  *   node dist/worker.js train <config.json>     start a run
  *   node dist/worker.js resume <output-dir>     continue an interrupted run
  */
 import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { DataFileError } from '../core/errors';
 import { loadTensorFlow } from './backend';
 import type { TrainingEvent } from './events';
+import { openRunLog } from './runLog';
 import { TRAIN_DEFAULTS, type TrainConfig } from './trainConfig';
 import { train } from './trainer';
 
+let logEvent: ((event: TrainingEvent) => void) | undefined;
+
 function emit(event: TrainingEvent): void {
   process.stdout.write(`${JSON.stringify(event)}\n`);
+  logEvent?.(event);
 }
 
 export async function runWorker(argv: readonly string[]): Promise<number> {
@@ -38,9 +45,10 @@ export async function runWorker(argv: readonly string[]): Promise<number> {
   });
   try {
     if ((mode !== 'train' && mode !== 'resume') || !target) throw new Error('usage: worker train <config.json> | resume <output-dir>');
-    const { tf, backend } = await loadTensorFlow();
     const config: TrainConfig =
       mode === 'train' ? { ...TRAIN_DEFAULTS, ...(JSON.parse(await fs.readFile(target, 'utf8')) as Partial<TrainConfig>) } as TrainConfig : ({ ...TRAIN_DEFAULTS, yamlFiles: [], outputDir: target } as TrainConfig);
+    logEvent = openRunLog(path.resolve(config.outputDir), mode);
+    const { tf, backend } = await loadTensorFlow();
     const result = await train(tf, backend, config, emit, { cancelRequested: () => cancelled }, mode === 'resume');
     return result.status === 'finished' ? 0 : 3;
   } catch (error) {

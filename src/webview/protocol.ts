@@ -11,6 +11,7 @@ import type { BalanceCounts, CandidateContext, CandidateOrder, CandidateStatus, 
 import type { Prediction } from '../core/dataset';
 import type { TrainingEvent } from '../training/events';
 import type { Evaluation } from '../training/inference';
+import type { RunStatus } from '../training/runs';
 
 /** Handlers for every message of union `M`, keyed by its `type`. */
 export type MessageHandlers<M extends { type: string }> = { [K in M['type']]: (message: Extract<M, { type: K }>) => void | Promise<void> };
@@ -80,22 +81,20 @@ export type LabellingToHost =
 
 // ---------------------------------------------------------------- training
 
-export type RunStatus = 'running' | 'finished' | 'cancelled' | 'failed' | 'interrupted';
-
 export interface RunView {
   name: string;
   outputDir: string;
   status: RunStatus;
-  /** ms since epoch. */
-  startedAt: number;
+  resumable: boolean;
   /** Every event of the run so far, oldest first. */
   events: TrainingEvent[];
 }
 
 export type HostToTraining =
   | { type: 'run'; run: RunView }
-  | { type: 'event'; event: TrainingEvent; status: RunStatus }
+  | { type: 'events'; events: TrainingEvent[]; status: RunStatus; resumable: boolean }
   | { type: 'evaluation'; results: Evaluation[] }
+  | { type: 'error'; message: string }
   | { type: 'busy'; message: string | undefined };
 
 export type TrainingToHost =

@@ -25,6 +25,8 @@ const PREFETCH_AHEAD = 6;
 const ZOOM_LEVELS = [3, 4, 5, 6, 8, 10, 12];
 
 interface ViewState {
+  /** Lets the editor reopen this tab on the same dataset after a window reload. */
+  datasetRoot?: string;
   cursorId?: number;
   z: number;
   maxProjection: boolean;
@@ -88,6 +90,7 @@ function orderedIds(): number[] {
 
 function showSession(next: LabellingView): void {
   view = next;
+  state.datasetRoot = next.datasetRoot;
   summaries.clear();
   for (const candidate of next.candidates) summaries.set(candidate.id, candidate);
   element('title').textContent = next.title;

@@ -1,0 +1,39 @@
+/**
+ * Runs a `cellfinder-retrain` CLI command (bin/cellfinder-retrain.js) in a separate Node
+ * process and returns its `--json` output: classification and evaluation
+ * load TensorFlow and keep a core busy, so they never run in the extension
+ * host.
+ */
+import { spawn } from 'node:child_process';
+
+export interface CliLocation {
+  nodePath: string;
+  cliScript: string;
+}
+
+export function runCliJson<T>(cli: CliLocation, args: readonly string[], onStderrLine?: (line: string) => void, signal?: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const child = spawn(cli.nodePath, [cli.cliScript, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], signal });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => {
+      const text = chunk.toString();
+      stderr += text;
+      for (const line of text.split('\n')) if (line.trim()) onStderrLine?.(line.trim());
+    });
+    child.once('error', (error) => reject(new Error(`cannot run ${cli.nodePath} ${cli.cliScript}: ${error.message}`)));
+    child.once('close', (code) => {
+      if (code !== 0) {
+        const lines = stderr.trim().split('\n');
+        reject(new Error(lines.filter((line) => line.startsWith('error')).pop() ?? lines.pop() ?? `cellfinder-retrain ${args[0]} exited with ${code}`));
+        return;
+      }
+      try {
+        resolve(JSON.parse(stdout) as T);
+      } catch {
+        reject(new Error(`cellfinder-retrain ${args[0]} printed no JSON result`));
+      }
+    });
+  });
+}

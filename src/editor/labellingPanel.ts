@@ -1,0 +1,129 @@
+/**
+ * The labelling editor tab: asks for a candidate set (or reuses the one the
+ * dataset remembers), opens the page and wires it to a LabellingController.
+ * Predictions come from running `classify` in a separate process.
+ */
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import { LabellingController } from '../controllers/labellingController';
+import { runCliJson } from '../controllers/cliProcess';
+import { LabellingSession, loadCandidateSet, saveCandidateSet, type CandidateSet } from '../core/labelling';
+import { percentile } from '../webview/render';
+import { LABELLING_BODY } from '../webview/labelling/body';
+import type { LabellingToHost } from '../webview/protocol';
+import { askVoxelSizes, pickFile, pickFolder, pickVolume } from './pickers';
+import { cliLocation, requireTrust, setting } from './settings';
+import type { WorkspaceIndex } from './sidebar';
+import { loadPage } from './webviewPanel';
+
+export const LABELLING_VIEW_TYPE = 'cellfinder.labelling';
+
+/** Asks for candidate points, volumes and voxel sizes. */
+export async function askForCandidateSet(): Promise<CandidateSet | undefined> {
+  const points = await pickFile('Candidate points to label (Cell Counter XML, e.g. cellfinder\'s detected or classified points)', { 'Cell Counter XML': ['xml'] });
+  if (!points) return undefined;
+  const signal = await pickVolume('Signal channel: folder of z-planes, plane list or multi-page TIFF');
+  if (!signal) return undefined;
+  const background = await pickVolume('Background channel (cancel for signal-only)');
+  const voxelSizes = await askVoxelSizes();
+  if (voxelSizes === undefined) return undefined;
+  return { points, signal, background, voxelSizes: voxelSizes ?? undefined };
+}
+
+export class LabellingPanels {
+  private readonly open = new Map<string, vscode.WebviewPanel>();
+
+  constructor(
+    private readonly context: vscode.ExtensionContext,
+    private readonly index: WorkspaceIndex,
+    private readonly log: vscode.OutputChannel,
+  ) {
+    context.subscriptions.push(
+      vscode.window.registerWebviewPanelSerializer(LABELLING_VIEW_TYPE, {
+        // After a window reload the tab comes back on the same dataset and candidate set, at the first undecided candidate.
+        deserializeWebviewPanel: async (panel, state: { datasetRoot?: string } | undefined) => {
+          const set = state?.datasetRoot ? await loadCandidateSet(state.datasetRoot) : undefined;
+          if (!state?.datasetRoot || !set || !vscode.workspace.isTrusted) {
+            panel.dispose();
+            return;
+          }
+          await this.show(state.datasetRoot, set, panel);
+        },
+      }),
+    );
+  }
+
+  /** Labels into `datasetRoot`: the candidate set it remembers, else one the user picks. */
+  async labelDataset(datasetRoot: string, askAgain = false): Promise<void> {
+    requireTrust('Labelling');
+    const set = (!askAgain && (await loadCandidateSet(datasetRoot))) || (await askForCandidateSet());
+    if (set) await this.show(datasetRoot, set);
+  }
+
+  /** Asks for candidates and a dataset folder, then labels. */
+  async labelCandidates(): Promise<void> {
+    requireTrust('Labelling');
+    const set = await askForCandidateSet();
+    if (!set) return;
+    const datasets = this.index.datasets().flatMap((item) => (item.kind === 'dataset' && item.dataset.yamlFile ? [item.dataset.root] : []));
+    const NEW = '$(new-folder) New dataset folder…';
+    const choice = datasets.length ? await vscode.window.showQuickPick([NEW, ...datasets], { title: 'Save the labels into which training dataset?' }) : NEW;
+    if (!choice) return;
+    const root = choice === NEW ? await pickFolder('Folder for the training dataset') : choice;
+    if (root) await this.show(root, set);
+  }
+
+  private async show(datasetRoot: string, set: CandidateSet, restored?: vscode.WebviewPanel): Promise<void> {
+    const existing = this.open.get(datasetRoot);
+    if (existing && !restored) {
+      existing.reveal();
+      return;
+    }
+    const session = await LabellingSession.open(set, datasetRoot);
+    await saveCandidateSet(datasetRoot, set);
+    for (const skipped of session.skippedAtEdge) this.log.appendLine(`labelling: candidate x=${skipped.point.x} y=${skipped.point.y} z=${skipped.point.z} has no full cube: ${skipped.reason}`);
+    const panel = restored ?? vscode.window.createWebviewPanel(LABELLING_VIEW_TYPE, `Label: ${path.basename(set.points)}`, vscode.ViewColumn.Active);
+    panel.iconPath = vscode.Uri.joinPath(this.context.extensionUri, 'media', 'cellfinder.svg');
+    const latencies: number[] = [];
+    const controller = new LabellingController(session, (message) => void panel.webview.postMessage(message), {
+      targetPerCategory: setting('labelling.targetPerCategory', 250),
+      predict: (current) => this.predict(current, datasetRoot),
+      onChange: () => this.index.refreshSoon(),
+      onPaintLatency: (ms) => {
+        latencies.push(ms);
+        if (latencies.length % 100 === 0) {
+          const sorted = [...latencies].sort((a, b) => a - b);
+          this.log.appendLine(`labelling: key-to-paint over ${sorted.length} moves: p50 ${percentile(sorted, 0.5).toFixed(1)} ms, p95 ${percentile(sorted, 0.95).toFixed(1)} ms`);
+        }
+      },
+    });
+    loadPage(panel.webview, this.context.extensionUri, 'labelling', LABELLING_BODY);
+    const subscription = panel.webview.onDidReceiveMessage((message: LabellingToHost) => controller.handle(message));
+    this.open.set(datasetRoot, panel);
+    panel.onDidDispose(() => {
+      subscription.dispose();
+      this.open.delete(datasetRoot);
+      void controller.dispose();
+    });
+  }
+
+  /** Runs a model the user picks on the candidates and returns the probabilities file. */
+  private async predict(set: CandidateSet, datasetRoot: string): Promise<string | undefined> {
+    const models = this.index.models().flatMap((item) => (item.kind === 'model' ? [{ label: path.basename(item.file), description: vscode.workspace.asRelativePath(item.file), file: item.file }] : []));
+    const browse = { label: '$(folder-opened) Browse…', description: '', file: '' };
+    const picked = await vscode.window.showQuickPick([...models, browse], { title: 'Model to predict the candidates with' });
+    if (!picked) return undefined;
+    const model = picked.file || (await pickFile('Model file', { 'Keras model or weights': ['keras', 'h5'] }));
+    if (!model) return undefined;
+    const outputDir = path.join(datasetRoot, 'predictions', path.basename(model).replace(/\.(weights\.h5|keras|h5)$/, ''));
+    const args = ['classify', model.endsWith('.keras') ? '--trained-model' : '--model-weights', model, '--signal', set.signal, '--points', set.points, '-o', outputDir];
+    if (set.background) args.push('--background', set.background);
+    if (set.voxelSizes) args.push('--voxel-sizes', ...set.voxelSizes.map(String));
+    const report = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Cellfinder: predicting with ${path.basename(model)}`, cancellable: true }, (progress, token) => {
+      const abort = new AbortController();
+      token.onCancellationRequested(() => abort.abort());
+      return runCliJson<{ probabilitiesFile: string }>(cliLocation(this.context), args, (line) => progress.report({ message: line }), abort.signal);
+    });
+    return report.probabilitiesFile;
+  }
+}

@@ -1,0 +1,29 @@
+/** The extension's `cellfinder.*` settings and where its bundled scripts are. */
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import type { CliLocation } from '../controllers/cliProcess';
+
+export function setting<T>(key: string, fallback: T): T {
+  return vscode.workspace.getConfiguration('cellfinder').get<T>(key, fallback);
+}
+
+/**
+ * The Node.js that runs training and classification. Not the editor's own
+ * runtime: the native engine is a Node addon built for the system Node.js.
+ */
+export function nodePath(): string {
+  return setting('nodePath', 'node') || 'node';
+}
+
+export function cliLocation(context: vscode.ExtensionContext): CliLocation {
+  return { nodePath: nodePath(), cliScript: path.join(context.extensionPath, 'bin', 'cellfinder-retrain.js') };
+}
+
+export function workerScript(context: vscode.ExtensionContext): string {
+  return path.join(context.extensionPath, 'dist', 'worker.js');
+}
+
+/** Commands that write files or run code need a trusted workspace; browsing does not. */
+export function requireTrust(action: string): void {
+  if (!vscode.workspace.isTrusted) throw new Error(`${action} needs a trusted workspace (it writes files and runs the training engine). Use "Manage Workspace Trust" to trust this folder.`);
+}

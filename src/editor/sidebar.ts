@@ -1,0 +1,169 @@
+/**
+ * The Cellfinder sidebar: Datasets, Models and Runs, from one scan of the
+ * workspace that a file watcher refreshes (debounced) when files change.
+ */
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import { summarizeTrainingYaml, type ValidationProblem } from '../core/dataset';
+import { scanWorkspace, type FoundDataset, type WorkspaceContents } from '../core/workspaceScan';
+import { readRun, type RunRecord } from '../training/runs';
+
+const REFRESH_DELAY_MS = 400;
+
+export type SidebarItem =
+  | { kind: 'dataset'; dataset: FoundDataset; cells?: number; nonCells?: number; error?: string }
+  | { kind: 'problem'; problem: ValidationProblem; severity: 'problem' | 'warning' }
+  | { kind: 'model'; file: string; run?: RunRecord }
+  | { kind: 'run'; run: RunRecord };
+
+/** The scan and what was read for each item, shared by the three views. */
+export class WorkspaceIndex implements vscode.Disposable {
+  private contents: WorkspaceContents = { datasets: [], models: [], runs: [] };
+  private runs = new Map<string, RunRecord>();
+  private datasetItems: SidebarItem[] = [];
+  /** Problems from the last "Validate" of each dataset, shown under it. */
+  readonly validation = new Map<string, ValidationProblem[]>();
+  private readonly changed = new vscode.EventEmitter<void>();
+  readonly onDidChange = this.changed.event;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private readonly watcher: vscode.FileSystemWatcher;
+
+  constructor() {
+    this.watcher = vscode.workspace.createFileSystemWatcher('**/{training.yaml,*.keras,*.h5,training-events.jsonl,*.tif,cells,non_cells}');
+    for (const event of [this.watcher.onDidCreate, this.watcher.onDidChange, this.watcher.onDidDelete]) event(() => this.refreshSoon());
+    vscode.workspace.onDidChangeWorkspaceFolders(() => this.refreshSoon());
+  }
+
+  dispose(): void {
+    clearTimeout(this.timer);
+    this.watcher.dispose();
+    this.changed.dispose();
+  }
+
+  refreshSoon(): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => void this.refresh(), REFRESH_DELAY_MS);
+  }
+
+  async refresh(): Promise<void> {
+    const roots = (vscode.workspace.workspaceFolders ?? []).map((folder) => folder.uri.fsPath);
+    this.contents = await scanWorkspace(roots);
+    this.runs = new Map(await Promise.all(this.contents.runs.map(async (run) => [run, await readRun(run)] as const)));
+    this.datasetItems = await Promise.all(
+      this.contents.datasets.map(async (dataset): Promise<SidebarItem> => {
+        if (!dataset.yamlFile) return { kind: 'dataset', dataset, error: 'no training.yaml: cellfinder_train needs one (use "Create Training Dataset" on this folder)' };
+        try {
+          const summary = await summarizeTrainingYaml(dataset.yamlFile);
+          return { kind: 'dataset', dataset, cells: summary.cells, nonCells: summary.nonCells };
+        } catch (error) {
+          return { kind: 'dataset', dataset, error: (error as Error).message };
+        }
+      }),
+    );
+    void vscode.commands.executeCommand('setContext', 'cellfinder.hasDatasets', this.contents.datasets.length > 0);
+    this.changed.fire();
+  }
+
+  datasets(): SidebarItem[] {
+    return this.datasetItems;
+  }
+
+  models(): SidebarItem[] {
+    return this.contents.models.map((file) => ({ kind: 'model', file, run: this.runs.get(path.dirname(file)) }));
+  }
+
+  runItems(): SidebarItem[] {
+    return [...this.runs.values()].sort((a, b) => (b.startedAt ?? 0) - (a.startedAt ?? 0)).map((run) => ({ kind: 'run', run }));
+  }
+}
+
+const RUN_ICONS: Record<RunRecord['status'], string> = { running: 'sync~spin', finished: 'pass', cancelled: 'debug-pause', failed: 'error', interrupted: 'warning' };
+
+function percent(value: number): string {
+  return `${(100 * value).toFixed(1)}%`;
+}
+
+export function treeItem(item: SidebarItem, validation: ReadonlyMap<string, ValidationProblem[]>): vscode.TreeItem {
+  switch (item.kind) {
+    case 'dataset': {
+      const problems = validation.get(item.dataset.root) ?? [];
+      const tree = new vscode.TreeItem(path.basename(item.dataset.root), problems.length || item.error ? vscode.TreeItemCollapsibleState.Expanded : vscode.TreeItemCollapsibleState.None);
+      tree.description = item.error ? 'cannot be read' : `${item.cells} cells · ${item.nonCells} non-cells`;
+      tree.tooltip = new vscode.MarkdownString(`**${item.dataset.root}**\n\n${item.error ?? `${item.cells} cells, ${item.nonCells} non-cells`}`);
+      tree.iconPath = new vscode.ThemeIcon(item.error || problems.length ? 'warning' : 'database');
+      tree.contextValue = item.dataset.yamlFile ? 'dataset' : 'bareDataset';
+      tree.resourceUri = vscode.Uri.file(item.dataset.root);
+      tree.id = `dataset:${item.dataset.root}`;
+      return tree;
+    }
+    case 'problem': {
+      const tree = new vscode.TreeItem(path.basename(item.problem.file), vscode.TreeItemCollapsibleState.None);
+      tree.description = item.problem.problem;
+      tree.tooltip = `${item.problem.file}: ${item.problem.problem}. ${item.problem.fix}`;
+      tree.iconPath = new vscode.ThemeIcon(item.severity === 'problem' ? 'error' : 'warning');
+      tree.command = { command: 'revealInExplorer', title: 'Reveal', arguments: [vscode.Uri.file(item.problem.file)] };
+      return tree;
+    }
+    case 'model': {
+      const tree = new vscode.TreeItem(path.basename(item.file), vscode.TreeItemCollapsibleState.None);
+      const started = item.run?.events.find((e) => e.type === 'started');
+      const depth = started?.type === 'started' ? `ResNet-${started.model.depth}` : undefined;
+      const accuracy = item.run?.valAccuracy !== undefined ? `val. accuracy ${percent(item.run.valAccuracy)}` : undefined;
+      tree.description = [depth, accuracy, item.run ? `run ${path.basename(item.run.outputDir)}` : undefined].filter(Boolean).join(' · ');
+      tree.tooltip = item.file;
+      tree.iconPath = new vscode.ThemeIcon('symbol-class');
+      tree.contextValue = 'model';
+      tree.resourceUri = vscode.Uri.file(item.file);
+      tree.id = `model:${item.file}`;
+      return tree;
+    }
+    case 'run': {
+      const run = item.run;
+      const tree = new vscode.TreeItem(path.basename(run.outputDir), vscode.TreeItemCollapsibleState.None);
+      const epochs = run.events.filter((e) => e.type === 'epoch').length;
+      tree.description = `${run.status} · ${epochs} epoch(s)${run.valAccuracy !== undefined ? ` · val. accuracy ${percent(run.valAccuracy)}` : ''}`;
+      tree.tooltip = run.outputDir;
+      tree.iconPath = new vscode.ThemeIcon(RUN_ICONS[run.status]);
+      tree.contextValue = `run-${run.status}${run.resumable ? '-resumable' : ''}`;
+      tree.command = { command: 'cellfinder.openRun', title: 'Open Training Panel', arguments: [item] };
+      tree.id = `run:${run.outputDir}`;
+      return tree;
+    }
+  }
+}
+
+class SidebarView implements vscode.TreeDataProvider<SidebarItem> {
+  private readonly changed = new vscode.EventEmitter<void>();
+  readonly onDidChangeTreeData = this.changed.event;
+
+  constructor(
+    private readonly index: WorkspaceIndex,
+    private readonly roots: () => SidebarItem[],
+  ) {
+    index.onDidChange(() => this.changed.fire());
+  }
+
+  getTreeItem(item: SidebarItem): vscode.TreeItem {
+    return treeItem(item, this.index.validation);
+  }
+
+  getChildren(item?: SidebarItem): SidebarItem[] {
+    if (!item) return this.roots();
+    if (item.kind !== 'dataset') return [];
+    const problems: SidebarItem[] = (this.index.validation.get(item.dataset.root) ?? []).map((problem) => ({ kind: 'problem', problem, severity: 'problem' }));
+    if (item.error) problems.unshift({ kind: 'problem', problem: { file: item.dataset.yamlFile ?? item.dataset.root, problem: item.error, fix: '' }, severity: 'warning' });
+    return problems;
+  }
+}
+
+export function registerSidebar(context: vscode.ExtensionContext): WorkspaceIndex {
+  const index = new WorkspaceIndex();
+  context.subscriptions.push(
+    index,
+    vscode.window.registerTreeDataProvider('cellfinder.datasets', new SidebarView(index, () => index.datasets())),
+    vscode.window.registerTreeDataProvider('cellfinder.models', new SidebarView(index, () => index.models())),
+    vscode.window.registerTreeDataProvider('cellfinder.runs', new SidebarView(index, () => index.runItems())),
+  );
+  void index.refresh();
+  return index;
+}

@@ -1,0 +1,287 @@
+/**
+ * Training in the editor: the "Retrain Network" flow (quick picks prefilled
+ * from settings and the last run), the worker started detached so a run
+ * survives a window reload, one training panel per run, a status-bar item
+ * while a run is going, and a notification offering the next step when it
+ * ends.
+ */
+import { existsSync, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import { runCliJson } from '../controllers/cliProcess';
+import { TrainingController } from '../controllers/trainingController';
+import type { Evaluation } from '../training/inference';
+import type { NetworkDepth } from '../training/resnet';
+import { readRun, RunFollower, startWorker, type RunRecord } from '../training/runs';
+import { TRAIN_DEFAULTS, type TrainConfig } from '../training/trainConfig';
+import { pretrainedWeightsPath } from '../training/trainer';
+import { TRAINING_BODY } from '../webview/training/body';
+import type { TrainingToHost } from '../webview/protocol';
+import { askVoxelSizes, pickFile, pickVolume } from './pickers';
+import { cliLocation, nodePath, requireTrust, setting, workerScript } from './settings';
+import type { WorkspaceIndex } from './sidebar';
+import { loadPage } from './webviewPanel';
+
+export const TRAINING_VIEW_TYPE = 'cellfinder.training';
+const LAST_RUN_KEY = 'cellfinder.lastTrainConfig';
+const DEPTHS: NetworkDepth[] = [18, 34, 50, 101, 152];
+
+export class Training {
+  private readonly panels = new Map<string, vscode.WebviewPanel>();
+  private readonly statusBar = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Left, 20);
+  private followed: RunFollower | undefined;
+
+  constructor(
+    private readonly context: vscode.ExtensionContext,
+    private readonly index: WorkspaceIndex,
+  ) {
+    this.statusBar.command = 'cellfinder.openRun';
+    context.subscriptions.push(
+      this.statusBar,
+      { dispose: () => this.followed?.close() },
+      vscode.window.registerWebviewPanelSerializer(TRAINING_VIEW_TYPE, {
+        deserializeWebviewPanel: async (panel, state: { outputDir?: string } | undefined) => {
+          if (!state?.outputDir || !existsSync(state.outputDir)) {
+            panel.dispose();
+            return;
+          }
+          this.show(state.outputDir, panel);
+        },
+      }),
+    );
+    // A run still going from before a window reload gets its status-bar item back.
+    index.onDidChange(() => {
+      const running = index.runItems().find((item) => item.kind === 'run' && item.run.status === 'running');
+      if (running?.kind === 'run' && this.followed?.outputDir !== running.run.outputDir) this.follow(running.run.outputDir);
+    });
+  }
+
+  /** "Cellfinder: Retrain Network": asks for the run's settings, starts it and opens its panel. */
+  async retrain(preselectedDataset?: string): Promise<void> {
+    requireTrust('Training');
+    const last = this.context.workspaceState.get<Partial<TrainConfig>>(LAST_RUN_KEY) ?? {};
+    const yamlFiles = await this.pickDatasets(preselectedDataset, last.yamlFiles);
+    if (!yamlFiles?.length) return;
+    const start = await this.pickStart(last);
+    if (!start) return;
+    const depth = start.depth ?? (await this.pickDepth(last.networkDepth ?? setting<NetworkDepth>('training.networkDepth', TRAIN_DEFAULTS.networkDepth)));
+    if (!depth) return;
+    const epochs = await askNumber('Epochs', last.epochs ?? setting('training.epochs', TRAIN_DEFAULTS.epochs), (n) => Number.isInteger(n) && n > 0);
+    if (epochs === undefined) return;
+    const batchSize = await askNumber('Batch size', last.batchSize ?? setting('training.batchSize', TRAIN_DEFAULTS.batchSize), (n) => Number.isInteger(n) && n > 0);
+    if (batchSize === undefined) return;
+    const learningRate = await askNumber('Learning rate', last.learningRate ?? setting('training.learningRate', TRAIN_DEFAULTS.learningRate), (n) => n > 0);
+    if (learningRate === undefined) return;
+    const augment = await vscode.window.showQuickPick(
+      [
+        { label: 'Augment', description: 'flips, rotations, translation, scaling (cellfinder\'s default)', value: true },
+        { label: 'No augmentation', description: '--no-augment', value: false },
+      ],
+      { title: 'Augmentation' },
+    );
+    if (!augment) return;
+    const stamp = new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
+    const defaultOutput = path.join(path.dirname(path.dirname(yamlFiles[0])), 'runs', `run-${stamp}`);
+    const outputDir = await vscode.window.showInputBox({ title: 'Output folder for the run', value: defaultOutput, validateInput: (v) => (existsSync(path.join(v, 'training-events.jsonl')) ? 'A run already wrote there: choose a new folder' : undefined) });
+    if (!outputDir) return;
+
+    const config: TrainConfig = {
+      ...TRAIN_DEFAULTS,
+      yamlFiles,
+      outputDir,
+      networkDepth: depth,
+      epochs,
+      batchSize,
+      learningRate,
+      augment: augment.value,
+      testFraction: setting('training.testFraction', TRAIN_DEFAULTS.testFraction),
+      trainedModel: start.trainedModel,
+      modelWeights: start.modelWeights,
+      continueTraining: Boolean(start.trainedModel || start.modelWeights),
+      saveProgress: true,
+    };
+    await this.context.workspaceState.update(LAST_RUN_KEY, { yamlFiles, networkDepth: depth, epochs, batchSize, learningRate });
+    await fs.mkdir(outputDir, { recursive: true });
+    const configFile = path.join(outputDir, 'training-config.json');
+    await fs.writeFile(configFile, `${JSON.stringify(config, null, 2)}\n`);
+    await startWorker({ nodePath: nodePath(), workerScript: workerScript(this.context), mode: 'train', target: configFile, outputDir });
+    this.show(outputDir);
+    this.follow(outputDir);
+    this.index.refreshSoon();
+  }
+
+  async resume(outputDir: string): Promise<void> {
+    requireTrust('Training');
+    await startWorker({ nodePath: nodePath(), workerScript: workerScript(this.context), mode: 'resume', target: outputDir, outputDir });
+    this.follow(outputDir);
+    this.index.refreshSoon();
+  }
+
+  /** Opens (or reveals) the training panel of the run in `outputDir`. */
+  show(outputDir: string, restored?: vscode.WebviewPanel): void {
+    const existing = this.panels.get(outputDir);
+    if (existing && !restored) {
+      existing.reveal();
+      return;
+    }
+    const panel = restored ?? vscode.window.createWebviewPanel(TRAINING_VIEW_TYPE, `Training: ${path.basename(outputDir)}`, vscode.ViewColumn.Active);
+    panel.iconPath = vscode.Uri.joinPath(this.context.extensionUri, 'media', 'cellfinder.svg');
+    const controller = new TrainingController(outputDir, (message) => void panel.webview.postMessage(message), {
+      resume: (run) => this.resume(run.outputDir),
+      classify: (run) => this.classifyWith(run.modelFile),
+      evaluate: (run) => this.evaluate(run),
+      revealOutput: (run) => void vscode.commands.executeCommand('revealFileInOS', vscode.Uri.file(run.outputDir)),
+      onStatus: () => this.index.refreshSoon(),
+    });
+    loadPage(panel.webview, this.context.extensionUri, 'training', TRAINING_BODY);
+    const subscription = panel.webview.onDidReceiveMessage((message: TrainingToHost) => controller.handle(message));
+    this.panels.set(outputDir, panel);
+    panel.onDidDispose(() => {
+      subscription.dispose();
+      controller.dispose();
+      this.panels.delete(outputDir);
+    });
+  }
+
+  /** Cancels a running run (SIGTERM: the worker stops after the current batch with a checkpoint). */
+  async cancel(outputDir: string): Promise<void> {
+    const run = await readRun(outputDir);
+    if (run.pid !== undefined) process.kill(run.pid, 'SIGTERM');
+  }
+
+  /** Shows the run's progress in the status bar until it ends, then offers the next step. */
+  private follow(outputDir: string): void {
+    this.followed?.close();
+    const events: RunRecord['events'] = [];
+    const follower = new RunFollower(outputDir, (more) => {
+      events.push(...more);
+      void readRun(outputDir).then((run) => this.showProgress(run));
+    });
+    this.followed = follower;
+    void follower.start();
+  }
+
+  private showProgress(run: RunRecord): void {
+    const name = path.basename(run.outputDir);
+    if (run.status === 'running') {
+      const batch = [...run.events].reverse().find((e) => e.type === 'batch');
+      const started = run.events.find((e) => e.type === 'started');
+      const epochs = started?.type === 'started' ? started.epochs : undefined;
+      this.statusBar.text = batch?.type === 'batch' ? `$(sync~spin) Cellfinder: epoch ${batch.epoch + 1}/${epochs ?? '?'} · ${Math.round((100 * (batch.batch + 1)) / batch.batches)}%` : '$(sync~spin) Cellfinder: starting training…';
+      this.statusBar.tooltip = `Training ${name}: click to open its panel`;
+      this.statusBar.command = { command: 'cellfinder.openRun', title: 'Open', arguments: [{ kind: 'run', run }] };
+      this.statusBar.show();
+      return;
+    }
+    this.statusBar.hide();
+    this.followed?.close();
+    this.followed = undefined;
+    this.index.refreshSoon();
+    if (run.status === 'finished') void this.offerNextStep(run);
+    else if (run.status === 'failed') {
+      const error = [...run.events].reverse().find((e) => e.type === 'error');
+      void vscode.window.showErrorMessage(`Cellfinder: training ${name} failed: ${error?.type === 'error' ? error.message : 'see its panel'}`, 'Open Panel').then((choice) => choice && this.show(run.outputDir));
+    }
+  }
+
+  private async offerNextStep(run: RunRecord): Promise<void> {
+    const choice = await vscode.window.showInformationMessage(`Cellfinder: training ${path.basename(run.outputDir)} finished: ${run.modelFile}`, 'Classify with new model', 'Evaluate', 'Open Panel');
+    if (choice === 'Classify with new model') await this.classifyWith(run.modelFile);
+    else if (choice === 'Evaluate' || choice === 'Open Panel') this.show(run.outputDir);
+  }
+
+  /** Classifies candidates with a model in a separate process, writing cellfinder's classified XML and the probabilities. */
+  async classifyWith(model: string | undefined): Promise<void> {
+    requireTrust('Classifying');
+    const file = model ?? (await pickFile('Model to classify with', { 'Keras model or weights': ['keras', 'h5'] }));
+    if (!file) return;
+    const points = await pickFile('Candidate points (Cell Counter XML)', { 'Cell Counter XML': ['xml'] });
+    if (!points) return;
+    const signal = await pickVolume('Signal channel');
+    if (!signal) return;
+    const background = await pickVolume('Background channel (cancel for signal-only)');
+    const voxelSizes = await askVoxelSizes();
+    if (voxelSizes === undefined) return;
+    const outputDir = path.join(path.dirname(points), `classified-${path.basename(file).replace(/\.(weights\.h5|keras|h5)$/, '')}`);
+    const args = ['classify', file.endsWith('.keras') ? '--trained-model' : '--model-weights', file, '--signal', signal, '--points', points, '-o', outputDir];
+    if (background) args.push('--background', background);
+    if (voxelSizes) args.push('--voxel-sizes', ...voxelSizes.map(String));
+    const report = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Cellfinder: classifying candidates', cancellable: true }, (progress, token) => {
+      const abort = new AbortController();
+      token.onCancellationRequested(() => abort.abort());
+      return runCliJson<{ xmlFile: string; cells: number; nonCells: number }>(cliLocation(this.context), args, (line) => progress.report({ message: line }), abort.signal);
+    });
+    const choice = await vscode.window.showInformationMessage(`Cellfinder: ${report.cells} cells, ${report.nonCells} non-cells → ${report.xmlFile}`, 'Label these candidates');
+    if (choice) await vscode.commands.executeCommand('cellfinder.labelCandidates');
+  }
+
+  /** Evaluates the run's model on its training data, optionally beside another model. */
+  private async evaluate(run: RunRecord): Promise<Evaluation[] | undefined> {
+    if (!run.modelFile) throw new Error('the run has not written a model yet');
+    const config = JSON.parse(await fs.readFile(path.join(run.outputDir, 'training-config.json'), 'utf8').catch(() => '{}')) as Partial<TrainConfig>;
+    const yamlFiles = config.yamlFiles?.length ? config.yamlFiles : [await pickFile('Labelled training.yaml to evaluate on', { 'training.yaml': ['yaml', 'yml'] })].filter((f): f is string => Boolean(f));
+    if (!yamlFiles.length) return undefined;
+    const others = this.index.models().flatMap((item) => (item.kind === 'model' && item.file !== run.modelFile ? [{ label: path.basename(item.file), description: vscode.workspace.asRelativePath(item.file), file: item.file }] : []));
+    const compare = others.length ? await vscode.window.showQuickPick([{ label: 'This model only', description: '', file: '' }, ...others], { title: 'Compare with another model?' }) : undefined;
+    const args = ['evaluate', '--trained-model', run.modelFile, '-y', ...yamlFiles];
+    if (compare?.file) args.push('--compare', compare.file);
+    return runCliJson<Evaluation[]>(cliLocation(this.context), args);
+  }
+
+  private async pickDatasets(preselected: string | undefined, lastYamls: string[] | undefined): Promise<string[] | undefined> {
+    const datasets = this.index.datasets().flatMap((item) => (item.kind === 'dataset' && item.dataset.yamlFile ? [item] : []));
+    if (!datasets.length) {
+      const file = await pickFile('training.yaml to train on', { 'training.yaml': ['yaml', 'yml'] });
+      return file ? [file] : undefined;
+    }
+    const picked = await vscode.window.showQuickPick(
+      datasets.map((item) => {
+        const yamlFile = item.kind === 'dataset' ? (item.dataset.yamlFile as string) : '';
+        return {
+          label: path.basename(path.dirname(yamlFile)),
+          description: item.kind === 'dataset' ? `${item.cells ?? '?'} cells · ${item.nonCells ?? '?'} non-cells` : '',
+          detail: yamlFile,
+          picked: preselected ? path.dirname(yamlFile) === preselected : (lastYamls ?? []).includes(yamlFile),
+          yamlFile,
+        };
+      }),
+      { title: 'Train on which datasets? (pooled, as cellfinder_train -y a.yaml b.yaml)', canPickMany: true },
+    );
+    return picked?.map((p) => p.yamlFile);
+  }
+
+  private async pickStart(last: Partial<TrainConfig>): Promise<{ trainedModel?: string; modelWeights?: string; depth?: NetworkDepth } | undefined> {
+    const pretrained = pretrainedWeightsPath();
+    type Choice = vscode.QuickPickItem & { start: { trainedModel?: string; modelWeights?: string; depth?: NetworkDepth } | 'browse' };
+    const items: Choice[] = [];
+    if (existsSync(pretrained)) items.push({ label: 'cellfinder\'s pre-trained network', description: 'ResNet-50, resnet50_tv.h5', start: { modelWeights: pretrained, depth: 50 } });
+    for (const item of this.index.models()) {
+      if (item.kind !== 'model') continue;
+      items.push({ label: path.basename(item.file), description: vscode.workspace.asRelativePath(item.file), start: item.file.endsWith('.keras') ? { trainedModel: item.file } : { modelWeights: item.file } });
+    }
+    items.push({ label: 'From scratch', description: 'random initial weights', start: {} });
+    items.push({ label: '$(folder-opened) Browse for a model…', start: 'browse' });
+    const lastStart = last.trainedModel ?? last.modelWeights;
+    const picked = await vscode.window.showQuickPick(items, {
+      title: existsSync(pretrained) ? 'Start from' : `Start from (cellfinder's pre-trained weights would be listed if they were at ${pretrained})`,
+      placeHolder: lastStart ? `last run started from ${path.basename(lastStart)}` : undefined,
+    });
+    if (!picked) return undefined;
+    if (picked.start !== 'browse') return picked.start;
+    const file = await pickFile('Model or weights to start from', { 'Keras model or weights': ['keras', 'h5'] });
+    return file ? (file.endsWith('.keras') ? { trainedModel: file } : { modelWeights: file }) : undefined;
+  }
+
+  private async pickDepth(current: NetworkDepth): Promise<NetworkDepth | undefined> {
+    const picked = await vscode.window.showQuickPick(
+      DEPTHS.map((depth) => ({ label: `ResNet-${depth}`, description: depth === 50 ? 'cellfinder\'s default' : depth === current ? 'last used' : '', depth })).sort((a, b) => (a.depth === current ? -1 : b.depth === current ? 1 : 0)),
+      { title: 'Network depth (a model you start from sets its own)' },
+    );
+    return picked?.depth;
+  }
+}
+
+async function askNumber(title: string, value: number, valid: (n: number) => boolean): Promise<number | undefined> {
+  const text = await vscode.window.showInputBox({ title, value: String(value), validateInput: (t) => (valid(Number(t)) ? undefined : `${title}: not a valid value`) });
+  return text === undefined ? undefined : Number(text);
+}

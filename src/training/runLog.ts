@@ -1,0 +1,18 @@
+/**
+ * The run's event log: every training event appended to
+ * `<output>/training-events.jsonl`, so a run started by one editor window or
+ * the CLI can be followed (and shown after it ends) by any other. The first
+ * line of each process names its pid, for watching and cancelling.
+ */
+import { appendFileSync, mkdirSync } from 'node:fs';
+import * as path from 'node:path';
+import { EVENTS_FILE, type TrainingEvent } from './events';
+
+/** Opens the log of the run in `outputDir` and returns the function that appends one event. */
+export function openRunLog(outputDir: string, mode: 'train' | 'resume'): (event: TrainingEvent) => void {
+  mkdirSync(outputDir, { recursive: true });
+  const file = path.join(outputDir, EVENTS_FILE);
+  const append = (event: TrainingEvent) => appendFileSync(file, `${JSON.stringify(event)}\n`);
+  append({ type: 'launched', pid: process.pid, mode, time: Date.now() });
+  return append;
+}

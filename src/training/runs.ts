@@ -1,0 +1,186 @@
+/**
+ * Training runs as the editor sees them: an output folder with a
+ * `training-events.jsonl` log (written by the worker and by the CLI). A run's
+ * status is read from its log and whether its process still lives, so a run
+ * started before a window reload, or from a terminal, is shown the same way.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync, promises as fs, watch, type FSWatcher } from 'node:fs';
+import * as path from 'node:path';
+import { EVENTS_FILE, type TrainingEvent } from './events';
+import { RESUME_FOLDER } from './trainer';
+
+export type RunStatus = 'running' | 'finished' | 'cancelled' | 'failed' | 'interrupted';
+
+export interface RunRecord {
+  outputDir: string;
+  status: RunStatus;
+  events: TrainingEvent[];
+  /** ms since epoch, when the first process of the run started. */
+  startedAt?: number;
+  /** The process of the latest attempt, while it runs. */
+  pid?: number;
+  modelFile?: string;
+  /** Validation accuracy of the last epoch that had one. */
+  valAccuracy?: number;
+  /** True when a `.resume/` checkpoint lets the run continue. */
+  resumable: boolean;
+}
+
+/** Parses the log's complete lines; a torn last line (still being written, or cut by a crash) is left out. */
+export function parseEventLines(text: string): TrainingEvent[] {
+  const events: TrainingEvent[] = [];
+  for (const line of text.split('\n')) {
+    if (line.trim() === '') continue;
+    try {
+      events.push(JSON.parse(line) as TrainingEvent);
+    } catch {
+      // incomplete line
+    }
+  }
+  return events;
+}
+
+export function isProcessAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it exists but belongs to someone else.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** The status after `events`: the last process's last word, or interrupted if it died without one. */
+export function runStatus(events: readonly TrainingEvent[], alive: (pid: number) => boolean = isProcessAlive): RunStatus {
+  const lastLaunch = events.map((e) => e.type).lastIndexOf('launched');
+  const attempt = events.slice(Math.max(0, lastLaunch));
+  const last = [...attempt].reverse().find((e) => e.type === 'finished' || e.type === 'cancelled' || e.type === 'error');
+  if (last?.type === 'finished') return 'finished';
+  if (last?.type === 'cancelled') return 'cancelled';
+  if (last?.type === 'error') return 'failed';
+  const launch = attempt[0];
+  return launch?.type === 'launched' && alive(launch.pid) ? 'running' : 'interrupted';
+}
+
+export function summarizeRun(outputDir: string, events: TrainingEvent[], alive: (pid: number) => boolean = isProcessAlive): RunRecord {
+  const status = runStatus(events, alive);
+  const launches = events.filter((e): e is Extract<TrainingEvent, { type: 'launched' }> => e.type === 'launched');
+  const finished = events.find((e): e is Extract<TrainingEvent, { type: 'finished' }> => e.type === 'finished');
+  const withValidation = events.filter((e): e is Extract<TrainingEvent, { type: 'epoch' }> => e.type === 'epoch' && e.valAccuracy !== undefined);
+  return {
+    outputDir,
+    status,
+    events,
+    startedAt: launches[0]?.time,
+    pid: status === 'running' ? launches[launches.length - 1]?.pid : undefined,
+    modelFile: finished?.modelFile,
+    valAccuracy: withValidation[withValidation.length - 1]?.valAccuracy,
+    resumable: status !== 'finished' && status !== 'running' && existsSync(path.join(outputDir, RESUME_FOLDER, 'state.json')),
+  };
+}
+
+export async function readRun(outputDir: string): Promise<RunRecord> {
+  const text = await fs.readFile(path.join(outputDir, EVENTS_FILE), 'utf8').catch(() => '');
+  return summarizeRun(outputDir, parseEventLines(text));
+}
+
+/** Stops a run at its next batch boundary, leaving a resumable checkpoint (the worker treats SIGTERM as cancel). */
+export function cancelRun(pid: number): void {
+  process.kill(pid, 'SIGTERM');
+}
+
+export interface WorkerLaunch {
+  /** The Node.js to run the worker with (the native engine is built for it). */
+  nodePath: string;
+  /** `dist/worker.js`. */
+  workerScript: string;
+  mode: 'train' | 'resume';
+  /** A config JSON file for `train`, the run's output folder for `resume`. */
+  target: string;
+  /** The run's output folder: the worker's stderr goes to `worker.log` there. */
+  outputDir: string;
+}
+
+/**
+ * Starts the training worker detached from the caller, so that it survives a
+ * window reload; its progress is followed through the run's event log.
+ */
+export async function startWorker(launch: WorkerLaunch): Promise<number> {
+  await fs.mkdir(launch.outputDir, { recursive: true });
+  const stderr = openSync(path.join(launch.outputDir, 'worker.log'), 'a');
+  try {
+    const child = spawn(launch.nodePath, [launch.workerScript, launch.mode, launch.target], { detached: true, stdio: ['ignore', 'ignore', stderr] });
+    const pid = await new Promise<number>((resolve, reject) => {
+      child.once('spawn', () => resolve(child.pid as number));
+      child.once('error', (error) => reject(new Error(`cannot start the training worker with ${launch.nodePath}: ${error.message}`)));
+    });
+    child.unref();
+    return pid;
+  } finally {
+    closeSync(stderr);
+  }
+}
+
+/**
+ * Follows a run's event log as it grows (inotify through fs.watch, no
+ * polling) and hands over each batch of new complete events.
+ */
+export class RunFollower {
+  private offset = 0;
+  private partial = '';
+  private watcher: FSWatcher | undefined;
+  private reading: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly outputDir: string,
+    private readonly onEvents: (events: TrainingEvent[]) => void,
+  ) {}
+
+  get file(): string {
+    return path.join(this.outputDir, EVENTS_FILE);
+  }
+
+  /** Delivers everything logged so far, then follows. */
+  async start(): Promise<void> {
+    await fs.mkdir(this.outputDir, { recursive: true });
+    // Watching the folder also sees the log being created.
+    this.watcher = watch(this.outputDir, (_, name) => {
+      if (name === EVENTS_FILE) this.readMore();
+    });
+    this.readMore();
+    await this.reading;
+  }
+
+  /** Resolves once everything written so far has been delivered. */
+  async caughtUp(): Promise<void> {
+    this.readMore();
+    await this.reading;
+  }
+
+  close(): void {
+    this.watcher?.close();
+    this.watcher = undefined;
+  }
+
+  private readMore(): void {
+    this.reading = this.reading.then(async () => {
+      const handle = await fs.open(this.file, 'r').catch(() => undefined);
+      if (!handle) return;
+      try {
+        const { size } = await handle.stat();
+        if (size <= this.offset) return;
+        const buffer = Buffer.alloc(size - this.offset);
+        await handle.read(buffer, 0, buffer.length, this.offset);
+        this.offset = size;
+        const text = this.partial + buffer.toString('utf8');
+        const cut = text.lastIndexOf('\n') + 1;
+        this.partial = text.slice(cut);
+        const events = parseEventLines(text.slice(0, cut));
+        if (events.length) this.onEvents(events);
+      } finally {
+        await handle.close();
+      }
+    });
+  }
+}

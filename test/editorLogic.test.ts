@@ -1,0 +1,133 @@
+/**
+ * The logic behind the editor's views, without a GUI: the workspace scan
+ * behind the sidebar, run status and attaching to a run's log as it grows,
+ * and the labelling session's bookkeeping (skips, undo, balance, order,
+ * remembered candidate sets, bad prediction files).
+ */
+import assert from 'node:assert/strict';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import { TrainingDataset } from '../src/core/dataset';
+import { CANDIDATE_SET_FILE, LabellingSession, loadCandidateSet, orderCandidates, saveCandidateSet, type CandidateSet } from '../src/core/labelling';
+import { scanWorkspace } from '../src/core/workspaceScan';
+import { DataFileError } from '../src/core/errors';
+import { EVENTS_FILE, type TrainingEvent } from '../src/training/events';
+import { RunFollower, runStatus, summarizeRun } from '../src/training/runs';
+import { SAMPLE, scratch } from './helpers';
+
+const SET: CandidateSet = {
+  points: path.join(SAMPLE, 'candidates', 'candidates.xml'),
+  signal: path.join(SAMPLE, 'signal'),
+  background: path.join(SAMPLE, 'background'),
+  voxelSizes: [5, 2, 2],
+};
+
+test('workspace scan finds datasets (with and without training.yaml), models and runs, skipping cube folders and hidden state', async (t) => {
+  const root = scratch(t);
+  await TrainingDataset.create(path.join(root, 'labels', 'round1'));
+  await fs.mkdir(path.join(root, 'old', 'cells'), { recursive: true });
+  await fs.mkdir(path.join(root, 'old', 'non_cells'), { recursive: true });
+  await fs.mkdir(path.join(root, 'runs', 'a', '.resume'), { recursive: true });
+  await fs.writeFile(path.join(root, 'runs', 'a', EVENTS_FILE), '');
+  await fs.writeFile(path.join(root, 'runs', 'a', 'model.keras'), '');
+  await fs.writeFile(path.join(root, 'runs', 'a', '.resume', 'state.keras'), '');
+  await fs.writeFile(path.join(root, 'weights.h5'), '');
+  await fs.mkdir(path.join(root, 'node_modules', 'x', 'cells'), { recursive: true });
+  await fs.mkdir(path.join(root, 'node_modules', 'x', 'non_cells'), { recursive: true });
+  const found = await scanWorkspace([root]);
+  assert.deepEqual(found.datasets, [{ root: path.join(root, 'labels', 'round1'), yamlFile: path.join(root, 'labels', 'round1', 'training.yaml') }, { root: path.join(root, 'old') }]);
+  assert.deepEqual(found.models, [path.join(root, 'runs', 'a', 'model.keras'), path.join(root, 'weights.h5')]);
+  assert.deepEqual(found.runs, [path.join(root, 'runs', 'a')]);
+});
+
+test('run status: finished / cancelled / failed from the log, running while the process lives, interrupted when it died silently', () => {
+  const launched: TrainingEvent = { type: 'launched', pid: 1234, mode: 'train', time: 0 };
+  const alive = () => true;
+  const dead = () => false;
+  assert.equal(runStatus([launched], alive), 'running');
+  assert.equal(runStatus([launched], dead), 'interrupted');
+  assert.equal(runStatus([launched, { type: 'cancelled', epoch: 0, batch: 1, resumeFrom: '/x' }], dead), 'cancelled');
+  assert.equal(runStatus([launched, { type: 'error', message: 'bad' }], dead), 'failed');
+  // A resume after a cancel is a new attempt: its own outcome counts.
+  const resumed: TrainingEvent = { type: 'launched', pid: 99, mode: 'resume', time: 1 };
+  assert.equal(runStatus([launched, { type: 'cancelled', epoch: 0, batch: 1, resumeFrom: '/x' }, resumed], alive), 'running');
+  assert.equal(runStatus([launched, { type: 'cancelled', epoch: 0, batch: 1, resumeFrom: '/x' }, resumed, { type: 'finished', modelFile: 'm.keras', history: [] }], dead), 'finished');
+  const summary = summarizeRun('/nowhere', [launched, { type: 'epoch', epochs: 2, epoch: 0, loss: 1, accuracy: 0.5, valLoss: 1, valAccuracy: 0.75, learningRate: 1e-4, seconds: 1 }], alive);
+  assert.equal(summary.valAccuracy, 0.75);
+  assert.equal(summary.pid, 1234);
+});
+
+test('attaching to a run: the follower delivers what was logged, then each append, holding back a half-written line', async (t) => {
+  const run = scratch(t);
+  const file = path.join(run, EVENTS_FILE);
+  await fs.writeFile(file, `${JSON.stringify({ type: 'launched', pid: 1, mode: 'train', time: 5 })}\n`);
+  const seen: TrainingEvent[] = [];
+  const follower = new RunFollower(run, (events) => seen.push(...events));
+  await follower.start();
+  assert.deepEqual(seen.map((e) => e.type), ['launched']);
+  const batch = JSON.stringify({ type: 'batch', epoch: 0, batch: 0, batches: 2, loss: 1, accuracy: 0 });
+  await fs.appendFile(file, `${batch}\n${batch.slice(0, 10)}`);
+  await follower.caughtUp();
+  assert.deepEqual(seen.map((e) => e.type), ['launched', 'batch']);
+  await fs.appendFile(file, `${batch.slice(10)}\n`);
+  // The watcher picks the append up by itself.
+  const deadline = Date.now() + 5000;
+  while (seen.length < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  follower.close();
+  assert.deepEqual(seen.map((e) => e.type), ['launched', 'batch', 'batch']);
+});
+
+test('labelling session: skip, relabel, undo of each, and statuses read back from the dataset', async (t) => {
+  const root = scratch(t);
+  const session = await LabellingSession.open(SET, root);
+  assert.equal(session.candidates.length, 13);
+  assert.equal(session.skippedAtEdge.length, 25);
+  const [a, b] = session.candidates;
+  await session.decide(a.id, 'cell');
+  await session.decide(b.id, 'skip');
+  let statuses = await session.statuses();
+  assert.equal(statuses.get(a.id), 'cell');
+  assert.equal(statuses.get(b.id), 'skip');
+  // Changing one's mind moves the cube (bytes unchanged), it does not write a second one.
+  await session.decide(a.id, 'no_cell');
+  assert.equal((await fs.readdir(path.join(root, 'cells'))).length, 0);
+  assert.equal((await fs.readdir(path.join(root, 'non_cells'))).length, 2);
+  assert.equal((await session.undo())?.id, a.id);
+  assert.equal((await session.statuses()).get(a.id), 'cell');
+  assert.equal((await session.undo())?.id, b.id);
+  statuses = await session.statuses();
+  assert.equal(statuses.get(b.id), 'todo');
+  assert.equal((await session.undo())?.id, a.id);
+  assert.equal((await session.statuses()).get(a.id), 'todo');
+  assert.equal(await session.undo(), undefined);
+  await session.close();
+});
+
+test('remembered candidate sets, and clear errors for a damaged one or a bad predictions file', async (t) => {
+  const root = scratch(t);
+  await fs.mkdir(root, { recursive: true });
+  assert.equal(await loadCandidateSet(root), undefined);
+  await saveCandidateSet(root, SET);
+  assert.deepEqual(await loadCandidateSet(root), SET);
+  await fs.writeFile(path.join(root, CANDIDATE_SET_FILE), '{"points": 3');
+  await assert.rejects(loadCandidateSet(root), (error: DataFileError) => error instanceof DataFileError && error.file.endsWith(CANDIDATE_SET_FILE) && /not valid JSON/.test(error.message));
+
+  const csv = path.join(root, 'classified_points.csv');
+  await fs.writeFile(csv, 'x,y,z,type\n1,2,3,2\n');
+  await assert.rejects(LabellingSession.open({ ...SET, predictions: csv }, scratch(t)), /has no x, y, z and cell_probability columns/);
+  await fs.writeFile(csv, 'x,y,z,type,cell_probability\n1,2,3,2,high\n');
+  await assert.rejects(LabellingSession.open({ ...SET, predictions: csv }, scratch(t)), /line 2 is not numbers/);
+});
+
+test('candidate order: most uncertain first, predicted cells first, file order', () => {
+  const candidates = [
+    { id: 0, position: { x: 0, y: 0, z: 0 }, prediction: { label: 'no_cell' as const, cellProbability: 0.05 } },
+    { id: 1, position: { x: 1, y: 0, z: 0 }, prediction: { label: 'cell' as const, cellProbability: 0.55 } },
+    { id: 2, position: { x: 2, y: 0, z: 0 } },
+    { id: 3, position: { x: 3, y: 0, z: 0 }, prediction: { label: 'cell' as const, cellProbability: 0.99 } },
+  ];
+  assert.deepEqual(orderCandidates(candidates, 'file'), [0, 1, 2, 3]);
+  assert.deepEqual(orderCandidates(candidates, 'uncertain-first'), [1, 0, 3, 2]);
+  assert.deepEqual(orderCandidates(candidates, 'predicted-cells-first'), [3, 1, 2, 0]);
+});

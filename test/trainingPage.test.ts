@@ -1,0 +1,118 @@
+/**
+ * The training panel in headless Chromium against a real training run: the
+ * worker is started detached (as the editor starts it), the page follows its
+ * event log live, Cancel stops it with a resumable checkpoint, Resume
+ * finishes it, Evaluate runs the real CLI in a separate process. Screenshots
+ * in each theme go to docs/screenshots/.
+ */
+import assert from 'node:assert/strict';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, test } from 'node:test';
+import type { Browser } from 'playwright-core';
+import { runCliJson } from '../src/controllers/cliProcess';
+import { TrainingController } from '../src/controllers/trainingController';
+import type { Evaluation } from '../src/training/inference';
+import { readRun, startWorker } from '../src/training/runs';
+import { TRAIN_DEFAULTS, type TrainConfig } from '../src/training/trainConfig';
+import { TRAINING_BODY } from '../src/webview/training/body';
+import type { HostToTraining, TrainingToHost } from '../src/webview/protocol';
+import { REPO_ROOT, SAMPLE, scratch } from './helpers';
+import { chromiumAvailable, launchBrowser, openPage, SCREENSHOTS, type OpenPage } from './webview/harness';
+import type { ThemeName } from './webview/themes';
+
+const WORKER = path.join(REPO_ROOT, 'dist', 'worker.js');
+const CLI = { nodePath: process.execPath, cliScript: path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js') };
+
+let browser: Browser;
+before(async () => {
+  assert.ok(chromiumAvailable(), 'Debian chromium is needed at /usr/bin/chromium (apt-get install chromium; .ci/run installs it)');
+  browser = await launchBrowser();
+});
+after(() => browser?.close());
+
+async function trainingSet(root: string): Promise<string> {
+  await fs.cp(path.join(SAMPLE, 'training', 'cells'), path.join(root, 'cells'), { recursive: true });
+  await fs.cp(path.join(SAMPLE, 'training', 'non_cells'), path.join(root, 'non_cells'), { recursive: true });
+  const yaml = path.join(root, 'training.yaml');
+  await fs.writeFile(yaml, "data:\n- bg_channel: 1\n  cell_def: ''\n  cube_dir: cells\n  signal_channel: 0\n  type: cell\n- bg_channel: 1\n  cell_def: ''\n  cube_dir: non_cells\n  signal_channel: 0\n  type: no_cell\n");
+  return yaml;
+}
+
+function openTraining(outputDir: string, yaml: string, theme: ThemeName): Promise<{ controller: TrainingController; ui: OpenPage<TrainingToHost> }> {
+  let sendToPage: ((message: HostToTraining) => Promise<void>) | undefined;
+  const controller = new TrainingController(outputDir, (message) => void sendToPage?.(message), {
+    resume: async (run) => {
+      await startWorker({ nodePath: process.execPath, workerScript: WORKER, mode: 'resume', target: run.outputDir, outputDir: run.outputDir });
+    },
+    classify: async () => undefined,
+    evaluate: (run) => runCliJson<Evaluation[]>(CLI, ['evaluate', '--trained-model', run.modelFile as string, '-y', yaml]),
+    revealOutput: () => undefined,
+  });
+  return openPage<TrainingToHost>(browser, 'training', TRAINING_BODY, theme, (message, send) => {
+    sendToPage = send;
+    void controller.handle(message);
+  }).then((ui) => ({ controller, ui }));
+}
+
+async function status(ui: OpenPage<TrainingToHost>, expected: string, timeoutMs = 240_000): Promise<void> {
+  await ui.page.waitForFunction((want) => document.getElementById('run-status')?.textContent === want, expected, { timeout: timeoutMs });
+}
+
+test('training panel follows a real run live; Cancel leaves a checkpoint, Resume finishes it, Evaluate shows the confusion matrix', { timeout: 10 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const yaml = await trainingSet(root);
+  const outputDir = path.join(root, 'run');
+  const config: TrainConfig = { ...TRAIN_DEFAULTS, yamlFiles: [yaml], outputDir, networkDepth: 18, epochs: 4, batchSize: 1, testFraction: 0.25, seed: 3, saveProgress: true };
+  const configFile = path.join(root, 'config.json');
+  await fs.writeFile(configFile, JSON.stringify(config));
+  await startWorker({ nodePath: process.execPath, workerScript: WORKER, mode: 'train', target: configFile, outputDir });
+
+  const { controller, ui } = await openTraining(outputDir, yaml, 'dark');
+  await status(ui, 'running', 60_000);
+  // Streamed: batch points reach the chart while the run goes on.
+  await ui.page.waitForFunction(() => Number(document.getElementById('loss-chart')?.dataset.points) > 0, undefined, { timeout: 240_000 });
+  assert.match((await ui.page.textContent('#model')) ?? '', /^ResNet-18, 2 channel\(s\), [\d,]+ parameters$/);
+  await ui.page.waitForFunction(() => document.querySelectorAll('#epochs tbody tr').length >= 1, undefined, { timeout: 240_000 });
+  await ui.page.click('#cancel');
+  await status(ui, 'cancelled');
+  const cancelled = await readRun(outputDir);
+  assert.equal(cancelled.status, 'cancelled');
+  assert.equal(cancelled.resumable, true);
+  assert.equal(await ui.page.$eval('#cancel', (button) => (button as HTMLElement & { disabled: boolean }).disabled), true);
+  assert.equal(await ui.page.$eval('#resume', (button) => (button as HTMLElement & { disabled: boolean }).disabled), false);
+
+  await ui.page.click('#resume');
+  await status(ui, 'finished');
+  await controller.caughtUp();
+  assert.equal(await ui.page.locator('#epochs tbody tr').count(), 4);
+  const finished = await readRun(outputDir);
+  assert.equal(finished.status, 'finished');
+  assert.ok(finished.modelFile && finished.modelFile.endsWith('model.keras'));
+  const lossPoints = Number(await ui.page.getAttribute('#loss-chart', 'data-points'));
+  const batches = finished.events.filter((e) => e.type === 'batch').length;
+  const epochs = finished.events.filter((e) => e.type === 'epoch').length;
+  assert.ok(lossPoints >= batches + 4, `chart shows every batch and epoch (${lossPoints} points, ${batches} batches, ${epochs} epoch reports)`);
+
+  await ui.page.click('#evaluate');
+  await ui.page.waitForSelector('#evaluation:not([hidden]), #error:not([hidden])', { timeout: 120_000 });
+  assert.equal(await ui.page.isHidden('#error'), true, (await ui.page.textContent('#error')) ?? '');
+  const accuracy = (await ui.page.textContent('#evaluation-results p')) ?? '';
+  assert.match(accuracy, /^Accuracy \d+\.\d% on 4 cubes$/);
+  await fs.mkdir(SCREENSHOTS, { recursive: true });
+  await ui.page.screenshot({ path: path.join(SCREENSHOTS, 'training-dark.png'), fullPage: true });
+  assert.deepEqual(ui.errors, []);
+  controller.dispose();
+  await ui.close();
+
+  // Reopened after the run (as after a window reload): the whole run is shown from its files.
+  for (const theme of ['light', 'high-contrast'] as const) {
+    const again = await openTraining(outputDir, yaml, theme);
+    await status(again.ui, 'finished', 30_000);
+    await again.ui.page.waitForFunction(() => document.querySelectorAll('#epochs tbody tr').length === 4);
+    await again.ui.page.screenshot({ path: path.join(SCREENSHOTS, `training-${theme}.png`), fullPage: true });
+    assert.deepEqual(again.ui.errors, []);
+    again.controller.dispose();
+    await again.ui.close();
+  }
+});
