@@ -24,9 +24,9 @@ import type * as tfType from '@tensorflow/tfjs';
 
 type Tf = typeof tfType;
 
-export const NATIVE_RELU = 'CellfinderNativeRelu';
+const NATIVE_RELU = 'CellfinderNativeRelu';
 const NATIVE_RELU_GRAD = 'CellfinderNativeReluGrad';
-export const NATIVE_BATCH_NORM_TRAINING = 'CellfinderNativeBatchNormTraining';
+const NATIVE_BATCH_NORM_TRAINING = 'CellfinderNativeBatchNormTraining';
 const NATIVE_BATCH_NORM_GRAD = 'CellfinderNativeBatchNormGrad';
 const NATIVE_ADAM = 'CellfinderNativeKerasAdam';
 
