@@ -35,6 +35,7 @@ export function activate(context: vscode.ExtensionContext): void {
     command('cellfinder.retrainOnDataset', (item) => training.retrain(datasetOf(item))),
     command('cellfinder.labelCandidates', () => labelling.labelCandidates()),
     command('cellfinder.labelDataset', async (item) => labelling.labelDataset(datasetOf(item) ?? (await pickFolder('Training dataset to label into')) ?? '')),
+    command('cellfinder.reviewDataset', (item) => labelling.reviewDataset(datasetOf(item) ?? '')),
     command('cellfinder.addCandidates', (item) => labelling.labelDataset(datasetOf(item) ?? '', true)),
     command('cellfinder.createTrainingDataset', createTrainingDataset),
     command('cellfinder.extractCubes', extractCubesCommand),

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { after, before, test } from 'node:test';
+import { after, before, test, type TestContext } from 'node:test';
 import type { Browser } from 'playwright-core';
 import { LabellingController } from '../src/controllers/labellingController';
 import { readCube } from '../src/core/cube';
@@ -39,8 +39,8 @@ interface Opened {
   latencies: number[];
 }
 
-async function openLabelling(set: CandidateSet, datasetRoot: string, theme: ThemeName = 'dark'): Promise<Opened> {
-  const session = await LabellingSession.open(set, datasetRoot);
+async function openLabelling(t: TestContext, set: CandidateSet | undefined, datasetRoot: string, theme: ThemeName = 'dark'): Promise<Opened> {
+  const session = set ? await LabellingSession.open(set, datasetRoot) : await LabellingSession.review(datasetRoot);
   const latencies: number[] = [];
   // The page speaks first ('ready'), which hands over the way back to it.
   let sendToPage: ((message: HostToLabelling) => Promise<void>) | undefined;
@@ -49,13 +49,15 @@ async function openLabelling(set: CandidateSet, datasetRoot: string, theme: Them
     sendToPage = send;
     void controller.handle(message);
   });
+  // Closed even when an assertion fails first, so no server or page outlives the test.
+  t.after(() => closeLabelling({ controller, ui, latencies }));
   await ui.page.waitForFunction(() => document.getElementById('candidate-name')?.textContent?.startsWith('Candidate'));
   return { controller, ui, latencies };
 }
 
 async function closeLabelling(opened: Opened): Promise<void> {
-  await opened.controller.dispose();
   await opened.ui.close();
+  await opened.controller.dispose();
 }
 
 async function text(ui: OpenPage<LabellingToHost>, id: string): Promise<string> {
@@ -69,7 +71,7 @@ async function painted(ui: OpenPage<LabellingToHost>): Promise<void> {
 
 test('keyboard labelling of real candidates: Y/N/S save at once, U undoes, a reopened set continues', async (t) => {
   const datasetRoot = scratch(t);
-  const opened = await openLabelling(SET, datasetRoot);
+  const opened = await openLabelling(t, SET, datasetRoot);
   const { ui } = opened;
   assert.match(await text(ui, 'candidate-name'), /^Candidate 1 of 13 · x \d+, y \d+, z \d+$/);
   assert.match(await text(ui, 'progress'), /0 of 13 decided · 25 too close to the edge/);
@@ -123,7 +125,7 @@ test('keyboard labelling of real candidates: Y/N/S save at once, U undoes, a reo
 
   // Reopened (a new session and a new page, as after a window reload): the first candidate is
   // labelled cell, the next undecided one is where it starts.
-  const reopened = await openLabelling(SET, datasetRoot);
+  const reopened = await openLabelling(t, SET, datasetRoot);
   assert.match(await text(reopened.ui, 'candidate-name'), /^Candidate 2 of 13/);
   assert.match(await text(reopened.ui, 'progress'), /^1 of 13 decided/);
   await closeLabelling(reopened);
@@ -138,7 +140,7 @@ test('labelling every candidate by keyboard: key-to-paint latency (p50/p95) and 
   const predictions = path.join(scratch(t), 'classified_points.csv');
   await fs.writeFile(predictions, `x,y,z,type,cell_probability\n${rows.join('\n')}\n`);
 
-  const opened = await openLabelling({ ...SET, predictions }, datasetRoot);
+  const opened = await openLabelling(t, { ...SET, predictions }, datasetRoot);
   const { ui } = opened;
   const view = await opened.controller.view();
   assert.equal(view.order, 'uncertain-first');
@@ -178,6 +180,36 @@ test('labelling every candidate by keyboard: key-to-paint latency (p50/p95) and 
   await closeLabelling(opened);
 });
 
+test('reviewing a dataset\'s own cubes: N relabels a cell as non-cell (file moved, bytes unchanged), U moves it back', async (t) => {
+  const datasetRoot = scratch(t);
+  const labelling = await LabellingSession.open(SET, datasetRoot);
+  const [a, b] = labelling.candidates;
+  await labelling.decide(a.id, 'cell');
+  await labelling.decide(b.id, 'no_cell');
+  await labelling.close();
+  const cellFile = (await fs.readdir(path.join(datasetRoot, 'cells'))).find((name) => name.endsWith('Ch0.tif')) as string;
+  const bytes = await fs.readFile(path.join(datasetRoot, 'cells', cellFile));
+
+  const opened = await openLabelling(t, undefined, datasetRoot);
+  const { ui } = opened;
+  assert.equal(await text(ui, 'title'), `Reviewing ${path.basename(datasetRoot)}`);
+  assert.match(await text(ui, 'candidate-name'), /^Candidate 1 of 2/);
+  assert.equal(await text(ui, 'status-badge'), 'labelled cell');
+  await painted(ui);
+  assert.equal(await ui.page.isVisible('#context-figure'), false, 'no volume, so no context view');
+  const relabel = ui.nextMessage((m) => m.type === 'decide');
+  await ui.page.keyboard.press('n');
+  await relabel;
+  await opened.controller.settled();
+  assert.deepEqual(await fs.readFile(path.join(datasetRoot, 'non_cells', cellFile)), bytes);
+  await ui.page.keyboard.press('u');
+  await ui.page.waitForFunction(() => document.getElementById('status-badge')?.textContent === 'labelled cell');
+  await opened.controller.settled();
+  assert.deepEqual(await fs.readFile(path.join(datasetRoot, 'cells', cellFile)), bytes);
+  assert.deepEqual(ui.errors, []);
+  await closeLabelling(opened);
+});
+
 test('screenshots of the labelling page in dark, light and high-contrast themes', async (t) => {
   await fs.mkdir(SCREENSHOTS, { recursive: true });
   const datasetRoot = scratch(t);
@@ -187,7 +219,7 @@ test('screenshots of the labelling page in dark, light and high-contrast themes'
   const predictions = path.join(scratch(t), 'classified_points.csv');
   await fs.writeFile(predictions, `x,y,z,type,cell_probability\n${rows.join('\n')}\n`);
   for (const theme of ['dark', 'light', 'high-contrast'] as const) {
-    const opened = await openLabelling({ ...SET, predictions }, datasetRoot, theme);
+    const opened = await openLabelling(t, { ...SET, predictions }, datasetRoot, theme);
     await painted(opened.ui);
     if (theme === 'dark') {
       for (const key of ['y', 'n', 'n']) await opened.ui.page.keyboard.press(key);

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { after, before, test } from 'node:test';
+import { after, before, test, type TestContext } from 'node:test';
 import type { Browser } from 'playwright-core';
 import { runCliJson } from '../src/controllers/cliProcess';
 import { TrainingController } from '../src/controllers/trainingController';
@@ -39,20 +39,31 @@ async function trainingSet(root: string): Promise<string> {
   return yaml;
 }
 
-function openTraining(outputDir: string, yaml: string, theme: ThemeName): Promise<{ controller: TrainingController; ui: OpenPage<TrainingToHost> }> {
+function openTraining(t: TestContext, outputDir: string, yaml: string, theme: ThemeName): Promise<{ controller: TrainingController; ui: OpenPage<TrainingToHost> }> {
   let sendToPage: ((message: HostToTraining) => Promise<void>) | undefined;
   const controller = new TrainingController(outputDir, (message) => void sendToPage?.(message), {
     resume: async (run) => {
       await startWorker({ nodePath: process.execPath, workerScript: WORKER, mode: 'resume', target: run.outputDir, outputDir: run.outputDir });
     },
     classify: async () => undefined,
-    evaluate: (run) => runCliJson<Evaluation[]>(CLI, ['evaluate', '--trained-model', run.modelFile as string, '-y', yaml]),
+    // The final model beside the first epoch's checkpoint, as a user compares two models.
+    evaluate: async (run) => {
+      const checkpoint = (await fs.readdir(run.outputDir)).find((name) => name.startsWith('model-epoch.01-'));
+      return runCliJson<Evaluation[]>(CLI, ['evaluate', '--trained-model', run.modelFile as string, '--compare', path.join(run.outputDir, checkpoint as string), '-y', yaml]);
+    },
     revealOutput: () => undefined,
   });
   return openPage<TrainingToHost>(browser, 'training', TRAINING_BODY, theme, (message, send) => {
     sendToPage = send;
     void controller.handle(message);
-  }).then((ui) => ({ controller, ui }));
+  }).then((ui) => {
+    // Closed even when an assertion fails first, so no server or page outlives the test.
+    t.after(async () => {
+      controller.dispose();
+      await ui.close();
+    });
+    return { controller, ui };
+  });
 }
 
 async function status(ui: OpenPage<TrainingToHost>, expected: string, timeoutMs = 240_000): Promise<void> {
@@ -68,7 +79,7 @@ test('training panel follows a real run live; Cancel leaves a checkpoint, Resume
   await fs.writeFile(configFile, JSON.stringify(config));
   await startWorker({ nodePath: process.execPath, workerScript: WORKER, mode: 'train', target: configFile, outputDir });
 
-  const { controller, ui } = await openTraining(outputDir, yaml, 'dark');
+  const { controller, ui } = await openTraining(t, outputDir, yaml, 'dark');
   await status(ui, 'running', 60_000);
   // Streamed: batch points reach the chart while the run goes on.
   await ui.page.waitForFunction(() => Number(document.getElementById('loss-chart')?.dataset.points) > 0, undefined, { timeout: 240_000 });
@@ -97,8 +108,9 @@ test('training panel follows a real run live; Cancel leaves a checkpoint, Resume
   await ui.page.click('#evaluate');
   await ui.page.waitForSelector('#evaluation:not([hidden]), #error:not([hidden])', { timeout: 120_000 });
   assert.equal(await ui.page.isHidden('#error'), true, (await ui.page.textContent('#error')) ?? '');
-  const accuracy = (await ui.page.textContent('#evaluation-results p')) ?? '';
-  assert.match(accuracy, /^Accuracy \d+\.\d% on 4 cubes$/);
+  const models = await ui.page.locator('#evaluation-results h3').allTextContents();
+  assert.deepEqual(models.map((m) => m.replace(/loss-\d+\.\d+/, 'loss-X')), ['run/model.keras', 'run/model-epoch.01-loss-X.keras']);
+  for (const accuracy of await ui.page.locator('#evaluation-results p').allTextContents()) assert.match(accuracy, /^Accuracy \d+\.\d% on 4 cubes$/);
   await fs.mkdir(SCREENSHOTS, { recursive: true });
   await ui.page.screenshot({ path: path.join(SCREENSHOTS, 'training-dark.png'), fullPage: true });
   assert.deepEqual(ui.errors, []);
@@ -107,7 +119,7 @@ test('training panel follows a real run live; Cancel leaves a checkpoint, Resume
 
   // Reopened after the run (as after a window reload): the whole run is shown from its files.
   for (const theme of ['light', 'high-contrast'] as const) {
-    const again = await openTraining(outputDir, yaml, theme);
+    const again = await openTraining(t, outputDir, yaml, theme);
     await status(again.ui, 'finished', 30_000);
     await again.ui.page.waitForFunction(() => document.querySelectorAll('#epochs tbody tr').length === 4);
     await again.ui.page.screenshot({ path: path.join(SCREENSHOTS, `training-${theme}.png`), fullPage: true });

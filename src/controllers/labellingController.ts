@@ -87,7 +87,12 @@ export class LabellingController {
     return this.writes;
   }
 
+  private disposed = false;
+
+  /** Waits for pending decisions, then closes the volumes; safe to call twice. */
   async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
     await this.settled();
     await this.session.close();
   }
@@ -102,10 +107,11 @@ export class LabellingController {
     const statuses = await this.session.statuses();
     const orderedIds = orderCandidates(this.session.candidates, this.order);
     const set = this.session.set;
+    const datasetName = path.basename(this.session.dataset.root);
     return {
-      title: path.basename(set.points),
+      title: set ? path.basename(set.points) : `Reviewing ${datasetName}`,
       datasetRoot: this.session.dataset.root,
-      channels: set.background ? ['Signal', 'Background'] : ['Signal'],
+      channels: this.session.dataset.channels.length === 2 ? ['Signal', 'Background'] : ['Signal'],
       candidates: this.session.candidates.map((c) => ({ id: c.id, ...c.position, status: statuses.get(c.id) ?? 'todo', prediction: c.prediction })),
       order: this.order,
       orderedIds,
@@ -113,7 +119,13 @@ export class LabellingController {
       balance: await this.session.balance(),
       targetPerCategory: this.options.targetPerCategory ?? DEFAULT_TARGET_PER_CATEGORY,
       atEdge: this.session.skippedAtEdge.length,
-      predictionSource: set.predictions ? path.basename(path.dirname(set.predictions)) + path.sep + path.basename(set.predictions) : (this.session.candidates.some((c) => c.prediction) ? path.basename(set.points) : undefined),
+      predictionSource: set?.predictions
+        ? `${path.basename(path.dirname(set.predictions))}${path.sep}${path.basename(set.predictions)}`
+        : this.session.candidates.some((c) => c.prediction)
+          ? set
+            ? path.basename(set.points)
+            : `the predictions recorded in ${datasetName}`
+          : undefined,
     };
   }
 
@@ -127,11 +139,13 @@ export class LabellingController {
   }
 
   private async predictWithModel(): Promise<void> {
+    const set = this.session.set;
+    if (!set) throw new Error('predicting works on candidates from volumes; these cubes are being reviewed without their volumes');
     if (!this.options.predict) throw new Error('predicting needs the editor: run `cellfinder-retrain classify` and reopen the candidates with its classified_points.csv');
-    const predictions = await this.options.predict(this.session.set);
+    const predictions = await this.options.predict(set);
     if (!predictions) return;
     await this.settled();
-    const reopened = await LabellingSession.open({ ...this.session.set, predictions }, this.session.dataset.root);
+    const reopened = await LabellingSession.open({ ...set, predictions }, this.session.dataset.root);
     await this.session.close();
     this.session = reopened;
     this.order = 'uncertain-first';

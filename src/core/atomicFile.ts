@@ -107,3 +107,21 @@ export async function exists(file: string): Promise<boolean> {
     return false;
   }
 }
+
+/**
+ * The records of a newline-delimited JSON log written with appendLineDurably.
+ * A line that does not parse (the last one, cut short by a crash or still
+ * being written) is left out: the log is append-only, so nothing after it is lost.
+ */
+export function parseJsonLines<T>(text: string): T[] {
+  const records: T[] = [];
+  for (const line of text.split('\n')) {
+    if (line.trim() === '') continue;
+    try {
+      records.push(JSON.parse(line) as T);
+    } catch {
+      // incomplete line
+    }
+  }
+  return records;
+}

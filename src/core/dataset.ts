@@ -11,7 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { appendLineDurably, exists, FileExistsError, moveFileNoClobber, writeFileAtomic } from './atomicFile';
+import { appendLineDurably, exists, FileExistsError, moveFileNoClobber, parseJsonLines, writeFileAtomic } from './atomicFile';
 import { cubeFileName, encodeCube, pointFromCubeFileName, readCube, siblingChannelFile, type Point3 } from './cube';
 import { readCellCounterXml } from './cellCounterXml';
 import { DataFileError } from './errors';
@@ -185,6 +185,12 @@ export class TrainingDataset {
     return 'added';
   }
 
+  /** The channels of the cube at `position`, from whichever label folder holds it. */
+  async readCube(position: Point3): Promise<Float32Array[]> {
+    const label = await this.requireLabel(position);
+    return Promise.all(this.cubeFiles(label, position).map(async (file) => (await readCube(file)).data));
+  }
+
   /** Moves a cube to the other label's folder (bytes unchanged) and logs it. */
   async relabel(position: Point3, label: CubeLabel): Promise<void> {
     const previous = await this.requireLabel(position);
@@ -253,16 +259,7 @@ export class TrainingDataset {
     } catch {
       return [];
     }
-    const records: ProvenanceRecord[] = [];
-    for (const line of text.split('\n')) {
-      if (line.trim() === '') continue;
-      try {
-        records.push(JSON.parse(line) as ProvenanceRecord);
-      } catch {
-        // A line cut short by a crash; the files on disk are the truth.
-      }
-    }
-    return records;
+    return parseJsonLines<ProvenanceRecord>(text);
   }
 
   private async requireLabel(position: Point3): Promise<CubeLabel> {

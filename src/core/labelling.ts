@@ -222,9 +222,23 @@ export function balanceOf(history: readonly ProvenanceRecord[], labels: Readonly
   return counts;
 }
 
+/** Current labels of every cube in a dataset, by position, read from its cube folders. */
+async function labelsIn(datasetRoot: string): Promise<Map<string, CubeLabel>> {
+  const labels = new Map<string, CubeLabel>();
+  for (const [folder, label] of [[CELLS_FOLDER, 'cell'], [NON_CELLS_FOLDER, 'no_cell']] as const) {
+    const names = await fs.readdir(path.join(datasetRoot, folder)).catch(() => [] as string[]);
+    for (const name of names) {
+      const position = pointFromCubeFileName(name);
+      if (position) labels.set(positionKey(position), label);
+    }
+  }
+  return labels;
+}
+
 export class LabellingSession {
   private constructor(
-    readonly set: CandidateSet,
+    /** The candidate set; undefined when reviewing the dataset's own cubes. */
+    readonly set: CandidateSet | undefined,
     readonly dataset: TrainingDataset,
     readonly candidates: readonly Candidate[],
     /** Points too close to the volume's edge for a cube, with the reason. */
@@ -267,27 +281,38 @@ export class LabellingSession {
     }
   }
 
+  /**
+   * Reviews the cubes already in the dataset (e.g. labels pooled from another
+   * lab): each decision relabels a cube; there is no volume, so no context.
+   */
+  static async review(datasetRoot: string): Promise<LabellingSession> {
+    const dataset = await TrainingDataset.open(datasetRoot);
+    const history = await dataset.history();
+    const undone = new Set(history.filter((r) => r.action === 'undo').map((r) => r.undoes));
+    const predictions = new Map(history.filter((r) => r.action === 'add' && r.prediction && !undone.has(r.id)).map((r) => [positionKey(r.position), r.prediction as Prediction]));
+    const labels = await labelsIn(dataset.root);
+    const positions = [...labels.entries()]
+      .sort(([a, labelA], [b, labelB]) => labelA.localeCompare(labelB) || a.localeCompare(b, undefined, { numeric: true }))
+      .map(([key]) => {
+        const [z, y, x] = key.split(',').map(Number);
+        return { x, y, z };
+      });
+    const candidates = positions.map((position, id) => ({ id, position, prediction: predictions.get(positionKey(position)) }));
+    return new LabellingSession(undefined, dataset, candidates, [], [], new Map(candidates.map((c) => [c.id, c])));
+  }
+
   async close(): Promise<void> {
     await Promise.all(this.volumes.map((v) => v.close()));
   }
 
   candidate(id: number): Candidate {
     const candidate = this.byId.get(id);
-    if (!candidate) throw new Error(`no candidate ${id} in ${this.set.points}`);
+    if (!candidate) throw new Error(`no candidate ${id} in ${this.set?.points ?? this.dataset.root}`);
     return candidate;
   }
 
-  /** Current labels of every cube in the dataset, by position, read from the cube folders. */
-  async labels(): Promise<Map<string, CubeLabel>> {
-    const labels = new Map<string, CubeLabel>();
-    for (const [folder, label] of [[CELLS_FOLDER, 'cell'], [NON_CELLS_FOLDER, 'no_cell']] as const) {
-      const names = await fs.readdir(path.join(this.dataset.root, folder)).catch(() => [] as string[]);
-      for (const name of names) {
-        const position = pointFromCubeFileName(name);
-        if (position) labels.set(positionKey(position), label);
-      }
-    }
-    return labels;
+  labels(): Promise<Map<string, CubeLabel>> {
+    return labelsIn(this.dataset.root);
   }
 
   /**
@@ -298,7 +323,7 @@ export class LabellingSession {
     const labels = await this.labels();
     const history = await this.dataset.history();
     const undone = new Set(history.filter((r) => r.action === 'undo').map((r) => r.undoes));
-    const skipped = new Set(history.filter((r) => r.action === 'skip' && !undone.has(r.id) && r.source === this.set.signal).map((r) => positionKey(r.position)));
+    const skipped = new Set(history.filter((r) => r.action === 'skip' && !undone.has(r.id) && r.source === this.set?.signal).map((r) => positionKey(r.position)));
     const statuses = new Map<number, CandidateStatus>();
     for (const candidate of this.candidates) {
       const key = positionKey(candidate.position);
@@ -314,14 +339,16 @@ export class LabellingSession {
   /** The cube the network would see for candidate `id` (and that a decision saves). */
   async cube(id: number): Promise<CandidateCube> {
     const candidate = this.candidate(id);
+    if (!this.set) return { id, channels: await this.dataset.readCube(candidate.position) };
     const plan = planExtraction({ points: [candidate.position], channels: this.volumes, dataVoxelSizes: this.set.voxelSizes });
     for await (const cube of extractCubes(plan, this.volumes)) return { id, channels: cube.channels };
     throw new Error(`candidate ${id} has no full cube inside the volume`);
   }
 
-  /** The candidate's plane, a few cuboids wide around it, with the cuboid outlined. */
-  async context(id: number): Promise<CandidateContext> {
+  /** The candidate's plane, a few cuboids wide around it, with the cuboid outlined (none when reviewing a dataset). */
+  async context(id: number): Promise<CandidateContext | undefined> {
     const { position } = this.candidate(id);
+    if (!this.set) return undefined;
     const plan = planExtraction({ points: [position], channels: this.volumes, dataVoxelSizes: this.set.voxelSizes });
     const [, cuboidHeight, cuboidWidth] = plan.cuboid;
     const [, volumeHeight, volumeWidth] = plan.volumeShape;
@@ -365,7 +392,7 @@ export class LabellingSession {
     const candidate = this.candidate(id);
     const current = await this.dataset.labelOf(candidate.position);
     if (decision === 'skip') {
-      if (!current) await this.dataset.skip(candidate.position, this.set.signal, candidate.prediction);
+      if (!current) await this.dataset.skip(candidate.position, this.set?.signal, candidate.prediction);
       return;
     }
     if (current === decision) return;
@@ -374,7 +401,7 @@ export class LabellingSession {
       return;
     }
     const cube = await this.cube(id);
-    await this.dataset.addCube({ position: candidate.position, label: decision, channels: cube.channels, source: this.set.signal, prediction: candidate.prediction });
+    await this.dataset.addCube({ position: candidate.position, label: decision, channels: cube.channels, source: this.set?.signal, prediction: candidate.prediction });
   }
 
   /**

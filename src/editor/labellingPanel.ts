@@ -42,12 +42,12 @@ export class LabellingPanels {
       vscode.window.registerWebviewPanelSerializer(LABELLING_VIEW_TYPE, {
         // After a window reload the tab comes back on the same dataset and candidate set, at the first undecided candidate.
         deserializeWebviewPanel: async (panel, state: { datasetRoot?: string } | undefined) => {
-          const set = state?.datasetRoot ? await loadCandidateSet(state.datasetRoot) : undefined;
-          if (!state?.datasetRoot || !set || !vscode.workspace.isTrusted) {
+          if (!state?.datasetRoot || !vscode.workspace.isTrusted) {
             panel.dispose();
             return;
           }
-          await this.show(state.datasetRoot, set, panel);
+          // The dataset's remembered candidate set, or (for a review tab) none.
+          await this.show(state.datasetRoot, await loadCandidateSet(state.datasetRoot), panel);
         },
       }),
     );
@@ -58,6 +58,12 @@ export class LabellingPanels {
     requireTrust('Labelling');
     const set = (!askAgain && (await loadCandidateSet(datasetRoot))) || (await askForCandidateSet());
     if (set) await this.show(datasetRoot, set);
+  }
+
+  /** Steps through the cubes already in the dataset, to confirm or change their labels. */
+  async reviewDataset(datasetRoot: string): Promise<void> {
+    requireTrust('Reviewing labels');
+    await this.show(datasetRoot, undefined);
   }
 
   /** Asks for candidates and a dataset folder, then labels. */
@@ -73,16 +79,18 @@ export class LabellingPanels {
     if (root) await this.show(root, set);
   }
 
-  private async show(datasetRoot: string, set: CandidateSet, restored?: vscode.WebviewPanel): Promise<void> {
+  /** Opens the labelling tab on `set`, or on the dataset's own cubes when `set` is undefined. */
+  private async show(datasetRoot: string, set: CandidateSet | undefined, restored?: vscode.WebviewPanel): Promise<void> {
     const existing = this.open.get(datasetRoot);
     if (existing && !restored) {
       existing.reveal();
       return;
     }
-    const session = await LabellingSession.open(set, datasetRoot);
-    await saveCandidateSet(datasetRoot, set);
+    const session = set ? await LabellingSession.open(set, datasetRoot) : await LabellingSession.review(datasetRoot);
+    if (set) await saveCandidateSet(datasetRoot, set);
     for (const skipped of session.skippedAtEdge) this.log.appendLine(`labelling: candidate x=${skipped.point.x} y=${skipped.point.y} z=${skipped.point.z} has no full cube: ${skipped.reason}`);
-    const panel = restored ?? vscode.window.createWebviewPanel(LABELLING_VIEW_TYPE, `Label: ${path.basename(set.points)}`, vscode.ViewColumn.Active);
+    const title = set ? `Label: ${path.basename(set.points)}` : `Review: ${path.basename(datasetRoot)}`;
+    const panel = restored ?? vscode.window.createWebviewPanel(LABELLING_VIEW_TYPE, title, vscode.ViewColumn.Active);
     panel.iconPath = vscode.Uri.joinPath(this.context.extensionUri, 'media', 'cellfinder.svg');
     const latencies: number[] = [];
     const controller = new LabellingController(session, (message) => void panel.webview.postMessage(message), {

@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, promises as fs, watch, type FSWatcher } from 'node:fs';
 import * as path from 'node:path';
+import { parseJsonLines } from '../core/atomicFile';
 import { EVENTS_FILE, type TrainingEvent } from './events';
 import { RESUME_FOLDER } from './trainer';
 
@@ -25,20 +26,6 @@ export interface RunRecord {
   valAccuracy?: number;
   /** True when a `.resume/` checkpoint lets the run continue. */
   resumable: boolean;
-}
-
-/** Parses the log's complete lines; a torn last line (still being written, or cut by a crash) is left out. */
-export function parseEventLines(text: string): TrainingEvent[] {
-  const events: TrainingEvent[] = [];
-  for (const line of text.split('\n')) {
-    if (line.trim() === '') continue;
-    try {
-      events.push(JSON.parse(line) as TrainingEvent);
-    } catch {
-      // incomplete line
-    }
-  }
-  return events;
 }
 
 export function isProcessAlive(pid: number): boolean {
@@ -82,7 +69,7 @@ export function summarizeRun(outputDir: string, events: TrainingEvent[], alive: 
 
 export async function readRun(outputDir: string): Promise<RunRecord> {
   const text = await fs.readFile(path.join(outputDir, EVENTS_FILE), 'utf8').catch(() => '');
-  return summarizeRun(outputDir, parseEventLines(text));
+  return summarizeRun(outputDir, parseJsonLines<TrainingEvent>(text));
 }
 
 /** Stops a run at its next batch boundary, leaving a resumable checkpoint (the worker treats SIGTERM as cancel). */
@@ -176,7 +163,7 @@ export class RunFollower {
         const text = this.partial + buffer.toString('utf8');
         const cut = text.lastIndexOf('\n') + 1;
         this.partial = text.slice(cut);
-        const events = parseEventLines(text.slice(0, cut));
+        const events = parseJsonLines<TrainingEvent>(text.slice(0, cut));
         if (events.length) this.onEvents(events);
       } finally {
         await handle.close();

@@ -38,3 +38,17 @@ export function element<T extends HTMLElement>(id: string): T {
   if (!found) throw new Error(`page has no #${id}`);
   return found as T;
 }
+
+/** The page's busy line (#busy): shown with a message, hidden with undefined. */
+export function showBusy(message: string | undefined): void {
+  const busy = element('busy');
+  busy.hidden = !message;
+  busy.textContent = message ?? '';
+}
+
+/** The page's error banner (#error), for what the host could not do. */
+export function showError(message: string): void {
+  const error = element('error');
+  error.hidden = false;
+  error.textContent = message;
+}

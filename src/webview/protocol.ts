@@ -58,7 +58,8 @@ export interface CubeMessage {
   id: number;
   /** (z, y, x) 20x50x50 per channel. */
   channels: Float32Array[];
-  context: CandidateContext;
+  /** Absent when reviewing a dataset's cubes without their volume. */
+  context?: CandidateContext;
 }
 
 export type HostToLabelling =

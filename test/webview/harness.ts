@@ -163,6 +163,7 @@ export async function openPage<ToHost>(
         });
       }),
     close: async () => {
+      if (closed) return;
       closed = true;
       await context.close();
       await new Promise<void>((resolve) => server.close(() => resolve()));

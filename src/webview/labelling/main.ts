@@ -14,7 +14,7 @@ import '@vscode-elements/elements/dist/vscode-option/index.js';
 import '@vscode-elements/elements/dist/vscode-single-select/index.js';
 import '@vscode-elements/elements/dist/vscode-textfield/index.js';
 import type { BalanceCounts, CandidateOrder, CandidateStatus, Decision } from '../../core/labelling';
-import { connectToHost, element } from '../bridge';
+import { connectToHost, element, showBusy, showError } from '../bridge';
 import type { CandidateSummary, CubeMessage, HostToLabelling, LabellingToHost, LabellingView } from '../protocol';
 import { autoContrast, maxProjection, planeOf, toGreyRgba, type Contrast } from '../render';
 
@@ -56,7 +56,7 @@ const host = connectToHost<LabellingToHost, HostToLabelling, ViewState>({
     cubes.set(message.id, {
       message,
       contrast: message.channels.map((channel) => autoContrast(channel)),
-      contextContrast: message.context.channels.map((channel) => autoContrast(channel)),
+      contextContrast: message.context?.channels.map((channel) => autoContrast(channel)) ?? [],
     });
     if (message.id === state.cursorId) paint();
   },
@@ -70,16 +70,8 @@ const host = connectToHost<LabellingToHost, HostToLabelling, ViewState>({
     setStatus(id, status);
     moveTo(id, performance.now());
   },
-  busy: ({ message }) => {
-    const busy = element('busy');
-    busy.hidden = !message;
-    busy.textContent = message ?? '';
-  },
-  error: ({ message }) => {
-    const error = element('error');
-    error.hidden = false;
-    error.textContent = message;
-  },
+  busy: ({ message }) => showBusy(message),
+  error: ({ message }) => showError(message),
 });
 
 Object.assign(state, host.state() ?? {});
@@ -187,14 +179,17 @@ function paint(): void {
     drawGrey(element<HTMLCanvasElement>(`channel-${index}`), values, SIDE, SIDE, contrast, zoom);
   });
   const context = loaded.message.context;
-  // The neighbourhood is drawn at the same on-screen size as one cube pane, whatever its voxel count.
-  const contextScale = (SIDE * zoom) / Math.max(context.width, context.height);
-  const canvas = element<HTMLCanvasElement>('context');
-  const drawing = drawGrey(canvas, context.channels[0], context.width, context.height, state.autoContrast ? loaded.contextContrast[0] : state.manual, contextScale);
-  drawing.strokeStyle = getComputedStyle(document.body).getPropertyValue('--vscode-focusBorder').trim() || '#0078d4';
-  drawing.lineWidth = 1;
-  drawing.strokeRect(context.box.x + 0.5, context.box.y + 0.5, context.box.width - 1, context.box.height - 1);
-  element('context-z').textContent = String(context.z);
+  element('context-figure').hidden = !context;
+  if (context) {
+    // The neighbourhood is drawn at the same on-screen size as one cube pane, whatever its voxel count.
+    const contextScale = (SIDE * zoom) / Math.max(context.width, context.height);
+    const canvas = element<HTMLCanvasElement>('context');
+    const drawing = drawGrey(canvas, context.channels[0], context.width, context.height, state.autoContrast ? loaded.contextContrast[0] : state.manual, contextScale);
+    drawing.strokeStyle = getComputedStyle(document.body).getPropertyValue('--vscode-focusBorder').trim() || '#0078d4';
+    drawing.lineWidth = 1;
+    drawing.strokeRect(context.box.x + 0.5, context.box.y + 0.5, context.box.width - 1, context.box.height - 1);
+    element('context-z').textContent = String(context.z);
+  }
   if (state.autoContrast) {
     (element('contrast-min') as HTMLElement & { value: string }).value = loaded.contrast[0].min.toFixed(0);
     (element('contrast-max') as HTMLElement & { value: string }).value = loaded.contrast[0].max.toFixed(0);

@@ -10,7 +10,7 @@ import { Chart, Legend, LinearScale, LineController, LineElement, PointElement, 
 import type { TrainingEvent } from '../../training/events';
 import type { Evaluation } from '../../training/inference';
 import type { RunStatus } from '../../training/runs';
-import { connectToHost, element } from '../bridge';
+import { connectToHost, element, showBusy, showError } from '../bridge';
 import type { HostToTraining, TrainingToHost } from '../protocol';
 
 Chart.register(LineController, LineElement, PointElement, LinearScale, Legend, Tooltip);
@@ -50,16 +50,8 @@ const host = connectToHost<TrainingToHost, HostToTraining, PanelState>({
     render();
   },
   evaluation: ({ results }) => showEvaluation(results),
-  busy: ({ message }) => {
-    const busy = element('busy');
-    busy.hidden = !message;
-    busy.textContent = message ?? '';
-  },
-  error: ({ message }) => {
-    const error = element('error');
-    error.hidden = false;
-    error.textContent = message;
-  },
+  busy: ({ message }) => showBusy(message),
+  error: ({ message }) => showError(message),
 });
 
 function themeColour(name: string, fallback: string): string {
