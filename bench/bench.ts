@@ -1,7 +1,8 @@
 /**
- * `npm run bench [-- extraction|models]`: cube extraction speed and peak
- * memory on a synthetic whole-volume far larger than the cubes it extracts,
- * then training and inference speed of the network on each engine. Each case
+ * `npm run bench [-- extraction|models|labelling]`: cube extraction speed and
+ * peak memory on a synthetic whole-volume far larger than the cubes it
+ * extracts, then training and inference speed of the network on each engine,
+ * then the labelling page's key-to-paint latency. Each case
  * runs in its own process so its figures (and peak memory) are its own.
  * Prints tables.
  */
@@ -13,6 +14,7 @@ import { TrainingDataset } from '../src/core/dataset';
 import { extractCubes, planExtraction, type VoxelSizes } from '../src/core/extraction';
 import { encodeFloat32Stack } from '../src/core/tiffWriter';
 import { openVolume } from '../src/core/volume';
+import { benchLabelling } from './labellingBench';
 import { benchModel, type ModelBenchResult } from './modelBench';
 import type { NetworkDepth } from '../src/training/resnet';
 
@@ -76,6 +78,10 @@ async function main(): Promise<void> {
     benchModels();
     return;
   }
+  if (mode === 'labelling') {
+    await benchLabelling();
+    return;
+  }
   const work = path.join(tmpdir(), 'cellfinder-retrain-bench');
   const volume = path.join(work, 'volume');
   process.stderr.write(`making a synthetic volume: ${PLANES} planes of ${SIDE}x${SIDE} float32 (${((PLANES * SIDE * SIDE * 4) / 2 ** 30).toFixed(1)} GiB, used as both channels)...\n`);
@@ -103,7 +109,10 @@ async function main(): Promise<void> {
     console.log(`| ${r.name} | ${r.cubes} | ${r.seconds.toFixed(2)} | ${(r.cubes / r.seconds).toFixed(0)} | ${r.maxRssMiB.toFixed(0)} | ${((r.cubes * 2 * 20 * 50 * 50 * 4) / 2 ** 20).toFixed(0)} |`);
   }
   console.log(`\nPeak memory stays near one cuboid depth of planes per channel (20 planes x ${((SIDE * SIDE * 4) / 2 ** 20).toFixed(0)} MiB x 2 channels), not the volume.`);
-  if (mode !== 'extraction') benchModels();
+  if (mode !== 'extraction') {
+    benchModels();
+    await benchLabelling();
+  }
 }
 
 /**
