@@ -234,19 +234,25 @@ export class Training {
       const file = await pickFile('training.yaml to train on', { 'training.yaml': ['yaml', 'yml'] });
       return file ? [file] : undefined;
     }
+    // Pre-ticked, so Enter alone trains on the dataset the user came from, or the last run's, or the first readable one.
+    const readable = datasets.filter((item) => item.kind === 'dataset' && !item.error);
+    const lastPicked = (lastYamls ?? []).filter((file) => readable.some((item) => item.kind === 'dataset' && item.dataset.yamlFile === file));
     const picked = await vscode.window.showQuickPick(
       datasets.map((item) => {
-        const yamlFile = item.kind === 'dataset' ? (item.dataset.yamlFile as string) : '';
+        const dataset = item.kind === 'dataset' ? item : undefined;
+        const yamlFile = dataset?.dataset.yamlFile as string;
+        const defaultPick = preselected ? path.dirname(yamlFile) === preselected : lastPicked.length ? lastPicked.includes(yamlFile) : readable[0] === item;
         return {
           label: path.basename(path.dirname(yamlFile)),
-          description: item.kind === 'dataset' ? `${item.cells ?? '?'} cells · ${item.nonCells ?? '?'} non-cells` : '',
+          description: dataset?.error ? `$(warning) ${dataset.error}` : `${dataset?.cells} cells · ${dataset?.nonCells} non-cells`,
           detail: yamlFile,
-          picked: preselected ? path.dirname(yamlFile) === preselected : (lastYamls ?? []).includes(yamlFile),
+          picked: defaultPick && !dataset?.error,
           yamlFile,
         };
       }),
-      { title: 'Train on which datasets? (pooled, as cellfinder_train -y a.yaml b.yaml)', canPickMany: true },
+      { title: 'Train on which datasets? (Space ticks; pooled, as cellfinder_train -y a.yaml b.yaml)', canPickMany: true },
     );
+    if (picked && picked.length === 0) throw new Error('no dataset ticked: tick one or more with Space (or the mouse), then press Enter');
     return picked?.map((p) => p.yamlFile);
   }
 

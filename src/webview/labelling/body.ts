@@ -22,7 +22,7 @@ export const LABELLING_BODY = `
       <vscode-badge id="status-badge"></vscode-badge>
       <span id="prediction" class="prediction"></span>
     </div>
-    <div class="panes">
+    <div class="panes" id="panes">
       <figure><figcaption id="channel-0-name">Signal</figcaption><canvas id="channel-0" width="50" height="50"></canvas></figure>
       <figure id="channel-1-figure"><figcaption id="channel-1-name">Background</figcaption><canvas id="channel-1" width="50" height="50"></canvas></figure>
       <figure id="context-figure"><figcaption>Context (plane <span id="context-z"></span>, cube outlined)</figcaption><canvas id="context" width="100" height="100"></canvas></figure>

@@ -32,7 +32,8 @@ interface ViewState {
   maxProjection: boolean;
   autoContrast: boolean;
   manual: Contrast;
-  zoomIndex: number;
+  /** Undefined until the user zooms: then the panes are sized to fit the editor's width. */
+  zoomIndex?: number;
 }
 
 interface LoadedCube {
@@ -47,7 +48,7 @@ const cubes = new Map<number, LoadedCube>();
 const requested = new Set<number>();
 /** Key-press time of the action whose cube is not painted yet. */
 let pendingPaintSince: number | undefined;
-const state: ViewState = { z: DEPTH / 2, maxProjection: false, autoContrast: true, manual: { min: 0, max: 1000 }, zoomIndex: 2 };
+const state: ViewState = { z: DEPTH / 2, maxProjection: false, autoContrast: true, manual: { min: 0, max: 1000 } };
 
 const host = connectToHost<LabellingToHost, HostToLabelling, ViewState>({
   session: ({ view: next }) => showSession(next),
@@ -172,7 +173,7 @@ function paint(): void {
   element('z-value').textContent = state.maxProjection ? '(max)' : String(state.z);
   (element('z-slider') as HTMLInputElement).value = String(state.z);
   if (!loaded) return;
-  const zoom = ZOOM_LEVELS[state.zoomIndex];
+  const zoom = ZOOM_LEVELS[state.zoomIndex ?? fittingZoomIndex()];
   loaded.message.channels.forEach((channel, index) => {
     const values = state.maxProjection ? maxProjection(channel, DEPTH, SIDE, SIDE) : planeOf(channel, state.z, SIDE, SIDE);
     const contrast = state.autoContrast ? loaded.contrast[index] : state.manual;
@@ -200,6 +201,17 @@ function paint(): void {
     // The frame after this one is when the pixels are on screen.
     requestAnimationFrame(() => host.post({ type: 'paintLatency', milliseconds: performance.now() - since }));
   }
+}
+
+const PANE_GAP = 16;
+
+/** The largest zoom at which the panes (signal, background, context) sit side by side in the page's width. */
+function fittingZoomIndex(): number {
+  const panes = view?.channels.length === 1 ? 2 : 3;
+  const width = element('panes').clientWidth;
+  let index = 0;
+  while (index + 1 < ZOOM_LEVELS.length && panes * (SIDE * ZOOM_LEVELS[index + 1] + 2) + (panes - 1) * PANE_GAP <= width) index++;
+  return index;
 }
 
 const BALANCE_KEYS = ['cellsPredictedCell', 'cellsPredictedNonCell', 'nonCellsPredictedNonCell', 'nonCellsPredictedCell'] as const;
@@ -267,7 +279,7 @@ function toggleHelp(show?: boolean): void {
 }
 
 function setZoom(delta: number): void {
-  state.zoomIndex = Math.max(0, Math.min(ZOOM_LEVELS.length - 1, state.zoomIndex + delta));
+  state.zoomIndex = Math.max(0, Math.min(ZOOM_LEVELS.length - 1, (state.zoomIndex ?? fittingZoomIndex()) + delta));
   host.saveState(state);
   paint();
 }
@@ -352,4 +364,8 @@ for (const id of ['channel-0', 'channel-1', 'context']) {
   );
 }
 setAutoContrast(state.autoContrast);
+// Re-fit the panes when the editor is resized, unless the user chose a zoom.
+new ResizeObserver(() => {
+  if (state.zoomIndex === undefined) paint();
+}).observe(element('panes'));
 host.post({ type: 'ready' });
