@@ -104,6 +104,24 @@ test('labelling session: skip, relabel, undo of each, and statuses read back fro
   await session.close();
 });
 
+test('balance: cubes labelled before predictions existed are counted with the predictions of the model chosen later', async (t) => {
+  const root = scratch(t);
+  const plain = await LabellingSession.open(SET, root);
+  const [a, b] = plain.candidates;
+  await plain.decide(a.id, 'cell');
+  await plain.decide(b.id, 'cell');
+  assert.deepEqual((await plain.balance()).withoutPrediction, { cells: 2, nonCells: 0 });
+  await plain.close();
+  const csv = path.join(scratch(t), 'classified_points.csv');
+  await fs.writeFile(csv, `x,y,z,type,cell_probability\n${a.position.x},${a.position.y},${a.position.z},2,0.9\n${b.position.x},${b.position.y},${b.position.z},1,0.2\n`);
+  const predicted = await LabellingSession.open({ ...SET, predictions: csv }, root);
+  const balance = await predicted.balance();
+  await predicted.close();
+  assert.equal(balance.cellsPredictedCell, 1);
+  assert.equal(balance.cellsPredictedNonCell, 1);
+  assert.deepEqual(balance.withoutPrediction, { cells: 0, nonCells: 0 });
+});
+
 test('remembered candidate sets, and clear errors for a damaged one or a bad predictions file', async (t) => {
   const root = scratch(t);
   await fs.mkdir(root, { recursive: true });

@@ -200,12 +200,16 @@ export function orderCandidates(candidates: readonly Candidate[], order: Candida
   return ids;
 }
 
-/** Folds the provenance log into the guide's four categories, using each cube's current label. */
-export function balanceOf(history: readonly ProvenanceRecord[], labels: ReadonlyMap<string, CubeLabel>): BalanceCounts {
-  const predictions = new Map<string, Prediction | undefined>();
+/**
+ * Folds the provenance log into the guide's four categories, using each
+ * cube's current label. A cube labelled before any prediction was known takes
+ * the prediction from `laterPredictions` (by position), when given.
+ */
+export function balanceOf(history: readonly ProvenanceRecord[], labels: ReadonlyMap<string, CubeLabel>, laterPredictions: ReadonlyMap<string, Prediction> = new Map()): BalanceCounts {
+  const predictions = new Map<string, Prediction | undefined>(laterPredictions);
   const undone = new Set(history.filter((r) => r.action === 'undo').map((r) => r.undoes));
   for (const record of history) {
-    if (record.action === 'add' && !undone.has(record.id)) predictions.set(positionKey(record.position), record.prediction);
+    if (record.action === 'add' && !undone.has(record.id) && record.prediction) predictions.set(positionKey(record.position), record.prediction);
   }
   const counts: BalanceCounts = { cellsPredictedCell: 0, cellsPredictedNonCell: 0, nonCellsPredictedNonCell: 0, nonCellsPredictedCell: 0, withoutPrediction: { cells: 0, nonCells: 0 } };
   for (const [key, label] of labels) {
@@ -333,7 +337,8 @@ export class LabellingSession {
   }
 
   async balance(): Promise<BalanceCounts> {
-    return balanceOf(await this.dataset.history(), await this.labels());
+    const current = new Map(this.candidates.flatMap((c) => (c.prediction ? [[positionKey(c.position), c.prediction] as const] : [])));
+    return balanceOf(await this.dataset.history(), await this.labels(), current);
   }
 
   /** The cube the network would see for candidate `id` (and that a decision saves). */

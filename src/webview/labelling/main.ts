@@ -82,6 +82,8 @@ function orderedIds(): number[] {
 }
 
 function showSession(next: LabellingView): void {
+  // A new order (chosen, or from new predictions) starts at its first candidate to do; a reload keeps the place.
+  const reordered = view !== undefined && view.order !== next.order;
   view = next;
   state.datasetRoot = next.datasetRoot;
   summaries.clear();
@@ -91,7 +93,7 @@ function showSession(next: LabellingView): void {
   (element('order') as HTMLElement & { value: string }).value = next.order;
   element('channel-0-name').textContent = next.channels[0] ?? 'Signal';
   element('channel-1-figure').hidden = next.channels.length < 2;
-  const keep = state.cursorId !== undefined && summaries.has(state.cursorId);
+  const keep = !reordered && state.cursorId !== undefined && summaries.has(state.cursorId);
   const start = keep ? (state.cursorId as number) : (next.startId ?? next.orderedIds[0]);
   showBalance(next.balance);
   if (start === undefined) {
