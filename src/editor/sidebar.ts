@@ -8,7 +8,7 @@ import { summarizeTrainingYaml, type ValidationProblem } from '../core/dataset';
 import { scanWorkspace, type FoundDataset, type WorkspaceContents } from '../core/workspaceScan';
 import { readRun, type RunRecord } from '../training/runs';
 
-const REFRESH_DELAY_MS = 400;
+const REFRESH_DELAY_MS = 500;
 
 export type SidebarItem =
   | { kind: 'dataset'; dataset: FoundDataset; cells?: number; nonCells?: number; error?: string }
@@ -40,9 +40,17 @@ export class WorkspaceIndex implements vscode.Disposable {
     this.changed.dispose();
   }
 
+  /**
+   * Refreshes once shortly after the first change of a burst. Not a debounce
+   * that restarts on every change: a training run appends to its log several
+   * times a second, which would postpone the refresh until it ends.
+   */
   refreshSoon(): void {
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => void this.refresh(), REFRESH_DELAY_MS);
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.refresh();
+    }, REFRESH_DELAY_MS);
   }
 
   async refresh(): Promise<void> {
@@ -68,8 +76,11 @@ export class WorkspaceIndex implements vscode.Disposable {
     return this.datasetItems;
   }
 
+  /** Final models first, then the per-epoch checkpoints (cellfinder names them model-epoch.NN-...). */
   models(): SidebarItem[] {
-    return this.contents.models.map((file) => ({ kind: 'model', file, run: this.runs.get(path.dirname(file)) }));
+    const isCheckpoint = (file: string) => path.basename(file).startsWith('model-epoch.');
+    const ordered = [...this.contents.models.filter((f) => !isCheckpoint(f)), ...this.contents.models.filter(isCheckpoint)];
+    return ordered.map((file) => ({ kind: 'model', file, run: this.runs.get(path.dirname(file)) }));
   }
 
   runItems(): SidebarItem[] {

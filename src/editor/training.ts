@@ -167,7 +167,7 @@ export class Training {
       const batch = [...run.events].reverse().find((e) => e.type === 'batch');
       const started = run.events.find((e) => e.type === 'started');
       const epochs = started?.type === 'started' ? started.epochs : undefined;
-      this.statusBar.text = batch?.type === 'batch' ? `$(sync~spin) Cellfinder: epoch ${batch.epoch + 1}/${epochs ?? '?'} · ${Math.round((100 * (batch.batch + 1)) / batch.batches)}%` : '$(sync~spin) Cellfinder: starting training…';
+      this.statusBar.text = batch?.type === 'batch' ? `$(sync~spin) Cellfinder: epoch ${batch.epoch + 1}/${epochs ?? '?'} · ${Math.round((100 * batch.batch) / batch.batches)}%` : '$(sync~spin) Cellfinder: starting training…';
       this.statusBar.tooltip = `Training ${name}: click to open its panel`;
       this.statusBar.command = { command: 'cellfinder.openRun', title: 'Open', arguments: [{ kind: 'run', run }] };
       this.statusBar.show();

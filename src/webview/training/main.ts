@@ -124,9 +124,10 @@ function render(): void {
   element('eta').textContent = status === 'running' ? formatDuration(remainingSeconds(epochList, lastBatch, totalEpochs)) : '–';
   const progress = element('epoch-progress') as HTMLElement & { value: number; max: number };
   progress.max = lastBatch?.batches ?? 1;
-  progress.value = status === 'finished' ? progress.max : lastBatch ? lastBatch.batch + 1 : 0;
+  // Batch numbers in the events count from 1.
+  progress.value = status === 'finished' ? progress.max : (lastBatch?.batch ?? 0);
 
-  const batchX = (b: Extract<TrainingEvent, { type: 'batch' }>) => b.epoch + (b.batch + 1) / b.batches;
+  const batchX = (b: Extract<TrainingEvent, { type: 'batch' }>) => b.epoch + b.batch / b.batches;
   lossChart.data.datasets[0].data = batches.map((b) => ({ x: batchX(b), y: b.loss }));
   lossChart.data.datasets[1].data = epochList.map((e) => ({ x: e.epoch + 1, y: e.loss }));
   lossChart.data.datasets[2].data = epochList.filter((e) => e.valLoss !== undefined).map((e) => ({ x: e.epoch + 1, y: e.valLoss as number }));
@@ -159,7 +160,7 @@ function render(): void {
 /** Time left: the recent batch rate (live), else the mean epoch time, times the work left. */
 function remainingSeconds(epochList: EpochEvent[], lastBatch: Extract<TrainingEvent, { type: 'batch' }> | undefined, totalEpochs: number): number {
   if (!lastBatch) return Number.NaN;
-  const batchesLeft = (totalEpochs - lastBatch.epoch - 1) * lastBatch.batches + (lastBatch.batches - lastBatch.batch - 1);
+  const batchesLeft = (totalEpochs - lastBatch.epoch - 1) * lastBatch.batches + (lastBatch.batches - lastBatch.batch);
   if (batchArrivals.length >= 2) {
     const perBatch = (batchArrivals[batchArrivals.length - 1] - batchArrivals[0]) / 1000 / (batchArrivals.length - 1);
     if (perBatch > 0) return batchesLeft * perBatch;
