@@ -14,7 +14,7 @@ import * as tf from '@tensorflow/tfjs';
 import { KerasAdam } from '../src/training/adam';
 import { loadNetwork, predictCellProbabilities } from '../src/training/inference';
 import { kerasModelConfig } from '../src/training/kerasConfig';
-import { readModelFile, writeKerasModel, writeKerasWeights } from '../src/training/modelFiles';
+import { readModelFile, writeKerasModel, writeKerasWeights, describeModelFile } from '../src/training/modelFiles';
 import { resnetSpec, weightKey } from '../src/training/resnet';
 import { makeBatch } from '../src/training/trainingData';
 import { REPO_ROOT, SAMPLE, scratch } from './helpers';
@@ -64,6 +64,11 @@ test('Keras 3 <-> us: .weights.h5, .keras and Keras-2 .h5 load both ways with th
   const fromLegacy = await readModelFile(path.join(dir, 'legacy_keras2.h5'));
   assert.deepEqual([fromWeights.format, fromKeras.format, fromLegacy.format], ['weights.h5', 'keras', 'legacy.h5']);
   assert.deepEqual([fromWeights.depth, fromWeights.channels], [18, 2]);
+  // The Models view's quick look (no weights read) says the same of all three Keras-written files.
+  for (const name of ['model.weights.h5', 'model.keras', 'legacy_keras2.h5']) {
+    const described = await describeModelFile(path.join(dir, name));
+    assert.deepEqual([described.depth, described.channels], [18, 2], name);
+  }
   for (const [key, values] of fromWeights.weights) {
     assert.deepEqual(fromKeras.weights.get(key), values, key);
     assert.deepEqual(fromLegacy.weights.get(key), values, key);
@@ -124,9 +129,11 @@ test('a model of the wrong depth or channels, or a file that is no model: an err
   await assert.rejects(readModelFile(file, { channels: 2 }), /takes 1 input channel\(s\), but the data has 2/);
   const loaded = await readModelFile(file);
   assert.deepEqual([loaded.depth, loaded.channels], [34, 1]);
+  assert.deepEqual(await describeModelFile(file), { format: 'weights.h5', depth: 34, channels: 1 });
   const notModel = path.join(dir, 'notes.keras');
   await fs.writeFile(notModel, 'hello');
   await assert.rejects(readModelFile(notModel), /notes.keras: is not a Keras model or weights file/);
   await assert.rejects(readModelFile(path.join(SAMPLE, 'cube_extract', 'cells.xml')), /is not a Keras model or weights file/);
+  await assert.rejects(describeModelFile(notModel), /notes.keras: is not a Keras model or weights file/);
   tf.dispose([...weights.values()]);
 });

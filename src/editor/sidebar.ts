@@ -2,10 +2,12 @@
  * The Cellfinder sidebar: Datasets, Models and Runs, from one scan of the
  * workspace that a file watcher refreshes (debounced) when files change.
  */
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { summarizeTrainingYaml, type ValidationProblem } from '../core/dataset';
 import { scanWorkspace, type FoundDataset, type WorkspaceContents } from '../core/workspaceScan';
+import { describeModelFile, type ModelDescription } from '../training/modelFiles';
 import { readRun, type RunRecord } from '../training/runs';
 
 const REFRESH_DELAY_MS = 500;
@@ -13,7 +15,7 @@ const REFRESH_DELAY_MS = 500;
 export type SidebarItem =
   | { kind: 'dataset'; dataset: FoundDataset; cells?: number; nonCells?: number; error?: string }
   | { kind: 'problem'; problem: ValidationProblem; severity: 'problem' | 'warning' }
-  | { kind: 'model'; file: string; run?: RunRecord }
+  | { kind: 'model'; file: string; run?: RunRecord; description?: ModelDescription | { error: string } }
   | { kind: 'run'; run: RunRecord };
 
 /** The scan and what was read for each item, shared by the three views. */
@@ -21,6 +23,8 @@ export class WorkspaceIndex implements vscode.Disposable {
   private contents: WorkspaceContents = { datasets: [], models: [], runs: [] };
   private runs = new Map<string, RunRecord>();
   private datasetItems: SidebarItem[] = [];
+  /** What each model file holds, read once per version of the file (its size and time). */
+  private readonly modelDescriptions = new Map<string, { version: string; description: ModelDescription | { error: string } }>();
   /** Problems from the last "Validate" of each dataset, shown under it. */
   readonly validation = new Map<string, ValidationProblem[]>();
   private readonly changed = new vscode.EventEmitter<void>();
@@ -68,6 +72,7 @@ export class WorkspaceIndex implements vscode.Disposable {
         }
       }),
     );
+    await Promise.all(this.contents.models.map((file) => this.describeModel(file)));
     void vscode.commands.executeCommand('setContext', 'cellfinder.hasDatasets', this.contents.datasets.length > 0);
     this.changed.fire();
   }
@@ -76,11 +81,20 @@ export class WorkspaceIndex implements vscode.Disposable {
     return this.datasetItems;
   }
 
+  private async describeModel(file: string): Promise<void> {
+    const stat = await fs.stat(file).catch(() => undefined);
+    if (!stat) return;
+    const version = `${stat.size}:${stat.mtimeMs}`;
+    if (this.modelDescriptions.get(file)?.version === version) return;
+    const description = await describeModelFile(file).catch((error: Error) => ({ error: error.message }));
+    this.modelDescriptions.set(file, { version, description });
+  }
+
   /** Final models first, then the per-epoch checkpoints (cellfinder names them model-epoch.NN-...). */
   models(): SidebarItem[] {
     const isCheckpoint = (file: string) => path.basename(file).startsWith('model-epoch.');
     const ordered = [...this.contents.models.filter((f) => !isCheckpoint(f)), ...this.contents.models.filter(isCheckpoint)];
-    return ordered.map((file) => ({ kind: 'model', file, run: this.runs.get(path.dirname(file)) }));
+    return ordered.map((file) => ({ kind: 'model', file, run: this.runs.get(path.dirname(file)), description: this.modelDescriptions.get(file)?.description }));
   }
 
   runItems(): SidebarItem[] {
@@ -117,12 +131,13 @@ export function treeItem(item: SidebarItem, validation: ReadonlyMap<string, Vali
     }
     case 'model': {
       const tree = new vscode.TreeItem(path.basename(item.file), vscode.TreeItemCollapsibleState.None);
-      const started = item.run?.events.find((e) => e.type === 'started');
-      const depth = started?.type === 'started' ? `ResNet-${started.model.depth}` : undefined;
+      const described = item.description;
+      const problem = described && 'error' in described ? described.error : undefined;
+      const model = described && !('error' in described) ? `ResNet-${described.depth}, ${described.channels} ch` : undefined;
       const accuracy = item.run?.valAccuracy !== undefined ? `val. accuracy ${percent(item.run.valAccuracy)}` : undefined;
-      tree.description = [depth, accuracy, item.run ? `run ${path.basename(item.run.outputDir)}` : undefined].filter(Boolean).join(' · ');
-      tree.tooltip = item.file;
-      tree.iconPath = new vscode.ThemeIcon('symbol-class');
+      tree.description = problem ? 'not a cellfinder model' : [model, accuracy, item.run ? `run ${path.basename(item.run.outputDir)}` : undefined].filter(Boolean).join(' · ');
+      tree.tooltip = problem ? `${item.file}\n${problem}` : item.file;
+      tree.iconPath = new vscode.ThemeIcon(problem ? 'warning' : 'symbol-class');
       tree.contextValue = 'model';
       tree.resourceUri = vscode.Uri.file(item.file);
       tree.id = `model:${item.file}`;

@@ -156,6 +156,9 @@ export interface ReadModelOptions {
  * channels are read from the file; a mismatch with what the caller expects
  * is an error naming both, and nothing is loaded.
  */
+const NEITHER_ZIP_NOR_HDF5 = 'is not a Keras model or weights file (neither a .keras zip nor HDF5)';
+const HDF5_SIGNATURE = Buffer.from([0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]);
+
 export async function readModelFile(file: string, expected: ReadModelOptions = {}): Promise<LoadedModel> {
   let bytes: Buffer;
   try {
@@ -164,10 +167,10 @@ export async function readModelFile(file: string, expected: ReadModelOptions = {
     throw new DataFileError(file, (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : `cannot be read (${(error as Error).message})`, 'Check the path');
   }
   const isZip = bytes.length > 4 && bytes.readUInt32LE(0) === 0x04034b50;
-  const isHdf5 = bytes.length > 8 && bytes.subarray(0, 8).equals(Buffer.from([0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]));
+  const isHdf5 = bytes.length > 8 && bytes.subarray(0, 8).equals(HDF5_SIGNATURE);
   if (isZip) return readKerasArchive(file, bytes, expected);
   if (isHdf5) return readHdf5File(file, file, expected, 'weights.h5');
-  throw new DataFileError(file, 'is not a Keras model or weights file (neither a .keras zip nor HDF5)', NOT_A_MODEL_FIX);
+  throw new DataFileError(file, NEITHER_ZIP_NOR_HDF5, NOT_A_MODEL_FIX);
 }
 
 async function readKerasArchive(file: string, bytes: Buffer, expected: ReadModelOptions): Promise<LoadedModel> {
@@ -328,4 +331,59 @@ function readLegacyWeights(root: H5Group, file: string, expected: ReadModelOptio
     });
   });
   return { file, format: 'legacy.h5', depth: spec.depth, channels: spec.channels, weights };
+}
+
+// ---------------------------------------------------------------- describing
+
+export interface ModelDescription {
+  format: LoadedModel['format'];
+  depth: NetworkDepth;
+  channels: number;
+}
+
+/**
+ * Depth, input channels and format of a model file without reading its
+ * weights (only the .keras config or the HDF5 metadata), for listings such as
+ * the editor's Models view.
+ */
+export async function describeModelFile(file: string): Promise<ModelDescription> {
+  const bytes = await fs.readFile(file).catch((error: Error) => {
+    throw new DataFileError(file, `cannot be read (${error.message})`, 'Check the path');
+  });
+  if (bytes.length > 4 && bytes.readUInt32LE(0) === 0x04034b50) {
+    let config: Uint8Array | undefined;
+    try {
+      config = unzipSync(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), { filter: (member) => member.name === 'config.json' })['config.json'];
+    } catch (error) {
+      throw new DataFileError(file, `is a damaged zip archive (${(error as Error).message})`, NOT_A_MODEL_FIX);
+    }
+    if (!config) throw new DataFileError(file, 'is a zip but not a Keras 3 model (no config.json)', NOT_A_MODEL_FIX);
+    const layers = (JSON.parse(strFromU8(config)) as { config?: { layers?: Array<{ class_name?: string; config?: { batch_shape?: number[] } }> } }).config?.layers ?? [];
+    const input = layers.find((layer) => layer.class_name === 'InputLayer')?.config?.batch_shape;
+    const spec = specFor(file, layers.filter((layer) => layer.class_name === 'Conv3D').length, input?.[input.length - 1] ?? 0, {});
+    return { format: 'keras', depth: spec.depth, channels: spec.channels };
+  }
+  if (!(bytes.length > 8 && bytes.subarray(0, 8).equals(HDF5_SIGNATURE))) throw new DataFileError(file, NEITHER_ZIP_NOR_HDF5, NOT_A_MODEL_FIX);
+  const h5 = await h5wasm();
+  const input = new h5.File(file, 'r');
+  try {
+    const keys = input.keys();
+    if (keys.includes('layers')) {
+      const groups = (input.get('layers') as H5Group).keys().filter((name) => /^conv3d(_\d+)?$/.test(name));
+      const conv1 = input.get('layers/conv3d/vars/0') as H5Dataset | null;
+      const spec = specFor(file, groups.length, conv1?.shape?.[3] ?? 0, {});
+      return { format: 'weights.h5', depth: spec.depth, channels: spec.channels };
+    }
+    const root = keys.includes('model_weights') ? (input.get('model_weights') as H5Group) : input;
+    const kernels = attributeStrings(root.attrs.layer_names?.value).flatMap((name) => {
+      const layer = root.get(name) as H5Group | null;
+      const weightNames = attributeStrings(layer?.attrs.weight_names?.value);
+      const shape = weightNames.length === 1 ? (root.get(`${name}/${weightNames[0]}`) as H5Dataset | null)?.shape : undefined;
+      return shape?.length === 5 ? [shape] : [];
+    });
+    const spec = specFor(file, kernels.length, kernels[0]?.[3] ?? 0, {});
+    return { format: 'legacy.h5', depth: spec.depth, channels: spec.channels };
+  } finally {
+    input.close();
+  }
 }
