@@ -85,7 +85,7 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
     await workbench.page.waitForTimeout(250);
   }
   await workbench.page.keyboard.press('u');
-  await view.locator('#progress', { hasText: /^2 of 13 decided/ }).waitFor();
+  await view.locator('#progress', { hasText: /^2 of 13 decided · all saved/ }).waitFor();
   const round1 = path.join(workspace, 'round1');
   assert.equal((await cubeFiles(path.join(round1, CELLS_FOLDER))).length, 2, 'one cell, two channels');
   assert.equal((await cubeFiles(path.join(round1, NON_CELLS_FOLDER))).length, 2, 'one non-cell, two channels');
@@ -102,7 +102,8 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
   // One more label, then kill -9 the editor mid-session: the label is on disk, and the view shows it after a restart.
   await workbench.webview().locator('#channel-0').click();
   await workbench.page.keyboard.press('n');
-  await workbench.webview().locator('#progress', { hasText: /^3 of 13 decided/ }).waitFor();
+  // Killed as soon as the page says the decision is saved.
+  await workbench.webview().locator('#progress', { hasText: /^3 of 13 decided · all saved/ }).waitFor();
   await server.stop('SIGKILL');
   await workbench.page.close();
   assert.equal((await cubeFiles(path.join(round1, NON_CELLS_FOLDER))).length, 4);

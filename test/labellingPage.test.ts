@@ -74,7 +74,7 @@ test('keyboard labelling of real candidates: Y/N/S save at once, U undoes, a reo
   const opened = await openLabelling(t, SET, datasetRoot);
   const { ui } = opened;
   assert.match(await text(ui, 'candidate-name'), /^Candidate 1 of 13 · x \d+, y \d+, z \d+$/);
-  assert.match(await text(ui, 'progress'), /0 of 13 decided · 25 too close to the edge/);
+  assert.match(await text(ui, 'progress'), /^0 of 13 decided · all saved · 25 too close to the edge/);
   await painted(ui);
 
   const first = opened.controller;
@@ -101,6 +101,8 @@ test('keyboard labelling of real candidates: Y/N/S save at once, U undoes, a reo
   await first.settled();
   assert.equal((await fs.readdir(path.join(datasetRoot, 'non_cells'))).length, 2);
   assert.match(await text(ui, 'progress'), /^3 of 13 decided/);
+  // The page says "all saved" only once the host has confirmed every decision.
+  await ui.page.waitForFunction(() => /^3 of 13 decided · all saved/.test(document.getElementById('progress')?.textContent ?? ''));
 
   // Undo takes back the skip and returns to that candidate, shown as to do.
   await ui.page.keyboard.press('u');

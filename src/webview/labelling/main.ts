@@ -46,6 +46,8 @@ let view: LabellingView | undefined;
 const summaries = new Map<number, CandidateSummary>();
 const cubes = new Map<number, LoadedCube>();
 const requested = new Set<number>();
+/** Decisions sent to the host and not yet confirmed saved. */
+let unsaved = 0;
 /** Key-press time of the action whose cube is not painted yet. */
 let pendingPaintSince: number | undefined;
 const state: ViewState = { z: DEPTH / 2, maxProjection: false, autoContrast: true, manual: { min: 0, max: 1000 } };
@@ -62,6 +64,7 @@ const host = connectToHost<LabellingToHost, HostToLabelling, ViewState>({
     if (message.id === state.cursorId) paint();
   },
   decided: ({ id, status, balance }) => {
+    unsaved = Math.max(0, unsaved - 1);
     setStatus(id, status);
     showBalance(balance);
   },
@@ -114,7 +117,9 @@ function showProgress(): void {
   const all = [...summaries.values()];
   const done = all.filter((c) => c.status !== 'todo').length;
   const edge = view?.atEdge ? ` · ${view.atEdge} too close to the edge for a cube` : '';
-  element('progress').textContent = `${done} of ${all.length} decided${edge}`;
+  // Shown until the host confirms the files are on disk (a few ms), so "saved" is never claimed early.
+  const saving = unsaved > 0 ? ' · saving…' : ' · all saved';
+  element('progress').textContent = `${done} of ${all.length} decided${saving}${edge}`;
 }
 
 function moveTo(id: number, since: number | undefined): void {
@@ -253,6 +258,7 @@ function nextTodoAfter(id: number): number | undefined {
 function decide(decision: Decision, since: number): void {
   const id = state.cursorId;
   if (id === undefined) return;
+  unsaved++;
   host.post({ type: 'decide', id, decision });
   // Shown at once; the host's 'decided' reply confirms what was saved.
   setStatus(id, decision);
