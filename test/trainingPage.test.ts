@@ -17,7 +17,7 @@ import { readRun, startWorker } from '../src/training/runs';
 import { TRAIN_DEFAULTS, type TrainConfig } from '../src/training/trainConfig';
 import { TRAINING_BODY } from '../src/webview/training/body';
 import type { HostToTraining, TrainingToHost } from '../src/webview/protocol';
-import { REPO_ROOT, SAMPLE, scratch } from './helpers';
+import { REPO_ROOT, scratch, tinyDataset } from './helpers';
 import { chromiumAvailable, launchBrowser, openPage, SCREENSHOTS, type OpenPage } from './webview/harness';
 import type { ThemeName } from './webview/themes';
 
@@ -30,14 +30,6 @@ before(async () => {
   browser = await launchBrowser();
 });
 after(() => browser?.close());
-
-async function trainingSet(root: string): Promise<string> {
-  await fs.cp(path.join(SAMPLE, 'training', 'cells'), path.join(root, 'cells'), { recursive: true });
-  await fs.cp(path.join(SAMPLE, 'training', 'non_cells'), path.join(root, 'non_cells'), { recursive: true });
-  const yaml = path.join(root, 'training.yaml');
-  await fs.writeFile(yaml, "data:\n- bg_channel: 1\n  cell_def: ''\n  cube_dir: cells\n  signal_channel: 0\n  type: cell\n- bg_channel: 1\n  cell_def: ''\n  cube_dir: non_cells\n  signal_channel: 0\n  type: no_cell\n");
-  return yaml;
-}
 
 function openTraining(t: TestContext, outputDir: string, yaml: string, theme: ThemeName): Promise<{ controller: TrainingController; ui: OpenPage<TrainingToHost> }> {
   let sendToPage: ((message: HostToTraining) => Promise<void>) | undefined;
@@ -72,7 +64,7 @@ async function status(ui: OpenPage<TrainingToHost>, expected: string, timeoutMs 
 
 test('training panel follows a real run live; Cancel leaves a checkpoint, Resume finishes it, Evaluate shows the confusion matrix', { timeout: 10 * 60_000 }, async (t) => {
   const root = scratch(t);
-  const yaml = await trainingSet(root);
+  const yaml = await tinyDataset(root);
   const outputDir = path.join(root, 'run');
   const config: TrainConfig = { ...TRAIN_DEFAULTS, yamlFiles: [yaml], outputDir, networkDepth: 18, epochs: 4, batchSize: 1, testFraction: 0.25, seed: 3, saveProgress: true };
   const configFile = path.join(root, 'config.json');

@@ -14,17 +14,9 @@ import { main } from '../src/cli/main';
 import { readCellCounterXml } from '../src/core/cellCounterXml';
 import { readModelFile } from '../src/training/modelFiles';
 import { TRAIN_DEFAULTS, type TrainConfig } from '../src/training/trainConfig';
-import { REPO_ROOT, SAMPLE, scratch } from './helpers';
+import { REPO_ROOT, SAMPLE, scratch, tinyDataset } from './helpers';
 
 const WORKER = path.join(REPO_ROOT, 'dist', 'worker.js');
-
-async function tinyDataset(root: string): Promise<string> {
-  await fs.cp(path.join(SAMPLE, 'training', 'cells'), path.join(root, 'cells'), { recursive: true });
-  await fs.cp(path.join(SAMPLE, 'training', 'non_cells'), path.join(root, 'non_cells'), { recursive: true });
-  const yaml = path.join(root, 'training.yaml');
-  await fs.writeFile(yaml, "data:\n- bg_channel: 1\n  cell_def: ''\n  cube_dir: cells\n  signal_channel: 0\n  type: cell\n- bg_channel: 1\n  cell_def: ''\n  cube_dir: non_cells\n  signal_channel: 0\n  type: no_cell\n");
-  return yaml;
-}
 
 interface Run {
   child: ChildProcess;
