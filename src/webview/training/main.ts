@@ -59,17 +59,17 @@ function themeColour(name: string, fallback: string): string {
 }
 
 function makeChart(canvasId: string, title: string): Chart<'line', Point[]> {
-  const text = themeColour('foreground', '#ccc');
-  const grid = themeColour('panel-border', '#80808040');
+  // chart.js resolves point colours once, so the series colours are given at creation.
   const blue = themeColour('charts-blue', '#3794ff');
   const orange = themeColour('charts-orange', '#d18616');
-  return new Chart(element<HTMLCanvasElement>(canvasId), {
+  const paint = (colour: string) => ({ borderColor: colour, backgroundColor: colour, pointBorderColor: colour, pointBackgroundColor: colour });
+  const chart: Chart<'line', Point[]> = new Chart(element<HTMLCanvasElement>(canvasId), {
     type: 'line',
     data: {
       datasets: [
-        { label: `${title} (batches)`, data: [], borderColor: `${blue}66`, backgroundColor: `${blue}66`, borderWidth: 1, pointRadius: 0 },
-        { label: `${title} (epoch)`, data: [], borderColor: blue, backgroundColor: blue, borderWidth: 2, pointRadius: 3 },
-        { label: `validation ${title}`, data: [], borderColor: orange, backgroundColor: orange, borderWidth: 2, pointRadius: 3 },
+        { label: `${title} (batches)`, data: [], borderWidth: 1, pointRadius: 0, ...paint(`${blue}66`) },
+        { label: `${title} (epoch)`, data: [], borderWidth: 2, pointRadius: 3, ...paint(blue) },
+        { label: `validation ${title}`, data: [], borderWidth: 2, pointRadius: 3, ...paint(orange) },
       ],
     },
     options: {
@@ -77,16 +77,32 @@ function makeChart(canvasId: string, title: string): Chart<'line', Point[]> {
       maintainAspectRatio: false,
       parsing: false,
       scales: {
-        x: { type: 'linear', min: 0, title: { display: true, text: 'epoch', color: text }, ticks: { color: text, precision: 0 }, grid: { color: grid } },
-        y: { ticks: { color: text }, grid: { color: grid } },
+        x: { type: 'linear', min: 0, title: { display: true, text: 'epoch' }, ticks: { precision: 0 } },
+        y: {},
       },
-      plugins: { legend: { labels: { color: text, boxWidth: 12 } } },
+      plugins: { legend: { labels: { boxWidth: 12 } } },
     },
   });
+  applyTheme(chart);
+  chart.update('none');
+  return chart;
 }
 
-const lossChart = makeChart('loss-chart', 'loss');
-const accuracyChart = makeChart('accuracy-chart', 'accuracy');
+/** Text and grid colours from the current theme, applied at every render so a theme switch in the editor reaches the axes. */
+function applyTheme(chart: Chart<'line', Point[]>): void {
+  const text = themeColour('foreground', '#ccc');
+  const grid = themeColour('panel-border', '#80808040');
+  const scales = chart.options.scales as { x: { title: { color?: string }; ticks: { color?: string }; grid?: { color?: string } }; y: { ticks?: { color?: string }; grid?: { color?: string } } };
+  scales.x.title.color = text;
+  scales.x.ticks.color = text;
+  scales.x.grid = { ...scales.x.grid, color: grid };
+  scales.y.ticks = { ...scales.y.ticks, color: text };
+  scales.y.grid = { ...scales.y.grid, color: grid };
+  (chart.options.plugins as { legend: { labels: { color?: string } } }).legend.labels.color = text;
+}
+
+// Made at the first render, once the page has its theme (colours are read from it).
+let charts: { loss: Chart<'line', Point[]>; accuracy: Chart<'line', Point[]> } | undefined;
 
 function formatDuration(seconds: number): string {
   if (!Number.isFinite(seconds)) return '–';
@@ -127,6 +143,8 @@ function render(): void {
   // Batch numbers in the events count from 1.
   progress.value = status === 'finished' ? progress.max : (lastBatch?.batch ?? 0);
 
+  charts ??= { loss: makeChart('loss-chart', 'loss'), accuracy: makeChart('accuracy-chart', 'accuracy') };
+  const { loss: lossChart, accuracy: accuracyChart } = charts;
   const batchX = (b: Extract<TrainingEvent, { type: 'batch' }>) => b.epoch + b.batch / b.batches;
   lossChart.data.datasets[0].data = batches.map((b) => ({ x: batchX(b), y: b.loss }));
   lossChart.data.datasets[1].data = epochList.map((e) => ({ x: e.epoch + 1, y: e.loss }));
@@ -135,6 +153,7 @@ function render(): void {
   accuracyChart.data.datasets[1].data = epochList.map((e) => ({ x: e.epoch + 1, y: e.accuracy }));
   accuracyChart.data.datasets[2].data = epochList.filter((e) => e.valAccuracy !== undefined).map((e) => ({ x: e.epoch + 1, y: e.valAccuracy as number }));
   for (const chart of [lossChart, accuracyChart]) {
+    applyTheme(chart);
     (chart.options.scales as { x: { max?: number } }).x.max = Math.max(1, totalEpochs);
     chart.update('none');
     // What the chart shows, readable by assistive technology and by the page tests.
