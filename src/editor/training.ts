@@ -10,9 +10,10 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { runCliJson } from '../controllers/cliProcess';
 import { TrainingController } from '../controllers/trainingController';
+import { EVENTS_FILE } from '../training/events';
 import type { Evaluation } from '../training/inference';
 import type { NetworkDepth } from '../training/resnet';
-import { readRun, RunFollower, startWorker, type RunRecord } from '../training/runs';
+import { readRun, RunFollower, startWorker, summarizeRun, type RunRecord } from '../training/runs';
 import { TRAIN_DEFAULTS, type TrainConfig } from '../training/trainConfig';
 import { pretrainedWeightsPath } from '../training/trainer';
 import { TRAINING_BODY } from '../webview/training/body';
@@ -82,7 +83,7 @@ export class Training {
     if (!augment) return;
     const stamp = new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
     const defaultOutput = path.join(path.dirname(path.dirname(yamlFiles[0])), 'runs', `run-${stamp}`);
-    const outputDir = await vscode.window.showInputBox({ title: 'Output folder for the run', value: defaultOutput, validateInput: (v) => (existsSync(path.join(v, 'training-events.jsonl')) ? 'A run already wrote there: choose a new folder' : undefined) });
+    const outputDir = await vscode.window.showInputBox({ title: 'Output folder for the run', value: defaultOutput, validateInput: (v) => (existsSync(path.join(v, EVENTS_FILE)) ? 'A run already wrote there: choose a new folder' : undefined) });
     if (!outputDir) return;
 
     const config: TrainConfig = {
@@ -154,8 +155,9 @@ export class Training {
     this.followed?.close();
     const events: RunRecord['events'] = [];
     const follower = new RunFollower(outputDir, (more) => {
+      // The follower already holds every event: no need to read the whole log again per batch.
       events.push(...more);
-      void readRun(outputDir).then((run) => this.showProgress(run));
+      this.showProgress(summarizeRun(outputDir, events));
     });
     this.followed = follower;
     void follower.start();
