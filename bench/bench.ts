@@ -1,8 +1,9 @@
 /**
- * `npm run bench [-- extraction|models|labelling]`: cube extraction speed and
+ * `npm run bench [-- extraction|models|labelling|editor]`: cube extraction speed and
  * peak memory on a synthetic whole-volume far larger than the cubes it
  * extracts, then training and inference speed of the network on each engine,
- * then the labelling page's key-to-paint latency. Each case
+ * then the labelling page's key-to-paint latency, then the extension in a real
+ * VS Code (activation, key to paint, tree updates). Each case
  * runs in its own process so its figures (and peak memory) are its own.
  * Prints tables.
  */
@@ -14,6 +15,7 @@ import { TrainingDataset } from '../src/core/dataset';
 import { extractCubes, planExtraction, type VoxelSizes } from '../src/core/extraction';
 import { encodeFloat32Stack } from '../src/core/tiffWriter';
 import { openVolume } from '../src/core/volume';
+import { benchEditor } from './editorBench';
 import { benchLabelling } from './labellingBench';
 import { benchModel, type ModelBenchResult } from './modelBench';
 import type { NetworkDepth } from '../src/training/resnet';
@@ -82,6 +84,10 @@ async function main(): Promise<void> {
     await benchLabelling();
     return;
   }
+  if (mode === 'editor') {
+    await benchEditor();
+    return;
+  }
   const work = path.join(tmpdir(), 'cellfinder-retrain-bench');
   const volume = path.join(work, 'volume');
   process.stderr.write(`making a synthetic volume: ${PLANES} planes of ${SIDE}x${SIDE} float32 (${((PLANES * SIDE * SIDE * 4) / 2 ** 30).toFixed(1)} GiB, used as both channels)...\n`);
@@ -112,6 +118,7 @@ async function main(): Promise<void> {
   if (mode !== 'extraction') {
     benchModels();
     await benchLabelling();
+    await benchEditor();
   }
 }
 

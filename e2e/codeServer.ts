@@ -5,14 +5,15 @@
  * user drives it. See ../shared/reference/real-vscode-e2e.md for the facts.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { chromium, type Browser, type FrameLocator, type Page } from 'playwright-core';
+import { chromium, type Browser, type Frame, type FrameLocator, type Page } from 'playwright-core';
 import { REPO_ROOT } from '../test/helpers';
 import { CHROMIUM } from '../test/webview/harness';
 
-export const CODE_SERVER = path.join(process.env.CELLFINDER_E2E_CODE_SERVER_DIR ?? path.join(homedir(), '.cache', 'cellfinder-retrain', 'code-server'), 'node_modules', 'code-server', 'out', 'node', 'entry.js');
+const CODE_SERVER_PACKAGE = path.join(process.env.CELLFINDER_E2E_CODE_SERVER_DIR ?? path.join(homedir(), '.cache', 'cellfinder-retrain', 'code-server'), 'node_modules', 'code-server');
+export const CODE_SERVER = path.join(CODE_SERVER_PACKAGE, 'out', 'node', 'entry.js');
 
 /** Builds the VSIX as a user gets it (`vsce package`, bundled, no node_modules). */
 export function packageExtension(): string {
@@ -76,6 +77,12 @@ export class CodeServer {
     throw new Error(`code-server did not start:\n${output}`);
   }
 
+  /** The installed code-server's version (and with it VS Code's). */
+  static get version(): string {
+    const manifest = JSON.parse(readFileSync(path.join(CODE_SERVER_PACKAGE, 'package.json'), 'utf8')) as { version: string };
+    return manifest.version;
+  }
+
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     if (this.process.exitCode !== null || this.process.signalCode !== null) return;
     const exited = new Promise((resolve) => this.process.once('exit', resolve));
@@ -121,6 +128,16 @@ export class Workbench {
     return this.page.locator('.monaco-list-row', { has: this.page.locator('.label-name', { hasText: new RegExp(`^${label}$`) }) }).first();
   }
 
+  /** Opens the labelling view on a dataset with the row's inline action, and waits for the first cube. */
+  async openLabelling(dataset: string): Promise<void> {
+    await this.openCellfinder();
+    const row = this.treeRow(dataset);
+    await row.hover();
+    await row.locator('.action-label[aria-label="Label into This Dataset"]').click();
+    await this.webview().locator('#candidate-name').filter({ hasText: 'Candidate' }).waitFor({ timeout: 30_000 });
+    await this.webview().locator('#channel-0[style*="width"]').waitFor();
+  }
+
   /** Runs a command from the palette, as a user types it. */
   async runCommand(title: string): Promise<void> {
     const quickInput = this.page.locator('.quick-input-widget');
@@ -131,6 +148,37 @@ export class Workbench {
     await this.page.keyboard.type(title);
     await this.page.locator('.quick-input-widget .monaco-list-row', { hasText: title }).first().waitFor();
     await this.page.keyboard.press('Enter');
+  }
+
+  /** Answers the open quick input with keys; `type:…` types text. */
+  async answerQuickInput(keys: string[]): Promise<void> {
+    await this.page.locator('.quick-input-widget').waitFor({ state: 'visible' });
+    await this.page.waitForTimeout(300);
+    for (const key of keys) {
+      if (key.startsWith('type:')) await this.page.keyboard.type(key.slice(5));
+      else await this.page.keyboard.press(key);
+    }
+    await this.page.waitForTimeout(300);
+  }
+
+  /** Ticks or unticks a row of the open multi-select quick pick with the mouse. */
+  async toggleQuickPickRow(label: string): Promise<void> {
+    const row = this.page.locator('.quick-input-widget .monaco-list-row', { has: this.page.locator('.label-name', { hasText: new RegExp(`^${label}$`) }) }).first();
+    await row.locator('.monaco-checkbox').click();
+  }
+
+  /**
+   * Answers the editor's open dialog as a user does in code-server, whose
+   * dialog is a path box: types the path, then clicks OK.
+   */
+  async pickPath(fullPath: string): Promise<void> {
+    const box = this.page.locator('.quick-input-widget .quick-input-box input');
+    await box.waitFor({ state: 'visible' });
+    await this.page.waitForTimeout(300);
+    await box.fill(fullPath);
+    await this.page.waitForTimeout(500);
+    await this.page.locator('.quick-input-widget .monaco-button', { hasText: 'OK' }).click();
+    await this.page.waitForTimeout(500);
   }
 
   /** Titles the command palette offers for `text`. */
@@ -150,6 +198,25 @@ export class Workbench {
   /** The content of the active webview editor. */
   webview(): FrameLocator {
     return this.page.frameLocator('iframe.webview.ready').frameLocator('iframe#active-frame');
+  }
+
+  /** An extension's activation time in ms as VS Code's Running Extensions editor reports it ("Activation: 93ms"), then closes that editor. */
+  async activationTime(displayName: string): Promise<number> {
+    await this.runCommand('Developer: Show Running Extensions');
+    const row = this.page.locator('.monaco-list-row', { has: this.page.locator('.name', { hasText: displayName }) }).first();
+    const text = ((await row.locator('.activation-time').textContent({ timeout: 30_000 })) ?? '').trim();
+    await this.page.locator('.tab', { hasText: 'Running Extensions' }).locator('.codicon-close').click();
+    const milliseconds = /([\d.]+)\s*ms/.exec(text)?.[1];
+    if (!milliseconds) throw new Error(`Running Extensions shows no activation time for ${displayName}: "${text}"`);
+    return Number(milliseconds);
+  }
+
+  /** The active webview's page as a frame, to run timing code inside it. */
+  async webviewFrame(): Promise<Frame> {
+    const outer = await (await this.page.locator('iframe.webview.ready').elementHandle())?.contentFrame();
+    const inner = await (await outer?.locator('iframe#active-frame').elementHandle())?.contentFrame();
+    if (!inner) throw new Error('no webview is open');
+    return inner;
   }
 
   async screenshot(folder: string, name: string): Promise<void> {

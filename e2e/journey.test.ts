@@ -13,9 +13,10 @@ import * as path from 'node:path';
 import { after, before, test } from 'node:test';
 import type { Browser } from 'playwright-core';
 import { CELLS_FOLDER, NON_CELLS_FOLDER, TrainingDataset } from '../src/core/dataset';
-import { saveCandidateSet } from '../src/core/labelling';
-import { REPO_ROOT, SAMPLE, scratch } from '../test/helpers';
+import { REPO_ROOT, scratch } from '../test/helpers';
+import { kerasCellProbabilities, ourCellProbabilities } from '../test/kerasPeer';
 import { CodeServer, launchChromium, makeProfile, packageExtension, Workbench, type Profile } from './codeServer';
+import { sampleWorkspace } from './sampleWorkspace';
 
 const SHOTS = path.join(REPO_ROOT, 'docs', 'e2e');
 
@@ -27,39 +28,8 @@ before(async () => {
 });
 after(() => browser?.close());
 
-/**
- * The sample workspace: cellfinder's test volume and candidates, a dataset of
- * cellfinder's own labelled cubes, and a dataset to label the candidates into
- * that remembers them (as "Label Candidates" leaves it).
- */
-async function sampleWorkspace(root: string): Promise<string> {
-  const workspace = path.join(root, 'workspace');
-  await fs.cp(SAMPLE, path.join(workspace, 'sample'), { recursive: true });
-  const labelled = await TrainingDataset.create(path.join(workspace, 'labelled'));
-  for (const folder of [CELLS_FOLDER, NON_CELLS_FOLDER]) {
-    await fs.cp(path.join(SAMPLE, 'training', folder), path.join(labelled.root, folder), { recursive: true });
-  }
-  const toLabel = await TrainingDataset.create(path.join(workspace, 'round1'));
-  await saveCandidateSet(toLabel.root, {
-    points: path.join(workspace, 'sample', 'candidates', 'candidates.xml'),
-    signal: path.join(workspace, 'sample', 'signal'),
-    background: path.join(workspace, 'sample', 'background'),
-    voxelSizes: [5, 2, 2],
-  });
-  return workspace;
-}
-
 async function cubeFiles(folder: string): Promise<string[]> {
   return (await fs.readdir(folder).catch(() => [] as string[])).filter((name) => name.endsWith('.tif')).sort();
-}
-
-async function openLabelling(workbench: Workbench, dataset: string): Promise<void> {
-  await workbench.openCellfinder();
-  const row = workbench.treeRow(dataset);
-  await row.hover();
-  await row.locator('.action-label[aria-label="Label into This Dataset"]').click();
-  await workbench.webview().locator('#candidate-name').filter({ hasText: 'Candidate' }).waitFor({ timeout: 30_000 });
-  await workbench.webview().locator('#channel-0[style*="width"]').waitFor();
 }
 
 test('the journey in a real VS Code: sidebar, keyboard labelling that survives kill -9, retrain with cancel/resume, predict, untrusted browsing', { timeout: 15 * 60_000 }, async (t) => {
@@ -76,8 +46,26 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
   await workbench.treeRow('round1').locator('.label-description', { hasText: '0 cells · 0 non-cells' }).waitFor();
   await workbench.screenshot(SHOTS, '1-sidebar-dark');
 
+  // 2. Extract Cubes from Candidates: the sample volumes and detection points through the editor's
+  // own file dialogs (code-server's: a path box with an OK button), into a new dataset folder.
+  await workbench.runCommand('Cellfinder: Extract Cubes from Candidates');
+  await workbench.pickPath(path.join(workspace, 'sample', 'signal'));
+  await workbench.pickPath(path.join(workspace, 'sample', 'background'));
+  await workbench.pickPath(path.join(workspace, 'sample', 'candidates', 'candidates.xml'));
+  await workbench.answerQuickInput(['type:5 2 2', 'Enter']);
+  await workbench.answerQuickInput(['type:New folder in the workspace', 'Enter']);
+  await workbench.answerQuickInput(['Control+a', 'type:extracted', 'Enter']);
+  // Detection marks every candidate type 1, so they become non-cells; 13 of the 38 lie far enough from the edges.
+  const extractedMessage = workbench.page.locator('.notification-toast', { hasText: '13 cube(s) added to extracted (0 cells, 13 non-cells), 25 skipped near the edge' });
+  await extractedMessage.waitFor({ timeout: 60_000 });
+  await workbench.treeRow('extracted').locator('.label-description', { hasText: '0 cells · 13 non-cells' }).waitFor({ timeout: 15_000 });
+  await workbench.screenshot(SHOTS, '2-extracted-dark');
+  assert.equal((await cubeFiles(path.join(workspace, 'extracted', NON_CELLS_FOLDER))).length, 26, '13 cubes, two channels each');
+  assert.equal((await TrainingDataset.open(path.join(workspace, 'extracted'))).root, path.join(workspace, 'extracted'));
+  await extractedMessage.locator('.codicon-notifications-clear').click();
+
   // 3. Label by keyboard: Y, N, Y, then U undoes the last; each decision is on disk at once.
-  await openLabelling(workbench, 'round1');
+  await workbench.openLabelling('round1');
   const view = workbench.webview();
   await view.locator('#channel-0').click();
   for (const key of ['y', 'n', 'y']) {
@@ -95,7 +83,7 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
 
   // Close the tab and reopen: it continues at the first candidate still to do.
   await workbench.page.locator('.tab', { hasText: 'Label: candidates.xml' }).locator('.codicon-close').click();
-  await openLabelling(workbench, 'round1');
+  await workbench.openLabelling('round1');
   await workbench.webview().locator('#progress', { hasText: /^2 of 13 decided/ }).waitFor();
   assert.match((await workbench.webview().locator('#candidate-name').textContent()) ?? '', /^Candidate 3 of 13/);
 
@@ -109,22 +97,15 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
   assert.equal((await cubeFiles(path.join(round1, NON_CELLS_FOLDER))).length, 4);
   server = await CodeServer.start(profile, workspace, { askTrust: false });
   workbench = await Workbench.open(browser, server);
-  await openLabelling(workbench, 'round1');
+  await workbench.openLabelling('round1');
   await workbench.webview().locator('#progress', { hasText: /^3 of 13 decided/ }).waitFor();
 
   // 4. Retrain Network from the palette, a tiny run: ResNet-18, 12 epochs of batch 1 on the labelled dataset.
   await workbench.runCommand('Cellfinder: Retrain Network');
-  const quickInput = workbench.page.locator('.quick-input-widget');
-  const answer = async (keys: string[]) => {
-    await quickInput.waitFor({ state: 'visible' });
-    await workbench.page.waitForTimeout(300);
-    for (const key of keys) {
-      if (key.startsWith('type:')) await workbench.page.keyboard.type(key.slice(5));
-      else await workbench.page.keyboard.press(key);
-    }
-    await workbench.page.waitForTimeout(300);
-  };
-  // Datasets: the first readable one ("labelled") comes ticked, so Enter takes it.
+  const answer = (keys: string[]) => workbench.answerQuickInput(keys);
+  // Datasets: the first readable one ("extracted") comes ticked; the user clicks it off and "labelled" on.
+  await workbench.toggleQuickPickRow('extracted');
+  await workbench.toggleQuickPickRow('labelled');
   await answer(['Enter']);
   await answer(['type:From scratch', 'Enter']);
   await answer(['type:ResNet-18', 'Enter']);
@@ -143,11 +124,17 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
   await panel.locator('#run-status', { hasText: 'finished' }).waitFor({ timeout: 300_000 });
   assert.equal(await panel.locator('#epochs tbody tr').count(), 12);
   await workbench.openCellfinder();
-  await workbench.treeRow('model.keras').waitFor({ timeout: 15_000 });
+  await workbench.treeRow('model.keras').locator('.label-description', { hasText: 'ResNet-18' }).waitFor({ timeout: 15_000 });
   await workbench.screenshot(SHOTS, '4-training-finished-dark');
+  // The model files load, in our engine and in Keras 3 with cellfinder's own network, to the same predictions.
+  const runFolder = (await fs.readdir(path.join(workspace, 'runs')))[0];
+  const modelFile = path.join(workspace, 'runs', runFolder, 'model.keras');
+  const ours = await ourCellProbabilities(modelFile, 18, 2);
+  const keras = kerasCellProbabilities(modelFile, 18, 2);
+  ours.forEach((p, i) => assert.ok(Math.abs(p - keras[i]) < 1e-4, `cube ${i}: ours ${p}, Keras ${keras[i]}`));
 
   // 5. Predict the candidates with the new model: the view orders them most uncertain first.
-  await openLabelling(workbench, 'round1');
+  await workbench.openLabelling('round1');
   await workbench.webview().locator('#choose-model').click();
   await workbench.page.locator('.quick-input-widget .monaco-list-row', { hasText: 'model.keras' }).first().waitFor();
   await workbench.page.keyboard.type('model.keras');

@@ -11,7 +11,7 @@ import { mergeTrainingYamls } from './core/merge';
 import { DataFileError } from './core/errors';
 import { extractToDataset } from './core/extractToDataset';
 import { LabellingPanels } from './editor/labellingPanel';
-import { askVoxelSizes, pickFolder, pickVolume } from './editor/pickers';
+import { askVoxelSizes, pickDatasetFolder, pickVolume } from './editor/pickers';
 import { requireTrust } from './editor/settings';
 import { registerSidebar, type SidebarItem, type WorkspaceIndex } from './editor/sidebar';
 import { Training } from './editor/training';
@@ -34,11 +34,11 @@ export function activate(context: vscode.ExtensionContext): void {
     command('cellfinder.retrainNetwork', () => training.retrain()),
     command('cellfinder.retrainOnDataset', (item) => training.retrain(datasetOf(item))),
     command('cellfinder.labelCandidates', () => labelling.labelCandidates()),
-    command('cellfinder.labelDataset', async (item) => labelling.labelDataset(datasetOf(item) ?? (await pickFolder('Training dataset to label into')) ?? '')),
+    command('cellfinder.labelDataset', async (item) => labelling.labelDataset(datasetOf(item) ?? (await pickDatasetFolder('Label into which training dataset?', index.datasetRoots(), 'training-data')) ?? '')),
     command('cellfinder.reviewDataset', (item) => labelling.reviewDataset(datasetOf(item) ?? '')),
     command('cellfinder.addCandidates', (item) => labelling.labelDataset(datasetOf(item) ?? '', true)),
     command('cellfinder.createTrainingDataset', createTrainingDataset),
-    command('cellfinder.extractCubes', extractCubesCommand),
+    command('cellfinder.extractCubes', () => extractCubesCommand(index)),
     command('cellfinder.classify', () => training.classifyWith(undefined)),
     command('cellfinder.classifyWithModel', (item) => training.classifyWith(item?.kind === 'model' ? item.file : undefined)),
     command('cellfinder.setUpEngine', setUpEngineCommand),
@@ -88,7 +88,7 @@ async function mergeDatasets(item: ItemArgument): Promise<void> {
   if (item?.kind !== 'dataset' || !item.dataset.yamlFile) return;
   const others = await vscode.window.showOpenDialog({ title: 'training.yaml files to merge with this one', canSelectMany: true, filters: { 'training.yaml': ['yaml', 'yml'] } });
   if (!others?.length) return;
-  const outputDir = await pickFolder('Empty folder for the merged dataset');
+  const outputDir = await pickDatasetFolder('Empty folder for the merged dataset', [], 'merged-training-data');
   if (!outputDir) return;
   const report = await mergeTrainingYamls([item.dataset.yamlFile, ...others.map((u) => u.fsPath)], outputDir);
   for (const c of report.conflicts) log.appendLine(`merge conflict at x=${c.position.x} y=${c.position.y} z=${c.position.z}: kept ${c.kept.label} (${c.kept.yamlFile}), dropped ${c.dropped.label} (${c.dropped.yamlFile})`);
@@ -107,7 +107,7 @@ async function runReportingErrors(command: () => Promise<void>): Promise<void> {
 
 async function createTrainingDataset(): Promise<void> {
   requireTrust('Creating a dataset');
-  const folder = await pickFolder('Folder for the new training dataset');
+  const folder = await pickDatasetFolder('Folder for the new training dataset', [], 'training-data');
   if (!folder) return;
   const dataset = await vscode.window.withProgress(
     { location: vscode.ProgressLocation.Notification, title: 'Cellfinder: creating training dataset', cancellable: false },
@@ -117,7 +117,7 @@ async function createTrainingDataset(): Promise<void> {
   await vscode.window.showTextDocument(vscode.Uri.file(dataset.yamlFile), { preview: true });
 }
 
-async function extractCubesCommand(): Promise<void> {
+async function extractCubesCommand(index: WorkspaceIndex): Promise<void> {
   requireTrust('Extracting cubes');
   const signal = await pickVolume('Signal channel: folder of z-planes or multi-page TIFF');
   if (!signal) return;
@@ -126,7 +126,7 @@ async function extractCubesCommand(): Promise<void> {
   if (!points?.[0]) return;
   const voxelSizes = await askVoxelSizes();
   if (voxelSizes === undefined) return;
-  const outputDir = await pickFolder('Output folder for the training dataset');
+  const outputDir = await pickDatasetFolder('Save the cubes into which training dataset?', index.datasetRoots(), 'training-data');
   if (!outputDir) return;
 
   const report = await vscode.window.withProgress(

@@ -6,57 +6,26 @@
  * (c) a Keras-2-layout .h5 (cellfinder's pre-trained resnet50_tv.h5 layout) loads.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { KerasAdam } from '../src/training/adam';
-import { loadNetwork, predictCellProbabilities } from '../src/training/inference';
+import { loadNetwork } from '../src/training/inference';
 import { kerasModelConfig } from '../src/training/kerasConfig';
 import { readModelFile, writeKerasModel, writeKerasWeights, describeModelFile } from '../src/training/modelFiles';
 import { resnetSpec, weightKey } from '../src/training/resnet';
-import { makeBatch } from '../src/training/trainingData';
 import { REPO_ROOT, SAMPLE, scratch } from './helpers';
-
-const PYTHON = path.join(REPO_ROOT, '.venv', 'bin', 'python');
-const PEER = path.join(REPO_ROOT, 'test', 'python', 'keras_peer.py');
-const CUBES = [
-  'cube_extract/cubes/pCellz10y522x392Ch0.tif',
-  'cube_extract/cubes/pCellz15y1004x340Ch0.tif',
-  'training/cells/pCellz1132y413x1896Ch0.tif',
-  'training/non_cells/pCellz1137y278x1616Ch0.tif',
-].map((file) => path.join(SAMPLE, file));
-
-interface PeerPrediction {
-  ok: boolean;
-  load_error?: string;
-  checks?: Record<string, unknown>;
-  predictions?: { cubes: Array<{ probabilities: [number, number] }> };
-  cubes?: Array<{ probabilities: [number, number] }>;
-}
-
-function peer(args: string[]): PeerPrediction {
-  const run = spawnSync(PYTHON, [PEER, ...args], { encoding: 'utf8', maxBuffer: 64 * 2 ** 20, env: { ...process.env, KERAS_BACKEND: 'jax' } });
-  assert.equal(run.status, 0, `keras_peer ${args[0]} failed:\n${run.stdout.slice(-3000)}\n${run.stderr.slice(-3000)}`);
-  return JSON.parse(run.stdout) as PeerPrediction;
-}
-
-async function ourCellProbabilities(file: string): Promise<number[]> {
-  const network = await loadNetwork(tf, file, 18, 2);
-  const samples = CUBES.map((ch0) => ({ files: [ch0, ch0.replace(/Ch0\.tif$/, 'Ch1.tif')], label: 0 as const, position: { x: 0, y: 0, z: 0 } }));
-  const batch = await makeBatch(samples, { channels: 2, normalise: false });
-  return Array.from(predictCellProbabilities(tf, network, batch.inputs, batch.size, 2));
-}
+import { kerasCellProbabilities, ourCellProbabilities, peer, PEER_CUBES, PEER_PYTHON } from './kerasPeer';
 
 test('Keras 3 <-> us: .weights.h5, .keras and Keras-2 .h5 load both ways with the same predictions on real cubes', { timeout: 15 * 60_000 }, async (t) => {
-  assert.ok(existsSync(PYTHON), 'the peer venv is missing: run scripts/python-env.sh (npm test runs it)');
+  assert.ok(existsSync(PEER_PYTHON), 'the peer venv is missing: run scripts/python-env.sh (npm test runs it)');
   await tf.setBackend('cpu');
   const dir = scratch(t);
-  const saved = peer(['save', '--depth', '18', '--channels', '2', '--seed', '1', '--out-dir', dir, '--cubes', ...CUBES]);
+  const saved = peer(['save', '--depth', '18', '--channels', '2', '--seed', '1', '--out-dir', dir, '--cubes', ...PEER_CUBES]);
   assert.ok(saved.ok);
   const kerasProbabilities = (saved.predictions?.cubes ?? []).map((cube) => cube.probabilities[1]);
-  assert.equal(kerasProbabilities.length, CUBES.length);
+  assert.equal(kerasProbabilities.length, PEER_CUBES.length);
 
   // (a) + (c): the three formats Keras wrote read to identical weights ...
   const fromWeights = await readModelFile(path.join(dir, 'model.weights.h5'));
@@ -74,7 +43,7 @@ test('Keras 3 <-> us: .weights.h5, .keras and Keras-2 .h5 load both ways with th
     assert.deepEqual(fromLegacy.weights.get(key), values, key);
   }
   // ... and our network predicts what Keras predicts.
-  const ours = await ourCellProbabilities(path.join(dir, 'model.weights.h5'));
+  const ours = await ourCellProbabilities(path.join(dir, 'model.weights.h5'), 18, 2);
   ours.forEach((p, i) => assert.ok(Math.abs(p - kerasProbabilities[i]) < 1e-5, `cube ${i}: ours ${p}, Keras ${kerasProbabilities[i]}`));
   t.diagnostic(`Keras-written: max |ours - Keras| = ${Math.max(...ours.map((p, i) => Math.abs(p - kerasProbabilities[i]))).toExponential(2)}`);
 
@@ -86,9 +55,7 @@ test('Keras 3 <-> us: .weights.h5, .keras and Keras-2 .h5 load both ways with th
   await writeKerasWeights(path.join(dir, 'ours.weights.h5'), network.spec, network.weights);
   await writeKerasModel(path.join(dir, 'ours.keras'), network.spec, network.weights, optimizer);
   for (const file of ['ours.weights.h5', 'ours.keras']) {
-    const result = peer(['predict', '--depth', '18', '--channels', '2', '--weights', path.join(dir, file), '--cubes', ...CUBES]);
-    assert.ok(result.ok, `${file}: ${result.load_error ?? JSON.stringify(result.checks)}`);
-    const probabilities = (result.cubes ?? []).map((cube) => cube.probabilities[1]);
+    const probabilities = kerasCellProbabilities(path.join(dir, file), 18, 2);
     probabilities.forEach((p, i) => assert.ok(Math.abs(p - kerasProbabilities[i]) < 1e-6, `${file} cube ${i}: Keras ${p}, expected ${kerasProbabilities[i]}`));
   }
   // Our .keras carries the optimiser state back to us.

@@ -11,7 +11,7 @@ import { LabellingSession, loadCandidateSet, saveCandidateSet, type CandidateSet
 import { percentile } from '../webview/render';
 import { LABELLING_BODY } from '../webview/labelling/body';
 import type { LabellingToHost } from '../webview/protocol';
-import { askVoxelSizes, pickFile, pickFolder, pickVolume } from './pickers';
+import { askVoxelSizes, pickDatasetFolder, pickFile, pickVolume } from './pickers';
 import { cliLocation, requireTrust, setting } from './settings';
 import type { WorkspaceIndex } from './sidebar';
 import { loadPage } from './webviewPanel';
@@ -71,11 +71,7 @@ export class LabellingPanels {
     requireTrust('Labelling');
     const set = await askForCandidateSet();
     if (!set) return;
-    const datasets = this.index.datasets().flatMap((item) => (item.kind === 'dataset' && item.dataset.yamlFile ? [item.dataset.root] : []));
-    const NEW = '$(new-folder) New dataset folder…';
-    const choice = datasets.length ? await vscode.window.showQuickPick([NEW, ...datasets], { title: 'Save the labels into which training dataset?' }) : NEW;
-    if (!choice) return;
-    const root = choice === NEW ? await pickFolder('Folder for the training dataset') : choice;
+    const root = await pickDatasetFolder('Save the labels into which training dataset?', this.index.datasetRoots(), 'training-data');
     if (root) await this.show(root, set);
   }
 

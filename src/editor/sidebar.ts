@@ -81,6 +81,11 @@ export class WorkspaceIndex implements vscode.Disposable {
     return this.datasetItems;
   }
 
+  /** The folders of the datasets with a training.yaml, which commands can add cubes to. */
+  datasetRoots(): string[] {
+    return this.datasetItems.flatMap((item) => (item.kind === 'dataset' && item.dataset.yamlFile ? [item.dataset.root] : []));
+  }
+
   private async describeModel(file: string): Promise<void> {
     const stat = await fs.stat(file).catch(() => undefined);
     if (!stat) return;
