@@ -92,6 +92,7 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
   await workbench.page.keyboard.press('n');
   // Killed as soon as the page says the decision is saved.
   await workbench.webview().locator('#progress', { hasText: /^3 of 13 decided · all saved/ }).waitFor();
+  assert.deepEqual(workbench.webviewErrors, []);
   await server.stop('SIGKILL');
   await workbench.page.close();
   assert.equal((await cubeFiles(path.join(round1, NON_CELLS_FOLDER))).length, 4);

@@ -58,6 +58,11 @@ test('Keras 3 <-> us: .weights.h5, .keras and Keras-2 .h5 load both ways with th
     const probabilities = kerasCellProbabilities(path.join(dir, file), 18, 2);
     probabilities.forEach((p, i) => assert.ok(Math.abs(p - kerasProbabilities[i]) < 1e-6, `${file} cube ${i}: Keras ${p}, expected ${kerasProbabilities[i]}`));
   }
+  // The Models view's quick look needs only the head of a .keras (config.json comes first), not its weights.
+  const head = (await fs.readFile(path.join(dir, 'ours.keras'))).subarray(0, 256 * 1024);
+  await fs.writeFile(path.join(dir, 'head-only.keras'), head);
+  assert.deepEqual(await describeModelFile(path.join(dir, 'head-only.keras')), { format: 'keras', depth: 18, channels: 2 });
+  await assert.rejects(readModelFile(path.join(dir, 'head-only.keras')), /head-only.keras: is a damaged zip archive/);
   // Our .keras carries the optimiser state back to us.
   const reloaded = await readModelFile(path.join(dir, 'ours.keras'));
   assert.equal(reloaded.optimizer?.iterations, 5);

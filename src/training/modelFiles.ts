@@ -15,10 +15,10 @@
  *   the root's `layer_names`; Keras 3 matches these by layer order.
  */
 import { randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { createReadStream, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { strFromU8, strToU8, unzipSync, zipSync } from 'fflate';
+import { strFromU8, strToU8, Unzip, UnzipInflate, unzipSync, zipSync } from 'fflate';
 import type * as tfType from '@tensorflow/tfjs';
 import { writeFileAtomic, type AtomicWriteOptions } from '../core/atomicFile';
 import { DataFileError } from '../core/errors';
@@ -347,13 +347,21 @@ export interface ModelDescription {
  * the editor's Models view.
  */
 export async function describeModelFile(file: string): Promise<ModelDescription> {
-  const bytes = await fs.readFile(file).catch((error: Error) => {
-    throw new DataFileError(file, `cannot be read (${error.message})`, 'Check the path');
-  });
-  if (bytes.length > 4 && bytes.readUInt32LE(0) === 0x04034b50) {
+  const bytes = Buffer.alloc(8);
+  try {
+    const handle = await fs.open(file, 'r');
+    try {
+      await handle.read(bytes, 0, 8, 0);
+    } finally {
+      await handle.close();
+    }
+  } catch (error) {
+    throw new DataFileError(file, `cannot be read (${(error as Error).message})`, 'Check the path');
+  }
+  if (bytes.readUInt32LE(0) === 0x04034b50) {
     let config: Uint8Array | undefined;
     try {
-      config = unzipSync(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), { filter: (member) => member.name === 'config.json' })['config.json'];
+      config = await readZipMember(file, 'config.json');
     } catch (error) {
       throw new DataFileError(file, `is a damaged zip archive (${(error as Error).message})`, NOT_A_MODEL_FIX);
     }
@@ -363,7 +371,8 @@ export async function describeModelFile(file: string): Promise<ModelDescription>
     const spec = specFor(file, layers.filter((layer) => layer.class_name === 'Conv3D').length, input?.[input.length - 1] ?? 0, {});
     return { format: 'keras', depth: spec.depth, channels: spec.channels };
   }
-  if (!(bytes.length > 8 && bytes.subarray(0, 8).equals(HDF5_SIGNATURE))) throw new DataFileError(file, NEITHER_ZIP_NOR_HDF5, NOT_A_MODEL_FIX);
+  if (!bytes.equals(HDF5_SIGNATURE)) throw new DataFileError(file, NEITHER_ZIP_NOR_HDF5, NOT_A_MODEL_FIX);
+  // h5wasm reads only the metadata it is asked for, not the weights.
   const h5 = await h5wasm();
   const input = new h5.File(file, 'r');
   try {
@@ -386,4 +395,48 @@ export async function describeModelFile(file: string): Promise<ModelDescription>
   } finally {
     input.close();
   }
+}
+
+/**
+ * One member of a zip archive, streamed from the start of the file until that
+ * member is complete. Keras (and our writer) put config.json first, so
+ * describing a model reads a few kilobytes instead of its hundreds of
+ * megabytes of weights. Undefined when the archive has no such member.
+ */
+function readZipMember(file: string, member: string): Promise<Uint8Array | undefined> {
+  return new Promise((resolve, reject) => {
+    const stream = createReadStream(file, { highWaterMark: 64 * 1024 });
+    const parts: Uint8Array[] = [];
+    let settled = false;
+    const settle = (error: Error | undefined, value?: Uint8Array) => {
+      if (settled) return;
+      settled = true;
+      stream.destroy();
+      if (error) reject(error);
+      else resolve(value);
+    };
+    const unzip = new Unzip((entry) => {
+      if (entry.name !== member) return;
+      entry.ondata = (error, data, final) => {
+        if (error) return settle(error);
+        parts.push(data);
+        if (final) settle(undefined, Buffer.concat(parts));
+      };
+      entry.start();
+    });
+    unzip.register(UnzipInflate);
+    const push = (chunk: Uint8Array, final: boolean) => {
+      try {
+        unzip.push(chunk, final);
+      } catch (error) {
+        settle(error as Error);
+      }
+    };
+    stream.on('data', (chunk) => push(chunk as Buffer, false));
+    stream.on('end', () => {
+      push(new Uint8Array(0), true);
+      settle(undefined, undefined);
+    });
+    stream.on('error', (error) => settle(error));
+  });
 }
