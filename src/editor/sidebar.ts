@@ -1,6 +1,6 @@
 /**
  * The Cellfinder sidebar: Datasets, Models and Runs, from one scan of the
- * workspace that a file watcher refreshes (debounced) when files change.
+ * workspace that a file watcher keeps current (rate-limited) as files change.
  */
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
@@ -10,7 +10,8 @@ import { scanWorkspace, type FoundDataset, type WorkspaceContents } from '../cor
 import { describeModelFile, type ModelDescription } from '../training/modelFiles';
 import { readRun, type RunRecord } from '../training/runs';
 
-const REFRESH_DELAY_MS = 500;
+/** At most one rescan per this interval while files keep changing (a training run appends to its log several times a second). */
+const REFRESH_INTERVAL_MS = 500;
 
 export type SidebarItem =
   | { kind: 'dataset'; dataset: FoundDataset; cells?: number; nonCells?: number; error?: string }
@@ -30,6 +31,9 @@ export class WorkspaceIndex implements vscode.Disposable {
   private readonly changed = new vscode.EventEmitter<void>();
   readonly onDidChange = this.changed.event;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  private refreshPending = false;
+  private refreshRunning = false;
+  private lastRefreshStart = 0;
   private readonly watcher: vscode.FileSystemWatcher;
 
   constructor() {
@@ -45,16 +49,33 @@ export class WorkspaceIndex implements vscode.Disposable {
   }
 
   /**
-   * Refreshes once shortly after the first change of a burst. Not a debounce
-   * that restarts on every change: a training run appends to its log several
-   * times a second, which would postpone the refresh until it ends.
+   * Rescans at once after a change when the last rescan is older than the
+   * interval, else when the interval is up; rescans never overlap. Not a
+   * debounce, which would wait for quiet and so starve while a training run
+   * keeps appending to its log; not a plain delay, which would make every
+   * new cube wait the whole interval before the tree shows it.
    */
   refreshSoon(): void {
-    if (this.timer) return;
+    this.refreshPending = true;
+    if (this.refreshRunning || this.timer) return;
+    const wait = Math.max(0, this.lastRefreshStart + REFRESH_INTERVAL_MS - Date.now());
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      void this.refresh();
-    }, REFRESH_DELAY_MS);
+      void this.runPendingRefresh();
+    }, wait);
+  }
+
+  private async runPendingRefresh(): Promise<void> {
+    if (!this.refreshPending) return;
+    this.refreshPending = false;
+    this.refreshRunning = true;
+    this.lastRefreshStart = Date.now();
+    try {
+      await this.refresh();
+    } finally {
+      this.refreshRunning = false;
+      if (this.refreshPending) this.refreshSoon();
+    }
   }
 
   async refresh(): Promise<void> {
