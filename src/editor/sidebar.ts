@@ -13,10 +13,13 @@ import { readRun, type RunRecord } from '../training/runs';
 /** At most one rescan per this interval while files keep changing (a training run appends to its log several times a second). */
 const REFRESH_INTERVAL_MS = 500;
 
+const isCheckpoint = (file: string) => path.basename(file).startsWith('model-epoch.');
+
 export type SidebarItem =
   | { kind: 'dataset'; dataset: FoundDataset; cells?: number; nonCells?: number; error?: string }
   | { kind: 'problem'; problem: ValidationProblem; severity: 'problem' | 'warning' }
   | { kind: 'model'; file: string; run?: RunRecord; description?: ModelDescription | { error: string } }
+  | { kind: 'checkpoints'; folder: string; models: SidebarItem[] }
   | { kind: 'run'; run: RunRecord };
 
 /** The scan and what was read for each item, shared by the three views. */
@@ -116,11 +119,25 @@ export class WorkspaceIndex implements vscode.Disposable {
     this.modelDescriptions.set(file, { version, description });
   }
 
-  /** Final models first, then the per-epoch checkpoints (cellfinder names them model-epoch.NN-...). */
+  /** Every model file: final models first, then the per-epoch checkpoints (cellfinder names them model-epoch.NN-...). */
   models(): SidebarItem[] {
-    const isCheckpoint = (file: string) => path.basename(file).startsWith('model-epoch.');
     const ordered = [...this.contents.models.filter((f) => !isCheckpoint(f)), ...this.contents.models.filter(isCheckpoint)];
-    return ordered.map((file) => ({ kind: 'model', file, run: this.runs.get(path.dirname(file)), description: this.modelDescriptions.get(file)?.description }));
+    return ordered.map((file) => this.modelItem(file));
+  }
+
+  /** The Models view: final models, and each folder's checkpoints folded into one collapsed row (a run writes one per epoch). */
+  modelTree(): SidebarItem[] {
+    const checkpointFolders = new Map<string, SidebarItem[]>();
+    for (const file of this.contents.models.filter(isCheckpoint)) {
+      const folder = path.dirname(file);
+      checkpointFolders.set(folder, [...(checkpointFolders.get(folder) ?? []), this.modelItem(file)]);
+    }
+    const finals = this.contents.models.filter((file) => !isCheckpoint(file)).map((file) => this.modelItem(file));
+    return [...finals, ...[...checkpointFolders].map(([folder, models]): SidebarItem => ({ kind: 'checkpoints', folder, models }))];
+  }
+
+  private modelItem(file: string): SidebarItem {
+    return { kind: 'model', file, run: this.runs.get(path.dirname(file)), description: this.modelDescriptions.get(file)?.description };
   }
 
   runItems(): SidebarItem[] {
@@ -169,6 +186,14 @@ export function treeItem(item: SidebarItem, validation: ReadonlyMap<string, Vali
       tree.id = `model:${item.file}`;
       return tree;
     }
+    case 'checkpoints': {
+      const tree = new vscode.TreeItem(`${item.models.length} checkpoint${item.models.length === 1 ? '' : 's'}`, vscode.TreeItemCollapsibleState.Collapsed);
+      tree.description = path.basename(item.folder);
+      tree.tooltip = item.folder;
+      tree.iconPath = new vscode.ThemeIcon('history');
+      tree.id = `checkpoints:${item.folder}`;
+      return tree;
+    }
     case 'run': {
       const run = item.run;
       const tree = new vscode.TreeItem(path.basename(run.outputDir), vscode.TreeItemCollapsibleState.None);
@@ -201,6 +226,7 @@ class SidebarView implements vscode.TreeDataProvider<SidebarItem> {
 
   getChildren(item?: SidebarItem): SidebarItem[] {
     if (!item) return this.roots();
+    if (item.kind === 'checkpoints') return item.models;
     if (item.kind !== 'dataset') return [];
     const problems: SidebarItem[] = (this.index.validation.get(item.dataset.root) ?? []).map((problem) => ({ kind: 'problem', problem, severity: 'problem' }));
     if (item.error) problems.unshift({ kind: 'problem', problem: { file: item.dataset.yamlFile ?? item.dataset.root, problem: item.error, fix: '' }, severity: 'warning' });
@@ -213,7 +239,7 @@ export function registerSidebar(context: vscode.ExtensionContext): WorkspaceInde
   context.subscriptions.push(
     index,
     vscode.window.registerTreeDataProvider('cellfinder.datasets', new SidebarView(index, () => index.datasets())),
-    vscode.window.registerTreeDataProvider('cellfinder.models', new SidebarView(index, () => index.models())),
+    vscode.window.registerTreeDataProvider('cellfinder.models', new SidebarView(index, () => index.modelTree())),
     vscode.window.registerTreeDataProvider('cellfinder.runs', new SidebarView(index, () => index.runItems())),
   );
   void index.refresh();
