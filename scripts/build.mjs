@@ -1,5 +1,6 @@
-// Bundles the extension host entry, the CLI and the training worker into
-// dist/, and each webview page's script into dist/webview/, with esbuild.
+// Bundles the extension host entry, the CLI, the training worker and its
+// batch-assembly thread into dist/, and each webview page's script into
+// dist/webview/, with esbuild.
 // `vscode` is provided by the editor at run time and must stay external.
 import { build } from 'esbuild';
 
@@ -20,6 +21,8 @@ await Promise.all([
   build({ ...common, entryPoints: ['src/extension.ts'], outfile: 'dist/extension.js', external: ['vscode'] }),
   build({ ...common, entryPoints: ['src/cli/main.ts'], outfile: 'dist/cli.js' }),
   build({ ...common, entryPoints: ['src/training/worker.ts'], outfile: 'dist/worker.js' }),
+  // The batch-assembly thread that dist/worker.js and dist/cli.js start (next to them, see batchThread.ts).
+  build({ ...common, entryPoints: ['src/training/batchThreadEntry.ts'], outfile: 'dist/batchThreadEntry.js' }),
   build({
     entryPoints: { labelling: 'src/webview/labelling/main.ts', training: 'src/webview/training/main.ts' },
     outdir: 'dist/webview',

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { NetworkDepth } from '../src/training/resnet';
 import { loadNetwork, predictCellProbabilities } from '../src/training/inference';
-import { makeBatch } from '../src/training/trainingData';
+import { assembleBatch, planBatch } from '../src/training/trainingData';
 import { REPO_ROOT, SAMPLE } from './helpers';
 
 export const PEER_PYTHON = path.join(REPO_ROOT, '.venv', 'bin', 'python');
@@ -50,6 +50,6 @@ export function kerasCellProbabilities(file: string, depth: NetworkDepth, channe
 export async function ourCellProbabilities(file: string, depth: NetworkDepth, channels: 1 | 2): Promise<number[]> {
   const network = await loadNetwork(tf, file, depth, channels);
   const samples = PEER_CUBES.map((ch0) => ({ files: channels === 2 ? [ch0, ch0.replace(/Ch0\.tif$/, 'Ch1.tif')] : [ch0], label: 0 as const, position: { x: 0, y: 0, z: 0 } }));
-  const batch = await makeBatch(samples, { channels, normalise: false });
+  const batch = await assembleBatch(planBatch(samples, { channels, normalise: false }));
   return Array.from(predictCellProbabilities(tf, network, batch.inputs, batch.size, channels));
 }

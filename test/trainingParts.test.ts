@@ -1,17 +1,20 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { promises as fs, readdirSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { readCube } from '../src/core/cube';
+import { DataFileError } from '../src/core/errors';
 import { categoricalCrossEntropy, KerasAdam } from '../src/training/adam';
 import { applyAugmentation, drawAugmentation, CELLFINDER_AUGMENTATION } from '../src/training/augment';
-import { seededRandom } from '../src/training/random';
+import { BatchThread } from '../src/training/batchThread';
+import { seededRandom, type Random } from '../src/training/random';
 import { batchNormWithBatchStatistics, kerasWeightGroups, maxPool3dSeparable, parameterCount, resnetSpec } from '../src/training/resnet';
 import { loadTensorFlow } from '../src/training/backend';
 import { learningRateForEpoch, TRAIN_DEFAULTS } from '../src/training/trainConfig';
-import { epochOrder, loadSamples, makeBatch, splitSamples } from '../src/training/trainingData';
-import { REPO_ROOT, SAMPLE, scratch } from './helpers';
+import { assembleBatch, epochOrder, inBatches, loadSamples, planBatch, splitSamples, toNetworkOrder, type Batch } from '../src/training/trainingData';
+import { REPO_ROOT, SAMPLE, scratch, tinyDataset } from './helpers';
 
 test('ResNet spec: cellfinder\'s layer counts, parameters and z-sized batch norm', () => {
   const spec = resnetSpec(50, 2);
@@ -96,6 +99,22 @@ test('augmentation: flips are exact, parity mode draws cellfinder\'s fixed pi/4 
   assert.deepEqual(drawAugmentation(CELLFINDER_AUGMENTATION, seededRandom(9)), drawAugmentation(CELLFINDER_AUGMENTATION, seededRandom(9)));
 });
 
+test('augmentation of real cubes gives the same bytes as the plain implementation it was optimised from', async () => {
+  const cubes = await Promise.all(['cells/pCellz1132y413x1896Ch0.tif', 'non_cells/pCellz1137y278x1616Ch1.tif'].map(async (file) => toNetworkOrder((await readCube(path.join(SAMPLE, 'training', file))).data)));
+  const hash = createHash('sha256');
+  const random = seededRandom(21);
+  for (const affine of ['random-range', 'cellfinder-parity'] as const) {
+    for (const likelihood of [1, 0.5]) {
+      for (let i = 0; i < 8; i++) {
+        const draw = drawAugmentation({ ...CELLFINDER_AUGMENTATION, likelihood, affine }, random);
+        for (const cube of cubes) hash.update(applyAugmentation(cube, [50, 50, 20], draw));
+      }
+    }
+  }
+  // Recorded from the straightforward implementation it replaced (the affine as one formula per voxel, then a flip pass).
+  assert.equal(hash.digest('hex'), '09918cc46d65c31c47d6969a5b1adc8ec5ede3f3101d90074b6d995fdffa418d');
+});
+
 test('training data from real cubes: split, stratification, balance and network-order batches', async (t) => {
   const root = scratch(t);
   // The real training folder holds 2 cells and 2 non-cells.
@@ -112,15 +131,58 @@ test('training data from real cubes: split, stratification, balance and network-
   const balanced = epochOrder([samples[0], samples[2], samples[3]], true, seededRandom(2));
   assert.equal(balanced.filter((s) => s.label === 1).length, balanced.filter((s) => s.label === 0).length);
 
-  const batch = await makeBatch(samples.slice(0, 2), { channels: 2, normalise: false });
+  const batch = await assembleBatch(planBatch(samples.slice(0, 2), { channels: 2, normalise: false }));
   assert.equal(batch.inputs.length, 2 * 50 * 50 * 20 * 2);
   // Network order (y, x, z, c): value at y=1, x=2, z=3, channel 0 = cube file value at z=3, y=1, x=2.
   const cube = await readCube(samples[0].files[0]);
   assert.equal(batch.inputs[(((1 * 50 + 2) * 20 + 3) * 2 + 0)], cube.data[(3 * 50 + 1) * 50 + 2]);
-  await assert.rejects(makeBatch(samples.filter((s) => s.label === 0), { channels: 2, normalise: true }), /has no signal_mean\/std/);
-  const normalised = await makeBatch(samples.filter((s) => s.label === 1).slice(0, 1), { channels: 2, normalise: true });
+  await assert.rejects(assembleBatch(planBatch(samples.filter((s) => s.label === 0), { channels: 2, normalise: true })), /has no signal_mean\/std/);
+  const normalised = await assembleBatch(planBatch(samples.filter((s) => s.label === 1).slice(0, 1), { channels: 2, normalise: true }));
   const cellCube = await readCube(samples.filter((s) => s.label === 1)[0].files[1]);
   assert.ok(Math.abs(normalised.inputs[1] - (cellCube.data[0] - 650.94) / 217.9) < 1e-4);
+});
+
+test('the batch thread assembles a seeded, augmented epoch of real cubes byte for byte as this thread does, and passes on its errors unchanged', async (t) => {
+  const root = scratch(t);
+  const statistics: Array<[number, number]> = [
+    [241.31, 154.92],
+    [650.94, 217.9],
+  ];
+  const samples = (await loadSamples([await tinyDataset(root)])).map((sample) => ({ ...sample, normalisation: statistics }));
+  const order = epochOrder([...samples, ...samples, ...samples], false, seededRandom(11));
+  const thread = new BatchThread();
+  t.after(() => thread.close());
+  for (const affine of ['random-range', 'cellfinder-parity'] as const) {
+    const options = { ...CELLFINDER_AUGMENTATION, affine };
+    const plansFrom = (random: Random) => inBatches(order, 5).map((slice) => planBatch(slice, { channels: 2, normalise: true, augmentation: { options, random } }));
+    // One draw per cube, in the epoch's order, from the run's random source: the order the trainer has always drawn them in.
+    const random = seededRandom(5);
+    const draws = order.map(() => drawAugmentation(options, random));
+    assert.deepEqual(plansFrom(seededRandom(5)).flatMap((plan) => plan.draws), draws);
+    assert.ok(draws.some((draw) => draw.affine) && draws.some((draw) => draw.flip.some(Boolean)), 'the epoch is flipped and transformed');
+    const here: Batch[] = [];
+    for (const plan of plansFrom(seededRandom(5))) here.push(await assembleBatch(plan));
+    let index = 0;
+    for await (const batch of thread.inOrder(plansFrom(seededRandom(5)))) {
+      const expected = here[index++];
+      assert.equal(batch.size, expected.size);
+      assert.ok(Buffer.from(batch.inputs.buffer).equals(Buffer.from(expected.inputs.buffer)), `${affine}: batch ${index} inputs differ`);
+      assert.ok(Buffer.from(batch.labels.buffer).equals(Buffer.from(expected.labels.buffer)), `${affine}: batch ${index} labels differ`);
+    }
+    assert.equal(index, here.length);
+  }
+
+  // A corrupt cube file: the same DataFileError (file, problem, fix) as here.
+  await fs.writeFile(samples[1].files[1], Buffer.alloc(4096, 7));
+  const plan = planBatch(samples, { channels: 2, normalise: true });
+  const expected = await assembleBatch(plan).then(() => assert.fail('a corrupt cube is an error'), (error: unknown) => error as DataFileError);
+  assert.ok(expected instanceof DataFileError);
+  assert.equal(expected.file, samples[1].files[1]);
+  await assert.rejects(thread.assemble(plan), (error: unknown) => {
+    assert.ok(error instanceof DataFileError);
+    assert.deepEqual([error.message, error.file, error.problem, error.fix], [expected.message, expected.file, expected.problem, expected.fix]);
+    return true;
+  });
 });
 
 test('layer order, names, shapes and .weights.h5 groups equal what Keras 3 builds with cellfinder\'s build_model', () => {

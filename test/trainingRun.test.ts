@@ -4,7 +4,7 @@
  * and kill -9 losing at most the current epoch.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
@@ -12,6 +12,8 @@ import { test } from 'node:test';
 import type { TrainingEvent } from '../src/training/events';
 import { main } from '../src/cli/main';
 import { readCellCounterXml } from '../src/core/cellCounterXml';
+import { readCube } from '../src/core/cube';
+import { DataFileError } from '../src/core/errors';
 import { readModelFile } from '../src/training/modelFiles';
 import { TRAIN_DEFAULTS, type TrainConfig } from '../src/training/trainConfig';
 import { REPO_ROOT, SAMPLE, scratch, tinyDataset } from './helpers';
@@ -150,6 +152,24 @@ test('a training.yaml with a problem ends the worker with an error event naming 
   assert.equal(error.file, yaml);
   assert.match(error.message, /cube_dir "missing" is not a folder/);
   assert.equal((await run.exit).code, 1);
+});
+
+test('a corrupt cube file ends the run with the error it gives when read here, through dist/worker.js and through the CLI, and the process exits', async (t) => {
+  const root = scratch(t);
+  const yaml = await tinyDataset(root);
+  const corrupt = path.join(root, 'cells', 'pCellz1132y413x1896Ch1.tif');
+  await fs.writeFile(corrupt, Buffer.alloc(4096, 7));
+  const expected = (await readCube(corrupt).then(() => assert.fail('a corrupt cube is an error'), (error: unknown) => error)) as DataFileError;
+  assert.ok(expected instanceof DataFileError);
+  // Batches are read on the batch thread: its error comes back as the run's error event, unchanged.
+  const run = startWorker(['train', await writeConfig(root, yaml, { testFraction: 0 })]);
+  const error = (await run.waitFor((e) => e.type === 'error')) as Extract<TrainingEvent, { type: 'error' }>;
+  assert.deepEqual([error.message, error.file, error.fix], [expected.message, corrupt, expected.fix]);
+  assert.equal((await run.exit).code, 1);
+  // The CLI bundle starts the same thread from its own folder.
+  const cli = spawnSync(process.execPath, [path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js'), 'train', '-y', yaml, '-o', path.join(root, 'cli-out'), '--network-depth', '18', '--batch-size', '2', '--test-fraction', '0', '--seed', '1'], { encoding: 'utf8' });
+  assert.equal(cli.status, 1, cli.stderr);
+  assert.ok(cli.stderr.split('\n').includes(`error: ${expected.message}`), cli.stderr);
 });
 
 test('--continue-training with no model named starts from cellfinder\'s pre-trained file, and says where it must be', async (t) => {

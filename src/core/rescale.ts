@@ -43,6 +43,17 @@ function axisWeights(inSize: number, outSize: number): AxisWeights {
   return { lower, upper, lowerWeight, upperWeight };
 }
 
+/**
+ * A pass along an axis whose size does not change. Its weights are 1 and 0
+ * on the voxel itself, so the blend is `v * 1 + f(v * 0)`: `v` for every
+ * finite value, NaN for an infinite one, as torch gives. Computed in place
+ * without the lookups; the same bits as the blend.
+ */
+function keepAxisInPlace(values: Float32Array): Float32Array {
+  for (let i = 0; i < values.length; i++) values[i] += Math.fround(values[i] * 0);
+  return values;
+}
+
 /** Resizes a (z, y, x) float32 volume to `outShape`. Returns the input itself when the shapes match. */
 export function resizeTrilinear(input: Float32Array, inShape: Shape3, outShape: Shape3): Float32Array {
   const [inZ, inY, inX] = inShape;
@@ -54,27 +65,36 @@ export function resizeTrilinear(input: Float32Array, inShape: Shape3, outShape: 
 
   const f = Math.fround;
   // Pass 1: x, for every input row. Float32Array stores round each blend to float32.
-  const alongX = new Float32Array(inZ * inY * outX);
-  for (let row = 0; row < inZ * inY; row++) {
-    const from = row * inX;
-    const to = row * outX;
-    for (let i = 0; i < outX; i++) {
-      alongX[to + i] = input[from + wx.lower[i]] * wx.lowerWeight[i] + f(input[from + wx.upper[i]] * wx.upperWeight[i]);
+  let alongX: Float32Array;
+  if (inX === outX) alongX = keepAxisInPlace(input.slice());
+  else {
+    alongX = new Float32Array(inZ * inY * outX);
+    for (let row = 0; row < inZ * inY; row++) {
+      const from = row * inX;
+      const to = row * outX;
+      for (let i = 0; i < outX; i++) {
+        alongX[to + i] = input[from + wx.lower[i]] * wx.lowerWeight[i] + f(input[from + wx.upper[i]] * wx.upperWeight[i]);
+      }
     }
   }
   // Pass 2: y, for every input plane.
-  const alongY = new Float32Array(inZ * outY * outX);
-  for (let z = 0; z < inZ; z++) {
-    for (let j = 0; j < outY; j++) {
-      const w0 = wy.lowerWeight[j];
-      const w1 = wy.upperWeight[j];
-      const lowRow = (z * inY + wy.lower[j]) * outX;
-      const highRow = (z * inY + wy.upper[j]) * outX;
-      const to = (z * outY + j) * outX;
-      for (let i = 0; i < outX; i++) alongY[to + i] = alongX[lowRow + i] * w0 + f(alongX[highRow + i] * w1);
+  let alongY: Float32Array;
+  if (inY === outY) alongY = keepAxisInPlace(alongX);
+  else {
+    alongY = new Float32Array(inZ * outY * outX);
+    for (let z = 0; z < inZ; z++) {
+      for (let j = 0; j < outY; j++) {
+        const w0 = wy.lowerWeight[j];
+        const w1 = wy.upperWeight[j];
+        const lowRow = (z * inY + wy.lower[j]) * outX;
+        const highRow = (z * inY + wy.upper[j]) * outX;
+        const to = (z * outY + j) * outX;
+        for (let i = 0; i < outX; i++) alongY[to + i] = alongX[lowRow + i] * w0 + f(alongX[highRow + i] * w1);
+      }
     }
   }
   // Pass 3: z.
+  if (inZ === outZ) return keepAxisInPlace(alongY);
   const planeSize = outY * outX;
   const output = new Float32Array(outZ * planeSize);
   for (let k = 0; k < outZ; k++) {

@@ -63,16 +63,13 @@ export function drawAugmentation(options: AugmentationOptions, random: Random): 
  * get the same draw.
  */
 export function applyAugmentation(cube: Float32Array, shape: readonly [number, number, number], draw: AugmentationDraw): Float32Array {
-  let data = cube;
   if (draw.affine) {
     const side = Math.max(...shape);
     const iso: [number, number, number] = [side, side, side];
-    data = resizeTrilinear(data, shape, iso);
-    data = affineResample(data, side, draw.affine);
-    data = flip(data, iso, draw.flip);
-    return resizeTrilinear(data, iso, shape);
+    const transformed = affineResample(resizeTrilinear(cube, shape, iso), side, draw.affine, draw.flip);
+    return resizeTrilinear(transformed, iso, shape);
   }
-  return flip(data, shape, draw.flip);
+  return flip(cube, shape, draw.flip);
 }
 
 function flip(data: Float32Array, shape: readonly [number, number, number], axes: [boolean, boolean, boolean]): Float32Array {
@@ -116,40 +113,62 @@ function rotationMatrix([rx, ry, rz]: [number, number, number]): number[][] {
 /**
  * Samples the isotropic cube through the inverse transform: each output
  * voxel looks up (R^-1 (p - centre - shift)) / zoom + centre in the input,
- * trilinearly, clamping coordinates to the cube (border padding).
+ * trilinearly, clamping coordinates to the cube (border padding). The flips
+ * that follow the transform are applied by writing each voxel to its
+ * flipped place, which saves a pass over the cube.
+ *
+ * Every voxel's value comes from the same operations in the same order as
+ * the plain formula, so the result is the same to the bit: the per-row and
+ * per-column parts of the sums are computed once, and as coordinates are
+ * finite and never -0 (a sum with the centre), comparisons clamp them as
+ * Math.min/max would and `| 0` truncates them as Math.floor would.
  */
-function affineResample(data: Float32Array, side: number, affine: NonNullable<AugmentationDraw['affine']>): Float32Array {
+function affineResample(data: Float32Array, side: number, affine: NonNullable<AugmentationDraw['affine']>, flips: [boolean, boolean, boolean]): Float32Array {
   const inverse = rotationMatrix(affine.rotation).map((_, i, m) => m.map((row) => row[i])); // transpose = inverse
   const centre = (side - 1) / 2;
   const shift = affine.shift.map((s) => s * side);
   const out = new Float32Array(data.length);
-  const at = (i: number, j: number, k: number) => data[(i * side + j) * side + k];
-  const clamp = (v: number) => Math.min(Math.max(v, 0), side - 1);
+  const last = side - 1;
+  const plane = side * side;
   const [[m00, m01, m02], [m10, m11, m12], [m20, m21, m22]] = inverse;
   const [zoomI, zoomJ, zoomK] = affine.zoom;
+  const flipped = (flip: boolean, index: number) => (flip ? last - index : index);
+  const pk = Array.from({ length: side }, (_, k) => k - centre - shift[2]);
+  const [uk, vk, wk] = [m02, m12, m22].map((m) => Float64Array.from(pk, (p) => m * p));
+  const outK = Int32Array.from(pk, (_, k) => flipped(flips[2], k));
   for (let i = 0; i < side; i++) {
     const pi = i - centre - shift[0];
+    const [ui, vi, wi] = [m00 * pi, m10 * pi, m20 * pi];
     for (let j = 0; j < side; j++) {
       const pj = j - centre - shift[1];
+      const uij = ui + m01 * pj;
+      const vij = vi + m11 * pj;
+      const wij = wi + m21 * pj;
+      const outRow = flipped(flips[0], i) * plane + flipped(flips[1], j) * side;
       for (let k = 0; k < side; k++) {
-        const pk = k - centre - shift[2];
-        const u = clamp((m00 * pi + m01 * pj + m02 * pk) / zoomI + centre);
-        const v = clamp((m10 * pi + m11 * pj + m12 * pk) / zoomJ + centre);
-        const w = clamp((m20 * pi + m21 * pj + m22 * pk) / zoomK + centre);
-        const i0 = Math.floor(u);
-        const j0 = Math.floor(v);
-        const k0 = Math.floor(w);
-        const i1 = Math.min(i0 + 1, side - 1);
-        const j1 = Math.min(j0 + 1, side - 1);
-        const k1 = Math.min(k0 + 1, side - 1);
+        let u = (uij + uk[k]) / zoomI + centre;
+        let v = (vij + vk[k]) / zoomJ + centre;
+        let w = (wij + wk[k]) / zoomK + centre;
+        u = u < 0 ? 0 : u > last ? last : u;
+        v = v < 0 ? 0 : v > last ? last : v;
+        w = w < 0 ? 0 : w > last ? last : w;
+        const i0 = u | 0;
+        const j0 = v | 0;
+        const k0 = w | 0;
+        // The next voxel along each axis, or the same one at the far edge.
+        const di = i0 < last ? plane : 0;
+        const dj = j0 < last ? side : 0;
+        const dk = k0 < last ? 1 : 0;
         const fu = u - i0;
         const fv = v - j0;
         const fw = w - k0;
-        const c00 = at(i0, j0, k0) * (1 - fw) + at(i0, j0, k1) * fw;
-        const c01 = at(i0, j1, k0) * (1 - fw) + at(i0, j1, k1) * fw;
-        const c10 = at(i1, j0, k0) * (1 - fw) + at(i1, j0, k1) * fw;
-        const c11 = at(i1, j1, k0) * (1 - fw) + at(i1, j1, k1) * fw;
-        out[(i * side + j) * side + k] = (c00 * (1 - fv) + c01 * fv) * (1 - fu) + (c10 * (1 - fv) + c11 * fv) * fu;
+        const [gu, gv, gw] = [1 - fu, 1 - fv, 1 - fw];
+        const at = i0 * plane + j0 * side + k0;
+        const c00 = data[at] * gw + data[at + dk] * fw;
+        const c01 = data[at + dj] * gw + data[at + dj + dk] * fw;
+        const c10 = data[at + di] * gw + data[at + di + dk] * fw;
+        const c11 = data[at + di + dj] * gw + data[at + di + dj + dk] * fw;
+        out[outRow + outK[k]] = (c00 * gv + c01 * fv) * gu + (c10 * gv + c11 * fv) * fu;
       }
     }
   }

@@ -16,7 +16,8 @@ import { extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from
 import { openVolume, type Volume } from '../core/volume';
 import { readModelFile } from './modelFiles';
 import { forward, initialWeights, resnetSpec, weightKey, type NetworkDepth, type ResNetSpec, type Weights } from './resnet';
-import { makeBatch, packChannel, toNetworkOrder, type Sample } from './trainingData';
+import { BatchThread } from './batchThread';
+import { inBatches, packChannel, planBatch, toNetworkOrder, type Sample } from './trainingData';
 
 export interface LoadedNetwork {
   spec: ResNetSpec;
@@ -137,13 +138,19 @@ export async function evaluateModel(
     [0, 0],
     [0, 0],
   ];
-  for (let start = 0; start < samples.length; start += options.batchSize) {
-    const slice = samples.slice(start, start + options.batchSize);
-    const batch = await makeBatch(slice, { channels, normalise: options.normalise });
-    const probabilities = predictCellProbabilities(tf, network, batch.inputs, batch.size, channels);
-    slice.forEach((sample, i) => {
-      confusion[sample.label][probabilities[i] > 0.5 ? 1 : 0]++;
-    });
+  const plans = inBatches(samples, options.batchSize).map((slice) => planBatch(slice, { channels, normalise: options.normalise }));
+  // Read on their own thread, so that the next batch is read while this one is classified.
+  const batchThread = new BatchThread();
+  try {
+    let planned = 0;
+    for await (const batch of batchThread.inOrder(plans)) {
+      const probabilities = predictCellProbabilities(tf, network, batch.inputs, batch.size, channels);
+      plans[planned++].samples.forEach((sample, i) => {
+        confusion[sample.label][probabilities[i] > 0.5 ? 1 : 0]++;
+      });
+    }
+  } finally {
+    await batchThread.close();
   }
   const ratio = (a: number, b: number) => (b === 0 ? 0 : a / b);
   return {

@@ -18,11 +18,12 @@ import { DataFileError } from '../core/errors';
 import { pythonFloatRepr } from '../core/pythonFloat';
 import { categoricalAccuracy, categoricalCrossEntropy, KerasAdam } from './adam';
 import { CELLFINDER_AUGMENTATION } from './augment';
+import { BatchThread } from './batchThread';
 import { readModelFile, writeKerasModel, writeKerasWeights, type LoadedModel } from './modelFiles';
 import { randomFor, seededRandom } from './random';
 import { BATCH_NORM_MOMENTUM, forward, initialWeights, parameterCount, resnetSpec, weightKey, type BatchNormStatistics, type ResNetSpec, type Weights } from './resnet';
 import { learningRateForEpoch, type TrainConfig } from './trainConfig';
-import { epochOrder, loadSamples, makeBatch, splitSamples, type Batch, type Sample } from './trainingData';
+import { epochOrder, inBatches, loadSamples, planBatch, splitSamples, type Batch, type Sample } from './trainingData';
 import type { TrainingEvent } from './events';
 
 export const RESUME_FOLDER = '.resume';
@@ -129,51 +130,56 @@ export async function train(
   const augmentation = config.augment ? { options: { ...CELLFINDER_AUGMENTATION, likelihood: config.augmentLikelihood, affine: config.affineMode }, random } : undefined;
   const csvFile = path.join(output, 'training.csv');
 
-  for (let epoch = state.epoch; epoch < config.epochs; epoch++) {
-    const started = Date.now();
-    optimizer.learningRate = learningRateForEpoch(config, epoch);
-    const resuming = epoch === state.epoch && state.batchesDone > 0 && state.epochOrder;
-    const order = resuming ? (state.epochOrder as number[]).map((i) => training[i]) : epochOrder(training, config.balancedSampling, random);
-    const trainingIndex = new Map(training.map((s, i) => [s, i]));
-    const batches = Math.ceil(order.length / config.batchSize);
-    let { lossSum, accuracySum, samples: seen } = resuming && state.partial ? state.partial : { lossSum: 0, accuracySum: 0, samples: 0 };
-    let next: Promise<Batch> | undefined;
-    const load = (b: number) => makeBatch(order.slice(b * config.batchSize, (b + 1) * config.batchSize), { channels, normalise: config.normalizeChannels, augmentation });
-    for (let b = resuming ? state.batchesDone : 0; b < batches; b++) {
-      if (control.cancelRequested()) {
-        await saveResume(spec, weights, optimizer, resumeModel, resumeFile, {
-          ...state,
-          epoch,
-          batchesDone: b,
-          epochOrder: order.map((s) => trainingIndex.get(s) as number),
-          partial: { lossSum, accuracySum, samples: seen },
-        });
-        emit({ type: 'cancelled', epoch, batch: b, resumeFrom: output });
-        return { status: 'cancelled', history: state.history };
+  // Batches are assembled on their own thread, so that it overlaps the train step (which blocks this one).
+  const batchThread = new BatchThread();
+  try {
+    for (let epoch = state.epoch; epoch < config.epochs; epoch++) {
+      const started = Date.now();
+      optimizer.learningRate = learningRateForEpoch(config, epoch);
+      const resuming = epoch === state.epoch && state.batchesDone > 0 && state.epochOrder;
+      const order = resuming ? (state.epochOrder as number[]).map((i) => training[i]) : epochOrder(training, config.balancedSampling, random);
+      const trainingIndex = new Map(training.map((s, i) => [s, i]));
+      const batches = Math.ceil(order.length / config.batchSize);
+      let { lossSum, accuracySum, samples: seen } = resuming && state.partial ? state.partial : { lossSum: 0, accuracySum: 0, samples: 0 };
+      let b = resuming ? state.batchesDone : 0;
+      // Nothing else draws from `random` during an epoch: planning its batches up front draws what planning each in turn would.
+      const plans = inBatches(order, config.batchSize).slice(b).map((slice) => planBatch(slice, { channels, normalise: config.normalizeChannels, augmentation }));
+      for await (const batch of batchThread.inOrder(plans)) {
+        if (control.cancelRequested()) {
+          await saveResume(spec, weights, optimizer, resumeModel, resumeFile, {
+            ...state,
+            epoch,
+            batchesDone: b,
+            epochOrder: order.map((s) => trainingIndex.get(s) as number),
+            partial: { lossSum, accuracySum, samples: seen },
+          });
+          emit({ type: 'cancelled', epoch, batch: b, resumeFrom: output });
+          return { status: 'cancelled', history: state.history };
+        }
+        const { loss, accuracy } = trainStep(tf, spec, weights, trainable, optimizer, batch);
+        lossSum += loss * batch.size;
+        accuracySum += accuracy * batch.size;
+        seen += batch.size;
+        b++;
+        emit({ type: 'batch', epoch, batch: b, batches, loss: lossSum / seen, accuracy: accuracySum / seen });
       }
-      // Load the next batch while this one trains: disk and augmentation off the critical path.
-      const batch = await (next ?? load(b));
-      next = b + 1 < batches ? load(b + 1) : undefined;
-      const { loss, accuracy } = trainStep(tf, spec, weights, trainable, optimizer, batch);
-      lossSum += loss * batch.size;
-      accuracySum += accuracy * batch.size;
-      seen += batch.size;
-      emit({ type: 'batch', epoch, batch: b + 1, batches, loss: lossSum / seen, accuracy: accuracySum / seen });
-    }
-    const metrics: EpochMetrics = { epoch, loss: lossSum / seen, accuracy: accuracySum / seen, learningRate: optimizer.learningRate, seconds: 0 };
-    if (validation.length > 0) Object.assign(metrics, await evaluateSamples(tf, spec, weights, validation, config.batchSize, channels, config.normalizeChannels));
-    metrics.seconds = (Date.now() - started) / 1000;
-    state.history.push(metrics);
-    emit({ type: 'epoch', ...metrics, epochs: config.epochs });
+      const metrics: EpochMetrics = { epoch, loss: lossSum / seen, accuracy: accuracySum / seen, learningRate: optimizer.learningRate, seconds: 0 };
+      if (validation.length > 0) Object.assign(metrics, await evaluateSamples(tf, spec, weights, batchThread, validation, config.batchSize, channels, config.normalizeChannels));
+      metrics.seconds = (Date.now() - started) / 1000;
+      state.history.push(metrics);
+      emit({ type: 'epoch', ...metrics, epochs: config.epochs });
 
-    if (config.saveCheckpoints) {
-      const file = path.join(output, checkpointName(epoch, metrics.valLoss, config.saveWeights));
-      if (config.saveWeights) await writeKerasWeights(file, spec, weights);
-      else await writeKerasModel(file, spec, weights, optimizer);
-      emit({ type: 'checkpoint', file, epoch });
+      if (config.saveCheckpoints) {
+        const file = path.join(output, checkpointName(epoch, metrics.valLoss, config.saveWeights));
+        if (config.saveWeights) await writeKerasWeights(file, spec, weights);
+        else await writeKerasModel(file, spec, weights, optimizer);
+        emit({ type: 'checkpoint', file, epoch });
+      }
+      if (config.saveProgress) await writeCsv(csvFile, state.history, validation.length > 0);
+      await saveResume(spec, weights, optimizer, resumeModel, resumeFile, { ...state, epoch: epoch + 1, batchesDone: 0, epochOrder: undefined, partial: undefined });
     }
-    if (config.saveProgress) await writeCsv(csvFile, state.history, validation.length > 0);
-    await saveResume(spec, weights, optimizer, resumeModel, resumeFile, { ...state, epoch: epoch + 1, batchesDone: 0, epochOrder: undefined, partial: undefined });
+  } finally {
+    await batchThread.close();
   }
 
   const modelFile = path.join(output, config.saveWeights ? 'model.weights.h5' : 'model.keras');
@@ -255,6 +261,7 @@ export async function evaluateSamples(
   tf: typeof tfType,
   spec: ResNetSpec,
   weights: Weights,
+  batchThread: BatchThread,
   samples: readonly Sample[],
   batchSize: number,
   channels: number,
@@ -262,8 +269,7 @@ export async function evaluateSamples(
 ): Promise<{ valLoss: number; valAccuracy: number }> {
   let lossSum = 0;
   let accuracySum = 0;
-  for (let start = 0; start < samples.length; start += batchSize) {
-    const batch = await makeBatch(samples.slice(start, start + batchSize), { channels, normalise });
+  for await (const batch of batchThread.inOrder(inBatches(samples, batchSize).map((slice) => planBatch(slice, { channels, normalise })))) {
     const [loss, accuracy] = tf.tidy(() => {
       const x = tf.tensor5d(batch.inputs, [batch.size, 50, 50, 20, channels]);
       const y = tf.tensor2d(batch.labels, [batch.size, 2]);

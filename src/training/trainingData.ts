@@ -7,7 +7,7 @@ import { CUBE_SHAPE, readCube, type Point3 } from '../core/cube';
 import { summarizeTrainingYaml } from '../core/dataset';
 import { DataFileError } from '../core/errors';
 import { NO_BACKGROUND_CHANNEL } from '../core/trainingYaml';
-import { applyAugmentation, drawAugmentation, type AugmentationOptions } from './augment';
+import { applyAugmentation, drawAugmentation, type AugmentationDraw, type AugmentationOptions } from './augment';
 import { shuffleInPlace, type Random } from './random';
 
 export interface Sample {
@@ -101,19 +101,38 @@ export function epochOrder(samples: readonly Sample[], balanced: boolean, random
   return shuffleInPlace(order, random);
 }
 
+/** Consecutive batches of at most `size` samples, in order. */
+export function inBatches(samples: readonly Sample[], size: number): Sample[][] {
+  return Array.from({ length: Math.ceil(samples.length / size) }, (_, b) => samples.slice(b * size, (b + 1) * size));
+}
+
+/** A batch's arrays own their buffers, so that they can be moved between threads instead of copied. */
 export interface Batch {
   /** (batch, y, x, z, channels), float32. */
-  inputs: Float32Array;
+  inputs: Float32Array<ArrayBuffer>;
   size: number;
   channels: number;
   /** One-hot labels (batch, 2). */
-  labels: Float32Array;
+  labels: Float32Array<ArrayBuffer>;
 }
 
 export interface BatchOptions {
   channels: number;
   normalise: boolean;
   augmentation?: { options: AugmentationOptions; random: Random };
+}
+
+/**
+ * What one batch is made of: its cubes and, when augmenting, each cube's
+ * draw. Drawn on the thread that owns the run's random source, so that a
+ * seeded run is the same wherever the batch is then assembled.
+ */
+export interface BatchPlan {
+  samples: Sample[];
+  channels: number;
+  normalise: boolean;
+  /** One per sample, in order; absent without augmentation. */
+  draws?: AugmentationDraw[];
 }
 
 const NETWORK_CUBE: [number, number, number] = [CUBE_SHAPE.height, CUBE_SHAPE.width, CUBE_SHAPE.depth];
@@ -138,21 +157,32 @@ export function packChannel(inputs: Float32Array, cubeIndex: number, channel: nu
   for (let i = 0; i < VOXELS; i++) inputs[base + i * channels + channel] = data[i];
 }
 
-/** Reads, normalises, augments and packs samples into a batch. */
-export async function makeBatch(samples: readonly Sample[], options: BatchOptions): Promise<Batch> {
-  const { channels } = options;
+/** Draws the augmentation of each sample, in order: one draw per cube, as cellfinder draws per cube. */
+export function planBatch(samples: readonly Sample[], options: BatchOptions): BatchPlan {
+  const { augmentation } = options;
+  return {
+    samples: [...samples],
+    channels: options.channels,
+    normalise: options.normalise,
+    draws: augmentation ? samples.map(() => drawAugmentation(augmentation.options, augmentation.random)) : undefined,
+  };
+}
+
+/** Reads, normalises, augments and packs a planned batch. */
+export async function assembleBatch(plan: BatchPlan): Promise<Batch> {
+  const { samples, channels } = plan;
   const inputs = new Float32Array(samples.length * VOXELS * channels);
   const labels = new Float32Array(samples.length * 2);
   const cubes = await Promise.all(samples.map((sample) => Promise.all(sample.files.slice(0, channels).map((file) => readCube(file)))));
   samples.forEach((sample, index) => {
-    if (options.normalise && !sample.normalisation) {
+    if (plan.normalise && !sample.normalisation) {
       throw new DataFileError(sample.files[0], 'has no signal_mean/std (and bg_mean/std) in its training.yaml entry', 'Add the channel statistics to the YAML or train without --normalize-channels');
     }
-    const draw = options.augmentation ? drawAugmentation(options.augmentation.options, options.augmentation.random) : undefined;
+    const draw = plan.draws?.[index];
     labels[index * 2 + sample.label] = 1;
     for (let channel = 0; channel < channels; channel++) {
       let data = toNetworkOrder(cubes[index][channel].data);
-      if (options.normalise && sample.normalisation) {
+      if (plan.normalise && sample.normalisation) {
         const [mean, std] = sample.normalisation[channel];
         for (let i = 0; i < data.length; i++) data[i] = (data[i] - mean) / std;
       }
