@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { promises as fs, readdirSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
@@ -12,6 +13,7 @@ import { BatchThread } from '../src/training/batchThread';
 import { seededRandom, type Random } from '../src/training/random';
 import { batchNormWithBatchStatistics, kerasWeightGroups, maxPool3dSeparable, parameterCount, resnetSpec } from '../src/training/resnet';
 import { loadTensorFlow } from '../src/training/backend';
+import { writeStoredZip } from '../src/training/storedZip';
 import { learningRateForEpoch, TRAIN_DEFAULTS } from '../src/training/trainConfig';
 import { assembleBatch, epochOrder, inBatches, loadSamples, planBatch, splitSamples, toNetworkOrder, type Batch } from '../src/training/trainingData';
 import { REPO_ROOT, SAMPLE, scratch, tinyDataset } from './helpers';
@@ -248,4 +250,37 @@ test('batch norm with the written-out gradient equals differentiating through me
   const moments = t.moments(x, [0, 1, 2, 4]);
   assert.ok(t.max(t.abs(t.sub(mean, moments.mean))).dataSync()[0] < 1e-5);
   assert.ok(t.max(t.abs(t.sub(variance, moments.variance))).dataSync()[0] < 1e-4);
+});
+
+test('a stored zip streamed to a file is a valid zip to Python\'s zipfile, with every member intact', async (t) => {
+  const dir = scratch(t);
+  // A member from a file larger than one 4 MiB chunk, with real cube bytes in it, between two in-memory members.
+  const cubeBytes = readFileSync(path.join(SAMPLE, 'cube_extract', 'cubes', 'pCellz10y522x392Ch0.tif'));
+  const big = Buffer.concat(Array.from({ length: 60 }, () => cubeBytes));
+  assert.ok(big.length > 4 * 2 ** 20);
+  await fs.writeFile(path.join(dir, 'weights.h5'), big);
+  const archive = path.join(dir, 'model.keras');
+  const handle = await fs.open(archive, 'wx');
+  await writeStoredZip(handle, [
+    { name: 'metadata.json', data: Buffer.from('{"keras_version": "3.15.1"}') },
+    { name: 'config.json', data: Buffer.from('{"module": "keras", "µ": 1}') },
+    { name: 'model.weights.h5', file: path.join(dir, 'weights.h5') },
+  ], new Date(2026, 10, 26, 16, 40, 12));
+  await handle.close();
+  const script = [
+    'import hashlib, json, sys, zipfile',
+    'z = zipfile.ZipFile(sys.argv[1])',
+    'print(json.dumps({"bad": z.testzip(), "members": [[i.filename, i.compress_type, i.file_size, list(i.date_time), hashlib.sha256(z.read(i)).hexdigest()] for i in z.infolist()]}))',
+  ].join('\n');
+  const run = spawnSync('python3', ['-c', script, archive], { encoding: 'utf8' });
+  assert.equal(run.status, 0, run.stderr);
+  const sha = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+  assert.deepEqual(JSON.parse(run.stdout), {
+    bad: null,
+    members: [
+      ['metadata.json', 0, 27, [2026, 11, 26, 16, 40, 12], sha(Buffer.from('{"keras_version": "3.15.1"}'))],
+      ['config.json', 0, 28, [2026, 11, 26, 16, 40, 12], sha(Buffer.from('{"module": "keras", "µ": 1}'))],
+      ['model.weights.h5', 0, big.length, [2026, 11, 26, 16, 40, 12], sha(big)],
+    ],
+  });
 });

@@ -5,6 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { DataFileError, writeErrorFor } from './errors';
 
@@ -26,18 +27,21 @@ function tempNameFor(file: string): string {
 }
 
 /**
- * Writes `data` to `file` so that readers see either nothing or the whole file.
+ * Writes `data` (or what the function writes to the open temporary file) to
+ * `file` so that readers see either nothing or the whole file.
  * The data goes to a temporary file in the same folder, is flushed to disk,
  * then moved into place: with `link` when not overwriting, because link fails
  * if the target exists (no race between checking and moving), with `rename`
  * when overwriting.
  */
-export async function writeFileAtomic(file: string, data: Uint8Array | string, options: AtomicWriteOptions = {}): Promise<void> {
+export async function writeFileAtomic(file: string, data: Uint8Array | string | ((handle: FileHandle) => Promise<void>), options: AtomicWriteOptions = {}): Promise<void> {
   const temp = tempNameFor(file);
   try {
     const handle = await fs.open(temp, 'wx');
     try {
-      await handle.writeFile(data);
+      // A function streams large contents (a model archive) in instead of holding them in memory.
+      if (typeof data === 'function') await data(handle);
+      else await handle.writeFile(data);
       await handle.sync();
     } finally {
       await handle.close();

@@ -18,12 +18,13 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { strFromU8, strToU8, Unzip, UnzipInflate, unzipSync, zipSync } from 'fflate';
+import { strFromU8, strToU8, Unzip, UnzipInflate, unzipSync } from 'fflate';
 import type * as tfType from '@tensorflow/tfjs';
 import { writeFileAtomic, type AtomicWriteOptions } from '../core/atomicFile';
 import { DataFileError } from '../core/errors';
 import type { KerasAdam } from './adam';
 import { kerasModelConfig, KERAS_VERSION } from './kerasConfig';
+import { writeStoredZip, type ZipMember } from './storedZip';
 import { kerasWeightGroups, NETWORK_DEPTHS, resnetSpec, weightKey, type NetworkDepth, type ResNetSpec, type Weights } from './resnet';
 
 type H5Module = typeof import('h5wasm/node', { with: { 'resolution-mode': 'import' } });
@@ -125,15 +126,12 @@ export async function writeKerasWeights(file: string, spec: ResNetSpec, weights:
 export async function writeKerasModel(file: string, spec: ResNetSpec, weights: Weights, optimizer?: KerasAdam, options: AtomicWriteOptions = {}): Promise<void> {
   await withTempFile(async (temp) => {
     await writeWeightsHdf5(temp, spec, weights, optimizer);
-    const archive = zipSync(
-      {
-        'metadata.json': strToU8(JSON.stringify({ keras_version: KERAS_VERSION, date_saved: kerasDate(new Date()) })),
-        'config.json': strToU8(JSON.stringify(kerasModelConfig(spec, optimizer?.learningRate ?? 0.0001))),
-        'model.weights.h5': new Uint8Array(await fs.readFile(temp)),
-      },
-      { level: 0 },
-    );
-    await writeFileAtomic(file, archive, options);
+    const members: ZipMember[] = [
+      { name: 'metadata.json', data: strToU8(JSON.stringify({ keras_version: KERAS_VERSION, date_saved: kerasDate(new Date()) })) },
+      { name: 'config.json', data: strToU8(JSON.stringify(kerasModelConfig(spec, optimizer?.learningRate ?? 0.0001))) },
+      { name: 'model.weights.h5', file: temp },
+    ];
+    await writeFileAtomic(file, (handle) => writeStoredZip(handle, members), options);
   });
 }
 
