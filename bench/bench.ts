@@ -17,7 +17,7 @@ import { encodeFloat32Stack } from '../src/core/tiffWriter';
 import { openVolume } from '../src/core/volume';
 import { benchEditor } from './editorBench';
 import { benchLabelling } from './labellingBench';
-import { benchModel, type ModelBenchResult } from './modelBench';
+import { benchModel, type ModelBenchResult } from '../src/training/modelSpeed';
 import type { NetworkDepth } from '../src/training/resnet';
 
 const PLANES = 120;

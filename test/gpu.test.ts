@@ -131,7 +131,7 @@ test('setup --gpu refuses a CPU-only TensorFlow wheel and incomplete CUDA folder
   await fs.writeFile(path.join(cuda11, 'libcudart.so.11.0'), '');
   const incomplete = await setupError({ wheel: gpuWheel, cudaLibs: [path.dirname(cuda11)] });
   assert.equal(incomplete.code, 'NO_CUDA_LIBRARIES');
-  assert.match(incomplete.message, /libcudart\.so\.12 \(CUDA runtime; found only libcudart\.so\.11\.0: TensorFlow 2\.21 needs CUDA 12 and cuDNN 9\)/);
+  assert.match(incomplete.message, /libcudart\.so\.12 \(CUDA runtime; found only libcudart\.so\.11\.0\).*; TensorFlow 2\.21 needs CUDA 12 and cuDNN 9 for CUDA 12\./);
   assert.match(incomplete.message, /libcudnn\.so\.9 \(cuDNN\)/);
   assert.equal(existsSync(path.join(root, 'downloads', 'tensorflow-2.21.0-cp311-cp311-manylinux_2_27_x86_64.whl')), false);
   const missingFolder = await setupError({ wheel: gpuWheel, cudaLibs: [path.join(root, 'nowhere')] });
@@ -183,6 +183,18 @@ test('CUDA libraries: wheels unpack as site-packages does; the scan finds each l
   assert.equal(complete.versions['libcudnn.so.9'], '9.3.0');
   // What the system's loader cache has counts too.
   assert.deepEqual(scanCudaLibraries(folders, new Map([['libcudnn.so.9', path.join(cudnnLib, 'libcudnn.so.9')]])).missing, []);
+  // PyTorch's CUDA 13 packages keep some CUDA 12 file names (libcudnn.so.9 from nvidia-cudnn-cu13,
+  // libcusparse.so.12 from nvidia-cusparse 12.7) but not their ABI: not taken for CUDA 12's.
+  const torchSite = path.join(dir, 'torch-site');
+  for (const [pipName, folder, file] of [['nvidia-cudnn-cu13', 'cudnn', 'libcudnn.so.9'], ['nvidia-cusparse', 'cu13', 'libcusparse.so.12']]) {
+    const wheel = path.join(dir, `${pipName}.whl`);
+    await fs.writeFile(wheel, nvidiaWheel(pipName, pipName.endsWith('cu13') ? '9.26.0.51' : '12.7.10.12', folder, [file]));
+    await extractCudaWheel(wheel, torchSite);
+  }
+  const mixed = scanCudaLibraries([...folders, ...cudaFoldersIn(torchSite)], new Map());
+  assert.deepEqual(mixed.missing.map((library) => library.file), ['libcudnn.so.9']);
+  assert.deepEqual(mixed.otherVersions.get('libcudnn.so.9'), ['nvidia-cudnn-cu13 9.26.0.51 (for another CUDA)']);
+  assert.equal(mixed.found.get('libcusparse.so.12'), path.join(site, 'nvidia', 'cusparse', 'lib'), 'the CUDA 12 one, not the CUDA 13 one');
   await fs.writeFile(path.join(dir, 'not-cuda.whl'), zipSync({ 'six.py': new TextEncoder().encode('') }));
   await assert.rejects(extractCudaWheel(path.join(dir, 'not-cuda.whl'), site), /not an NVIDIA CUDA wheel/);
 });
@@ -298,6 +310,25 @@ test("GPU engine: the CUDA library path goes into the worker's environment only,
   });
   assert.equal(run.status, 'finished', JSON.stringify(run.events.at(-1)));
   assert.deepEqual(readActiveFile(ROOT).gpuFolder, path.basename(GPU_ENGINE.engineDir));
+});
+
+test('GPU engine alone (no CPU engine): --device cpu runs it with its GPUs hidden, natively', { skip: NO_GPU_ENGINE }, async (t) => {
+  if (!GPU_ENGINE.ok) return;
+  // A cache that holds only the GPU engine: its files hard-linked, its CUDA folders where they are.
+  const root = scratch(t);
+  const folder = path.basename(GPU_ENGINE.engineDir);
+  await new Promise<void>((resolve, reject) => spawn('cp', ['-al', GPU_ENGINE.engineDir, path.join(root, folder)]).on('close', (code) => (code === 0 ? resolve() : reject(new Error(`cp -al: ${code}`)))));
+  await fs.writeFile(path.join(root, 'active.json'), JSON.stringify({ gpuFolder: folder }));
+  const child = spawn(process.execPath, [path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js'), 'engine', 'bench', '--network-depth', '18', '--train-batch', '2', '--infer-batch', '2', '--steps', '1', '--device', 'cpu', '--json'], {
+    env: { ...process.env, CELLFINDER_RETRAIN_ENGINE_DIR: root },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  assert.equal(await new Promise((resolve) => child.on('close', resolve)), 0);
+  const result = JSON.parse(out.trim().split('\n').pop() as string) as { backend: string; trainCubesPerSecond: number };
+  assert.equal(result.backend, `native TensorFlow ${GPU_ENGINE.manifest.tensorflowVersion} (CPU, GPU engine)`);
+  assert.ok(result.trainCubesPerSecond > 0);
 });
 
 test('out of memory: the real error of a TensorFlow allocator that is full, classified, with a message a user understands', { skip: NO_NATIVE }, async () => {

@@ -65,6 +65,8 @@ working directory, so run it from the dataset folder (see README).
   engine status [--json]
       Which engines are set up, the NVIDIA driver, CUDA libraries and GPU found,
       and exactly why the GPU is not used.
+  engine bench [--network-depth 50] [--train-batch 16] [--infer-batch 64] [--steps 3] [--device D]
+      Training and inference cubes/s of the network on the engine in use.
 --device (default auto, or CELLFINDER_RETRAIN_DEVICE): auto uses the GPU when
 it can and says why not; cpu never does.
   demo [--output-dir <dir>] [--epochs 2]
@@ -125,7 +127,7 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
 }
 
 /** Commands that load TensorFlow, and so may need the GPU engine's library path. */
-const TENSORFLOW_COMMANDS = new Set(['train', 'classify', 'evaluate', 'demo']);
+const TENSORFLOW_COMMANDS = new Set(['train', 'classify', 'evaluate', 'demo', 'engine check', 'engine bench']);
 
 /**
  * The process entry (bin/cellfinder-retrain.js). A command that may run on the
@@ -136,7 +138,7 @@ const TENSORFLOW_COMMANDS = new Set(['train', 'classify', 'evaluate', 'demo']);
 export async function runCommandLine(argv: readonly string[]): Promise<number> {
   const flag = argv.findIndex((arg) => arg === '--device' || arg.startsWith('--device='));
   const device = flag < 0 ? process.env[DEVICE_ENV] || 'auto' : argv[flag].includes('=') ? argv[flag].slice('--device='.length) : argv[flag + 1];
-  if (TENSORFLOW_COMMANDS.has(argv[0]) && isDeviceChoice(device)) {
+  if ((TENSORFLOW_COMMANDS.has(argv[0]) || TENSORFLOW_COMMANDS.has(`${argv[0]} ${argv[1]}`)) && isDeviceChoice(device)) {
     const env = childEnvironment(process.env, device);
     if (env.LD_LIBRARY_PATH !== process.env.LD_LIBRARY_PATH) return runInChild(argv, env, defaultIo);
   }

@@ -15,6 +15,7 @@ import { childEnvironment, DEVICE_CHOICES, type DeviceChoice, isDeviceChoice } f
 import { inspectGpu, type GpuInspection, readGpuLog } from '../training/native/gpuProbe';
 import { compareTinyFits, formatGradientChecks, runGradientChecks, tinyModelFit } from '../training/native/gradientCheck';
 import { engineStatus, loadNativeBackend, NATIVE_BACKEND_NAME } from '../training/native/nativeBackend';
+import { benchModel } from '../training/modelSpeed';
 import { OutOfMemoryError } from '../training/outOfMemory';
 import type { TrainingEvent } from '../training/events';
 import { openRunLog } from '../training/runLog';
@@ -280,8 +281,10 @@ export async function engineCommand(argv: readonly string[], io: Io): Promise<nu
       return engineCheckCommand(rest, io);
     case 'status':
       return engineStatusCommand(rest, io);
+    case 'bench':
+      return engineBenchCommand(rest, io);
     default:
-      throw new UsageError(`unknown engine command "${sub ?? ''}" (setup, check, status)`);
+      throw new UsageError(`unknown engine command "${sub ?? ''}" (setup, check, status, bench)`);
   }
 }
 
@@ -363,6 +366,26 @@ async function engineCheckCommand(argv: readonly string[], io: Io): Promise<numb
     io.out(`one-batch fit vs the pure-JavaScript engine: loss ${fit.fitLossRel.toExponential(1)} / ${fit.lossAfterRel.toExponential(1)} relative, weights ${fit.weightMaxAbs.toExponential(1)}: ${fit.passed ? 'ok' : 'FAILED'}`);
   }
   return passed ? 0 : 1;
+}
+
+/** Training and inference cubes/s of the network on the engine `--device` picks (random cubes, Adam). */
+async function engineBenchCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parseArgs(argv, [
+    { name: 'network-depth', values: 1 },
+    { name: 'train-batch', values: 1 },
+    { name: 'infer-batch', values: 1 },
+    { name: 'steps', values: 1 },
+    { name: 'device', values: 1 },
+    { name: 'json', values: 0 },
+  ]);
+  if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+  const count = (name: string, fallback: number) => number(flags, name, fallback, (n) => Number.isInteger(n) && n > 0, 'a positive integer');
+  const gpu = describeGpu(await loadTensorFlow(deviceFrom(flags)));
+  if (gpu) io.err(gpu);
+  const result = await benchModel(depthFrom(flags, 50), count('train-batch', 16), count('infer-batch', 64), count('steps', 3), deviceFrom(flags));
+  if (flags.has('json')) io.out(JSON.stringify(result));
+  else io.out(`ResNet-${result.depth} on ${result.backend}: training ${result.trainCubesPerSecond.toFixed(1)} cubes/s (batch ${result.trainBatch}), inference ${result.inferCubesPerSecond.toFixed(1)} cubes/s (batch ${result.inferBatch}); ${result.forwardGflopPerCube.toFixed(2)} GFLOP per cube forward`);
+  return 0;
 }
 
 async function engineStatusCommand(argv: readonly string[], io: Io): Promise<number> {

@@ -2,8 +2,8 @@
  * Which TensorFlow.js engine runs the maths, in this order: the GPU engine
  * (TensorFlow's CUDA build, set up by `cellfinder-retrain engine setup
  * --gpu`) when a GPU can be used, the native CPU engine (TensorFlow's C
- * library, `engine setup`), the GPU engine on the CPU when it is the only
- * native one, else the pure-JavaScript `cpu` backend, which always works but
+ * library, `engine setup`), the GPU engine with its GPUs hidden when it is
+ * the only native one, else the pure-JavaScript `cpu` backend, which always works but
  * is two orders of magnitude slower. Never a silent fallback: the runtime
  * says which engine runs and, when the GPU engine is set up or the GPU was
  * asked for, exactly why the GPU is not used.
@@ -12,6 +12,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { fixCpuMaxPool3dGrad } from './cpuMaxPool3dGradFix';
+import { engineRoot, readActiveEngine } from './native/engineLayout';
 import { type DeviceChoice, deviceChoice } from './native/gpuEnvironment';
 import { type GpuDevice, inspectGpu } from './native/gpuProbe';
 import { loadNativeBackend, type NativeBackendInfo } from './native/nativeBackend';
@@ -65,9 +66,9 @@ async function load(device: DeviceChoice): Promise<TensorFlowRuntime> {
     if (device === 'gpu' || gpuEngineSetUp) gpu = { requested: device, used: false, reason };
   }
   let native = await loadNativeBackend(tf);
-  if (!native.ok && gpuEngineSetUp) {
-    // TensorFlow's CUDA build is a complete CPU build too.
-    const onCpu = await loadNativeBackend(tf, { variant: 'gpu' });
+  if (!native.ok && (gpuEngineSetUp || (device === 'cpu' && readActiveEngine(engineRoot(), 'gpu').ok))) {
+    // TensorFlow's CUDA build is a complete CPU build too; with the GPU hidden it is one.
+    const onCpu = await loadNativeBackend(tf, { variant: 'gpu', hideGpu: true });
     if (onCpu.ok) native = onCpu;
   }
   if (native.ok) {

@@ -127,14 +127,16 @@ export interface CudaScan {
 export function scanCudaLibraries(folders: readonly string[], loaderCache?: ReadonlyMap<string, string>): CudaScan {
   const scan: CudaScan = { found: new Map(), missing: [], otherVersions: new Map(), versions: {} };
   for (const library of REQUIRED_CUDA_LIBRARIES) {
-    const folder = folders.find((candidate) => existsSync(path.join(candidate, library.file)));
+    const candidates = folders.filter((candidate) => existsSync(path.join(candidate, library.file)));
+    const foreign = candidates.map((candidate) => otherCudaPackage(candidate, library)).filter((name): name is string => Boolean(name));
+    const folder = candidates.find((candidate) => !otherCudaPackage(candidate, library));
     const cached = loaderCache?.get(library.file);
     if (folder !== undefined) scan.found.set(library.file, folder);
     else if (cached) scan.found.set(library.file, '');
     else {
       scan.missing.push(library);
       const stem = library.file.replace(/\.so\.\d+$/, '.so.');
-      const others = new Set<string>();
+      const others = new Set<string>(foreign);
       for (const candidate of folders) for (const name of listDir(candidate)) if (name.startsWith(stem) && name !== library.file) others.add(name);
       for (const name of loaderCache?.keys() ?? []) if (name.startsWith(stem)) others.add(name);
       if (others.size > 0) scan.otherVersions.set(library.file, [...others].sort());
@@ -144,6 +146,22 @@ export function scanCudaLibraries(folders: readonly string[], loaderCache?: Read
     if (version) scan.versions[library.file] = version;
   }
   return scan;
+}
+
+/**
+ * For a library in a Python environment's nvidia/<package>/lib: the package
+ * that put it there when that package is built for another CUDA than 12
+ * (nvidia-cudnn-cu13, or the unsuffixed names NVIDIA uses since CUDA 13,
+ * such as nvidia-cusparse 12.7), e.g. "nvidia-cudnn-cu13 9.26.0.51 (for
+ * another CUDA)". Some keep the CUDA 12 file name (libcudnn.so.9,
+ * libcusparse.so.12) but not its ABI. Undefined otherwise.
+ */
+function otherCudaPackage(folder: string, library: CudaLibrary): string | undefined {
+  if (path.basename(folder) !== 'lib' || path.basename(path.dirname(path.dirname(folder))) !== 'nvidia') return undefined;
+  const base = library.pipName.replace(/-cu12$/, '').replace(/-/g, '_');
+  const distInfos = listDir(path.resolve(folder, '..', '..', '..')).filter((name) => name.endsWith('.dist-info') && (name.startsWith(`${base}-`) || name.startsWith(`${base}_cu`)));
+  if (distInfos.length === 0 || distInfos.some((name) => name.startsWith(`${base}_cu12-`))) return undefined;
+  return `${distInfos[0].replace(/\.dist-info$/, '').replace(/_/g, '-').replace(/-(\d[^-]*)$/, ' $1')} (for another CUDA)`;
 }
 
 /**
@@ -197,9 +215,15 @@ export function describeCudaScan(scan: CudaScan): string {
   const found = REQUIRED_CUDA_LIBRARIES.filter((library) => scan.found.has(library.file)).map((library) => `${library.name} ${scan.versions[library.file] ?? '(version unknown)'}`);
   const missing = scan.missing.map((library) => {
     const others = scan.otherVersions.get(library.file);
-    return others ? `${library.file} (${library.name}; found only ${others.join(', ')}: TensorFlow 2.21 needs CUDA 12 and cuDNN 9)` : `${library.file} (${library.name})`;
+    return others ? `${library.file} (${library.name}; found only ${others.join(', ')})` : `${library.file} (${library.name})`;
   });
-  return [found.length ? `found ${found.join(', ')}` : '', missing.length ? `missing ${missing.join(', ')}` : ''].filter(Boolean).join('; ');
+  return [
+    found.length ? `found ${found.join(', ')}` : '',
+    missing.length ? `missing ${missing.join(', ')}` : '',
+    scan.otherVersions.size ? 'TensorFlow 2.21 needs CUDA 12 and cuDNN 9 for CUDA 12' : '',
+  ]
+    .filter(Boolean)
+    .join('; ');
 }
 
 function listDir(folder: string): string[] {

@@ -64,6 +64,11 @@ export interface LoadOptions {
   root?: string;
   /** Which engine (default: the CPU one). */
   variant?: EngineVariant;
+  /**
+   * GPU engine on the CPU: the GPUs are hidden from it (CUDA_VISIBLE_DEVICES,
+   * read when it starts), so its CUDA libraries are not needed either.
+   */
+  hideGpu?: boolean;
   /** Make 'tensorflow' the active backend (default true). */
   activate?: boolean;
   env?: NodeJS.ProcessEnv;
@@ -94,7 +99,7 @@ export async function loadNativeBackend(tf: typeof tfType, options: LoadOptions 
     const check = readActiveEngine(root, variant);
     if (!check.ok) return fail(`${check.reason}; set it up with: cellfinder-retrain engine setup${variant === 'gpu' ? ' --gpu' : ''}`);
     const { engineDir, manifest } = check;
-    const unreachable = missingLibraryPath(manifest, env);
+    const unreachable = options.hideGpu ? [] : missingLibraryPath(manifest, env);
     if (unreachable.length > 0) return fail(`this process was started without the GPU engine's CUDA libraries on LD_LIBRARY_PATH (${unreachable.join(', ')}); run it through cellfinder-retrain or the editor, which set it`);
     const packageDir = path.join(engineDir, manifest.packageDir);
     const addonPath = path.join(engineDir, manifest.addon);
@@ -103,6 +108,7 @@ export async function loadNativeBackend(tf: typeof tfType, options: LoadOptions 
     // TensorFlow otherwise takes nearly all GPU memory at start: a second process (classifying during a
     // run, a benchmark beside it) could not start, and running out would not tell what the model needs.
     if (variant === 'gpu') process.env.TF_FORCE_GPU_ALLOW_GROWTH ??= 'true';
+    if (options.hideGpu) process.env.CUDA_VISIBLE_DEVICES = '';
     const requireFromEngine = createRequire(path.join(packageDir, 'package.json'));
     const start = performance.now();
     let binding: TfjsBinding;

@@ -1,11 +1,14 @@
 /**
  * Training and inference speed of cellfinder's ResNet on one engine, for
- * `npm run bench`: random cubes (speed does not depend on the values),
- * warm-up step first, then timed steps. Run in its own process per case.
+ * `npm run bench` and `cellfinder-retrain engine bench`: random cubes (speed
+ * does not depend on the values), warm-up step first (on a GPU it also
+ * picks the convolution algorithms), then timed steps. One engine per
+ * process, so each case runs in its own.
  */
-import { categoricalCrossEntropy, KerasAdam } from '../src/training/adam';
-import { loadTensorFlow } from '../src/training/backend';
-import { forward, forwardFlopsPerCube, initialWeights, resnetSpec, weightKey, type NetworkDepth } from '../src/training/resnet';
+import { categoricalCrossEntropy, KerasAdam } from './adam';
+import { loadTensorFlow } from './backend';
+import type { DeviceChoice } from './native/gpuEnvironment';
+import { forward, forwardFlopsPerCube, initialWeights, resnetSpec, weightKey, type NetworkDepth } from './resnet';
 
 export interface ModelBenchResult {
   backend: string;
@@ -17,8 +20,8 @@ export interface ModelBenchResult {
   forwardGflopPerCube: number;
 }
 
-export async function benchModel(depth: NetworkDepth, trainBatch: number, inferBatch: number, steps: number): Promise<ModelBenchResult> {
-  const { tf, backend } = await loadTensorFlow();
+export async function benchModel(depth: NetworkDepth, trainBatch: number, inferBatch: number, steps: number, device?: DeviceChoice): Promise<ModelBenchResult> {
+  const { tf, backend } = await loadTensorFlow(device);
   const spec = resnetSpec(depth, 2);
   const weights = initialWeights(tf, spec, 1);
   const optimizer = new KerasAdam(tf, 1e-4);
