@@ -17,7 +17,8 @@ import { encodeFloat32Stack } from '../src/core/tiffWriter';
 import { openVolume } from '../src/core/volume';
 import { benchEditor } from './editorBench';
 import { benchLabelling } from './labellingBench';
-import { benchModel, benchPipeline, type ModelBenchResult, type PipelineBenchResult } from './modelBench';
+import { benchPipeline, type PipelineBenchResult } from './modelBench';
+import { benchModel, type ModelBenchResult } from '../src/training/modelSpeed';
 import type { NetworkDepth } from '../src/training/resnet';
 
 const PLANES = 120;

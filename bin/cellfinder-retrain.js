@@ -1,5 +1,5 @@
 #!/usr/bin/env node
 // Thin launcher so `npx cellfinder-retrain` runs the bundled CLI.
-require('../dist/cli.js').main(process.argv.slice(2)).then((code) => {
+require('../dist/cli.js').runCommandLine(process.argv.slice(2)).then((code) => {
   process.exitCode = code;
 });

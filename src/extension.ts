@@ -161,19 +161,29 @@ async function extractCubesCommand(index: WorkspaceIndex): Promise<void> {
 }
 
 /**
- * Builds the native TensorFlow engine (downloads TensorFlow's wheel from PyPI
- * once, or uses a wheel or Python TensorFlow the user has). It is loaded only
- * by the training worker process, never in the extension host.
+ * Builds the native TensorFlow engine, for the CPU or for an NVIDIA GPU
+ * (downloads TensorFlow's wheel, and for the GPU the CUDA libraries, from
+ * PyPI once, or uses what the user has). It is loaded only by the training
+ * worker process, never in the extension host.
  */
 async function setUpEngineCommand(): Promise<void> {
   requireTrust('Setting up the engine');
+  const pick = await vscode.window.showQuickPick(
+    [
+      { label: 'CPU engine', description: "TensorFlow's C library (270 MB download, about 20 s)", variant: 'cpu' as const },
+      { label: 'GPU engine (NVIDIA, CUDA 12)', description: "TensorFlow's CUDA build (570 MB) and, unless found on this machine, the CUDA libraries (1.5 GB)", variant: 'gpu' as const },
+    ],
+    { title: 'Cellfinder: which training engine?' },
+  );
+  if (!pick) return;
   const result = await vscode.window.withProgress(
-    { location: vscode.ProgressLocation.Notification, title: 'Cellfinder: setting up the native training engine', cancellable: true },
+    { location: vscode.ProgressLocation.Notification, title: `Cellfinder: setting up the ${pick.variant === 'gpu' ? 'GPU' : 'native'} training engine`, cancellable: true },
     async (progress, token) => {
       const abort = new AbortController();
       token.onCancellationRequested(() => abort.abort());
       try {
         return await setupEngine({
+          variant: pick.variant,
           signal: abort.signal,
           onProgress: (step) => {
             log.appendLine(step.message);
@@ -186,5 +196,12 @@ async function setUpEngineCommand(): Promise<void> {
       }
     },
   );
-  void vscode.window.showInformationMessage(`Cellfinder: native engine ready (${result.engineDir}). Training now runs on TensorFlow's C library.`);
+  const gpu = result.gpu;
+  void vscode.window.showInformationMessage(
+    pick.variant === 'cpu'
+      ? `Cellfinder: native engine ready (${result.engineDir}). Training now runs on TensorFlow's C library.`
+      : gpu?.usingGpu
+        ? `Cellfinder: GPU engine ready (${result.engineDir}). Training now runs on ${gpu.devices.map((d) => d.name).join(', ')}.`
+        : `Cellfinder: GPU engine built (${result.engineDir}), but TensorFlow finds no usable GPU here: ${gpu?.reason ?? 'see the Cellfinder output'}.`,
+  );
 }

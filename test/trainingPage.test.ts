@@ -22,7 +22,7 @@ import { chromiumAvailable, launchBrowser, openPage, SCREENSHOTS, type OpenPage 
 import type { ThemeName } from './webview/themes';
 
 const WORKER = path.join(REPO_ROOT, 'dist', 'worker.js');
-const CLI = { nodePath: process.execPath, cliScript: path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js') };
+const CLI = { nodePath: process.execPath, cliScript: path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js'), device: 'auto' as const };
 
 let browser: Browser;
 before(async () => {

@@ -14,8 +14,10 @@ import { cuboidShape } from '../core/extraction';
 import { extractToDataset } from '../core/extractToDataset';
 import { mergeTrainingYamls } from '../core/merge';
 import type { CubeLabel } from '../core/trainingYaml';
+import { childEnvironment, DEVICE_ENV, isDeviceChoice } from '../training/native/gpuEnvironment';
+import { OutOfMemoryError } from '../training/outOfMemory';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
-import { classifyCommand, engineCommand, evaluateCommand, trainCommand } from './trainCommands';
+import { classifyCommand, engineCommand, evaluateCommand, runInChild, trainCommand } from './trainCommands';
 
 const USAGE = `cellfinder-retrain: build and check cellfinder training data
 
@@ -43,15 +45,30 @@ working directory, so run it from the dataset folder (see README).
       --save-progress  --lr-schedule E...  --lr-multiplier (0.1)
       --normalize-channels
       ours: --seed N  --stratified-split  --balanced  --augment-parity
-            --resume <output-dir>  --json (events as JSON lines)
+            --resume <output-dir>  --device auto|gpu|cpu  --json (events as JSON lines)
   classify --trained-model|--model-weights <file> --signal <planes> [--background <planes>]
-           --points <xml> -o <dir> [--voxel-sizes Z Y X] [--batch-size 64]
-  evaluate --trained-model <file> [--compare <file>] -y <training.yaml>...
-  engine setup [--wheel <tensorflow wheel>] [--from-python]
+           --points <xml> -o <dir> [--voxel-sizes Z Y X] [--batch-size 64] [--device D]
+  evaluate --trained-model <file> [--compare <file>] -y <training.yaml>... [--device D]
+  engine setup [--wheel <tensorflow wheel>] [--from-python] [--python <python3>] [--force]
       Build the native engine (TensorFlow's C library from PyPI's tensorflow-cpu
       wheel, a wheel you give, or your Python TensorFlow) once, offline after
       that, then check its gradients. About 20 s and 640 MB.
-  engine status
+  engine setup --gpu [--wheel <tensorflow wheel>] [--from-python] [--cuda-libs <dir>...]
+               [--skip-driver-check] [--force]
+      The GPU engine: TensorFlow's CUDA 12 build (the tensorflow wheel, 570 MB),
+      and the CUDA and cuDNN libraries from --cuda-libs (folders with the
+      libraries or nvidia-*.whl files), your Python's nvidia-* packages, the
+      system, or PyPI (1.5 GB). Stops on a machine without an NVIDIA driver
+      unless --skip-driver-check.
+  engine check [--engine cpu|gpu]
+      Gradient checks and a one-batch fit against the pure-JavaScript engine.
+  engine status [--json]
+      Which engines are set up, the NVIDIA driver, CUDA libraries and GPU found,
+      and exactly why the GPU is not used.
+  engine bench [--network-depth 50] [--train-batch 16] [--infer-batch 64] [--steps 3] [--device D]
+      Training and inference cubes/s of the network on the engine in use.
+--device (default auto, or CELLFINDER_RETRAIN_DEVICE): auto uses the GPU when
+it can and says why not; cpu never does.
   demo [--output-dir <dir>] [--epochs 2]
       The whole loop on the bundled sample: extract cubes, build a labelled
       dataset, retrain ResNet-18 briefly, classify the candidates, evaluate.
@@ -100,13 +117,32 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
       io.err(`error: ${error.message}\n\n${USAGE}`);
       return 2;
     }
-    if (error instanceof DataFileError) {
+    if (error instanceof DataFileError || error instanceof OutOfMemoryError) {
       io.err(`error: ${error.message}`);
       return 1;
     }
     io.err(`error: ${(error as Error)?.stack ?? String(error)}`);
     return 1;
   }
+}
+
+/** Commands that load TensorFlow, and so may need the GPU engine's library path. */
+const TENSORFLOW_COMMANDS = new Set(['train', 'classify', 'evaluate', 'demo', 'engine check', 'engine bench']);
+
+/**
+ * The process entry (bin/cellfinder-retrain.js). A command that may run on the
+ * GPU engine needs its CUDA libraries on LD_LIBRARY_PATH, which the dynamic
+ * loader reads only at start: when that is missing, the command runs in a
+ * child process started with it.
+ */
+export async function runCommandLine(argv: readonly string[]): Promise<number> {
+  const flag = argv.findIndex((arg) => arg === '--device' || arg.startsWith('--device='));
+  const device = flag < 0 ? process.env[DEVICE_ENV] || 'auto' : argv[flag].includes('=') ? argv[flag].slice('--device='.length) : argv[flag + 1];
+  if ((TENSORFLOW_COMMANDS.has(argv[0]) || TENSORFLOW_COMMANDS.has(`${argv[0]} ${argv[1]}`)) && isDeviceChoice(device)) {
+    const env = childEnvironment(process.env, device);
+    if (env.LD_LIBRARY_PATH !== process.env.LD_LIBRARY_PATH) return runInChild(argv, env, defaultIo);
+  }
+  return main(argv);
 }
 
 const EXTRACT_FLAGS: FlagSpec[] = [...CANDIDATE_INPUT_FLAGS, { name: 'label', values: 1 }, { name: 'absolute-paths', values: 0 }];

@@ -2,12 +2,21 @@
  * `train`, `classify` and `evaluate`: cellfinder_train's flags with their
  * meanings and defaults, so a user's scripts carry over.
  */
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import { loadTensorFlow } from '../training/backend';
-import { EngineSetupError, setupEngine } from '../training/native/engineSetup';
-import { formatGradientChecks, runGradientChecks } from '../training/native/gradientCheck';
-import { engineStatus } from '../training/native/nativeBackend';
+import * as tf from '@tensorflow/tfjs';
+import { describeDevice, loadTensorFlow, type TensorFlowRuntime } from '../training/backend';
+import { fixCpuMaxPool3dGrad } from '../training/cpuMaxPool3dGradFix';
+import { describeCudaScan } from '../training/native/cudaLibraries';
+import type { EngineVariant } from '../training/native/engineLayout';
+import { EngineSetupError, type EngineSetupResult, setupEngine } from '../training/native/engineSetup';
+import { childEnvironment, DEVICE_CHOICES, type DeviceChoice, isDeviceChoice } from '../training/native/gpuEnvironment';
+import { inspectGpu, type GpuInspection, readGpuLog } from '../training/native/gpuProbe';
+import { compareTinyFits, formatGradientChecks, runGradientChecks, tinyModelFit } from '../training/native/gradientCheck';
+import { engineStatus, loadNativeBackend, NATIVE_BACKEND_NAME } from '../training/native/nativeBackend';
+import { benchModel } from '../training/modelSpeed';
+import { OutOfMemoryError } from '../training/outOfMemory';
 import type { TrainingEvent } from '../training/events';
 import { openRunLog } from '../training/runLog';
 import { classifyCandidates, evaluateModel, loadNetwork, type Evaluation } from '../training/inference';
@@ -47,8 +56,23 @@ const TRAIN_FLAGS: FlagSpec[] = [
   { name: 'stratified-split', values: 0 },
   { name: 'balanced', values: 0 },
   { name: 'resume', values: 1 },
+  { name: 'device', values: 1 },
   { name: 'json', values: 0 },
 ];
+
+/** `--device auto|gpu|cpu`; undefined when not given (then CELLFINDER_RETRAIN_DEVICE, else auto). */
+export function deviceFrom(flags: Map<string, string[]>): DeviceChoice | undefined {
+  const value = flags.get('device')?.[0];
+  if (value !== undefined && !isDeviceChoice(value)) throw new UsageError(`--device must be one of ${DEVICE_CHOICES.join(', ')}, got ${value}`);
+  return value;
+}
+
+/** One line on the GPU, when there is something to say about it. */
+function describeGpu(runtime: Pick<TensorFlowRuntime, 'gpu'>): string | undefined {
+  const gpu = runtime.gpu;
+  if (!gpu || gpu.used) return undefined;
+  return `${gpu.requested === 'gpu' ? 'GPU asked for but not used' : 'GPU not used'}: ${gpu.reason}`;
+}
 
 function number(flags: Map<string, string[]>, name: string, fallback: number, check: (n: number) => boolean, rule: string): number {
   const raw = flags.get(name)?.[0];
@@ -102,8 +126,10 @@ export function trainConfigFromFlags(flags: Map<string, string[]>): TrainConfig 
 
 function describeEvent(event: TrainingEvent): string | undefined {
   switch (event.type) {
-    case 'started':
-      return `Training ResNet-${event.model.depth} (${event.model.channels} channel(s), ${event.model.parameters.toLocaleString('en')} parameters) on ${event.backend}: ${event.samples.training} training / ${event.samples.validation} validation cubes (${event.samples.cells} cells, ${event.samples.nonCells} non-cells)${event.resumedAtEpoch !== undefined ? `, resumed at epoch ${event.resumedAtEpoch + 1}` : ''}`;
+    case 'started': {
+      const gpu = describeGpu(event);
+      return `Training ResNet-${event.model.depth} (${event.model.channels} channel(s), ${event.model.parameters.toLocaleString('en')} parameters) on ${event.backend}: ${event.samples.training} training / ${event.samples.validation} validation cubes (${event.samples.cells} cells, ${event.samples.nonCells} non-cells)${event.resumedAtEpoch !== undefined ? `, resumed at epoch ${event.resumedAtEpoch + 1}` : ''}${gpu ? `\n  ${gpu}` : ''}`;
+    }
     case 'epoch':
       return `epoch ${event.epoch + 1}/${event.epochs}: loss ${event.loss.toFixed(4)} accuracy ${event.accuracy.toFixed(4)}${event.valLoss === undefined ? '' : ` val_loss ${event.valLoss.toFixed(4)} val_accuracy ${(event.valAccuracy as number).toFixed(4)}`} (${event.seconds.toFixed(1)} s)`;
     case 'checkpoint':
@@ -113,7 +139,7 @@ function describeEvent(event: TrainingEvent): string | undefined {
     case 'finished':
       return `Finished: ${event.modelFile}`;
     case 'error':
-      return `error: ${event.message}`;
+      return `error: ${event.message}${event.fix ? `. ${event.fix}` : ''}`;
     case 'batch':
     case 'launched':
       return undefined;
@@ -125,7 +151,7 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   const resumeDir = flags.get('resume')?.[0];
   const json = flags.has('json');
-  const runtime = await loadTensorFlow();
+  const runtime = await loadTensorFlow(deviceFrom(flags));
   if (runtime.notNative) io.err(`note: training on ${runtime.backend}: ${runtime.notNative}`);
   let cancelled = false;
   const stop = () => {
@@ -152,11 +178,12 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
       }
     };
     try {
-      const result = await train(runtime.tf, runtime.backend, config, emit, { cancelRequested: () => cancelled }, Boolean(resumeDir));
+      const result = await train(runtime.tf, runtime, config, emit, { cancelRequested: () => cancelled }, Boolean(resumeDir));
       return result.status === 'finished' ? 0 : 3;
     } catch (error) {
       // The run's log says why it ended, for the editor's Runs view; the CLI reports the error itself.
-      logEvent({ type: 'error', message: (error as Error)?.message ?? String(error) });
+      if (error instanceof OutOfMemoryError) logEvent({ type: 'error', message: error.problem, fix: error.fix, suggestedBatchSize: error.suggestedBatchSize });
+      else logEvent({ type: 'error', message: (error as Error)?.message ?? String(error) });
       throw error;
     }
   } finally {
@@ -168,7 +195,7 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
 async function networkFor(flags: Map<string, string[]>, channels: number) {
   const file = flags.get('trained-model')?.[0] ?? flags.get('model-weights')?.[0];
   if (!file) throw new UsageError('--trained-model or --model-weights is required');
-  const runtime = await loadTensorFlow();
+  const runtime = await loadTensorFlow(deviceFrom(flags));
   // The file says its own depth; --network-depth, when given, must agree.
   const depth = flags.has('network-depth') ? depthFrom(flags, 50) : (await readModelFile(file, { channels })).depth;
   return { runtime, network: await loadNetwork(runtime.tf, file, depth, channels) };
@@ -181,6 +208,7 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
     { name: 'model-weights', values: 1 },
     { name: 'network-depth', values: 1 },
     { name: 'batch-size', values: 1 },
+    { name: 'device', values: 1 },
   ]);
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   for (const required of ['signal', 'points', 'output-dir']) if (!flags.has(required)) throw new UsageError(`--${required} is required`);
@@ -223,6 +251,7 @@ export async function evaluateCommand(argv: readonly string[], io: Io): Promise<
     { name: 'yaml', short: 'y', values: '+' },
     { name: 'batch-size', values: 1 },
     { name: 'normalize-channels', values: 0 },
+    { name: 'device', values: 1 },
     { name: 'json', values: 0 },
   ]);
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
@@ -246,46 +275,188 @@ export async function evaluateCommand(argv: readonly string[], io: Io): Promise<
 export async function engineCommand(argv: readonly string[], io: Io): Promise<number> {
   const [sub, ...rest] = argv;
   switch (sub) {
-    case 'setup': {
-      const { flags, positionals } = parseArgs(rest, [
-        { name: 'wheel', values: 1 },
-        { name: 'from-python', values: 0 },
-        { name: 'json', values: 0 },
-      ]);
-      if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
-      try {
-        const result = await setupEngine({
-          source: flags.has('wheel') ? 'wheel' : flags.has('from-python') ? 'python' : 'auto',
-          wheel: flags.get('wheel')?.[0],
-          onProgress: (progress) => io.err(progress.message),
-        });
-        if (flags.has('json')) io.out(JSON.stringify(result, null, 2));
-        else io.out(`Native engine ready: ${result.engineDir}`);
-      } catch (error) {
-        if (error instanceof EngineSetupError) {
-          io.err(`error: ${error.message}${error.logFile ? ` (log: ${error.logFile})` : ''}`);
-          return 1;
-        }
-        throw error;
-      }
-      // Prove it: the gradient checks of every op the network uses, on the engine just built.
-      const runtime = await loadTensorFlow();
-      if (runtime.notNative) {
-        io.err(`error: the engine was built but does not load: ${runtime.notNative}`);
-        return 1;
-      }
-      const results = await runGradientChecks(runtime.tf, runtime.tf.getBackend());
-      io.out(formatGradientChecks(results));
-      return results.every((r) => r.passed) ? 0 : 1;
-    }
-    case 'status': {
-      const { flags } = parseArgs(rest, [{ name: 'json', values: 0 }]);
-      const status = engineStatus();
-      if (flags.has('json')) io.out(JSON.stringify(status, null, 2));
-      else io.out(status.installed ? `Native engine set up in ${status.engineDir}${status.reason ? ` (${status.reason})` : ''}` : `Native engine not in use: ${status.reason}. Training runs on the pure-JavaScript engine, about 100x slower.`);
-      return 0;
-    }
+    case 'setup':
+      return engineSetupCommand(rest, io);
+    case 'check':
+      return engineCheckCommand(rest, io);
+    case 'status':
+      return engineStatusCommand(rest, io);
+    case 'bench':
+      return engineBenchCommand(rest, io);
     default:
-      throw new UsageError(`unknown engine command "${sub ?? ''}" (setup, status)`);
+      throw new UsageError(`unknown engine command "${sub ?? ''}" (setup, check, status, bench)`);
   }
+}
+
+async function engineSetupCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parseArgs(argv, [
+    { name: 'gpu', values: 0 },
+    { name: 'wheel', values: 1 },
+    { name: 'from-python', values: 0 },
+    { name: 'python', values: 1 },
+    { name: 'cuda-libs', values: '+' },
+    { name: 'skip-driver-check', values: 0 },
+    { name: 'force', values: 0 },
+    { name: 'json', values: 0 },
+  ]);
+  if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+  const variant: EngineVariant = flags.has('gpu') ? 'gpu' : 'cpu';
+  for (const gpuOnly of ['cuda-libs', 'skip-driver-check']) if (flags.has(gpuOnly) && variant !== 'gpu') throw new UsageError(`--${gpuOnly} is for the GPU engine: add --gpu`);
+  let result: EngineSetupResult;
+  try {
+    result = await setupEngine({
+      variant,
+      source: flags.has('wheel') ? 'wheel' : flags.has('from-python') ? 'python' : 'auto',
+      wheel: flags.get('wheel')?.[0],
+      python: flags.get('python')?.[0],
+      cudaLibs: flags.get('cuda-libs'),
+      skipDriverCheck: flags.has('skip-driver-check'),
+      force: flags.has('force'),
+      onProgress: (progress) => io.err(progress.message),
+    });
+  } catch (error) {
+    if (error instanceof EngineSetupError) {
+      io.err(`error: ${error.message}${error.logFile ? ` (log: ${error.logFile})` : ''}`);
+      return 1;
+    }
+    throw error;
+  }
+  if (flags.has('json')) io.out(JSON.stringify(result, null, 2));
+  else {
+    io.out(`${variant === 'gpu' ? 'GPU' : 'Native'} engine ready: ${result.engineDir}`);
+    if (result.cuda) io.out(`  CUDA libraries (${result.cuda.source.kind}: ${result.cuda.source.from}): ${Object.entries(result.cuda.versions).map(([file, version]) => `${file} ${version}`).join(', ')}`);
+    if (result.gpu) io.out(result.gpu.usingGpu ? `  TensorFlow uses ${result.gpu.devices.map(describeDevice).join('; ')}` : `  TensorFlow runs it on the CPU here: ${result.gpu.reason}`);
+  }
+  // Prove it: the gradient checks of every op the network uses and a one-batch fit, on the engine just
+  // built, in a new process (only a process started with the GPU engine's library path can load it).
+  return runInChild(['engine', 'check', '--engine', variant], childEnvironment(process.env, variant === 'gpu' ? 'gpu' : 'cpu'), io);
+}
+
+/**
+ * Loads one engine (its GPU when TensorFlow registers one, else its CPU) and
+ * checks it against the pure-JavaScript engine: the gradient checks of every
+ * op the network uses, and a one-batch fit. TF32 (Ampere and newer GPUs) is
+ * turned off for it: the check is of the kernels, at float32 tolerances.
+ */
+async function engineCheckCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parseArgs(argv, [
+    { name: 'engine', values: 1 },
+    { name: 'json', values: 0 },
+  ]);
+  if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+  const variant = flags.get('engine')?.[0] ?? 'cpu';
+  if (variant !== 'cpu' && variant !== 'gpu') throw new UsageError(`--engine must be cpu or gpu, got ${variant}`);
+  process.env.NVIDIA_TF32_OVERRIDE ??= '0';
+  await fixCpuMaxPool3dGrad(tf);
+  const loaded = await loadNativeBackend(tf, { variant });
+  if (!loaded.ok) {
+    io.err(`error: the ${variant === 'gpu' ? 'GPU' : 'native'} engine does not load: ${loaded.reason}`);
+    return 1;
+  }
+  const where = loaded.info.usingGpu ? 'GPU' : 'CPU';
+  const whyNotGpu = variant === 'gpu' && !loaded.info.usingGpu ? (await inspectGpu({ probe: 'always' })).reason : undefined;
+  const gradients = await runGradientChecks(tf, NATIVE_BACKEND_NAME);
+  const cpuFit = await tinyModelFit(tf, 'cpu');
+  const fit = compareTinyFits(await tinyModelFit(tf, NATIVE_BACKEND_NAME), cpuFit);
+  const passed = gradients.every((r) => r.passed) && fit.passed;
+  if (flags.has('json')) io.out(JSON.stringify({ engine: loaded.info, device: where, whyNotGpu, gradients, fit, passed }, null, 2));
+  else {
+    io.out(`Checking TensorFlow ${loaded.info.tensorflowVersion} (${variant === 'gpu' ? 'GPU engine' : 'CPU engine'}) on the ${where}${whyNotGpu ? ` (${whyNotGpu})` : ''} against the pure-JavaScript engine:`);
+    io.out(formatGradientChecks(gradients));
+    io.out(`one-batch fit vs the pure-JavaScript engine: loss ${fit.fitLossRel.toExponential(1)} / ${fit.lossAfterRel.toExponential(1)} relative, weights ${fit.weightMaxAbs.toExponential(1)}: ${fit.passed ? 'ok' : 'FAILED'}`);
+  }
+  return passed ? 0 : 1;
+}
+
+/** Training and inference cubes/s of the network on the engine `--device` picks (random cubes, Adam). */
+async function engineBenchCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parseArgs(argv, [
+    { name: 'network-depth', values: 1 },
+    { name: 'train-batch', values: 1 },
+    { name: 'infer-batch', values: 1 },
+    { name: 'steps', values: 1 },
+    { name: 'device', values: 1 },
+    { name: 'json', values: 0 },
+  ]);
+  if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+  const count = (name: string, fallback: number) => number(flags, name, fallback, (n) => Number.isInteger(n) && n > 0, 'a positive integer');
+  const gpu = describeGpu(await loadTensorFlow(deviceFrom(flags)));
+  if (gpu) io.err(gpu);
+  const result = await benchModel(depthFrom(flags, 50), count('train-batch', 16), count('infer-batch', 64), count('steps', 3), deviceFrom(flags));
+  if (flags.has('json')) io.out(JSON.stringify(result));
+  else io.out(`ResNet-${result.depth} on ${result.backend}: training ${result.trainCubesPerSecond.toFixed(1)} cubes/s (batch ${result.trainBatch}), inference ${result.inferCubesPerSecond.toFixed(1)} cubes/s (batch ${result.inferBatch}); ${result.forwardGflopPerCube.toFixed(2)} GFLOP per cube forward`);
+  return 0;
+}
+
+async function engineStatusCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags } = parseArgs(argv, [{ name: 'json', values: 0 }]);
+  const cpu = engineStatus();
+  const gpu = await inspectGpu({ probe: 'always' });
+  if (flags.has('json')) {
+    io.out(JSON.stringify({ cpu, gpu }, null, 2));
+    return 0;
+  }
+  io.out(cpu.installed ? `CPU engine: set up in ${cpu.engineDir} (TensorFlow ${cpu.manifest?.tensorflowVersion})` : `CPU engine: not set up (${cpu.reason}). Without a native engine training runs on the pure-JavaScript engine, about 100x slower.`);
+  for (const line of describeGpuInspection(gpu)) io.out(line);
+  return 0;
+}
+
+/** The GPU part of `engine status`: the engine, the driver with its evidence, the CUDA libraries, TensorFlow's answer. */
+export function describeGpuInspection(gpu: GpuInspection): string[] {
+  const lines: string[] = [];
+  const engine = gpu.engine;
+  lines.push(engine ? `GPU engine: set up in ${engine.engineDir} (TensorFlow ${engine.manifest.tensorflowVersion})` : 'GPU engine: not set up (cellfinder-retrain engine setup --gpu)');
+  lines.push(`NVIDIA driver: ${gpu.driver.present ? gpu.driver.version : 'none'}${gpu.driver.problem ? ` (${gpu.driver.problem.text})` : ''}`);
+  for (const evidence of gpu.driver.evidence) lines.push(`  ${evidence}`);
+  if (engine?.manifest.cuda && gpu.cuda) {
+    const { source, libraryPath } = engine.manifest.cuda;
+    lines.push(`CUDA libraries (${source.kind}: ${source.from}): ${describeCudaScan(gpu.cuda)}`);
+    lines.push(`  library path for training processes: ${libraryPath.length ? libraryPath.join(':') : "none needed (the system's loader cache)"}`);
+  }
+  if (gpu.probe) {
+    const said = gpu.devices.length ? `created ${gpu.devices.map((d) => `${d.tensorflowName}: ${describeDevice(d)}`).join('; ')}` : `no GPU device: ${readGpuLog(gpu.probe.log).reason}`;
+    lines.push(`TensorFlow ${gpu.probe.tensorflowVersion ?? '(did not load)'} in a test process: ${said}`);
+  }
+  lines.push(gpu.usable ? `GPU: used for training (${describeDevice(gpu.devices[0])})` : `GPU: not used: ${gpu.reason}`);
+  return lines;
+}
+
+/**
+ * The command line's own entry script (bin/cellfinder-retrain.js), found from
+ * the bundle (dist/cli.js) or the compiled sources (out/src/cli/).
+ */
+export function cliEntry(): string {
+  const candidates = [path.resolve(__dirname, '..', 'bin', 'cellfinder-retrain.js'), path.resolve(__dirname, '..', '..', '..', 'bin', 'cellfinder-retrain.js')];
+  return candidates.find((file) => existsSync(file)) ?? candidates[0];
+}
+
+/**
+ * Runs a command of this CLI in a child process with `env` (its output goes
+ * to `io`); resolves with its exit code. SIGTERM to this process is passed
+ * on; SIGINT from a terminal reaches the child by itself (same process group).
+ */
+export function runInChild(argv: readonly string[], env: NodeJS.ProcessEnv, io: Io): Promise<number> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [cliEntry(), ...argv], { env, stdio: ['inherit', 'pipe', 'pipe'] });
+    const relay = (stream: NodeJS.ReadableStream, write: (text: string) => void) => {
+      let pending = '';
+      stream.on('data', (chunk: Buffer) => {
+        const lines = (pending + chunk.toString()).split('\n');
+        pending = lines.pop() ?? '';
+        for (const line of lines) write(line);
+      });
+      stream.on('end', () => pending && write(pending));
+    };
+    relay(child.stdout, io.out);
+    relay(child.stderr, io.err);
+    const terminate = () => child.kill('SIGTERM');
+    const ignoreInterrupt = () => undefined;
+    process.on('SIGTERM', terminate);
+    process.on('SIGINT', ignoreInterrupt);
+    child.on('close', (code, signal) => {
+      process.removeListener('SIGTERM', terminate);
+      process.removeListener('SIGINT', ignoreInterrupt);
+      resolve(code ?? (signal ? 128 : 1));
+    });
+  });
 }

@@ -5,15 +5,18 @@
  * host.
  */
 import { spawn } from 'node:child_process';
+import { DEVICE_ENV, type DeviceChoice } from '../training/native/gpuEnvironment';
 
 export interface CliLocation {
   nodePath: string;
   cliScript: string;
+  /** Told to the CLI through its environment; it starts itself again with the GPU libraries when it needs them. */
+  device: DeviceChoice;
 }
 
 export function runCliJson<T>(cli: CliLocation, args: readonly string[], onStderrLine?: (line: string) => void, signal?: AbortSignal): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const child = spawn(cli.nodePath, [cli.cliScript, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], signal });
+    const child = spawn(cli.nodePath, [cli.cliScript, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], signal, env: { ...process.env, [DEVICE_ENV]: cli.device } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));

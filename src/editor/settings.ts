@@ -2,6 +2,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import type { CliLocation } from '../controllers/cliProcess';
+import type { DeviceChoice } from '../training/native/gpuEnvironment';
 
 export function setting<T>(key: string, fallback: T): T {
   return vscode.workspace.getConfiguration('cellfinder').get<T>(key, fallback);
@@ -15,8 +16,13 @@ export function nodePath(): string {
   return setting('nodePath', 'node') || 'node';
 }
 
+/** Where training and classification run: `cellfinder.training.device`. */
+export function trainingDevice(): DeviceChoice {
+  return setting<DeviceChoice>('training.device', 'auto');
+}
+
 export function cliLocation(context: vscode.ExtensionContext): CliLocation {
-  return { nodePath: nodePath(), cliScript: path.join(context.extensionPath, 'bin', 'cellfinder-retrain.js') };
+  return { nodePath: nodePath(), cliScript: path.join(context.extensionPath, 'bin', 'cellfinder-retrain.js'), device: trainingDevice() };
 }
 
 export function workerScript(context: vscode.ExtensionContext): string {

@@ -19,7 +19,7 @@ import { pretrainedWeightsPath } from '../training/trainer';
 import { TRAINING_BODY } from '../webview/training/body';
 import type { TrainingToHost } from '../webview/protocol';
 import { askVoxelSizes, pickFile, pickVolume } from './pickers';
-import { cliLocation, nodePath, requireTrust, setting, workerScript } from './settings';
+import { cliLocation, nodePath, requireTrust, setting, trainingDevice, workerScript } from './settings';
 import type { WorkspaceIndex } from './sidebar';
 import { loadPage } from './webviewPanel';
 
@@ -105,7 +105,7 @@ export class Training {
     await fs.mkdir(outputDir, { recursive: true });
     const configFile = path.join(outputDir, 'training-config.json');
     await fs.writeFile(configFile, `${JSON.stringify(config, null, 2)}\n`);
-    await startWorker({ nodePath: nodePath(), workerScript: workerScript(this.context), mode: 'train', target: configFile, outputDir });
+    await startWorker({ nodePath: nodePath(), workerScript: workerScript(this.context), mode: 'train', target: configFile, outputDir, device: trainingDevice() });
     this.show(outputDir);
     this.follow(outputDir);
     this.index.refreshSoon();
@@ -113,7 +113,7 @@ export class Training {
 
   async resume(outputDir: string): Promise<void> {
     requireTrust('Training');
-    await startWorker({ nodePath: nodePath(), workerScript: workerScript(this.context), mode: 'resume', target: outputDir, outputDir });
+    await startWorker({ nodePath: nodePath(), workerScript: workerScript(this.context), mode: 'resume', target: outputDir, outputDir, device: trainingDevice() });
     this.follow(outputDir);
     this.index.refreshSoon();
   }

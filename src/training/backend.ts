@@ -1,15 +1,29 @@
 /**
- * Which TensorFlow.js engine runs the maths, in this order: the native
- * engine (TensorFlow's C library, built once by `cellfinder-retrain engine
- * setup`) when it is set up, else the pure-JavaScript `cpu` backend, which
- * always works but is two orders of magnitude slower. Never a silent
- * fallback: the runtime says which engine runs and why a faster one does not.
+ * Which TensorFlow.js engine runs the maths, in this order: the GPU engine
+ * (TensorFlow's CUDA build, set up by `cellfinder-retrain engine setup
+ * --gpu`) when a GPU can be used, the native CPU engine (TensorFlow's C
+ * library, `engine setup`), the GPU engine with its GPUs hidden when it is
+ * the only native one, else the pure-JavaScript `cpu` backend, which always works but
+ * is two orders of magnitude slower. Never a silent fallback: the runtime
+ * says which engine runs and, when the GPU engine is set up or the GPU was
+ * asked for, exactly why the GPU is not used.
  * (tfjs' wasm backend is not used: it was seen returning wrong Conv3D and
  * MaxPool3D gradients, and runs single-threaded under Node.)
  */
 import * as tf from '@tensorflow/tfjs';
 import { fixCpuMaxPool3dGrad } from './cpuMaxPool3dGradFix';
-import { loadNativeBackend } from './native/nativeBackend';
+import { engineRoot, readActiveEngine } from './native/engineLayout';
+import { type DeviceChoice, deviceChoice } from './native/gpuEnvironment';
+import { type GpuDevice, inspectGpu } from './native/gpuProbe';
+import { loadNativeBackend, type NativeBackendInfo } from './native/nativeBackend';
+
+/** Whether the GPU is used, and why not when it is not. */
+export interface GpuUse {
+  requested: DeviceChoice;
+  used: boolean;
+  device?: GpuDevice;
+  reason?: string;
+}
 
 export interface TensorFlowRuntime {
   tf: typeof tf;
@@ -17,27 +31,70 @@ export interface TensorFlowRuntime {
   backend: string;
   /** Why the native engine is not in use, when it is not. */
   notNative?: string;
+  /** Present when the GPU was asked for or a GPU engine is set up. */
+  gpu?: GpuUse;
 }
 
 let runtime: Promise<TensorFlowRuntime> | undefined;
 
-async function load(): Promise<TensorFlowRuntime> {
+async function load(device: DeviceChoice): Promise<TensorFlowRuntime> {
   // tfjs-backend-cpu 4.22 computes MaxPool3D gradients wrongly for windows
   // whose height and width differ, as cellfinder's (3, 3, 2) pool does. The
   // cpu backend is the fallback and the reference of the gradient checks.
   await fixCpuMaxPool3dGrad(tf);
-  const native = await loadNativeBackend(tf);
+  let gpu: GpuUse | undefined;
+  let gpuEngineSetUp = false;
+  if (device !== 'cpu') {
+    // A driver-less machine answers at once; otherwise a short test process asks TensorFlow (1-3 s).
+    const inspection = await inspectGpu({ probe: 'when-driver' });
+    gpuEngineSetUp = inspection.engine !== undefined;
+    let reason = inspection.reason;
+    if (inspection.usable) {
+      const native = await loadNativeBackend(tf, { variant: 'gpu' });
+      if (native.ok && native.info.usingGpu) {
+        await tf.ready();
+        const used = inspection.devices[0];
+        return { tf, backend: `native TensorFlow ${native.info.tensorflowVersion} (GPU: ${describeDevice(used)})`, gpu: { requested: device, used: true, device: used } };
+      }
+      if (native.ok) {
+        // Loaded, and one engine per process: it runs on the CPU.
+        await tf.ready();
+        return { tf, backend: cpuName(native.info), gpu: { requested: device, used: false, reason: 'TensorFlow registered no GPU in this process, although it did in the test process just before (is another process holding the GPU?)' } };
+      }
+      reason = native.reason;
+    }
+    if (device === 'gpu' || gpuEngineSetUp) gpu = { requested: device, used: false, reason };
+  }
+  let native = await loadNativeBackend(tf);
+  if (!native.ok && (gpuEngineSetUp || (device === 'cpu' && readActiveEngine(engineRoot(), 'gpu').ok))) {
+    // TensorFlow's CUDA build is a complete CPU build too; with the GPU hidden it is one.
+    const onCpu = await loadNativeBackend(tf, { variant: 'gpu', hideGpu: true });
+    if (onCpu.ok) native = onCpu;
+  }
   if (native.ok) {
     await tf.ready();
-    return { tf, backend: `native TensorFlow ${native.info.tensorflowVersion} (CPU)` };
+    return { tf, backend: cpuName(native.info), gpu };
   }
   await tf.setBackend('cpu');
   await tf.ready();
-  return { tf, backend: 'cpu (pure JavaScript)', notNative: native.reason };
+  return { tf, backend: 'cpu (pure JavaScript)', notNative: native.reason, gpu };
 }
 
-/** Loads the fastest engine available, once per process. */
-export function loadTensorFlow(): Promise<TensorFlowRuntime> {
-  runtime ??= load();
+function cpuName(info: NativeBackendInfo): string {
+  return `native TensorFlow ${info.tensorflowVersion} (CPU${info.variant === 'gpu' ? ', GPU engine' : ''})`;
+}
+
+/** "NVIDIA H100 80GB HBM3, 77.6 GiB, compute capability 9.0" */
+export function describeDevice(device: GpuDevice | undefined): string {
+  if (!device) return 'unnamed device';
+  return `${device.name}, ${(device.memoryMiB / 1024).toFixed(1)} GiB${device.computeCapability ? `, compute capability ${device.computeCapability}` : ''}`;
+}
+
+/**
+ * Loads the fastest engine available for `device` (default: what
+ * CELLFINDER_RETRAIN_DEVICE says, else auto), once per process.
+ */
+export function loadTensorFlow(device: DeviceChoice = deviceChoice()): Promise<TensorFlowRuntime> {
+  runtime ??= load(device);
   return runtime;
 }

@@ -3,6 +3,7 @@
  * writes to stdout, one object per line. Defined once here; the CLI, the
  * extension host and the training panel all read this type.
  */
+import type { GpuUse } from './backend';
 import type { EpochMetrics } from './trainer';
 
 /** Written next to the run's outputs, one event per line, so an editor can show the run after a reload. */
@@ -14,6 +15,8 @@ export type TrainingEvent =
   | {
       type: 'started';
       backend: string;
+      /** Whether the GPU is used, and exactly why not; present when the GPU was asked for or a GPU engine is set up. */
+      gpu?: GpuUse;
       model: { depth: number; channels: number; layers: number; parameters: number };
       samples: { training: number; validation: number; cells: number; nonCells: number };
       epochs: number;
@@ -24,4 +27,5 @@ export type TrainingEvent =
   | { type: 'checkpoint'; file: string; epoch: number }
   | { type: 'cancelled'; epoch: number; batch: number; resumeFrom: string }
   | { type: 'finished'; modelFile: string; history: EpochMetrics[] }
-  | { type: 'error'; message: string; file?: string; fix?: string };
+  /** `suggestedBatchSize`: after running out of memory, a batch size that fits. */
+  | { type: 'error'; message: string; file?: string; fix?: string; suggestedBatchSize?: number };

@@ -9,6 +9,7 @@ import { closeSync, existsSync, openSync, promises as fs, watch, type FSWatcher 
 import * as path from 'node:path';
 import { parseJsonLines } from '../core/atomicFile';
 import { EVENTS_FILE, type TrainingEvent } from './events';
+import { childEnvironment, type DeviceChoice } from './native/gpuEnvironment';
 import { RESUME_FOLDER } from './trainer';
 
 export type RunStatus = 'running' | 'finished' | 'cancelled' | 'failed' | 'interrupted';
@@ -87,17 +88,22 @@ export interface WorkerLaunch {
   target: string;
   /** The run's output folder: the worker's stderr goes to `worker.log` there. */
   outputDir: string;
+  /** The device the user chose (default auto). */
+  device?: DeviceChoice;
 }
 
 /**
  * Starts the training worker detached from the caller, so that it survives a
- * window reload; its progress is followed through the run's event log.
+ * window reload; its progress is followed through the run's event log. Its
+ * environment, not the caller's, gets the device and the GPU engine's CUDA
+ * library path.
  */
 export async function startWorker(launch: WorkerLaunch): Promise<number> {
   await fs.mkdir(launch.outputDir, { recursive: true });
   const stderr = openSync(path.join(launch.outputDir, 'worker.log'), 'a');
   try {
-    const child = spawn(launch.nodePath, [launch.workerScript, launch.mode, launch.target], { detached: true, stdio: ['ignore', 'ignore', stderr] });
+    const env = childEnvironment(process.env, launch.device ?? 'auto');
+    const child = spawn(launch.nodePath, [launch.workerScript, launch.mode, launch.target], { detached: true, stdio: ['ignore', 'ignore', stderr], env });
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('spawn', () => resolve(child.pid as number));
       child.once('error', (error) => reject(new Error(`cannot start the training worker with ${launch.nodePath}: ${error.message}`)));

@@ -8,6 +8,11 @@
  * batch) the weights, the optimiser state and where the run stands are
  * written to `<output>/.resume/`, so a cancelled or killed run continues
  * with the same optimiser state and epoch count.
+ *
+ * When a training step runs out of memory (a GPU's, typically), smaller
+ * batches are tried on the same cubes (gradients only, the weights are not
+ * changed) and the run stops with an OutOfMemoryError naming the largest
+ * batch size that fitted.
  */
 import { promises as fs } from 'node:fs';
 import { homedir } from 'node:os';
@@ -18,10 +23,12 @@ import { DataFileError } from '../core/errors';
 import { pythonFloatRepr } from '../core/pythonFloat';
 import { categoricalAccuracy, categoricalCrossEntropy, KerasAdam } from './adam';
 import { CELLFINDER_AUGMENTATION } from './augment';
+import type { TensorFlowRuntime } from './backend';
 import { BatchThread } from './batchThread';
 import { readModelFile, writeKerasModel, writeKerasWeights, type LoadedModel } from './modelFiles';
 import { randomFor, seededRandom } from './random';
 import { BATCH_NORM_MOMENTUM, forward, initialWeights, parameterCount, resnetSpec, weightKey, type BatchNormStatistics, type ResNetSpec, type Weights } from './resnet';
+import { outOfMemoryError, readOutOfMemory, smallerBatchSizes } from './outOfMemory';
 import { learningRateForEpoch, type TrainConfig } from './trainConfig';
 import { epochOrder, inBatches, loadSamples, planBatch, splitSamples, type Batch, type Sample } from './trainingData';
 import type { TrainingEvent } from './events';
@@ -66,7 +73,7 @@ export interface TrainResult {
 
 export async function train(
   tf: typeof tfType,
-  backend: string,
+  engine: Pick<TensorFlowRuntime, 'backend' | 'gpu'>,
   config: TrainConfig,
   emit: (event: TrainingEvent) => void,
   control: TrainControl,
@@ -119,7 +126,8 @@ export async function train(
 
   emit({
     type: 'started',
-    backend,
+    backend: engine.backend,
+    gpu: engine.gpu,
     model: { depth: config.networkDepth, channels, layers: spec.layers.length, parameters: parameterCount(spec) },
     samples: { training: training.length, validation: validation.length, cells: samples.filter((s) => s.label === 1).length, nonCells: samples.filter((s) => s.label === 0).length },
     epochs: config.epochs,
@@ -156,7 +164,15 @@ export async function train(
           emit({ type: 'cancelled', epoch, batch: b, resumeFrom: output });
           return { status: 'cancelled', history: state.history };
         }
-        const { loss, accuracy } = trainStep(tf, spec, weights, trainable, optimizer, batch);
+        let step: { loss: number; accuracy: number };
+        try {
+          step = trainStep(tf, spec, weights, trainable, optimizer, batch);
+        } catch (error) {
+          const oom = readOutOfMemory(error);
+          if (!oom) throw error;
+          throw outOfMemoryError(oom, { batchSize: config.batchSize, networkDepth: config.networkDepth, fits: largestFittingBatch(tf, spec, weights, trainable, batch) });
+        }
+        const { loss, accuracy } = step;
         lossSum += loss * batch.size;
         accuracySum += accuracy * batch.size;
         seen += batch.size;
@@ -221,6 +237,48 @@ function trainableEntries(spec: ResNetSpec, weights: Weights): Array<[string, tf
   return spec.layers.flatMap((layer) => layer.weights.filter((w) => w.trainable).map((w) => [weightKey(layer.name, w.name), weights.get(weightKey(layer.name, w.name)) as tfType.Variable] as [string, tfType.Variable]));
 }
 
+/** The loss, accuracy, batch-norm statistics and gradients of one batch; the caller disposes them. */
+function gradientsOf(tf: typeof tfType, spec: ResNetSpec, weights: Weights, trainable: Array<[string, tfType.Variable]>, batch: Batch) {
+  let statistics: BatchNormStatistics[] = [];
+  let accuracy: tfType.Scalar | undefined;
+  const x = tf.tensor5d(batch.inputs, [batch.size, 50, 50, 20, batch.channels]);
+  const y = tf.tensor2d(batch.labels, [batch.size, 2]);
+  try {
+    const { value, grads } = tf.variableGrads(() => {
+      const result = forward(tf, spec, weights, x, true);
+      statistics = result.statistics;
+      accuracy = tf.keep(categoricalAccuracy(tf, y, result.probabilities));
+      return categoricalCrossEntropy(tf, y, result.probabilities);
+    }, trainable.map(([, variable]) => variable));
+    return { value, grads, accuracy: accuracy as tfType.Scalar, statistics };
+  } catch (error) {
+    tf.dispose([...(accuracy ? [accuracy] : []), ...statistics.flatMap((s) => [s.mean, s.variance])]);
+    throw error;
+  } finally {
+    tf.dispose([x, y]);
+  }
+}
+
+/**
+ * After a step at `batch.size` ran out of memory: the largest of half, a
+ * quarter, ... of it whose gradients can be computed on the same cubes
+ * (the weights stay as they are); 0 when not even one cube fits.
+ */
+function largestFittingBatch(tf: typeof tfType, spec: ResNetSpec, weights: Weights, trainable: Array<[string, tfType.Variable]>, batch: Batch): number {
+  const cube = batch.inputs.length / batch.size;
+  for (const size of smallerBatchSizes(batch.size)) {
+    try {
+      const tried = gradientsOf(tf, spec, weights, trainable, { ...batch, size, inputs: batch.inputs.subarray(0, size * cube), labels: batch.labels.subarray(0, size * 2) });
+      tried.value.dataSync();
+      tf.dispose([tried.value, tried.accuracy, ...Object.values(tried.grads), ...tried.statistics.flatMap((s) => [s.mean, s.variance])]);
+      return size;
+    } catch (error) {
+      if (!readOutOfMemory(error)) throw error;
+    }
+  }
+  return 0;
+}
+
 function trainStep(
   tf: typeof tfType,
   spec: ResNetSpec,
@@ -230,16 +288,7 @@ function trainStep(
   batch: Batch,
 ): { loss: number; accuracy: number } {
   const keyOf = new Map(trainable.map(([key, variable]) => [variable.name, key]));
-  let statistics: BatchNormStatistics[] = [];
-  let accuracy: tfType.Scalar | undefined;
-  const x = tf.tensor5d(batch.inputs, [batch.size, 50, 50, 20, batch.channels]);
-  const y = tf.tensor2d(batch.labels, [batch.size, 2]);
-  const { value, grads } = tf.variableGrads(() => {
-    const result = forward(tf, spec, weights, x, true);
-    statistics = result.statistics;
-    accuracy = tf.keep(categoricalAccuracy(tf, y, result.probabilities));
-    return categoricalCrossEntropy(tf, y, result.probabilities);
-  }, trainable.map(([, variable]) => variable));
+  const { value, grads, accuracy, statistics } = gradientsOf(tf, spec, weights, trainable, batch);
   const gradients = new Map(Object.entries(grads).map(([name, gradient]) => [keyOf.get(name) as string, gradient]));
   optimizer.apply(weights, gradients);
   tf.tidy(() => {
@@ -251,8 +300,8 @@ function trainStep(
     }
   });
   const loss = value.dataSync()[0];
-  const acc = (accuracy as tfType.Scalar).dataSync()[0];
-  tf.dispose([x, y, value, accuracy as tfType.Scalar, ...Object.values(grads), ...statistics.flatMap((s) => [s.mean, s.variance])]);
+  const acc = accuracy.dataSync()[0];
+  tf.dispose([value, accuracy, ...Object.values(grads), ...statistics.flatMap((s) => [s.mean, s.variance])]);
   return { loss, accuracy: acc };
 }
 

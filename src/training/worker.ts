@@ -6,6 +6,8 @@
  * checkpoint. Never run in the extension host: training blocks its thread.
  * Every event also goes to `<output>/training-events.jsonl`, so a run started
  * by one editor window (or the CLI) can be followed and shown by another.
+ * The device (CELLFINDER_RETRAIN_DEVICE) and, for the GPU, the CUDA library
+ * path come in its environment, from startWorker.
  *
  *   node dist/worker.js train <config.json>     start a run
  *   node dist/worker.js resume <output-dir>     continue an interrupted run
@@ -16,6 +18,7 @@ import * as readline from 'node:readline';
 import { DataFileError } from '../core/errors';
 import { loadTensorFlow } from './backend';
 import type { TrainingEvent } from './events';
+import { OutOfMemoryError } from './outOfMemory';
 import { openRunLog } from './runLog';
 import { TRAIN_DEFAULTS, type TrainConfig } from './trainConfig';
 import { train } from './trainer';
@@ -48,11 +51,12 @@ export async function runWorker(argv: readonly string[]): Promise<number> {
     const config: TrainConfig =
       mode === 'train' ? { ...TRAIN_DEFAULTS, ...(JSON.parse(await fs.readFile(target, 'utf8')) as Partial<TrainConfig>) } as TrainConfig : ({ ...TRAIN_DEFAULTS, yamlFiles: [], outputDir: target } as TrainConfig);
     logEvent = openRunLog(path.resolve(config.outputDir), mode);
-    const { tf, backend } = await loadTensorFlow();
-    const result = await train(tf, backend, config, emit, { cancelRequested: () => cancelled }, mode === 'resume');
+    const runtime = await loadTensorFlow();
+    const result = await train(runtime.tf, runtime, config, emit, { cancelRequested: () => cancelled }, mode === 'resume');
     return result.status === 'finished' ? 0 : 3;
   } catch (error) {
     if (error instanceof DataFileError) emit({ type: 'error', message: error.message, file: error.file, fix: error.fix });
+    else if (error instanceof OutOfMemoryError) emit({ type: 'error', message: error.problem, fix: error.fix, suggestedBatchSize: error.suggestedBatchSize });
     else emit({ type: 'error', message: (error as Error)?.message ?? String(error) });
     return 1;
   } finally {

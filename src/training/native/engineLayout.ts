@@ -23,6 +23,16 @@
  *         lib/napi-v8/tfjs_binding.node      the addon (RUNPATH $ORIGIN/../../deps/lib)
  *         node_modules/google-protobuf/      the one runtime dependency its JS needs
  *
+ * The GPU engine (`cellfinder-retrain engine setup --gpu`) is the same addon
+ * (`@tensorflow/tfjs-node-gpu` ships the very same sources) built against the
+ * `tensorflow` wheel's libraries, which are compiled with CUDA 12. It lives in
+ * its own folder beside the CPU engine, tfjs-node-gpu-4.22.0-tf-2.21.0-linux-x64/,
+ * with the same layout; the CUDA libraries it needs (CUDA runtime, cuBLAS,
+ * cuFFT, cuSOLVER, cuSPARSE, cuDNN) are either extracted into its cuda/ folder
+ * or used where the user has them, and its manifest lists their folders: only
+ * a process started with them on LD_LIBRARY_PATH can use the GPU (see
+ * gpuEnvironment.ts). active.json names both: { folder, gpuFolder }.
+ *
  * This module is shared by the setup and the loader and does no I/O beyond
  * reading small JSON files.
  */
@@ -32,8 +42,19 @@ import * as path from 'node:path';
 
 /** The tfjs-node release whose addon sources and kernels we use; it must match @tensorflow/tfjs in package.json. */
 export const TFJS_NODE_VERSION = '4.22.0';
-/** npm's integrity string for @tensorflow/tfjs-node@4.22.0 (from `npm view ... dist.integrity`). */
-export const TFJS_NODE_INTEGRITY = 'sha512-uHrXeUlfgkMxTZqHkESSV7zSdKdV0LlsBeblqkuKU9nnfxB1pC6DtoyYVaLxznzZy7WQSegjcohxxCjAf6Dc7w==';
+/** The CPU build or the CUDA build of the engine. */
+export type EngineVariant = 'cpu' | 'gpu';
+
+/**
+ * The npm package whose sources each variant is built from, with npm's
+ * integrity string (`npm view <package>@4.22.0 dist.integrity`). The two
+ * tarballs hold the same binding sources, binding.gyp and dist/ JavaScript;
+ * only the package name and the (unused) install script differ.
+ */
+export const TFJS_NODE_PACKAGES: Record<EngineVariant, { name: string; integrity: string }> = {
+  cpu: { name: '@tensorflow/tfjs-node', integrity: 'sha512-uHrXeUlfgkMxTZqHkESSV7zSdKdV0LlsBeblqkuKU9nnfxB1pC6DtoyYVaLxznzZy7WQSegjcohxxCjAf6Dc7w==' },
+  gpu: { name: '@tensorflow/tfjs-node-gpu', integrity: 'sha512-p//NN6DGiN4hInUmIkRffaFVMcdTREUMjPyjW04J7OXvB2zBlQimj61eFKSgRrH3f5TnOfKzb0n56he/B6a4bw==' },
+};
 /**
  * tfjs-node's JS needs google-protobuf at load time (its TensorBoard summary
  * writer); its package.json asks for ^3.9.2. Pure JS, no dependencies.
@@ -59,6 +80,22 @@ export const PINNED_TENSORFLOW = {
   bytes: 273_829_956,
 } as const;
 
+/**
+ * The GPU engine's wheel: PyPI's `tensorflow` for Linux x86-64 is built with
+ * CUDA 12.5 and cuDNN 9.3 (its libtensorflow_cc.so.2 is 1.1 GB, the CPU
+ * wheel's 0.8 GB). It finds the CUDA libraries at run time (dlopen); without
+ * them, or without a driver, it runs on the CPU.
+ */
+export const PINNED_TENSORFLOW_GPU = {
+  ...PINNED_TENSORFLOW,
+  pipName: 'tensorflow',
+  fileName: 'tensorflow-2.21.0-cp311-cp311-manylinux_2_27_x86_64.whl',
+  sha256: '9056fbc9ba04235810b71ae6cbd958a196e8804fb53bbcffbf3e23b56155f124',
+  bytes: 572_440_367,
+} as const;
+
+export const PINNED_WHEELS: Record<EngineVariant, typeof PINNED_TENSORFLOW | typeof PINNED_TENSORFLOW_GPU> = { cpu: PINNED_TENSORFLOW, gpu: PINNED_TENSORFLOW_GPU };
+
 /** N-API version the addon is compiled for: the highest tfjs-node's package.json lists. */
 export const NAPI_BUILD_VERSION = 8;
 
@@ -74,13 +111,25 @@ export function engineRoot(env: NodeJS.ProcessEnv = process.env): string {
 }
 
 /** Engine folder name: every version that makes a build different, so several can coexist. */
-export function engineFolderName(tfVersion: string, platform = process.platform, arch = process.arch): string {
-  return `tfjs-node-${TFJS_NODE_VERSION}-tf-${tfVersion}-${platform}-${arch}`;
+export function engineFolderName(tfVersion: string, variant: EngineVariant = 'cpu', platform = process.platform, arch = process.arch): string {
+  return `tfjs-node${variant === 'gpu' ? '-gpu' : ''}-${TFJS_NODE_VERSION}-tf-${tfVersion}-${platform}-${arch}`;
+}
+
+/** Where the GPU engine's CUDA libraries are, and which versions were found there at setup. */
+export interface CudaLibrarySet {
+  /** How they were found: extracted from downloaded nvidia-* wheels or the user's wheels, a folder the user named, a Python environment's nvidia-* packages, or the system's loader cache. */
+  source: { kind: 'download' | 'wheels' | 'folder' | 'python' | 'system'; from: string };
+  /** Absolute folders to put on LD_LIBRARY_PATH (empty when the system's loader finds them). */
+  libraryPath: string[];
+  /** Library file name -> version found, e.g. libcudart.so.12 -> 12.5.82, libcudnn.so.9 -> 9.3.0.75. */
+  versions: Record<string, string>;
 }
 
 /** Written as the last step of a successful setup; its presence (with the files it names) means "installed". */
 export interface EngineManifest {
   formatVersion: 1;
+  /** Absent in manifests written before GPU engines existed: those are CPU engines. */
+  variant?: EngineVariant;
   tfjsNodeVersion: string;
   /** TensorFlow version reported by the built addon (TF_Version()). */
   tensorflowVersion: string;
@@ -95,6 +144,8 @@ export interface EngineManifest {
   packageDir: string;
   /** Relative to the engine folder. */
   libraryDir: string;
+  /** GPU engines only. */
+  cuda?: CudaLibrarySet;
   builtAt: string;
   /** Seconds per setup step and bytes on disk, for the record. */
   timings: Record<string, number>;
@@ -108,20 +159,37 @@ export type ManifestCheck =
   | { ok: true; engineDir: string; manifest: EngineManifest }
   | { ok: false; engineDir?: string; reason: string };
 
-/**
- * Finds the active engine under `root` and checks that it is complete and
- * usable by this process (platform, architecture, N-API). Never throws.
- */
-export function readActiveEngine(root: string = engineRoot()): ManifestCheck {
+/** active.json: the engine folder of each variant that is set up. */
+export interface ActiveEngines {
+  folder?: string;
+  gpuFolder?: string;
+}
+
+export const ACTIVE_KEY: Record<EngineVariant, keyof ActiveEngines> = { cpu: 'folder', gpu: 'gpuFolder' };
+
+/** What active.json says; an absent file names nothing. Throws on a file that is not JSON. */
+export function readActiveFile(root: string): ActiveEngines {
   const activeFile = path.join(root, ACTIVE_FILE);
-  if (!existsSync(activeFile)) return { ok: false, reason: `no native engine is set up in ${root}` };
+  return existsSync(activeFile) ? (JSON.parse(readFileSync(activeFile, 'utf8')) as ActiveEngines) : {};
+}
+
+/**
+ * Finds the active engine of a variant under `root` and checks that it is
+ * complete and usable by this process (platform, architecture, N-API).
+ * Never throws.
+ */
+export function readActiveEngine(root: string = engineRoot(), variant: EngineVariant = 'cpu'): ManifestCheck {
+  const activeFile = path.join(root, ACTIVE_FILE);
+  const none = variant === 'gpu' ? `no GPU engine is set up in ${root}` : `no native engine is set up in ${root}`;
+  if (!existsSync(activeFile)) return { ok: false, reason: none };
   let folder: string;
   try {
-    folder = String(JSON.parse(readFileSync(activeFile, 'utf8')).folder ?? '');
+    folder = String(readActiveFile(root)[ACTIVE_KEY[variant]] ?? '');
   } catch (error) {
     return { ok: false, reason: `${activeFile} is unreadable (${(error as Error).message}); run the engine setup again` };
   }
-  if (!folder || folder.includes('/') || folder.includes('\\')) return { ok: false, reason: `${activeFile} names no engine folder; run the engine setup again` };
+  if (!folder) return { ok: false, reason: none };
+  if (folder.includes('/') || folder.includes('\\')) return { ok: false, reason: `${activeFile} names no engine folder; run the engine setup again` };
   return readEngine(path.join(root, folder));
 }
 
@@ -148,5 +216,8 @@ export function readEngine(engineDir: string): ManifestCheck {
   const required = [manifest.addon, ...TF_LIBRARIES.map((name) => path.join(manifest.libraryDir, name)), path.join(manifest.packageDir, 'dist', 'nodejs_kernel_backend.js')];
   const missing = required.filter((file) => !existsSync(path.join(engineDir, file)));
   if (missing.length > 0) return { ok: false, engineDir, reason: `the engine in ${engineDir} is incomplete (missing ${missing.join(', ')}); run the engine setup with --force` };
+  // The CUDA libraries may live in a Python environment or folder the user has since removed.
+  const gone = (manifest.cuda?.libraryPath ?? []).filter((folder) => !existsSync(folder));
+  if (gone.length > 0) return { ok: false, engineDir, reason: `the GPU engine's CUDA library folders are gone (${gone.join(', ')}); run the engine setup with --gpu --force` };
   return { ok: true, engineDir, manifest };
 }

@@ -26,6 +26,15 @@
  * 5-9 s, compile and link 8-11 s). The linker maps the 790 MB library: peak
  * memory about 0.9 GB during linking, ~100 MB otherwise.
  *
+ * `variant: 'gpu'` builds the GPU engine the same way from the `tensorflow`
+ * wheel (CUDA 12 build) and @tensorflow/tfjs-node-gpu's tarball, and first
+ * finds the CUDA libraries it needs (see cudaLibraries.ts): named folders or
+ * wheels, a Python environment's nvidia-* packages, the system's, or the
+ * pinned nvidia-* wheels (1.5 GB download, 2.3 GB unpacked into
+ * <root>/cuda/, shared by rebuilds). On a machine without an NVIDIA driver it
+ * stops before doing anything unless `skipDriverCheck`: such an engine runs,
+ * on the CPU, until a driver is installed.
+ *
  * No `vscode` import: the CLI and the extension both call `setupEngine`.
  */
 import { spawn } from 'node:child_process';
@@ -33,23 +42,29 @@ import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, promises as fs, realpathSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
+import { cudaFoldersIn, cudaWheelsIn, describeCudaScan, PINNED_CUDA_WHEELS, type PinnedWheel, readLoaderCache, REQUIRED_CUDA_LIBRARIES, scanCudaLibraries } from './cudaLibraries';
 import {
   ACTIVE_FILE,
+  ACTIVE_KEY,
+  type CudaLibrarySet,
   type EngineManifest,
   engineFolderName,
   engineRoot,
+  type EngineVariant,
   GOOGLE_PROTOBUF_INTEGRITY,
   GOOGLE_PROTOBUF_VERSION,
   MANIFEST_FILE,
   NAPI_BUILD_VERSION,
-  PINNED_TENSORFLOW,
+  PINNED_WHEELS,
   readActiveEngine,
+  readActiveFile,
   readEngine,
   TF_LIBRARIES,
-  TFJS_NODE_INTEGRITY,
+  TFJS_NODE_PACKAGES,
   TFJS_NODE_VERSION,
 } from './engineLayout';
-import { copyHeaders, headerClosure, includesOf, openInstalledPackage, openWheel, type TensorFlowPackage, wheelMetadata } from './wheel';
+import { checkNvidiaDriver, type GpuLogReading, probeEngine, readGpuLog } from './gpuProbe';
+import { copyHeaders, extractCudaWheel, headerClosure, includesOf, openInstalledPackage, openWheel, type TensorFlowPackage, wheelMetadata } from './wheel';
 
 /** Where TensorFlow's C library comes from. `auto`: a suitable installed Python TensorFlow, else download. */
 export type EngineSource = 'auto' | 'download' | 'python' | 'wheel';
@@ -64,9 +79,15 @@ export interface SetupProgress {
 }
 
 export interface EngineSetupOptions {
+  /** The CPU engine (default) or the GPU engine. */
+  variant?: EngineVariant;
   source?: EngineSource;
-  /** A tensorflow / tensorflow-cpu wheel file (implies source 'wheel'). */
+  /** A tensorflow / tensorflow-cpu wheel file (implies source 'wheel'); for the GPU engine, a tensorflow wheel. */
   wheel?: string;
+  /** GPU engine: folders with the CUDA 12 and cuDNN 9 libraries, or with nvidia-*.whl files; instead of looking for them. */
+  cudaLibs?: string[];
+  /** GPU engine: build it even without an NVIDIA driver (it runs on the CPU until one is installed). */
+  skipDriverCheck?: boolean;
   /** The Python interpreter for pip, the TensorFlow lookup and node-gyp (default `python3`). */
   python?: string;
   /** Default: engineRoot() (CELLFINDER_RETRAIN_ENGINE_DIR or ~/.cache/cellfinder-retrain/engine). */
@@ -76,7 +97,7 @@ export interface EngineSetupOptions {
   googleProtobufTarball?: string;
   /** Rebuild even when a complete engine exists. */
   force?: boolean;
-  /** Keep the downloaded wheel (270 MB) after a successful setup. */
+  /** Keep the downloaded wheels (270 MB; for the GPU engine 570 MB + 1.5 GB) after a successful setup. */
   keepDownloads?: boolean;
   onProgress?: (progress: SetupProgress) => void;
   /** Every line of the tools' output (pip, npm, node-gyp), for a log view. Always also written to the log file. */
@@ -86,10 +107,15 @@ export interface EngineSetupOptions {
 }
 
 export interface EngineSetupResult {
+  variant: EngineVariant;
   engineDir: string;
   alreadyInstalled: boolean;
   tensorflowVersion: string;
   source: EngineManifest['source'];
+  /** GPU engine: its CUDA libraries. */
+  cuda?: CudaLibrarySet;
+  /** GPU engine, when built in this run: the GPU TensorFlow created, or why none. */
+  gpu?: GpuLogReading & { usingGpu: boolean };
   /** Seconds per step (empty when already installed). */
   timings: Record<string, number>;
   /** Bytes downloaded in this run (wheel + npm tarballs). */
@@ -117,7 +143,9 @@ export type SetupErrorCode =
   | 'VERIFY_FAILED'
   | 'DISK_FULL'
   | 'BUSY'
-  | 'CANCELLED';
+  | 'CANCELLED'
+  | 'NO_GPU_DRIVER'
+  | 'NO_CUDA_LIBRARIES';
 
 /** A setup failure told as what went wrong and what the user can do; `logFile` has the tools' full output. */
 export class EngineSetupError extends Error {
@@ -141,16 +169,19 @@ const STEP_SPAN: Record<Exclude<SetupStep, 'done'>, [number, number]> = {
   verify: [0.95, 1],
 };
 
-/** Free space the setup needs on the cache's disk: wheel (274 MB) + libraries (853 MB) + margin. */
-const REQUIRED_FREE_BYTES = 1.3e9;
+/** Free space the setup needs on the cache's disk: wheel (274 MB) + libraries (853 MB) + margin; for the GPU engine 572 MB + 1.26 GB + margin. */
+const REQUIRED_FREE_BYTES: Record<EngineVariant, number> = { cpu: 1.3e9, gpu: 2.1e9 };
+/** And for the CUDA libraries when they are downloaded: 1.53 GB of wheels + 2.3 GB unpacked + margin. */
+const CUDA_DOWNLOAD_FREE_BYTES = 4.2e9;
 
 /** Sets the engine up (or finds it set up) and makes it the active one. */
 export async function setupEngine(options: EngineSetupOptions = {}): Promise<EngineSetupResult> {
   const env = options.env ?? process.env;
   const root = path.resolve(options.root || engineRoot(env));
+  const variant = options.variant ?? 'cpu';
   const source: EngineSource = options.wheel ? 'wheel' : (options.source ?? 'auto');
   if (source === 'wheel' && !options.wheel) throw new EngineSetupError('BAD_WHEEL', 'source "wheel" needs a wheel file', 'Pass the path of a tensorflow or tensorflow-cpu .whl file');
-  const setup = new Setup(root, options, env);
+  const setup = new Setup(root, options, env, variant);
 
   if (process.platform !== 'linux' || process.arch !== 'x64') {
     throw new EngineSetupError(
@@ -159,10 +190,22 @@ export async function setupEngine(options: EngineSetupOptions = {}): Promise<Eng
       'Training still works with the built-in JavaScript engine, only slower',
     );
   }
+  if (variant === 'gpu' && !options.skipDriverCheck) {
+    const driver = checkNvidiaDriver(env);
+    if (driver.problem) {
+      throw new EngineSetupError(
+        'NO_GPU_DRIVER',
+        `${driver.problem.text}, so the GPU engine could not use a GPU here (${driver.evidence.join('; ')})`,
+        driver.problem.kind === 'driver-too-old'
+          ? 'Update the NVIDIA driver, then run the setup again; or add --skip-driver-check to build it now'
+          : 'Install the NVIDIA driver (525 or newer), then run the setup again; or add --skip-driver-check to build the GPU engine now (it runs on the CPU until a driver is present)',
+      );
+    }
+  }
   // Nothing to do when the wanted engine is already complete.
   if (!options.force) {
-    const active = readActiveEngine(root);
-    if (active.ok && (source === 'auto' || (source === 'download' && active.manifest.tensorflowVersion === PINNED_TENSORFLOW.version))) {
+    const active = readActiveEngine(root, variant);
+    if (active.ok && (source === 'auto' || (source === 'download' && active.manifest.tensorflowVersion === PINNED_WHEELS[variant].version))) {
       return setup.installedResult(active.engineDir, active.manifest);
     }
   }
@@ -202,6 +245,7 @@ class Setup {
     readonly root: string,
     readonly options: EngineSetupOptions,
     readonly env: NodeJS.ProcessEnv,
+    readonly variant: EngineVariant,
   ) {}
 
   async openLog(): Promise<void> {
@@ -245,8 +289,8 @@ class Setup {
   }
 
   installedResult(engineDir: string, manifest: EngineManifest): EngineSetupResult {
-    this.options.onProgress?.({ step: 'done', message: `native engine already set up (TensorFlow ${manifest.tensorflowVersion})`, fraction: 1 });
-    return { engineDir, alreadyInstalled: true, tensorflowVersion: manifest.tensorflowVersion, source: manifest.source, timings: {}, downloadedBytes: 0, diskBytes: manifest.diskBytes };
+    this.options.onProgress?.({ step: 'done', message: `${this.variant === 'gpu' ? 'GPU' : 'native'} engine already set up (TensorFlow ${manifest.tensorflowVersion})`, fraction: 1 });
+    return { variant: this.variant, engineDir, alreadyInstalled: true, tensorflowVersion: manifest.tensorflowVersion, source: manifest.source, cuda: manifest.cuda, timings: {}, downloadedBytes: 0, diskBytes: manifest.diskBytes };
   }
 
   /** Runs a tool, streaming its output lines to the log; never rejects on a non-zero exit. */
@@ -283,6 +327,8 @@ class Setup {
 
   async run(requested: EngineSource): Promise<EngineSetupResult> {
     const started = performance.now();
+    const gpu = this.variant === 'gpu';
+    const pinned = PINNED_WHEELS[this.variant];
     const python = this.options.python ?? 'python3';
     // A given wheel is checked first: a wrong path should not wait for the tool checks.
     const givenWheel = requested === 'wheel' ? path.resolve(this.options.wheel as string) : undefined;
@@ -293,33 +339,45 @@ class Setup {
 
     // Decide the source and learn the TensorFlow version (it names the engine folder).
     let source = requested;
-    let installed: { sitePackages: string; version: string } | undefined;
-    if (source === 'auto' || source === 'python') {
-      installed = await this.findPythonTensorFlow(python);
-      if (source === 'python' && !installed) {
-        throw new EngineSetupError('NO_TENSORFLOW', `${python} has no TensorFlow with its C library (tensorflow/libtensorflow_cc.so.2)`, 'Install it (pip install tensorflow-cpu), pass --python for another interpreter, or use the default download');
-      }
-      source = installed && (requested === 'python' || isTestedVersion(installed.version)) ? 'python' : 'download';
+    let installed: PythonTensorFlow | undefined;
+    let pythonEnvironment: PythonTensorFlow | undefined;
+    if (source === 'auto' || source === 'python' || gpu) {
+      pythonEnvironment = await this.findPythonTensorFlow(python);
+      // The GPU engine needs TensorFlow's CUDA build: `tensorflow`, not `tensorflow-cpu`.
+      installed = pythonEnvironment?.version && (!gpu || pythonEnvironment.cudaBuild) ? pythonEnvironment : undefined;
     }
+    if (source === 'python' && !installed) {
+      throw new EngineSetupError(
+        'NO_TENSORFLOW',
+        pythonEnvironment?.version && gpu
+          ? `${python}'s TensorFlow ${pythonEnvironment.version} (${pythonEnvironment.sitePackages}) is a CPU-only build (${pythonEnvironment.distribution})`
+          : `${python} has no TensorFlow with its C library (tensorflow/libtensorflow_cc.so.2)`,
+        gpu ? 'Install the CUDA build (pip install "tensorflow[and-cuda]"), pass --python for another interpreter, or use the default download' : 'Install it (pip install tensorflow-cpu), pass --python for another interpreter, or use the default download',
+      );
+    }
+    if (source === 'auto') source = installed?.version && isTestedVersion(installed.version) ? 'python' : 'download';
     let wheelFile: string | undefined;
     let tfVersion: string;
     if (source === 'wheel') {
       wheelFile = givenWheel;
       tfVersion = givenVersion as string;
     } else if (source === 'python') {
-      tfVersion = (installed as { version: string }).version;
+      tfVersion = (installed as PythonTensorFlow).version as string;
     } else {
-      tfVersion = PINNED_TENSORFLOW.version;
+      tfVersion = pinned.version;
     }
-    const folder = engineFolderName(tfVersion);
+    const folder = engineFolderName(tfVersion, this.variant);
     const engineDir = path.join(this.root, folder);
     const existing = readEngine(engineDir);
     if (existing.ok && !this.options.force) {
-      await writeActive(this.root, folder);
+      await writeActive(this.root, this.variant, folder);
       return this.installedResult(engineDir, existing.manifest);
     }
+    // Where the CUDA libraries come from is settled before any large download.
+    const cudaPlan = gpu ? this.planCudaLibraries(pythonEnvironment) : undefined;
     // A Python install is hard-linked (no space); a given wheel needs no download space.
-    await this.checkDiskSpace(source === 'python' ? 0.1e9 : source === 'wheel' ? REQUIRED_FREE_BYTES - PINNED_TENSORFLOW.bytes : REQUIRED_FREE_BYTES);
+    const required = REQUIRED_FREE_BYTES[this.variant];
+    await this.checkDiskSpace((source === 'python' ? 0.1e9 : source === 'wheel' ? required - pinned.bytes : required) + (cudaPlan?.download ? CUDA_DOWNLOAD_FREE_BYTES : 0));
 
     // Build in a private folder, renamed into place when complete.
     const work = path.join(this.root, `.partial-${folder}`);
@@ -336,25 +394,28 @@ class Setup {
     let sourceInfo: EngineManifest['source'];
     let pkg: TensorFlowPackage;
     if (source === 'python') {
-      const sitePackages = (installed as { sitePackages: string }).sitePackages;
+      const sitePackages = (installed as PythonTensorFlow).sitePackages;
       pkg = await openInstalledPackage(sitePackages);
       sourceInfo = { kind: 'python', from: path.join(sitePackages, 'tensorflow') };
     } else {
-      if (source === 'download') wheelFile = await this.time('download', () => this.downloadWheel(python, downloads));
+      if (source === 'download') wheelFile = (await this.time('download', () => this.downloadPinned([pinned], downloads)))[0];
       pkg = await openWheel(wheelFile as string);
       sourceInfo = { kind: source === 'download' ? 'download' : 'wheel', from: wheelFile as string };
     }
     await this.time('extract', () => this.installLibraries(pkg, packageDir));
     this.checkCancelled();
+    const cuda = cudaPlan ? await this.time('cuda', () => this.installCudaLibraries(cudaPlan, downloads)) : undefined;
+    this.checkCancelled();
 
     await this.time('build', () => this.build(packageDir, tools, python));
     this.checkCancelled();
-    const reported = await this.time('verify', () => this.verify(path.join(packageDir, 'lib', `napi-v${NAPI_BUILD_VERSION}`, 'tfjs_binding.node')));
+    const verified = await this.time('verify', () => this.verify(path.join(packageDir, 'lib', `napi-v${NAPI_BUILD_VERSION}`, 'tfjs_binding.node'), cuda));
 
     const manifest: EngineManifest = {
       formatVersion: 1,
+      variant: this.variant,
       tfjsNodeVersion: TFJS_NODE_VERSION,
-      tensorflowVersion: reported,
+      tensorflowVersion: verified.version,
       source: sourceInfo,
       platform: process.platform,
       arch: process.arch,
@@ -362,6 +423,7 @@ class Setup {
       addon: path.posix.join('tfjs-node', 'lib', `napi-v${NAPI_BUILD_VERSION}`, 'tfjs_binding.node'),
       packageDir: 'tfjs-node',
       libraryDir: path.posix.join('tfjs-node', 'deps', 'lib'),
+      cuda,
       builtAt: new Date().toISOString(),
       timings: { ...this.timings, total: Math.round((performance.now() - started) / 10) / 100 },
       diskBytes: await diskUsage(work),
@@ -375,19 +437,93 @@ class Setup {
     }
     await fs.rename(work, engineDir);
     this.workDir = undefined;
-    await writeActive(this.root, folder);
-    if (source === 'download' && !this.options.keepDownloads) await fs.rm(wheelFile as string, { force: true });
-    this.progress('done', `native engine ready: TensorFlow ${reported} in ${engineDir}`, 1);
+    await writeActive(this.root, this.variant, folder);
+    if (!this.options.keepDownloads) {
+      for (const file of [...(source === 'download' ? [wheelFile as string] : []), ...(cudaPlan?.download ? PINNED_CUDA_WHEELS.map((w) => path.join(downloads, w.fileName)) : [])]) await fs.rm(file, { force: true });
+    }
+    this.progress('done', `${gpu ? 'GPU' : 'native'} engine ready: TensorFlow ${verified.version} in ${engineDir}`, 1);
     return {
+      variant: this.variant,
       engineDir,
       alreadyInstalled: false,
-      tensorflowVersion: reported,
+      tensorflowVersion: verified.version,
       source: sourceInfo,
+      cuda,
+      gpu: gpu ? verified.gpu : undefined,
       timings: manifest.timings,
       downloadedBytes: this.downloadedBytes,
       diskBytes: manifest.diskBytes,
       logFile: this.logFile,
     };
+  }
+
+  /**
+   * Where the GPU engine's CUDA libraries will come from, decided without
+   * downloading: the folders (or wheels) the user named, else the Python
+   * environment's nvidia-* packages or the system's loader cache when they
+   * hold them all, else the pinned wheels.
+   */
+  private planCudaLibraries(pythonEnvironment: PythonTensorFlow | undefined): CudaPlan {
+    const loaderCache = readLoaderCache();
+    const given = this.options.cudaLibs?.map((folder) => path.resolve(folder));
+    if (given?.length) {
+      for (const folder of given) if (!existsSync(folder)) throw new EngineSetupError('NO_CUDA_LIBRARIES', `the CUDA library folder ${folder} does not exist`, 'Check the path given with --cuda-libs');
+      const wheels = given.flatMap(cudaWheelsIn);
+      const folders = given.flatMap(cudaFoldersIn);
+      this.line(`CUDA libraries: looking in ${[...folders, ...wheels].join(', ')}`);
+      if (wheels.length > 0) return { source: { kind: 'wheels', from: given.join(path.delimiter) }, wheels, folders };
+      const scan = scanCudaLibraries(folders, loaderCache);
+      if (scan.missing.length > 0) {
+        throw new EngineSetupError(
+          'NO_CUDA_LIBRARIES',
+          `${given.join(', ')} lack${given.length === 1 ? 's' : ''} CUDA libraries TensorFlow needs: ${describeCudaScan(scan)}`,
+          `Name the folders that hold ${REQUIRED_CUDA_LIBRARIES.map((library) => library.file).join(', ')} (a CUDA 12 toolkit's lib64, a conda environment's lib, or site-packages with nvidia-* packages), or leave --cuda-libs out to download them (1.5 GB)`,
+        );
+      }
+      return { source: { kind: 'folder', from: given.join(path.delimiter) }, folders };
+    }
+    const pythonFolders = (pythonEnvironment?.nvidia ?? []).flatMap(cudaFoldersIn);
+    const fromPython = scanCudaLibraries(pythonFolders, loaderCache);
+    if (pythonFolders.length > 0 && fromPython.missing.length === 0) {
+      this.line(`CUDA libraries from ${pythonEnvironment?.nvidia.join(', ')}: ${describeCudaScan(fromPython)}`);
+      return { source: { kind: 'python', from: (pythonEnvironment?.nvidia ?? []).join(path.delimiter) }, folders: pythonFolders };
+    }
+    const fromSystem = scanCudaLibraries([], loaderCache);
+    if (fromSystem.missing.length === 0) {
+      this.line(`CUDA libraries from the system's loader cache: ${describeCudaScan(fromSystem)}`);
+      return { source: { kind: 'system', from: 'ldconfig -p' }, folders: [] };
+    }
+    this.line(`CUDA libraries: none complete in ${pythonFolders.join(', ') || 'the Python environment'} or the loader cache (${describeCudaScan(fromSystem)}); downloading the pinned nvidia-* wheels`);
+    return { source: { kind: 'download', from: 'https://pypi.org' }, download: true, folders: [] };
+  }
+
+  /** Downloads and unpacks the CUDA wheels the plan needs (into <root>/cuda/, shared by rebuilds) and checks the result. */
+  private async installCudaLibraries(plan: CudaPlan, downloads: string): Promise<CudaLibrarySet> {
+    let folders = plan.folders;
+    const wheels = plan.download ? await this.downloadPinned(PINNED_CUDA_WHEELS, downloads) : (plan.wheels ?? []);
+    if (wheels.length > 0) {
+      const names = await Promise.all(wheels.map(async (file) => (await wheelMetadata(await openWheel(file)))?.version ?? path.basename(file)));
+      const target = path.join(this.root, 'cuda', `nvidia-${createHash('sha256').update(wheels.map((file) => path.basename(file)).sort().join('\n')).digest('hex').slice(0, 12)}`);
+      if (!existsSync(path.join(target, 'complete'))) {
+        const partial = `${target}.partial`;
+        await fs.rm(partial, { recursive: true, force: true });
+        for (const [index, file] of wheels.entries()) {
+          this.checkCancelled();
+          this.progress('tensorflow', `unpacking ${path.basename(file)} (${names[index]})`, index / wheels.length);
+          await extractCudaWheel(file, partial, this.options.signal);
+        }
+        await fs.writeFile(path.join(partial, 'complete'), `${wheels.map((file) => path.basename(file)).join('\n')}\n`);
+        await fs.rm(target, { recursive: true, force: true });
+        await fs.rename(partial, target);
+      }
+      folders = [...cudaFoldersIn(target), ...folders];
+    }
+    const scan = scanCudaLibraries(folders, readLoaderCache());
+    if (scan.missing.length > 0) {
+      throw new EngineSetupError('NO_CUDA_LIBRARIES', `the CUDA libraries are incomplete: ${describeCudaScan(scan)}`, 'Add the missing nvidia-* wheels or folders with --cuda-libs, or leave --cuda-libs out to download them');
+    }
+    this.line(`CUDA libraries: ${describeCudaScan(scan)}`);
+    return { source: plan.source, libraryPath: folders, versions: scan.versions };
   }
 
   /** Fails early, before any download, when a tool the build needs is missing. */
@@ -454,31 +590,45 @@ class Setup {
   }
 
   /**
-   * An installed Python TensorFlow with its C library. Looked up without
-   * importing TensorFlow (slow, noisy, and it may fail on unrelated NumPy
-   * problems): find_spec gives the folder, the distribution metadata the version.
+   * An installed Python TensorFlow with its C library, and the Python
+   * environment's nvidia-* packages (CUDA libraries, installed by
+   * `tensorflow[and-cuda]` or by PyTorch). Looked up without importing
+   * TensorFlow (slow, noisy, and it may fail on unrelated NumPy problems):
+   * find_spec gives the folders, the distribution metadata the version.
    */
-  private async findPythonTensorFlow(python: string): Promise<{ sitePackages: string; version: string } | undefined> {
+  private async findPythonTensorFlow(python: string): Promise<PythonTensorFlow | undefined> {
     const script = [
       'import importlib.util, importlib.metadata as m, json, os',
       'spec = importlib.util.find_spec("tensorflow")',
       'folder = os.path.dirname(spec.origin) if spec and spec.origin else None',
-      'version = None',
+      'version = name = None',
       'for d in m.distributions():',
       '    try:',
       '        if "tensorflow" in (d.read_text("top_level.txt") or "").split() and str(d.metadata["Name"]).lower().startswith(("tensorflow", "tf-nightly", "tf_nightly")):',
-      '            version = d.version; break',
+      '            version = d.version; name = d.metadata["Name"]; break',
       '    except Exception:',
       '        pass',
-      'print(json.dumps({"folder": folder, "version": version}))',
+      'try:',
+      '    nvidia = importlib.util.find_spec("nvidia")',
+      '    nvidia = list(nvidia.submodule_search_locations or []) if nvidia else []',
+      'except Exception:',
+      '    nvidia = []',
+      'print(json.dumps({"folder": folder, "version": version, "name": name, "nvidia": nvidia}))',
     ].join('\n');
     const result = await this.exec(python, ['-c', script]);
     if (result.code !== 0) return undefined;
     try {
-      const { folder, version } = JSON.parse(result.output.trim().split('\n').pop() as string) as { folder: string | null; version: string | null };
-      if (!folder || !version || !existsSync(path.join(folder, 'libtensorflow_cc.so.2')) || !existsSync(path.join(folder, 'include', 'tensorflow', 'c', 'c_api.h'))) return undefined;
-      this.line(`found TensorFlow ${version} in ${folder}`);
-      return { sitePackages: path.dirname(folder), version };
+      const found = JSON.parse(result.output.trim().split('\n').pop() as string) as { folder: string | null; version: string | null; name: string | null; nvidia: string[] };
+      const usable = found.folder && found.version && existsSync(path.join(found.folder, 'libtensorflow_cc.so.2')) && existsSync(path.join(found.folder, 'include', 'tensorflow', 'c', 'c_api.h'));
+      if (usable) this.line(`found TensorFlow ${found.version} (${found.name}) in ${found.folder}`);
+      if (found.nvidia.length > 0) this.line(`found nvidia-* packages in ${found.nvidia.join(', ')}`);
+      return {
+        sitePackages: usable ? path.dirname(found.folder as string) : '',
+        version: usable ? (found.version as string) : undefined,
+        distribution: found.name ?? '',
+        cudaBuild: isCudaBuild(found.name ?? ''),
+        nvidia: found.nvidia,
+      };
     } catch {
       return undefined;
     }
@@ -494,16 +644,21 @@ class Setup {
     }
     const missing = TF_LIBRARIES.filter((name) => !wheel.has(`tensorflow/${name}`));
     const metadata = await wheelMetadata(wheel);
+    const pinned = PINNED_WHEELS[this.variant];
     if (missing.length > 0 || !metadata || !/^(tensorflow|tf-nightly)/i.test(metadata.name)) {
-      throw new EngineSetupError('BAD_WHEEL', `${file} is not a TensorFlow wheel with its C library (missing ${missing.join(', ') || 'METADATA'})`, `Use a Linux x86-64 tensorflow or tensorflow-cpu wheel, e.g. ${PINNED_TENSORFLOW.fileName}`);
+      throw new EngineSetupError('BAD_WHEEL', `${file} is not a TensorFlow wheel with its C library (missing ${missing.join(', ') || 'METADATA'})`, `Use a Linux x86-64 ${this.variant === 'gpu' ? 'tensorflow' : 'tensorflow or tensorflow-cpu'} wheel, e.g. ${pinned.fileName}`);
+    }
+    if (this.variant === 'gpu' && !isCudaBuild(metadata.name)) {
+      throw new EngineSetupError('BAD_WHEEL', `${file} is ${metadata.name} ${metadata.version}, a CPU-only build without CUDA kernels`, `The GPU engine needs the tensorflow wheel (CUDA build), e.g. ${pinned.fileName}`);
     }
     return { version: metadata.version };
   }
 
   /** `npm pack` (or the given tarball), integrity-checked, unpacked; google-protobuf into its node_modules. */
   private async fetchTfjsNode(downloads: string, packageDir: string): Promise<void> {
-    this.progress('tfjs-node', `fetching @tensorflow/tfjs-node@${TFJS_NODE_VERSION} from the npm registry`);
-    const tfjsNode = await this.npmPack(`@tensorflow/tfjs-node@${TFJS_NODE_VERSION}`, TFJS_NODE_INTEGRITY, downloads, this.options.tfjsNodeTarball);
+    const { name, integrity } = TFJS_NODE_PACKAGES[this.variant];
+    this.progress('tfjs-node', `fetching ${name}@${TFJS_NODE_VERSION} from the npm registry`);
+    const tfjsNode = await this.npmPack(`${name}@${TFJS_NODE_VERSION}`, integrity, downloads, this.options.tfjsNodeTarball);
     await this.untar(tfjsNode, packageDir);
     this.progress('tfjs-node', `fetching google-protobuf@${GOOGLE_PROTOBUF_VERSION}`, 0.5);
     const protobuf = await this.npmPack(`google-protobuf@${GOOGLE_PROTOBUF_VERSION}`, GOOGLE_PROTOBUF_INTEGRITY, downloads, this.options.googleProtobufTarball);
@@ -538,52 +693,68 @@ class Setup {
     if (result.code !== 0) throw new EngineSetupError('NPM_FAILED', `could not unpack ${tarball}: ${lastLines(result.output, 2)}`, 'Check that `tar` works and the disk has space');
   }
 
-  /** `pip download` of the pinned wheel, with progress read from pip's growing temporary file. */
-  private async downloadWheel(python: string, downloads: string): Promise<string> {
-    const file = path.join(downloads, PINNED_TENSORFLOW.fileName);
-    if (existsSync(file) && statSync(file).size === PINNED_TENSORFLOW.bytes && (await sha256Of(file)) === PINNED_TENSORFLOW.sha256) {
-      this.line(`reusing ${file}`);
-      return file;
+  /**
+   * `pip download` of pinned wheels (those not already in `downloads` with
+   * the right hash), with progress read from pip's growing temporary file.
+   * Returns the files, in the order given.
+   */
+  private async downloadPinned(wheels: readonly PinnedWheel[], downloads: string): Promise<string[]> {
+    const files = wheels.map((w) => path.join(downloads, w.fileName));
+    const needed: PinnedWheel[] = [];
+    for (const [index, w] of wheels.entries()) {
+      if (existsSync(files[index]) && statSync(files[index]).size === w.bytes && (await sha256Of(files[index])) === w.sha256) this.line(`reusing ${files[index]}`);
+      else needed.push(w);
     }
-    const pip = await this.exec(python, ['-m', 'pip', '--version']);
+    if (needed.length === 0) return files;
+    const pip = await this.exec(this.options.python ?? 'python3', ['-m', 'pip', '--version']);
     if (pip.code !== 0) {
       throw new EngineSetupError(
         'NO_PIP',
-        `pip is not available for ${python}`,
-        `Install it (Debian/Ubuntu: sudo apt install python3-pip), or download ${PINNED_TENSORFLOW.fileName} from PyPI on another machine and pass it with --wheel`,
+        `pip is not available for ${this.options.python ?? 'python3'}`,
+        `Install it (Debian/Ubuntu: sudo apt install python3-pip), or download ${needed.map((w) => w.fileName).join(', ')} from PyPI on another machine and pass ${this.variant === 'gpu' && needed[0].pipName.startsWith('nvidia') ? 'their folder with --cuda-libs' : 'it with --wheel'}`,
       );
     }
-    const spec = `${PINNED_TENSORFLOW.pipName}==${PINNED_TENSORFLOW.version}`;
-    this.progress('tensorflow', `downloading ${spec} (${(PINNED_TENSORFLOW.bytes / 1e6).toFixed(0)} MB) with pip`);
+    const total = needed.reduce((sum, w) => sum + w.bytes, 0);
+    const specs = needed.map((w) => `${w.pipName}==${w.version}`);
+    const what = needed.length === 1 ? specs[0] : `${needed.length} wheels (${needed.map((w) => w.pipName).join(', ')})`;
+    this.progress('tensorflow', `downloading ${what} (${(total / 1e6).toFixed(0)} MB) with pip`);
     // pip downloads into a temporary folder first; pointing TMPDIR at ours lets us watch it grow.
     const tmp = path.join(downloads, 'pip-tmp');
     await fs.rm(tmp, { recursive: true, force: true });
     await fs.mkdir(tmp, { recursive: true });
+    let before = 0;
     const watch = setInterval(() => {
       void diskUsage(tmp).then((bytes) => {
-        if (bytes > 0) this.progress('tensorflow', `downloading ${spec}: ${(bytes / 1e6).toFixed(0)} of ${(PINNED_TENSORFLOW.bytes / 1e6).toFixed(0)} MB`, (0.7 * bytes) / PINNED_TENSORFLOW.bytes);
+        if (bytes > 0) this.progress('tensorflow', `downloading ${what}: ${((before + bytes) / 1e6).toFixed(0)} of ${(total / 1e6).toFixed(0)} MB`, (0.7 * (before + bytes)) / total);
       });
     }, 1000);
-    let result: Awaited<ReturnType<Setup['exec']>>;
+    const target = PINNED_WHEELS[this.variant];
     try {
-      result = await this.exec(
-        python,
-        // Exactly the pinned file whatever the local Python: target platform, Python tag and ABI are given.
-        ['-m', 'pip', 'download', spec, '--no-deps', '--only-binary=:all:', '--platform', PINNED_TENSORFLOW.platform, '--python-version', PINNED_TENSORFLOW.pythonVersion, '--implementation', 'cp', '--abi', PINNED_TENSORFLOW.abi, '--no-cache-dir', '--progress-bar', 'off', '-d', downloads],
-        { env: { ...this.env, TMPDIR: tmp, PIP_DISABLE_PIP_VERSION_CHECK: '1' } },
-      );
+      // One pip per platform tag. Exactly the pinned files whatever the local Python: target platform, Python tag and ABI are given.
+      for (const platform of new Set(needed.map((w) => w.platform))) {
+        const group = needed.filter((w) => w.platform === platform);
+        const result = await this.exec(
+          this.options.python ?? 'python3',
+          ['-m', 'pip', 'download', ...group.map((w) => `${w.pipName}==${w.version}`), '--no-deps', '--only-binary=:all:', '--platform', platform, '--python-version', target.pythonVersion, '--implementation', 'cp', '--abi', target.abi, '--no-cache-dir', '--progress-bar', 'off', '-d', downloads],
+          { env: { ...this.env, TMPDIR: tmp, PIP_DISABLE_PIP_VERSION_CHECK: '1' } },
+        );
+        if (result.code !== 0) throw pipError(result.output, group);
+        before += group.reduce((sum, w) => sum + w.bytes, 0);
+      }
     } finally {
       clearInterval(watch);
       await fs.rm(tmp, { recursive: true, force: true });
     }
-    if (result.code !== 0) throw pipError(result.output, spec);
-    if (!existsSync(file)) throw new EngineSetupError('PIP_FAILED', `pip finished but ${file} is not there`, 'See the setup log for pip\'s output');
-    if ((await sha256Of(file)) !== PINNED_TENSORFLOW.sha256) {
-      await fs.rm(file, { force: true });
-      throw new EngineSetupError('PIP_FAILED', `the downloaded ${PINNED_TENSORFLOW.fileName} does not match its published SHA-256`, 'Run the setup again; if it persists, your package index serves a different file');
+    for (const w of needed) {
+      const file = path.join(downloads, w.fileName);
+      if (!existsSync(file)) throw new EngineSetupError('PIP_FAILED', `pip finished but ${file} is not there`, "See the setup log for pip's output");
+      if ((await sha256Of(file)) !== w.sha256) {
+        await fs.rm(file, { force: true });
+        throw new EngineSetupError('PIP_FAILED', `the downloaded ${w.fileName} does not match its published SHA-256`, 'Run the setup again; if it persists, your package index serves a different file');
+      }
+      this.downloadedBytes += w.bytes;
     }
-    this.downloadedBytes += PINNED_TENSORFLOW.bytes;
-    return file;
+    return files;
   }
 
   /** The two libraries (+ the link names binding.gyp and tfjs-node's scripts look for) and the headers. */
@@ -598,7 +769,7 @@ class Setup {
     }
     const headers = await headerClosure(pkg, [...seeds]);
     if (!headers.includes('tensorflow/c/c_api.h') || !headers.includes('tensorflow/c/eager/c_api.h')) {
-      throw new EngineSetupError('BAD_WHEEL', `${pkg.location} lacks TensorFlow's C API headers (tensorflow/include/tensorflow/c)`, `Use a tensorflow or tensorflow-cpu package of version 2.x, e.g. ${PINNED_TENSORFLOW.fileName}`);
+      throw new EngineSetupError('BAD_WHEEL', `${pkg.location} lacks TensorFlow's C API headers (tensorflow/include/tensorflow/c)`, `Use a tensorflow or tensorflow-cpu package of version 2.x, e.g. ${PINNED_WHEELS[this.variant].fileName}`);
     }
     await copyHeaders(pkg, headers, includeDir);
     this.line(`copied ${headers.length} headers: ${headers.join(' ')}`);
@@ -687,23 +858,58 @@ class Setup {
     this.progress('build', 'addon built', 1);
   }
 
-  /** Loads the addon in a separate process with every symbol bound now: a missing C API function fails here, not mid-training. */
-  private async verify(addon: string): Promise<string> {
+  /**
+   * Loads the addon in a separate process with every symbol bound now (a
+   * missing C API function fails here, not mid-training) and, for the GPU
+   * engine, its CUDA libraries on the library path: what TensorFlow then
+   * says about the GPU is part of the result.
+   */
+  private async verify(addon: string, cuda: CudaLibrarySet | undefined): Promise<{ version: string; gpu: GpuLogReading & { usingGpu: boolean } }> {
     this.progress('verify', 'loading the addon in a test process');
-    const node = nodeCommand(this.env);
-    const script = `const b = require(${JSON.stringify(addon)}); process.stdout.write('TF_VERSION=' + b.TF_Version + '\\n');`;
-    const result = await this.exec(node.command, ['-e', script], { env: { ...this.env, ...node.env, LD_BIND_NOW: '1', TF_CPP_MIN_LOG_LEVEL: '2' } });
-    const version = /TF_VERSION=(\S+)/.exec(result.output)?.[1];
-    if (result.code !== 0 || !version) {
+    const env: NodeJS.ProcessEnv = { ...this.env, TF_FORCE_GPU_ALLOW_GROWTH: 'true' };
+    if (cuda?.libraryPath.length) env.LD_LIBRARY_PATH = [...cuda.libraryPath, ...(this.env.LD_LIBRARY_PATH ?? '').split(path.delimiter).filter(Boolean)].join(path.delimiter);
+    const probe = await probeEngine(addon, env, nodeCommand(this.env));
+    for (const line of probe.log.split('\n')) if (line.trim()) this.line(line);
+    const version = probe.tensorflowVersion;
+    if (probe.exitCode !== 0 || !version) {
       throw new EngineSetupError(
         'VERIFY_FAILED',
-        `the built addon does not load: ${lastLines(result.output, 3)}`,
-        /GLIBC/.test(result.output) ? 'This system\'s C/C++ runtime is older than TensorFlow needs (glibc 2.27, libstdc++ from GCC 6 or newer)' : 'The setup log has the details; try another TensorFlow version with --wheel',
+        `the built addon does not load: ${lastLines(probe.log, 3)}`,
+        /GLIBC/.test(probe.log) ? 'This system\'s C/C++ runtime is older than TensorFlow needs (glibc 2.27, libstdc++ from GCC 6 or newer)' : 'The setup log has the details; try another TensorFlow version with --wheel',
       );
     }
-    this.progress('verify', `TensorFlow ${version} loads`, 1);
-    return version;
+    const gpu = { ...readGpuLog(probe.log), usingGpu: probe.usingGpu };
+    this.progress('verify', `TensorFlow ${version} loads${cuda ? (gpu.usingGpu ? ` and uses ${gpu.devices.map((d) => d.name).join(', ')}` : `, without a GPU: ${gpu.reason}`) : ''}`, 1);
+    return { version, gpu };
   }
+}
+
+/** Where the GPU engine's CUDA libraries will come from (see planCudaLibraries). */
+interface CudaPlan {
+  source: CudaLibrarySet['source'];
+  /** Folders that already hold them. */
+  folders: string[];
+  /** nvidia-* wheels the user has, to unpack. */
+  wheels?: string[];
+  /** Download the pinned wheels. */
+  download?: boolean;
+}
+
+/** What `python` has: TensorFlow (when `version` is set) and nvidia-* packages. */
+interface PythonTensorFlow {
+  /** The folder that holds tensorflow/ (empty when there is no usable TensorFlow). */
+  sitePackages: string;
+  version?: string;
+  /** The distribution's name: tensorflow, tensorflow-cpu, tf-nightly, ... */
+  distribution: string;
+  cudaBuild: boolean;
+  /** The `nvidia` namespace package's folders. */
+  nvidia: string[];
+}
+
+/** Linux x86-64 wheels named tensorflow (and the older tensorflow-gpu, and tf-nightly) carry CUDA kernels; tensorflow-cpu and tensorflow-intel do not. */
+function isCudaBuild(distribution: string): boolean {
+  return /^(tensorflow|tensorflow[-_]gpu|tf[-_]nightly)$/i.test(distribution);
 }
 
 /** Versions of a user's Python TensorFlow that `auto` uses without asking (others need an explicit --source python). */
@@ -712,20 +918,23 @@ function isTestedVersion(version: string): boolean {
   return major === 2 && minor >= 16;
 }
 
-function pipError(output: string, spec: string): EngineSetupError {
+function pipError(output: string, wheels: readonly PinnedWheel[]): EngineSetupError {
+  const specs = wheels.map((w) => `${w.pipName}==${w.version}`).join(', ');
+  const files = wheels.map((w) => w.fileName).join(', ');
+  const elsewhere = wheels[0].pipName.startsWith('nvidia') ? 'pass their folder with --cuda-libs' : 'pass it with --wheel';
   const noVersions = /from versions: none/.test(output);
   const network = /NewConnectionError|Could not fetch URL|Max retries exceeded|Temporary failure in name resolution|ProxyError|SSLError|ConnectTimeout|ReadTimeout|Network is unreachable/i.test(output);
   if (network || noVersions) {
     return new EngineSetupError(
       'PIP_UNREACHABLE',
-      network ? `pip could not reach the Python package index to download ${spec}` : `pip found no ${spec} on the package index: it is unreachable or does not carry that package`,
-      `Check the network and pip's index/proxy settings (python3 -m pip config list), or download ${PINNED_TENSORFLOW.fileName} from PyPI elsewhere and pass it with --wheel`,
+      network ? `pip could not reach the Python package index to download ${specs}` : `pip found no ${specs} on the package index: it is unreachable or does not carry that package`,
+      `Check the network and pip's index/proxy settings (python3 -m pip config list), or download ${files} from PyPI elsewhere and ${elsewhere}`,
     );
   }
   if (/No matching distribution found/.test(output)) {
-    return new EngineSetupError('PIP_FAILED', `the package index has no ${PINNED_TENSORFLOW.fileName}`, 'Your pip index (a mirror?) lacks it: download it from pypi.org and pass it with --wheel');
+    return new EngineSetupError('PIP_FAILED', `the package index has no ${files}`, `Your pip index (a mirror?) lacks it: download it from pypi.org and ${elsewhere}`);
   }
-  return new EngineSetupError('PIP_FAILED', `pip download failed: ${lastLines(output, 3)}`, 'See the setup log for pip\'s full output');
+  return new EngineSetupError('PIP_FAILED', `pip download failed: ${lastLines(output, 3)}`, "See the setup log for pip's full output");
 }
 
 /** How to run Node for tools: inside VS Code (Electron) the same binary acts as Node with ELECTRON_RUN_AS_NODE. */
@@ -770,10 +979,17 @@ function which(command: string, env: NodeJS.ProcessEnv): string | undefined {
   return undefined;
 }
 
-async function writeActive(root: string, folder: string): Promise<void> {
+/** Makes `folder` the active engine of its variant; the other variant's stays. */
+async function writeActive(root: string, variant: EngineVariant, folder: string): Promise<void> {
   const file = path.join(root, ACTIVE_FILE);
+  let active = {};
+  try {
+    active = readActiveFile(root);
+  } catch {
+    // unreadable: written anew
+  }
   const temporary = `${file}.${process.pid}.tmp`;
-  await fs.writeFile(temporary, `${JSON.stringify({ folder }, null, 2)}\n`);
+  await fs.writeFile(temporary, `${JSON.stringify({ ...active, [ACTIVE_KEY[variant]]: folder }, null, 2)}\n`);
   await fs.rename(temporary, file);
 }
 

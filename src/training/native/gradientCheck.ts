@@ -432,3 +432,12 @@ export async function tinyModelFit(tf: Tf, backend: string): Promise<TinyFitResu
   y.dispose();
   return { backend, lossBefore, fitLoss: Number(history.history.loss[0]), lossAfter, weights };
 }
+
+/** How far a backend's one-batch fit is from the cpu backend's: relative loss differences and the largest weight difference. */
+export function compareTinyFits(fit: TinyFitResult, reference: TinyFitResult, tolerance = 1e-5): { passed: boolean; fitLossRel: number; lossAfterRel: number; weightMaxAbs: number } {
+  const fitLossRel = Math.abs(fit.fitLoss - reference.fitLoss) / Math.abs(reference.fitLoss);
+  const lossAfterRel = Math.abs(fit.lossAfter - reference.lossAfter) / Math.abs(reference.lossAfter);
+  let weightMaxAbs = 0;
+  fit.weights.forEach((w, i) => w.forEach((v, j) => (weightMaxAbs = Math.max(weightMaxAbs, Math.abs(v - reference.weights[i][j])))));
+  return { passed: fit.lossAfter < fit.lossBefore && fitLossRel <= tolerance && lossAfterRel <= tolerance && weightMaxAbs <= tolerance, fitLossRel, lossAfterRel, weightMaxAbs };
+}

@@ -21,11 +21,17 @@
  * TensorFlow runs in this process once loaded (about 850 MB of library
  * mapped, its own thread pools); the VS Code extension should therefore load
  * it in the training worker process, not in the extension host.
+ *
+ * One engine per process: the CPU and GPU engines' libraries have the same
+ * sonames, so whichever loads first is the one. The GPU engine's CUDA
+ * libraries are found through LD_LIBRARY_PATH, which only the process that
+ * starts this one can set (gpuEnvironment.ts).
  */
 import Module, { createRequire } from 'node:module';
 import * as path from 'node:path';
 import type * as tfType from '@tensorflow/tfjs';
-import { type EngineManifest, engineRoot, readActiveEngine, TFJS_NODE_VERSION } from './engineLayout';
+import { type EngineManifest, engineRoot, type EngineVariant, readActiveEngine, TFJS_NODE_VERSION } from './engineLayout';
+import { missingLibraryPath } from './gpuEnvironment';
 import { registerNativeKernels } from './nativeKernels';
 
 export const NATIVE_BACKEND_NAME = 'tensorflow';
@@ -34,6 +40,9 @@ export const DISABLE_ENV = 'CELLFINDER_RETRAIN_NATIVE';
 
 export interface NativeBackendInfo {
   backend: typeof NATIVE_BACKEND_NAME;
+  variant: EngineVariant;
+  /** Whether TensorFlow registered a GPU, on which the addon then runs every op. */
+  usingGpu: boolean;
   /** TF_Version() of the loaded C library. */
   tensorflowVersion: string;
   tfjsNodeVersion: string;
@@ -53,6 +62,13 @@ export type NativeLoadResult = { ok: true; info: NativeBackendInfo } | { ok: fal
 export interface LoadOptions {
   /** Engine cache root (default: engineRoot()). */
   root?: string;
+  /** Which engine (default: the CPU one). */
+  variant?: EngineVariant;
+  /**
+   * GPU engine on the CPU: the GPUs are hidden from it (CUDA_VISIBLE_DEVICES,
+   * read when it starts), so its CUDA libraries are not needed either.
+   */
+  hideGpu?: boolean;
   /** Make 'tensorflow' the active backend (default true). */
   activate?: boolean;
   env?: NodeJS.ProcessEnv;
@@ -76,15 +92,23 @@ let lastFailure: string | undefined;
 export async function loadNativeBackend(tf: typeof tfType, options: LoadOptions = {}): Promise<NativeLoadResult> {
   const env = options.env ?? process.env;
   if (env[DISABLE_ENV] === '0') return fail(`the native engine is turned off (${DISABLE_ENV}=0)`);
+  const variant = options.variant ?? 'cpu';
+  if (loaded && loaded.info.variant !== variant) return fail(`the ${loaded.info.variant.toUpperCase()} engine is already loaded in this process; only one can be`);
   if (!loaded) {
     const root = options.root || engineRoot(env);
-    const check = readActiveEngine(root);
-    if (!check.ok) return fail(`${check.reason}; set it up with: cellfinder-retrain engine setup`);
+    const check = readActiveEngine(root, variant);
+    if (!check.ok) return fail(`${check.reason}; set it up with: cellfinder-retrain engine setup${variant === 'gpu' ? ' --gpu' : ''}`);
     const { engineDir, manifest } = check;
+    const unreachable = options.hideGpu ? [] : missingLibraryPath(manifest, env);
+    if (unreachable.length > 0) return fail(`this process was started without the GPU engine's CUDA libraries on LD_LIBRARY_PATH (${unreachable.join(', ')}); run it through cellfinder-retrain or the editor, which set it`);
     const packageDir = path.join(engineDir, manifest.packageDir);
     const addonPath = path.join(engineDir, manifest.addon);
     // TensorFlow's informational start-up lines (CPU features) unless the user asked for them.
     process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
+    // TensorFlow otherwise takes nearly all GPU memory at start: a second process (classifying during a
+    // run, a benchmark beside it) could not start, and running out would not tell what the model needs.
+    if (variant === 'gpu') process.env.TF_FORCE_GPU_ALLOW_GROWTH ??= 'true';
+    if (options.hideGpu) process.env.CUDA_VISIBLE_DEVICES = '';
     const requireFromEngine = createRequire(path.join(packageDir, 'package.json'));
     const start = performance.now();
     let binding: TfjsBinding;
@@ -110,6 +134,8 @@ export async function loadNativeBackend(tf: typeof tfType, options: LoadOptions 
       Backend,
       info: {
         backend: NATIVE_BACKEND_NAME,
+        variant,
+        usingGpu: binding.isUsingGpuDevice(),
         tensorflowVersion: binding.TF_Version,
         tfjsNodeVersion: manifest.tfjsNodeVersion,
         engineDir,

@@ -327,3 +327,15 @@ export async function wheelMetadata(wheel: Awaited<ReturnType<typeof openWheel>>
   const version = /^Version:\s*(.+)$/m.exec(text)?.[1]?.trim();
   return name && version ? { name, version } : undefined;
 }
+
+/**
+ * Unpacks what the GPU engine needs from an nvidia-* wheel into `destination`,
+ * laid out as in site-packages: the shared libraries (nvidia/<package>/lib/)
+ * and the dist-info's METADATA, which says the package's version.
+ */
+export async function extractCudaWheel(file: string, destination: string, signal?: AbortSignal): Promise<void> {
+  const entries = await readZipDirectory(file);
+  const wanted = [...entries.values()].filter((entry) => /^nvidia\/[^/]+\/lib\/[^/]+\.so[.\d]*$/.test(entry.name) || /^[^/]+\.dist-info\/METADATA$/.test(entry.name));
+  if (!wanted.some((entry) => entry.name.startsWith('nvidia/'))) throw new ZipError(file, 'holds no nvidia/<package>/lib/ libraries: it is not an NVIDIA CUDA wheel');
+  for (const entry of wanted) await extractZipEntry(file, entry, path.join(destination, ...entry.name.split('/')), undefined, signal);
+}

@@ -129,7 +129,9 @@ function render(): void {
   const badge = element('run-status');
   badge.textContent = STATUS_TEXT[status];
   badge.dataset.status = status;
-  element('run-backend').textContent = started ? `on ${started.backend}` : '';
+  // Never a silent CPU run when a GPU was asked for or is set up: the reason stays in view.
+  const gpuNote = started?.gpu && !started.gpu.used ? ` (GPU not used: ${started.gpu.reason})` : '';
+  element('run-backend').textContent = started ? `on ${started.backend}${gpuNote}` : '';
   element('model').textContent = started ? `ResNet-${started.model.depth}, ${started.model.channels} channel(s), ${started.model.parameters.toLocaleString('en')} parameters` : 'starting…';
   element('samples').textContent = started ? `${started.samples.training} / ${started.samples.validation} (${started.samples.cells} cells, ${started.samples.nonCells} non-cells)` : '–';
   const currentEpoch = lastBatch ? lastBatch.epoch + 1 : epochList.length;

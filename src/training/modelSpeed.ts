@@ -1,0 +1,58 @@
+/**
+ * Training and inference speed of cellfinder's ResNet on one engine, for
+ * `npm run bench` and `cellfinder-retrain engine bench`: random cubes (speed
+ * does not depend on the values), warm-up step first (on a GPU it also
+ * picks the convolution algorithms), then timed steps. One engine per
+ * process, so each case runs in its own.
+ */
+import { categoricalCrossEntropy, KerasAdam } from './adam';
+import { loadTensorFlow } from './backend';
+import type { DeviceChoice } from './native/gpuEnvironment';
+import { forward, forwardFlopsPerCube, initialWeights, resnetSpec, weightKey, type NetworkDepth } from './resnet';
+
+export interface ModelBenchResult {
+  backend: string;
+  depth: number;
+  trainBatch: number;
+  trainCubesPerSecond: number;
+  inferBatch: number;
+  inferCubesPerSecond: number;
+  forwardGflopPerCube: number;
+}
+
+export async function benchModel(depth: NetworkDepth, trainBatch: number, inferBatch: number, steps: number, device?: DeviceChoice): Promise<ModelBenchResult> {
+  const { tf, backend } = await loadTensorFlow(device);
+  const spec = resnetSpec(depth, 2);
+  const weights = initialWeights(tf, spec, 1);
+  const optimizer = new KerasAdam(tf, 1e-4);
+  const trainable = spec.layers.flatMap((l) => l.weights.filter((w) => w.trainable).map((w) => [weightKey(l.name, w.name), weights.get(weightKey(l.name, w.name)) as ReturnType<typeof tf.variable>] as [string, ReturnType<typeof tf.variable>]));
+  optimizer.build(trainable);
+  const keyOf = new Map(trainable.map(([key, variable]) => [variable.name, key]));
+  const x = tf.randomNormal([trainBatch, 50, 50, 20, 2]) as import('@tensorflow/tfjs').Tensor5D;
+  const y = tf.oneHot(tf.tensor1d(Array.from({ length: trainBatch }, (_, i) => i % 2), 'int32'), 2) as import('@tensorflow/tfjs').Tensor2D;
+  const step = () => {
+    const { value, grads } = tf.variableGrads(() => categoricalCrossEntropy(tf, y, forward(tf, spec, weights, x, true).probabilities), trainable.map(([, v]) => v));
+    optimizer.apply(weights, new Map(Object.entries(grads).map(([name, gradient]) => [keyOf.get(name) as string, gradient])));
+    value.dataSync();
+    tf.dispose([value, ...Object.values(grads)]);
+  };
+  step();
+  let start = performance.now();
+  for (let i = 0; i < steps; i++) step();
+  const trainSeconds = (performance.now() - start) / 1000;
+  const xi = tf.randomNormal([inferBatch, 50, 50, 20, 2]) as import('@tensorflow/tfjs').Tensor5D;
+  const infer = () => tf.tidy(() => forward(tf, spec, weights, xi, false).probabilities.dataSync());
+  infer();
+  start = performance.now();
+  for (let i = 0; i < steps; i++) infer();
+  const inferSeconds = (performance.now() - start) / 1000;
+  return {
+    backend,
+    depth,
+    trainBatch,
+    trainCubesPerSecond: (steps * trainBatch) / trainSeconds,
+    inferBatch,
+    inferCubesPerSecond: (steps * inferBatch) / inferSeconds,
+    forwardGflopPerCube: forwardFlopsPerCube(spec) / 1e9,
+  };
+}
