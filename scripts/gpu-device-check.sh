@@ -8,8 +8,8 @@
 # tensorflow wheel on disk; CUDA 12 and cuDNN 9 from Python's nvidia-*
 # packages or the system).
 #
-# 1. On the development machine (needs the GPU engine set up there, e.g. with
-#    `engine setup --gpu --skip-driver-check`, for the no-compiler fallback):
+# 1. On the development machine (with a native engine set up there, for the
+#    no-compiler fallback):
 #      bash scripts/gpu-device-check.sh --prepare
 #    fills scratch/gpu-check/ (about 30 MB): the bundled CLI, the npm tarballs
 #    the engine is built from, a Node.js binary for a machine without one, the
@@ -23,8 +23,9 @@
 #    real cubes on the GPU and on the CPU (losses and predictions compared),
 #    the ResNet-18/-50 bench on both (and cellfinder's Keras + PyTorch when the
 #    machine has keras and torch), and a real out-of-memory. Every result is a
-#    file under $OUT (default scratch/gpu-check-out); summary.txt lists each step with its exit code. A step
-#    that cannot run says why and the rest go on.
+#    file under $OUT (default scratch/gpu-check-out); summary.txt lists each
+#    step with its exit code. A step that cannot run says why and the rest go
+#    on. About 4 minutes on 2 CPU cores without a GPU (REHEARSE=1, below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -40,12 +41,14 @@ prepare() {
   (cd "$CARRY" && npm pack @tensorflow/tfjs-node-gpu@4.22.0 google-protobuf@3.21.4 --loglevel=error >/dev/null)
   xz -T2 -6 -c "$(readlink -f "$(command -v node)")" >"$CARRY/node.xz"
   python3 -m pip download cellfinder==1.10.1 --no-deps -q -d "$CARRY"
-  local gpu_folder
-  gpu_folder=$(node -e "const a=require('$engine_root/active.json'); process.stdout.write(a.gpuFolder || '')" 2>/dev/null || true)
-  if [ -n "$gpu_folder" ]; then
-    tar -C "$engine_root/$gpu_folder" --exclude='tfjs-node/deps/lib/*' -cJf "$CARRY/gpu-engine-without-libraries.tar.xz" engine.json tfjs-node
+  # The GPU engine's folder without TensorFlow's libraries; the CPU engine's does as well (the same addon
+  # sources, linking TensorFlow's C API by soname), so it stands in when no GPU engine is set up here.
+  local folder
+  folder=$(node -e "const a=require('$engine_root/active.json'); process.stdout.write(a.gpuFolder || a.folder || '')" 2>/dev/null || true)
+  if [ -n "$folder" ]; then
+    tar -C "$engine_root/$folder" --exclude='tfjs-node/deps/lib/*' -cJf "$CARRY/gpu-engine-without-libraries.tar.xz" engine.json tfjs-node
   else
-    echo "no GPU engine in $engine_root: the no-compiler fallback will be missing" >&2
+    echo "no native engine in $engine_root: the no-compiler fallback will be missing" >&2
   fi
   du -sh "$CARRY"
   ls -la "$CARRY"
@@ -60,6 +63,7 @@ fi
 OUT=${OUT:-$REPO/scratch/gpu-check-out}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/gpu-check.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
 export CELLFINDER_RETRAIN_ENGINE_DIR=$WORK/engine
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
@@ -201,7 +205,7 @@ if ! node -e "const a=require('$CELLFINDER_RETRAIN_ENGINE_DIR/active.json'); pro
     node -e "
       const fs = require('fs'); const file = process.argv[1]; const m = JSON.parse(fs.readFileSync(file, 'utf8'));
       const dirs = process.argv[2].split(' ').filter(Boolean);
-      Object.assign(m, { source: { kind: 'python', from: process.argv[3] }, cuda: { source: { kind: 'folder', from: 'gpu-device-check.sh' }, libraryPath: dirs, versions: {} }, builtAt: new Date().toISOString() });
+      Object.assign(m, { variant: 'gpu', source: { kind: 'python', from: process.argv[3] }, cuda: { source: { kind: 'folder', from: 'gpu-device-check.sh' }, libraryPath: dirs, versions: {} }, builtAt: new Date().toISOString() });
       fs.writeFileSync(file, JSON.stringify(m, null, 2));
       fs.writeFileSync(process.argv[4], JSON.stringify({ gpuFolder: process.argv[5] }));
     " "$CELLFINDER_RETRAIN_ENGINE_DIR/$FOLDER/engine.json" "$NVIDIA_DIRS $CUDA_DIRS" "$TF_DIR" "$CELLFINDER_RETRAIN_ENGINE_DIR/active.json" "$FOLDER"
