@@ -38,18 +38,27 @@ function dosDateTime(date: Date): { time: number; date: number } {
   };
 }
 
+/**
+ * The fields a local header (from byte 4) and a central directory entry
+ * (from byte 6) share, in the same order: version needed, flags, method,
+ * time, date, CRC-32, compressed and uncompressed size, name length.
+ */
+function writeSharedFields(target: Buffer, at: number, member: WrittenMember, stamp: { time: number; date: number }): void {
+  target.writeUInt16LE(VERSION_NEEDED, at);
+  target.writeUInt16LE(UTF8_NAMES, at + 2);
+  target.writeUInt16LE(0, at + 4); // stored
+  target.writeUInt16LE(stamp.time, at + 6);
+  target.writeUInt16LE(stamp.date, at + 8);
+  target.writeUInt32LE(member.crc, at + 10);
+  target.writeUInt32LE(member.size, at + 14);
+  target.writeUInt32LE(member.size, at + 18);
+  target.writeUInt16LE(member.name.length, at + 22);
+}
+
 function localHeader(member: WrittenMember, stamp: { time: number; date: number }): Buffer {
   const header = Buffer.alloc(30 + member.name.length);
   header.writeUInt32LE(0x04034b50, 0);
-  header.writeUInt16LE(VERSION_NEEDED, 4);
-  header.writeUInt16LE(UTF8_NAMES, 6);
-  header.writeUInt16LE(0, 8); // stored
-  header.writeUInt16LE(stamp.time, 10);
-  header.writeUInt16LE(stamp.date, 12);
-  header.writeUInt32LE(member.crc, 14);
-  header.writeUInt32LE(member.size, 18);
-  header.writeUInt32LE(member.size, 22);
-  header.writeUInt16LE(member.name.length, 26);
+  writeSharedFields(header, 4, member, stamp);
   member.name.copy(header, 30);
   return header;
 }
@@ -57,16 +66,8 @@ function localHeader(member: WrittenMember, stamp: { time: number; date: number 
 function centralEntry(member: WrittenMember, stamp: { time: number; date: number }): Buffer {
   const entry = Buffer.alloc(46 + member.name.length);
   entry.writeUInt32LE(0x02014b50, 0);
-  entry.writeUInt16LE(VERSION_NEEDED, 4);
-  entry.writeUInt16LE(VERSION_NEEDED, 6);
-  entry.writeUInt16LE(UTF8_NAMES, 8);
-  entry.writeUInt16LE(0, 10);
-  entry.writeUInt16LE(stamp.time, 12);
-  entry.writeUInt16LE(stamp.date, 14);
-  entry.writeUInt32LE(member.crc, 16);
-  entry.writeUInt32LE(member.size, 20);
-  entry.writeUInt32LE(member.size, 24);
-  entry.writeUInt16LE(member.name.length, 28);
+  entry.writeUInt16LE(VERSION_NEEDED, 4); // version made by
+  writeSharedFields(entry, 6, member, stamp);
   entry.writeUInt32LE(member.offset, 42);
   member.name.copy(entry, 46);
   return entry;
