@@ -115,6 +115,15 @@ export class Workbench {
     return workbench;
   }
 
+  /**
+   * What the user sees in the side bar and the notifications, as text: a
+   * failing step's message carries it, because CI shows only the log.
+   */
+  async visibleText(): Promise<string> {
+    const text = async (selector: string) => (await this.page.locator(selector).first().innerText({ timeout: 2_000 }).catch((error: Error) => `(unreadable: ${error.message.split('\n')[0]})`)).trim();
+    return `side bar:\n${await text('.part.sidebar')}\nnotifications:\n${await text('.notifications-toasts')}`;
+  }
+
   /** Opens the Cellfinder view container from the activity bar. */
   async openCellfinder(): Promise<void> {
     const icon = this.page.locator('.activitybar [aria-label^="Cellfinder"]').first();

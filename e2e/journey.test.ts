@@ -40,126 +40,131 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
   t.after(() => server.stop('SIGKILL'));
   let workbench = await Workbench.open(browser, server);
 
-  // 1. The Cellfinder view lists the datasets with their counts.
-  await workbench.openCellfinder();
-  await workbench.treeRow('labelled').locator('.label-description', { hasText: '2 cells · 2 non-cells' }).waitFor({ timeout: 30_000 });
-  await workbench.treeRow('round1').locator('.label-description', { hasText: '0 cells · 0 non-cells' }).waitFor();
-  await workbench.screenshot(SHOTS, '1-sidebar-dark');
+  try {
+    // 1. The Cellfinder view lists the datasets with their counts.
+    await workbench.openCellfinder();
+    await workbench.treeRow('labelled').locator('.label-description', { hasText: '2 cells · 2 non-cells' }).waitFor({ timeout: 30_000 });
+    await workbench.treeRow('round1').locator('.label-description', { hasText: '0 cells · 0 non-cells' }).waitFor();
+    await workbench.screenshot(SHOTS, '1-sidebar-dark');
 
-  // 2. Extract Cubes from Candidates: the sample volumes and detection points through the editor's
-  // own file dialogs (code-server's: a path box with an OK button), into a new dataset folder.
-  await workbench.runCommand('Cellfinder: Extract Cubes from Candidates');
-  await workbench.pickPath(path.join(workspace, 'sample', 'signal'));
-  await workbench.pickPath(path.join(workspace, 'sample', 'background'));
-  await workbench.pickPath(path.join(workspace, 'sample', 'candidates', 'candidates.xml'));
-  await workbench.answerQuickInput(['type:5 2 2', 'Enter']);
-  await workbench.answerQuickInput(['type:New folder in the workspace', 'Enter']);
-  await workbench.answerQuickInput(['Control+a', 'type:extracted', 'Enter']);
-  // Detection marks every candidate type 1, so they become non-cells; 13 of the 38 lie far enough from the edges.
-  const extractedMessage = workbench.page.locator('.notification-toast', { hasText: '13 cube(s) added to extracted (0 cells, 13 non-cells), 25 skipped near the edge' });
-  await extractedMessage.waitFor({ timeout: 60_000 });
-  await workbench.treeRow('extracted').locator('.label-description', { hasText: '0 cells · 13 non-cells' }).waitFor({ timeout: 15_000 });
-  await workbench.screenshot(SHOTS, '2-extracted-dark');
-  assert.equal((await cubeFiles(path.join(workspace, 'extracted', NON_CELLS_FOLDER))).length, 26, '13 cubes, two channels each');
-  assert.equal((await TrainingDataset.open(path.join(workspace, 'extracted'))).root, path.join(workspace, 'extracted'));
-  await extractedMessage.locator('.codicon-notifications-clear').click();
+    // 2. Extract Cubes from Candidates: the sample volumes and detection points through the editor's
+    // own file dialogs (code-server's: a path box with an OK button), into a new dataset folder.
+    await workbench.runCommand('Cellfinder: Extract Cubes from Candidates');
+    await workbench.pickPath(path.join(workspace, 'sample', 'signal'));
+    await workbench.pickPath(path.join(workspace, 'sample', 'background'));
+    await workbench.pickPath(path.join(workspace, 'sample', 'candidates', 'candidates.xml'));
+    await workbench.answerQuickInput(['type:5 2 2', 'Enter']);
+    await workbench.answerQuickInput(['type:New folder in the workspace', 'Enter']);
+    await workbench.answerQuickInput(['Control+a', 'type:extracted', 'Enter']);
+    // Detection marks every candidate type 1, so they become non-cells; 13 of the 38 lie far enough from the edges.
+    const extractedMessage = workbench.page.locator('.notification-toast', { hasText: '13 cube(s) added to extracted (0 cells, 13 non-cells), 25 skipped near the edge' });
+    await extractedMessage.waitFor({ timeout: 60_000 });
+    await workbench.treeRow('extracted').locator('.label-description', { hasText: '0 cells · 13 non-cells' }).waitFor({ timeout: 15_000 });
+    await workbench.screenshot(SHOTS, '2-extracted-dark');
+    assert.equal((await cubeFiles(path.join(workspace, 'extracted', NON_CELLS_FOLDER))).length, 26, '13 cubes, two channels each');
+    assert.equal((await TrainingDataset.open(path.join(workspace, 'extracted'))).root, path.join(workspace, 'extracted'));
+    await extractedMessage.locator('.codicon-notifications-clear').click();
 
-  // 3. Label by keyboard: Y, N, Y, then U undoes the last; each decision is on disk at once.
-  await workbench.openLabelling('round1');
-  const view = workbench.webview();
-  await view.locator('#channel-0').click();
-  for (const key of ['y', 'n', 'y']) {
-    await workbench.page.keyboard.press(key);
-    await workbench.page.waitForTimeout(250);
+    // 3. Label by keyboard: Y, N, Y, then U undoes the last; each decision is on disk at once.
+    await workbench.openLabelling('round1');
+    const view = workbench.webview();
+    await view.locator('#channel-0').click();
+    for (const key of ['y', 'n', 'y']) {
+      await workbench.page.keyboard.press(key);
+      await workbench.page.waitForTimeout(250);
+    }
+    await workbench.page.keyboard.press('u');
+    await view.locator('#progress', { hasText: /^2 of 13 decided · all saved/ }).waitFor();
+    const round1 = path.join(workspace, 'round1');
+    assert.equal((await cubeFiles(path.join(round1, CELLS_FOLDER))).length, 2, 'one cell, two channels');
+    assert.equal((await cubeFiles(path.join(round1, NON_CELLS_FOLDER))).length, 2, 'one non-cell, two channels');
+    // The tree follows each saved decision (the view tells it; VS Code's file watcher may not be running).
+    await workbench.treeRow('round1').locator('.label-description', { hasText: '1 cells · 1 non-cells' }).waitFor({ timeout: 15_000 });
+    await workbench.screenshot(SHOTS, '3-labelling-dark');
+
+    // Close the tab and reopen: it continues at the first candidate still to do.
+    await workbench.page.locator('.tab', { hasText: 'Label: candidates.xml' }).locator('.codicon-close').click();
+    await workbench.openLabelling('round1');
+    await workbench.webview().locator('#progress', { hasText: /^2 of 13 decided/ }).waitFor();
+    assert.match((await workbench.webview().locator('#candidate-name').textContent()) ?? '', /^Candidate 3 of 13/);
+
+    // One more label, then kill -9 the editor mid-session: the label is on disk, and the view shows it after a restart.
+    await workbench.webview().locator('#channel-0').click();
+    await workbench.page.keyboard.press('n');
+    // Killed as soon as the page says the decision is saved.
+    await workbench.webview().locator('#progress', { hasText: /^3 of 13 decided · all saved/ }).waitFor();
+    assert.deepEqual(workbench.webviewErrors, []);
+    await server.stop('SIGKILL');
+    await workbench.page.close();
+    assert.equal((await cubeFiles(path.join(round1, NON_CELLS_FOLDER))).length, 4);
+    server = await CodeServer.start(profile, workspace, { askTrust: false });
+    workbench = await Workbench.open(browser, server);
+    await workbench.openLabelling('round1');
+    await workbench.webview().locator('#progress', { hasText: /^3 of 13 decided/ }).waitFor();
+
+    // 4. Retrain Network from the palette, a tiny run: ResNet-18, 12 epochs of batch 1 on the labelled dataset.
+    await workbench.runCommand('Cellfinder: Retrain Network');
+    const answer = (keys: string[]) => workbench.answerQuickInput(keys);
+    // Datasets: the first readable one ("extracted") comes ticked; the user clicks it off and "labelled" on.
+    await workbench.toggleQuickPickRow('extracted');
+    await workbench.toggleQuickPickRow('labelled');
+    await answer(['Enter']);
+    await answer(['type:From scratch', 'Enter']);
+    await answer(['type:ResNet-18', 'Enter']);
+    await answer(['Control+a', 'type:12', 'Enter']);
+    await answer(['Control+a', 'type:1', 'Enter']);
+    await answer(['Enter']);
+    await answer(['Enter']);
+    await answer(['Enter']);
+    const panel = workbench.webview();
+    await panel.locator('#run-status', { hasText: 'running' }).waitFor({ timeout: 60_000 });
+    await panel.locator('#epochs tbody tr').first().waitFor({ timeout: 120_000 });
+    await workbench.screenshot(SHOTS, '4-training-running-dark');
+    await panel.locator('#cancel').click();
+    await panel.locator('#run-status', { hasText: 'cancelled' }).waitFor({ timeout: 120_000 });
+    await panel.locator('#resume').click();
+    await panel.locator('#run-status', { hasText: 'finished' }).waitFor({ timeout: 300_000 });
+    assert.equal(await panel.locator('#epochs tbody tr').count(), 12);
+    await workbench.openCellfinder();
+    await workbench.treeRow('model.keras').locator('.label-description', { hasText: 'ResNet-18' }).waitFor({ timeout: 15_000 });
+    await workbench.screenshot(SHOTS, '4-training-finished-dark');
+    // The model files load, in our engine and in Keras 3 with cellfinder's own network, to the same predictions.
+    const runFolder = (await fs.readdir(path.join(workspace, 'runs')))[0];
+    const modelFile = path.join(workspace, 'runs', runFolder, 'model.keras');
+    const ours = await ourCellProbabilities(modelFile, 18, 2);
+    const keras = kerasCellProbabilities(modelFile, 18, 2);
+    ours.forEach((p, i) => assert.ok(Math.abs(p - keras[i]) < 1e-4, `cube ${i}: ours ${p}, Keras ${keras[i]}`));
+
+    // 5. Predict the candidates with the new model: the view orders them most uncertain first.
+    await workbench.openLabelling('round1');
+    await workbench.webview().locator('#choose-model').click();
+    await workbench.page.locator('.quick-input-widget .monaco-list-row', { hasText: 'model.keras' }).first().waitFor();
+    await workbench.page.keyboard.type('model.keras');
+    await workbench.page.keyboard.press('Enter');
+    await workbench.webview().locator('#prediction', { hasText: 'p(cell)' }).waitFor({ timeout: 120_000 });
+    assert.equal(await workbench.webview().locator('#order').evaluate((select) => (select as HTMLElement & { value: string }).value), 'uncertain-first');
+    await workbench.screenshot(SHOTS, '5-predicted-dark');
+    assert.deepEqual(workbench.webviewErrors, []);
+    await workbench.page.close();
+    await server.stop();
+
+    // 6. The same workspace, untrusted, in the light theme: the views browse, the palette offers no training.
+    const untrustedProfile = makeProfile(vsix, { theme: 'Default Light Modern', workspaceTrust: true });
+    server = await CodeServer.start(untrustedProfile, workspace, { askTrust: true });
+    workbench = await Workbench.open(browser, server);
+    // VS Code asks whether to trust the folder; the user says no.
+    const trustDialog = workbench.page.locator('.monaco-dialog-box', { hasText: /trust/i });
+    await trustDialog.waitFor({ timeout: 30_000 });
+    await trustDialog.getByRole('button', { name: /don.t trust/i }).click();
+    await trustDialog.waitFor({ state: 'hidden' });
+    await workbench.openCellfinder();
+    await workbench.treeRow('labelled').locator('.label-description', { hasText: '2 cells · 2 non-cells' }).waitFor({ timeout: 30_000 });
+    const offered = await workbench.paletteEntries('Cellfinder:');
+    assert.ok(!offered.some((entry) => /Retrain Network|Label Candidates|Classify/.test(entry)), `untrusted palette offers ${offered.join(', ')}`);
+    await workbench.screenshot(SHOTS, '6-untrusted-light');
+    await workbench.page.close();
+  } catch (error) {
+    // CI shows only the log: say what the editor showed when the step failed.
+    throw new Error(`${(error as Error).message}\n${await workbench.visibleText()}`, { cause: error });
   }
-  await workbench.page.keyboard.press('u');
-  await view.locator('#progress', { hasText: /^2 of 13 decided · all saved/ }).waitFor();
-  const round1 = path.join(workspace, 'round1');
-  assert.equal((await cubeFiles(path.join(round1, CELLS_FOLDER))).length, 2, 'one cell, two channels');
-  assert.equal((await cubeFiles(path.join(round1, NON_CELLS_FOLDER))).length, 2, 'one non-cell, two channels');
-  // The tree follows the files (watcher).
-  await workbench.treeRow('round1').locator('.label-description', { hasText: '1 cells · 1 non-cells' }).waitFor({ timeout: 15_000 });
-  await workbench.screenshot(SHOTS, '3-labelling-dark');
-
-  // Close the tab and reopen: it continues at the first candidate still to do.
-  await workbench.page.locator('.tab', { hasText: 'Label: candidates.xml' }).locator('.codicon-close').click();
-  await workbench.openLabelling('round1');
-  await workbench.webview().locator('#progress', { hasText: /^2 of 13 decided/ }).waitFor();
-  assert.match((await workbench.webview().locator('#candidate-name').textContent()) ?? '', /^Candidate 3 of 13/);
-
-  // One more label, then kill -9 the editor mid-session: the label is on disk, and the view shows it after a restart.
-  await workbench.webview().locator('#channel-0').click();
-  await workbench.page.keyboard.press('n');
-  // Killed as soon as the page says the decision is saved.
-  await workbench.webview().locator('#progress', { hasText: /^3 of 13 decided · all saved/ }).waitFor();
-  assert.deepEqual(workbench.webviewErrors, []);
-  await server.stop('SIGKILL');
-  await workbench.page.close();
-  assert.equal((await cubeFiles(path.join(round1, NON_CELLS_FOLDER))).length, 4);
-  server = await CodeServer.start(profile, workspace, { askTrust: false });
-  workbench = await Workbench.open(browser, server);
-  await workbench.openLabelling('round1');
-  await workbench.webview().locator('#progress', { hasText: /^3 of 13 decided/ }).waitFor();
-
-  // 4. Retrain Network from the palette, a tiny run: ResNet-18, 12 epochs of batch 1 on the labelled dataset.
-  await workbench.runCommand('Cellfinder: Retrain Network');
-  const answer = (keys: string[]) => workbench.answerQuickInput(keys);
-  // Datasets: the first readable one ("extracted") comes ticked; the user clicks it off and "labelled" on.
-  await workbench.toggleQuickPickRow('extracted');
-  await workbench.toggleQuickPickRow('labelled');
-  await answer(['Enter']);
-  await answer(['type:From scratch', 'Enter']);
-  await answer(['type:ResNet-18', 'Enter']);
-  await answer(['Control+a', 'type:12', 'Enter']);
-  await answer(['Control+a', 'type:1', 'Enter']);
-  await answer(['Enter']);
-  await answer(['Enter']);
-  await answer(['Enter']);
-  const panel = workbench.webview();
-  await panel.locator('#run-status', { hasText: 'running' }).waitFor({ timeout: 60_000 });
-  await panel.locator('#epochs tbody tr').first().waitFor({ timeout: 120_000 });
-  await workbench.screenshot(SHOTS, '4-training-running-dark');
-  await panel.locator('#cancel').click();
-  await panel.locator('#run-status', { hasText: 'cancelled' }).waitFor({ timeout: 120_000 });
-  await panel.locator('#resume').click();
-  await panel.locator('#run-status', { hasText: 'finished' }).waitFor({ timeout: 300_000 });
-  assert.equal(await panel.locator('#epochs tbody tr').count(), 12);
-  await workbench.openCellfinder();
-  await workbench.treeRow('model.keras').locator('.label-description', { hasText: 'ResNet-18' }).waitFor({ timeout: 15_000 });
-  await workbench.screenshot(SHOTS, '4-training-finished-dark');
-  // The model files load, in our engine and in Keras 3 with cellfinder's own network, to the same predictions.
-  const runFolder = (await fs.readdir(path.join(workspace, 'runs')))[0];
-  const modelFile = path.join(workspace, 'runs', runFolder, 'model.keras');
-  const ours = await ourCellProbabilities(modelFile, 18, 2);
-  const keras = kerasCellProbabilities(modelFile, 18, 2);
-  ours.forEach((p, i) => assert.ok(Math.abs(p - keras[i]) < 1e-4, `cube ${i}: ours ${p}, Keras ${keras[i]}`));
-
-  // 5. Predict the candidates with the new model: the view orders them most uncertain first.
-  await workbench.openLabelling('round1');
-  await workbench.webview().locator('#choose-model').click();
-  await workbench.page.locator('.quick-input-widget .monaco-list-row', { hasText: 'model.keras' }).first().waitFor();
-  await workbench.page.keyboard.type('model.keras');
-  await workbench.page.keyboard.press('Enter');
-  await workbench.webview().locator('#prediction', { hasText: 'p(cell)' }).waitFor({ timeout: 120_000 });
-  assert.equal(await workbench.webview().locator('#order').evaluate((select) => (select as HTMLElement & { value: string }).value), 'uncertain-first');
-  await workbench.screenshot(SHOTS, '5-predicted-dark');
-  assert.deepEqual(workbench.webviewErrors, []);
-  await workbench.page.close();
-  await server.stop();
-
-  // 6. The same workspace, untrusted, in the light theme: the views browse, the palette offers no training.
-  const untrustedProfile = makeProfile(vsix, { theme: 'Default Light Modern', workspaceTrust: true });
-  server = await CodeServer.start(untrustedProfile, workspace, { askTrust: true });
-  workbench = await Workbench.open(browser, server);
-  // VS Code asks whether to trust the folder; the user says no.
-  const trustDialog = workbench.page.locator('.monaco-dialog-box', { hasText: /trust/i });
-  await trustDialog.waitFor({ timeout: 30_000 });
-  await trustDialog.getByRole('button', { name: /don.t trust/i }).click();
-  await trustDialog.waitFor({ state: 'hidden' });
-  await workbench.openCellfinder();
-  await workbench.treeRow('labelled').locator('.label-description', { hasText: '2 cells · 2 non-cells' }).waitFor({ timeout: 30_000 });
-  const offered = await workbench.paletteEntries('Cellfinder:');
-  assert.ok(!offered.some((entry) => /Retrain Network|Label Candidates|Classify/.test(entry)), `untrusted palette offers ${offered.join(', ')}`);
-  await workbench.screenshot(SHOTS, '6-untrusted-light');
-  await workbench.page.close();
 });

@@ -37,14 +37,14 @@ export function activate(context: vscode.ExtensionContext): void {
     command('cellfinder.labelDataset', async (item) => labelling.labelDataset(datasetOf(item) ?? (await pickDatasetFolder('Label into which training dataset?', index.datasetRoots(), 'training-data')) ?? '')),
     command('cellfinder.reviewDataset', (item) => labelling.reviewDataset(datasetOf(item) ?? '')),
     command('cellfinder.addCandidates', (item) => labelling.labelDataset(datasetOf(item) ?? '', true)),
-    command('cellfinder.createTrainingDataset', createTrainingDataset),
+    command('cellfinder.createTrainingDataset', () => createTrainingDataset(index)),
     command('cellfinder.extractCubes', () => extractCubesCommand(index)),
     command('cellfinder.classify', () => training.classifyWith(undefined)),
     command('cellfinder.classifyWithModel', (item) => training.classifyWith(item?.kind === 'model' ? item.file : undefined)),
     command('cellfinder.setUpEngine', setUpEngineCommand),
     command('cellfinder.refresh', () => index.refresh()),
     command('cellfinder.validateDataset', (item) => validateDataset(index, item)),
-    command('cellfinder.mergeDatasets', (item) => mergeDatasets(item)),
+    command('cellfinder.mergeDatasets', (item) => mergeDatasets(index, item)),
     command('cellfinder.reveal', (item) => {
       const target = item?.kind === 'dataset' ? item.dataset.root : item?.kind === 'model' ? item.file : undefined;
       if (target) void vscode.commands.executeCommand('revealInExplorer', vscode.Uri.file(target));
@@ -84,13 +84,14 @@ async function validateDataset(index: WorkspaceIndex, item: ItemArgument): Promi
 }
 
 /** Pools this dataset with others into a new one, de-duplicating by source volume and position. */
-async function mergeDatasets(item: ItemArgument): Promise<void> {
+async function mergeDatasets(index: WorkspaceIndex, item: ItemArgument): Promise<void> {
   if (item?.kind !== 'dataset' || !item.dataset.yamlFile) return;
   const others = await vscode.window.showOpenDialog({ title: 'training.yaml files to merge with this one', canSelectMany: true, filters: { 'training.yaml': ['yaml', 'yml'] } });
   if (!others?.length) return;
   const outputDir = await pickDatasetFolder('Empty folder for the merged dataset', [], 'merged-training-data');
   if (!outputDir) return;
   const report = await mergeTrainingYamls([item.dataset.yamlFile, ...others.map((u) => u.fsPath)], outputDir);
+  index.refreshSoon();
   for (const c of report.conflicts) log.appendLine(`merge conflict at x=${c.position.x} y=${c.position.y} z=${c.position.z}: kept ${c.kept.label} (${c.kept.yamlFile}), dropped ${c.dropped.label} (${c.dropped.yamlFile})`);
   void vscode.window.showInformationMessage(`Cellfinder: merged ${report.copied} cubes into ${report.yamlFile} (${report.duplicates} duplicates, ${report.conflicts.length} conflicts listed in the Cellfinder output).`);
 }
@@ -105,7 +106,7 @@ async function runReportingErrors(command: () => Promise<void>): Promise<void> {
   }
 }
 
-async function createTrainingDataset(): Promise<void> {
+async function createTrainingDataset(index: WorkspaceIndex): Promise<void> {
   requireTrust('Creating a dataset');
   const folder = await pickDatasetFolder('Folder for the new training dataset', [], 'training-data');
   if (!folder) return;
@@ -113,6 +114,7 @@ async function createTrainingDataset(): Promise<void> {
     { location: vscode.ProgressLocation.Notification, title: 'Cellfinder: creating training dataset', cancellable: false },
     () => TrainingDataset.create(folder),
   );
+  index.refreshSoon();
   void vscode.window.showInformationMessage(`Cellfinder: training dataset ready in ${dataset.root}`);
   await vscode.window.showTextDocument(vscode.Uri.file(dataset.yamlFile), { preview: true });
 }
@@ -146,10 +148,14 @@ async function extractCubesCommand(index: WorkspaceIndex): Promise<void> {
           const percent = total === 0 ? 100 : (100 * done) / total;
           progress.report({ increment: percent - reported, message: `${done}/${total} cubes` });
           reported = percent;
+          // The tree counts the cubes as they land; told directly, not left to the file
+          // watcher, which VS Code may not have (inotify limits on shared machines).
+          index.refreshSoon();
         },
       });
     },
   );
+  index.refreshSoon();
   for (const warning of report.warnings) log.appendLine(`warning: ${warning}`);
   for (const s of report.skipped) log.appendLine(`skipped x=${s.point.x} y=${s.point.y} z=${s.point.z}: ${s.reason}`);
   const skipped = report.skipped.length ? `, ${report.skipped.length} skipped near the edge (listed in the Cellfinder output)` : '';
