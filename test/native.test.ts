@@ -16,10 +16,13 @@ import * as tf from '@tensorflow/tfjs';
 import { cpuMaxPool3dGradIsBroken, fixCpuMaxPool3dGrad } from '../src/training/cpuMaxPool3dGradFix';
 import { ACTIVE_FILE, engineRoot, MANIFEST_FILE, readActiveEngine } from '../src/training/native/engineLayout';
 import { EngineSetupError, setupEngine, type SetupProgress } from '../src/training/native/engineSetup';
-import { compareTinyFits, formatGradientChecks, resnetGradientCases, runGradientChecks, tinyModelFit } from '../src/training/native/gradientCheck';
+import { compareTinyFits, formatGradientChecks, inputValues, resnetGradientCases, runGradientChecks, tinyModelFit } from '../src/training/native/gradientCheck';
 import { engineStatus, loadNativeBackend } from '../src/training/native/nativeBackend';
 import { headerClosure, openWheel, readZipDirectory, wheelMetadata, ZipError } from '../src/training/native/wheel';
+import { forward, initialWeights, resnetSpec } from '../src/training/resnet';
+import { assembleBatch, planBatch } from '../src/training/trainingData';
 import { fakeWheel, scratch } from './helpers';
+import { PEER_CUBES } from './kerasPeer';
 
 const ROOT = engineRoot();
 /** Native tests are skipped only when no engine was ever set up here. */
@@ -91,6 +94,37 @@ test('native engine: gradient checks vs the cpu backend and vs finite difference
   }
   assert.deepEqual(failures(results), []);
   assert.equal(tf.getBackend(), 'tensorflow');
+});
+
+test('native engine: ResNet-18 inference on real cubes, with batch-norm statistics as training leaves them, equals the cpu backend', async (t) => {
+  if (NO_ENGINE) return t.skip(NO_ENGINE);
+  assert.ok((await loadNativeBackend(tf, { env: LOAD_ENV })).ok);
+  // Fresh weights, with gamma, beta and the moving statistics drawn away from
+  // their initial 1, 0, 0, 1 so that every term of the inference formula counts.
+  await tf.setBackend('cpu');
+  const spec = resnetSpec(18, 2);
+  const values = new Map<string, { data: Float32Array; shape: number[] }>();
+  for (const [key, variable] of initialWeights(tf, spec, 5)) {
+    const kind = /(gamma|moving_variance)$/.test(key) ? 'positive' : /(beta|moving_mean)$/.test(key) ? 'normal' : undefined;
+    values.set(key, { data: kind ? inputValues(variable.shape, kind, values.size, 0.5) : (variable.dataSync() as Float32Array), shape: variable.shape });
+    variable.dispose();
+  }
+  const samples = PEER_CUBES.map((ch0) => ({ files: [ch0, ch0.replace(/Ch0\.tif$/, 'Ch1.tif')], label: 0 as const, position: { x: 0, y: 0, z: 0 } }));
+  const batch = await assembleBatch(planBatch(samples, { channels: 2, normalise: false }));
+  const logitsOn = async (backend: string) => {
+    await tf.setBackend(backend);
+    const weights = new Map([...values].map(([key, v]) => [key, tf.variable(tf.tensor(v.data, v.shape, 'float32'))]));
+    const input = tf.tensor5d(batch.inputs, [batch.size, 50, 50, 20, 2]);
+    const logits = forward(tf, spec, weights, input, false).logits.dataSync() as Float32Array;
+    tf.dispose([input, ...weights.values()]);
+    return logits;
+  };
+  const cpu = await logitsOn('cpu');
+  const native = await logitsOn('tensorflow');
+  const scale = Math.max(...cpu.map(Math.abs));
+  const worst = Math.max(...native.map((v, i) => Math.abs(v - cpu[i])));
+  t.diagnostic(`logits of ${PEER_CUBES.length} cubes: largest |cpu| ${scale.toExponential(2)}, largest |native - cpu| ${worst.toExponential(2)}`);
+  assert.ok(worst <= 1e-4 * scale, `native logits differ from cpu by ${worst} (scale ${scale})`);
 });
 
 test('native engine: a one-batch fit of a tiny tfjs-layers model matches the cpu backend', async (t) => {

@@ -10,7 +10,7 @@
  * load if we do exactly the same, so the model is written out here once.
  */
 import type * as tfType from '@tensorflow/tfjs';
-import { nativeBatchNormTraining, nativeKernelsActive, nativeRelu } from './native/nativeKernels';
+import { nativeBatchNormInference, nativeBatchNormTraining, nativeKernelsActive, nativeRelu } from './native/nativeKernels';
 
 export const NETWORK_DEPTHS = [18, 34, 50, 101, 152] as const;
 export type NetworkDepth = (typeof NETWORK_DEPTHS)[number];
@@ -289,11 +289,9 @@ export function forward(
           statistics.push({ layer: layer.name, mean: result.mean, variance: result.variance });
           output = result.output;
         } else {
-          const size = layer.weights[0].shape[0];
-          const broadcast = [1, 1, 1, size, 1];
-          const scale = tf.mul(gamma, tf.rsqrt(tf.add(weight(layer.name, 'moving_variance'), BATCH_NORM_EPSILON)));
-          const shift = tf.sub(beta, tf.mul(weight(layer.name, 'moving_mean'), scale));
-          output = tf.add(tf.mul(inputs[0], scale.reshape(broadcast)), shift.reshape(broadcast));
+          const movingMean = weight(layer.name, 'moving_mean') as tfType.Tensor1D;
+          const movingVariance = weight(layer.name, 'moving_variance') as tfType.Tensor1D;
+          output = batchNormWithMovingStatistics(tf, inputs[0] as tfType.Tensor5D, { gamma, beta, movingMean, movingVariance });
         }
         break;
       }
@@ -394,6 +392,23 @@ export function batchNormWithBatchStatistics(
 ): { output: tfType.Tensor5D; mean: tfType.Tensor1D; variance: tfType.Tensor1D } {
   if (nativeKernelsActive(tf)) return nativeBatchNormTraining(tf, input, gamma, beta, BATCH_NORM_EPSILON);
   return batchNormTfjs(tf, input, gamma, beta);
+}
+
+/**
+ * Inference-mode batch normalisation over z (axis 3) with the moving
+ * statistics: the native engine's one-pass kernel where it is active, else
+ * a tfjs multiply and add.
+ */
+export function batchNormWithMovingStatistics(
+  tf: typeof tfType,
+  input: tfType.Tensor5D,
+  parameters: { gamma: tfType.Tensor1D; beta: tfType.Tensor1D; movingMean: tfType.Tensor1D; movingVariance: tfType.Tensor1D },
+): tfType.Tensor5D {
+  if (nativeKernelsActive(tf)) return nativeBatchNormInference(tf, input, parameters, BATCH_NORM_EPSILON);
+  const broadcast = [1, 1, 1, input.shape[3], 1];
+  const scale = tf.mul(parameters.gamma, tf.rsqrt(tf.add(parameters.movingVariance, BATCH_NORM_EPSILON)));
+  const shift = tf.sub(parameters.beta, tf.mul(parameters.movingMean, scale));
+  return tf.add(tf.mul(input, scale.reshape(broadcast)), shift.reshape(broadcast));
 }
 
 /**
