@@ -15,6 +15,7 @@ import { batchNormWithBatchStatistics, kerasWeightGroups, maxPool3dSeparable, pa
 import { loadTensorFlow } from '../src/training/backend';
 import { writeStoredZip } from '../src/training/storedZip';
 import { learningRateForEpoch, TRAIN_DEFAULTS } from '../src/training/trainConfig';
+import { checkpointsToKeep } from '../src/training/trainer';
 import { assembleBatch, epochOrder, inBatches, loadSamples, planBatch, splitSamples, toNetworkOrder, type Batch } from '../src/training/trainingData';
 import { REPO_ROOT, SAMPLE, scratch, tinyDataset } from './helpers';
 
@@ -78,6 +79,16 @@ test('learning-rate schedule multiplies at the listed 0-based epochs, as cellfin
   assert.ok(Math.abs(learningRateForEpoch(config, 10) - 0.0001) < 1e-12);
   assert.ok(Math.abs(learningRateForEpoch(config, 30) - 0.00001) < 1e-12);
   assert.equal(TRAIN_DEFAULTS.networkDepth, 50);
+});
+
+test('checkpoints kept: the lowest validation losses, the later epoch on a tie; without validation the latest', () => {
+  const metrics = (epoch: number, valLoss?: number) => ({ epoch, loss: 1, accuracy: 0.5, learningRate: 1e-4, seconds: 1, ...(valLoss === undefined ? {} : { valLoss, valAccuracy: 0.5 }) });
+  const history = [metrics(0, 0.7), metrics(1, 0.4), metrics(2, 0.5), metrics(3, 0.4), metrics(4, 0.9)];
+  assert.deepEqual([...checkpointsToKeep(history, 2)].sort(), [1, 3]);
+  assert.deepEqual([...checkpointsToKeep(history, 1)], [3]);
+  assert.deepEqual([...checkpointsToKeep(history, 3)].sort(), [1, 2, 3]);
+  assert.deepEqual([...checkpointsToKeep(history, 10)].sort(), [0, 1, 2, 3, 4]);
+  assert.deepEqual([...checkpointsToKeep([0, 1, 2, 3].map((e) => metrics(e)), 2)].sort(), [2, 3]);
 });
 
 test('augmentation: flips are exact, parity mode draws cellfinder\'s fixed pi/4 rotation, identity affine keeps the cube', () => {
@@ -144,7 +155,7 @@ test('training data from real cubes: split, stratification, balance and network-
   assert.ok(Math.abs(normalised.inputs[1] - (cellCube.data[0] - 650.94) / 217.9) < 1e-4);
 });
 
-test('the batch thread assembles a seeded, augmented epoch of real cubes byte for byte as this thread does, and passes on its errors unchanged', async (t) => {
+test('the batch thread assembles a seeded, augmented epoch of real cubes byte for byte as this thread does, passes on its errors unchanged, and names its script when it is missing', async (t) => {
   const root = scratch(t);
   const statistics: Array<[number, number]> = [
     [241.31, 154.92],
@@ -185,6 +196,10 @@ test('the batch thread assembles a seeded, augmented epoch of real cubes byte fo
     assert.deepEqual([error.message, error.file, error.problem, error.fix], [expected.message, expected.file, expected.problem, expected.fix]);
     return true;
   });
+
+  // An install without the thread's script: an error naming it and the fix, not Node's "Cannot find module".
+  const missing = path.join(root, 'batchThreadEntry.js');
+  assert.throws(() => new BatchThread(missing), (error: unknown) => error instanceof DataFileError && error.file === missing && /Reinstall the extension/.test(error.fix));
 });
 
 test('layer order, names, shapes and .weights.h5 groups equal what Keras 3 builds with cellfinder\'s build_model', () => {

@@ -16,6 +16,7 @@ import { readCube } from '../src/core/cube';
 import { DataFileError } from '../src/core/errors';
 import { readModelFile } from '../src/training/modelFiles';
 import { TRAIN_DEFAULTS, type TrainConfig } from '../src/training/trainConfig';
+import { checkpointName } from '../src/training/trainer';
 import { REPO_ROOT, SAMPLE, scratch, tinyDataset } from './helpers';
 
 const WORKER = path.join(REPO_ROOT, 'dist', 'worker.js');
@@ -122,9 +123,10 @@ test('cancel stops at a batch boundary with a resumable checkpoint; resume conti
   assert.deepEqual(evaluations[0].confusion, evaluations[1].confusion);
 });
 
-test('kill -9 mid-epoch loses at most that epoch: resume restarts it from the last epoch\'s checkpoint', { timeout: 20 * 60_000 }, async (t) => {
+test('kill -9 mid-epoch loses at most that epoch: resume restarts it from the last epoch\'s checkpoint; keeping one checkpoint keeps the best of both processes', { timeout: 20 * 60_000 }, async (t) => {
   const root = scratch(t);
-  const config = await writeConfig(root, await tinyDataset(root), { epochs: 2 });
+  // Keeping one checkpoint: the resumed process ranks the first process's epoch with its own.
+  const config = await writeConfig(root, await tinyDataset(root), { epochs: 2, keepCheckpoints: 1 });
   const first = startWorker(['train', config]);
   const checkpoint = (await first.waitFor((e) => e.type === 'checkpoint' && e.epoch === 0)) as Extract<TrainingEvent, { type: 'checkpoint' }>;
   assert.match(path.basename(checkpoint.file), /^model-epoch\.01-loss-\d+\.\d{3}\.keras$/);
@@ -140,7 +142,11 @@ test('kill -9 mid-epoch loses at most that epoch: resume restarts it from the la
   assert.equal((await readModelFile(finished.modelFile)).optimizer?.iterations, 6);
   const files = await fs.readdir(path.join(root, 'out'));
   assert.ok(files.includes('model.keras'));
-  assert.equal(files.filter((f) => /^model-epoch\.0[12]-loss-/.test(f)).length, 2);
+  const best = finished.history.reduce((a, b) => ((b.valLoss as number) <= (a.valLoss as number) ? b : a));
+  assert.deepEqual(files.filter((f) => f.startsWith('model-epoch.')), [path.basename(checkpointName(best.epoch, best.valLoss, false))]);
+  const kept = second.events.find((e) => e.type === 'checkpoints-kept') as Extract<TrainingEvent, { type: 'checkpoints-kept' }>;
+  assert.deepEqual(kept.kept, [path.join(root, 'out', checkpointName(best.epoch, best.valLoss, false))]);
+  assert.equal(kept.removed.length, best.epoch === 1 ? 1 : 0, 'the first epoch\'s checkpoint goes when the second is better; else the second is not written');
 });
 
 test('a training.yaml with a problem ends the worker with an error event naming the file', async (t) => {

@@ -45,6 +45,7 @@ working directory, so run it from the dataset folder (see README).
       --save-progress  --lr-schedule E...  --lr-multiplier (0.1)
       --normalize-channels
       ours: --seed N  --stratified-split  --balanced  --augment-parity
+            --keep-checkpoints N (the N lowest val_loss; default: every epoch's)
             --resume <output-dir>  --device auto|gpu|cpu  --json (events as JSON lines)
   classify --trained-model|--model-weights <file> --signal <planes> [--background <planes>]
            --points <xml> -o <dir> [--voxel-sizes Z Y X] [--batch-size 64] [--device D]

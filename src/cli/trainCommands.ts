@@ -47,6 +47,7 @@ const TRAIN_FLAGS: FlagSpec[] = [
   { name: 'augment-likelihood', values: 1 },
   { name: 'augment-parity', values: 0 },
   { name: 'no-save-checkpoints', values: 0 },
+  { name: 'keep-checkpoints', values: 1 },
   { name: 'save-weights', values: 0 },
   { name: 'save-progress', values: 0 },
   { name: 'lr-schedule', values: '+' },
@@ -109,6 +110,7 @@ export function trainConfigFromFlags(flags: Map<string, string[]>): TrainConfig 
     augmentLikelihood: number(flags, 'augment-likelihood', TRAIN_DEFAULTS.augmentLikelihood, (n) => n >= 0 && n <= 1, 'in [0, 1]'),
     affineMode: flags.has('augment-parity') ? 'cellfinder-parity' : 'random-range',
     saveCheckpoints: !flags.has('no-save-checkpoints'),
+    keepCheckpoints: flags.has('keep-checkpoints') ? number(flags, 'keep-checkpoints', 0, (n) => Number.isInteger(n) && n > 0, 'a positive integer') : undefined,
     saveWeights: flags.has('save-weights'),
     saveProgress: flags.has('save-progress'),
     lrSchedule: (flags.get('lr-schedule') ?? []).map((value) => {
@@ -134,6 +136,8 @@ function describeEvent(event: TrainingEvent): string | undefined {
       return `epoch ${event.epoch + 1}/${event.epochs}: loss ${event.loss.toFixed(4)} accuracy ${event.accuracy.toFixed(4)}${event.valLoss === undefined ? '' : ` val_loss ${event.valLoss.toFixed(4)} val_accuracy ${(event.valAccuracy as number).toFixed(4)}`} (${event.seconds.toFixed(1)} s)`;
     case 'checkpoint':
       return `checkpoint ${event.file}`;
+    case 'checkpoints-kept':
+      return event.removed.length ? `removed ${event.removed.map((file) => path.basename(file)).join(', ')}; keeping ${event.kept.map((file) => path.basename(file)).join(', ')}` : undefined;
     case 'cancelled':
       return `Stopped at epoch ${event.epoch + 1}, batch ${event.batch + 1}. Resume with: cellfinder-retrain train --resume ${event.resumeFrom}`;
     case 'finished':

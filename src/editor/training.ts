@@ -100,6 +100,7 @@ export class Training {
       modelWeights: start.modelWeights,
       continueTraining: Boolean(start.trainedModel || start.modelWeights),
       saveProgress: true,
+      keepCheckpoints: setting('training.keepCheckpoints', 0) || undefined,
     };
     await this.context.workspaceState.update(LAST_RUN_KEY, { yamlFiles, networkDepth: depth, epochs, batchSize, learningRate });
     await fs.mkdir(outputDir, { recursive: true });

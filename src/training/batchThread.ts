@@ -8,6 +8,7 @@
  * Plans (with their augmentation already drawn, see `planBatch`) go to the
  * thread; batches come back with their buffers transferred, not copied.
  */
+import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { DataFileError } from '../core/errors';
@@ -39,12 +40,15 @@ export class BatchThread {
   // geotiff's web-worker shim, loaded on any worker thread, takes the thread
   // for one of its own unless workerData is an object without its `mod`
   // (undefined makes it throw at load).
-  private readonly thread = new Worker(THREAD_SCRIPT, { workerData: {} });
+  private readonly thread: Worker;
   private readonly waiting = new Map<number, { resolve: (batch: Batch) => void; reject: (error: Error) => void }>();
   private nextId = 0;
   private closed = false;
 
-  constructor() {
+  constructor(script = THREAD_SCRIPT) {
+    // Checked here: a missing script would otherwise surface as Node's "Cannot find module" from the thread.
+    if (!existsSync(script)) throw new DataFileError(script, 'is missing, so training cannot assemble its batches', 'Reinstall the extension (in a source checkout: npm run build)');
+    this.thread = new Worker(script, { workerData: {} });
     this.thread.on('message', (reply: BatchReply) => {
       const waiter = this.waiting.get(reply.id);
       this.waiting.delete(reply.id);

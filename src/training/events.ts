@@ -25,6 +25,8 @@ export type TrainingEvent =
   | { type: 'batch'; epoch: number; batch: number; batches: number; loss: number; accuracy: number }
   | ({ type: 'epoch'; epochs: number } & EpochMetrics)
   | { type: 'checkpoint'; file: string; epoch: number }
+  /** With keepCheckpoints: the run's checkpoints after this epoch, and those it deleted (this epoch's is among neither when it was not written). */
+  | { type: 'checkpoints-kept'; epoch: number; kept: string[]; removed: string[] }
   | { type: 'cancelled'; epoch: number; batch: number; resumeFrom: string }
   | { type: 'finished'; modelFile: string; history: EpochMetrics[] }
   /** `suggestedBatchSize`: after running out of memory, a batch size that fits. */

@@ -34,6 +34,13 @@ export interface TrainConfig {
   affineMode: AffineMode;
   /** --no-save-checkpoints inverts this (default true). */
   saveCheckpoints: boolean;
+  /**
+   * Ours: keep only this many of the run's checkpoints, those with the lowest
+   * validation loss (the latest without validation); a checkpoint that would
+   * not be kept is not written. Undefined keeps every epoch's, as cellfinder
+   * does (a ResNet-50 .keras with its optimiser state is about 550 MB).
+   */
+  keepCheckpoints?: number;
   /** --save-weights: save .weights.h5 instead of .keras. */
   saveWeights: boolean;
   /** --save-progress: write training.csv. */

@@ -186,10 +186,26 @@ export async function train(
       emit({ type: 'epoch', ...metrics, epochs: config.epochs });
 
       if (config.saveCheckpoints) {
-        const file = path.join(output, checkpointName(epoch, metrics.valLoss, config.saveWeights));
-        if (config.saveWeights) await writeKerasWeights(file, spec, weights);
-        else await writeKerasModel(file, spec, weights, optimizer);
-        emit({ type: 'checkpoint', file, epoch });
+        const kept = config.keepCheckpoints === undefined ? undefined : checkpointsToKeep(state.history, config.keepCheckpoints);
+        const fileOf = (m: EpochMetrics) => path.join(output, checkpointName(m.epoch, m.valLoss, config.saveWeights));
+        if (!kept || kept.has(epoch)) {
+          const file = fileOf(metrics);
+          if (config.saveWeights) await writeKerasWeights(file, spec, weights);
+          else await writeKerasModel(file, spec, weights, optimizer);
+          emit({ type: 'checkpoint', file, epoch });
+        }
+        if (kept) {
+          // Only files named as this run wrote them (its history), so nothing else in the folder is touched.
+          const removed: string[] = [];
+          for (const earlier of state.history.filter((m) => m.epoch !== epoch && !kept.has(m.epoch))) {
+            const file = fileOf(earlier);
+            if (await exists(file)) {
+              await fs.rm(file);
+              removed.push(file);
+            }
+          }
+          emit({ type: 'checkpoints-kept', epoch, kept: state.history.filter((m) => kept.has(m.epoch)).map(fileOf), removed });
+        }
       }
       if (config.saveProgress) await writeCsv(csvFile, state.history, validation.length > 0);
       await saveResume(spec, weights, optimizer, resumeModel, resumeFile, { ...state, epoch: epoch + 1, batchesDone: 0, epochOrder: undefined, partial: undefined });
@@ -225,6 +241,16 @@ async function pretrainedWeights(): Promise<string> {
     );
   }
   return file;
+}
+
+/**
+ * The epochs whose checkpoints to keep: the `keep` lowest validation losses
+ * (the later epoch on a tie, being trained longer), or without validation
+ * the `keep` latest.
+ */
+export function checkpointsToKeep(history: readonly EpochMetrics[], keep: number): Set<number> {
+  const ranked = [...history].sort((a, b) => (a.valLoss !== undefined && b.valLoss !== undefined && a.valLoss !== b.valLoss ? a.valLoss - b.valLoss : b.epoch - a.epoch));
+  return new Set(ranked.slice(0, keep).map((m) => m.epoch));
 }
 
 /** cellfinder's checkpoint names: epoch 1-based, two digits; validation loss to three decimals when there is validation. */
