@@ -276,6 +276,20 @@ export function resnetGradientCases(): GradCase[] {
         f: (tf, input, filter) => convolution(tf, input as tfType.Tensor5D, filter as tfType.Tensor5D, [1, 1, 1], 1),
       }),
     ),
+    ...([
+      [3, 1, 'ZeroPadding3D(1) + Conv3D 3x3x3 /2 (ResNet unit 5 entry)'],
+      [1, 0, 'Conv3D 1x1x1 /2 (its shortcut)'],
+    ] as Array<[number, number, string]>).map(
+      ([k, padding, what]): GradCase => ({
+        name: `network conv ${k}x${k}x${k} /2 pad ${padding}, 3x3x2 -> 2x2x1`,
+        op: `resnet.ts convolution: ${what} (native: windows x kernel)`,
+        inputs: [
+          { name: 'x', shape: [2, 3, 3, 2, 3] },
+          { name: 'filter', shape: [k, k, k, 3, 4], scale: 0.3 },
+        ],
+        f: (tf, input, filter) => convolution(tf, input as tfType.Tensor5D, filter as tfType.Tensor5D, [2, 2, 2], padding),
+      }),
+    ),
   ];
 }
 
