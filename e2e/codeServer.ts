@@ -127,9 +127,18 @@ export class Workbench {
   /** Opens the Cellfinder view container from the activity bar. */
   async openCellfinder(): Promise<void> {
     const icon = this.page.locator('.activitybar [aria-label^="Cellfinder"]').first();
+    const datasets = this.page.locator('.pane-header', { hasText: 'Datasets' }).first();
     await icon.waitFor({ timeout: 30_000 });
-    if ((await icon.getAttribute('aria-expanded')) !== 'true') await icon.click();
-    await this.page.locator('.pane-header', { hasText: 'Datasets' }).first().waitFor();
+    // As a user would: click the icon, and if the side bar does not show the
+    // views (once in CI it showed an empty container after a long run), click
+    // again; the icon toggles, so each try looks at its state first.
+    for (let attempt = 1; ; attempt++) {
+      if ((await icon.getAttribute('aria-expanded')) !== 'true') await icon.click();
+      const shown = await datasets.waitFor({ timeout: 10_000 }).then(() => true, () => false);
+      if (shown) return;
+      if (attempt === 3) return datasets.waitFor({ timeout: 1 });
+      if ((await icon.getAttribute('aria-expanded')) === 'true') await icon.click();
+    }
   }
 
   /** The sidebar row whose label is `label`. */
