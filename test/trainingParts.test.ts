@@ -94,7 +94,7 @@ test('checkpoints kept: the lowest validation losses, the later epoch on a tie; 
 test('augmentation: flips are exact, parity mode draws cellfinder\'s fixed pi/4 rotation, identity affine keeps the cube', () => {
   const shape: [number, number, number] = [2, 3, 4];
   const cube = Float32Array.from({ length: 24 }, (_, i) => i);
-  const flipped = applyAugmentation(cube, shape, { flip: [false, false, true] });
+  const [flipped] = applyAugmentation([cube], shape, { flip: [false, false, true] });
   assert.deepEqual(Array.from(flipped.slice(0, 4)), [3, 2, 1, 0]);
   const parity = drawAugmentation({ ...CELLFINDER_AUGMENTATION, likelihood: 1, affine: 'cellfinder-parity' }, seededRandom(3));
   assert.deepEqual(parity.affine?.rotation, [Math.PI / 4, Math.PI / 4, Math.PI / 4]);
@@ -103,10 +103,10 @@ test('augmentation: flips are exact, parity mode draws cellfinder\'s fixed pi/4 
   const random = drawAugmentation({ ...CELLFINDER_AUGMENTATION, likelihood: 1 }, seededRandom(3));
   assert.ok(random.affine?.rotation.every((r) => Math.abs(r) <= Math.PI / 4));
   const iso = Float32Array.from({ length: 27 }, (_, i) => i);
-  const same = applyAugmentation(iso, [3, 3, 3], { flip: [false, false, false], affine: { rotation: [0, 0, 0], shift: [0, 0, 0], zoom: [1, 1, 1] } });
+  const [same] = applyAugmentation([iso], [3, 3, 3], { flip: [false, false, false], affine: { rotation: [0, 0, 0], shift: [0, 0, 0], zoom: [1, 1, 1] } });
   assert.deepEqual(Array.from(same), Array.from(iso));
   // A quarter turn about the first axis maps the cube onto itself exactly.
-  const turned = applyAugmentation(iso, [3, 3, 3], { flip: [false, false, false], affine: { rotation: [Math.PI / 2, 0, 0], shift: [0, 0, 0], zoom: [1, 1, 1] } });
+  const [turned] = applyAugmentation([iso], [3, 3, 3], { flip: [false, false, false], affine: { rotation: [Math.PI / 2, 0, 0], shift: [0, 0, 0], zoom: [1, 1, 1] } });
   assert.deepEqual(Array.from(turned).map(Math.round).sort((a, b) => a - b), Array.from(iso));
   // Same seed, same draws: reproducible runs.
   assert.deepEqual(drawAugmentation(CELLFINDER_AUGMENTATION, seededRandom(9)), drawAugmentation(CELLFINDER_AUGMENTATION, seededRandom(9)));
@@ -120,7 +120,7 @@ test('augmentation of real cubes gives the same bytes as the plain implementatio
     for (const likelihood of [1, 0.5]) {
       for (let i = 0; i < 8; i++) {
         const draw = drawAugmentation({ ...CELLFINDER_AUGMENTATION, likelihood, affine }, random);
-        for (const cube of cubes) hash.update(applyAugmentation(cube, [50, 50, 20], draw));
+        for (const augmented of applyAugmentation(cubes, [50, 50, 20], draw)) hash.update(augmented);
       }
     }
   }

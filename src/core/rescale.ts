@@ -54,6 +54,16 @@ function keepAxisInPlace(values: Float32Array): Float32Array {
   return values;
 }
 
+/**
+ * The input indices along one axis that resizing from `inSize` to `outSize`
+ * reads (every voxel when the size is kept), ascending. Lets a caller that
+ * computes the input on the fly compute only these.
+ */
+export function indicesRead(inSize: number, outSize: number): number[] {
+  const { lower, upper } = axisWeights(inSize, outSize);
+  return [...new Set([...lower, ...upper])].sort((a, b) => a - b);
+}
+
 /** Resizes a (z, y, x) float32 volume to `outShape`. Returns the input itself when the shapes match. */
 export function resizeTrilinear(input: Float32Array, inShape: Shape3, outShape: Shape3): Float32Array {
   const [inZ, inY, inX] = inShape;

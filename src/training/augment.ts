@@ -16,7 +16,7 @@
  * cellfinder's sampler draws it: 1 / (1 + u), u uniform between 1/1.4 - 1 and
  * 1/0.6 - 1, so zoom lies in [0.6, 1.4].
  */
-import { resizeTrilinear } from '../core/rescale';
+import { indicesRead, resizeTrilinear } from '../core/rescale';
 import { uniform, type Random } from './random';
 
 export type AffineMode = 'random-range' | 'cellfinder-parity';
@@ -58,18 +58,28 @@ export function drawAugmentation(options: AugmentationOptions, random: Random): 
 }
 
 /**
- * Applies a draw to one channel of a cube stored (y, x, z), the network's
- * order, and returns the augmented cube (same shape). Channels of one cube
- * get the same draw.
+ * Applies a draw to the channels of one cube, each stored (y, x, z), the
+ * network's order, and returns the augmented channels (same shape). All
+ * channels get the same draw, and the affine's coordinates are computed once
+ * for all of them.
  */
-export function applyAugmentation(cube: Float32Array, shape: readonly [number, number, number], draw: AugmentationDraw): Float32Array {
+export function applyAugmentation(channels: readonly Float32Array[], shape: readonly [number, number, number], draw: AugmentationDraw): Float32Array[] {
   if (draw.affine) {
     const side = Math.max(...shape);
     const iso: [number, number, number] = [side, side, side];
-    const transformed = affineResample(resizeTrilinear(cube, shape, iso), side, draw.affine, draw.flip);
-    return resizeTrilinear(transformed, iso, shape);
+    // Resizing back reads only some planes along the last axis (40 of 50 for
+    // a 50x50x20 cube): the affine computes only those.
+    const planesRead = indicesRead(side, shape[2]);
+    const transformed = affineResample(
+      channels.map((channel) => resizeTrilinear(channel, shape, iso)),
+      side,
+      draw.affine,
+      draw.flip,
+      planesRead,
+    );
+    return transformed.map((channel) => resizeTrilinear(channel, iso, shape));
   }
-  return flip(cube, shape, draw.flip);
+  return channels.map((channel) => flip(channel, shape, draw.flip));
 }
 
 function flip(data: Float32Array, shape: readonly [number, number, number], axes: [boolean, boolean, boolean]): Float32Array {
@@ -117,25 +127,37 @@ function rotationMatrix([rx, ry, rz]: [number, number, number]): number[][] {
  * that follow the transform are applied by writing each voxel to its
  * flipped place, which saves a pass over the cube.
  *
+ * Only the output planes `planes` (indices along the last axis, after the
+ * flip) are computed; the others stay 0 for a caller that never reads them.
+ * Each channel is sampled at the same coordinates, computed once.
+ *
  * Every voxel's value comes from the same operations in the same order as
  * the plain formula, so the result is the same to the bit: the per-row and
  * per-column parts of the sums are computed once, and as coordinates are
  * finite and never -0 (a sum with the centre), comparisons clamp them as
  * Math.min/max would and `| 0` truncates them as Math.floor would.
  */
-function affineResample(data: Float32Array, side: number, affine: NonNullable<AugmentationDraw['affine']>, flips: [boolean, boolean, boolean]): Float32Array {
+function affineResample(
+  channels: readonly Float32Array[],
+  side: number,
+  affine: NonNullable<AugmentationDraw['affine']>,
+  flips: [boolean, boolean, boolean],
+  planes: readonly number[],
+): Float32Array[] {
   const inverse = rotationMatrix(affine.rotation).map((_, i, m) => m.map((row) => row[i])); // transpose = inverse
   const centre = (side - 1) / 2;
   const shift = affine.shift.map((s) => s * side);
-  const out = new Float32Array(data.length);
+  const outputs = channels.map((channel) => new Float32Array(channel.length));
   const last = side - 1;
   const plane = side * side;
   const [[m00, m01, m02], [m10, m11, m12], [m20, m21, m22]] = inverse;
   const [zoomI, zoomJ, zoomK] = affine.zoom;
   const flipped = (flip: boolean, index: number) => (flip ? last - index : index);
-  const pk = Array.from({ length: side }, (_, k) => k - centre - shift[2]);
+  // The source k of each wanted output plane (a flip is its own inverse).
+  const outK = Int32Array.from(planes);
+  const pk = Array.from(outK, (k) => flipped(flips[2], k) - centre - shift[2]);
   const [uk, vk, wk] = [m02, m12, m22].map((m) => Float64Array.from(pk, (p) => m * p));
-  const outK = Int32Array.from(pk, (_, k) => flipped(flips[2], k));
+  const count = outK.length;
   for (let i = 0; i < side; i++) {
     const pi = i - centre - shift[0];
     const [ui, vi, wi] = [m00 * pi, m10 * pi, m20 * pi];
@@ -145,10 +167,10 @@ function affineResample(data: Float32Array, side: number, affine: NonNullable<Au
       const vij = vi + m11 * pj;
       const wij = wi + m21 * pj;
       const outRow = flipped(flips[0], i) * plane + flipped(flips[1], j) * side;
-      for (let k = 0; k < side; k++) {
-        let u = (uij + uk[k]) / zoomI + centre;
-        let v = (vij + vk[k]) / zoomJ + centre;
-        let w = (wij + wk[k]) / zoomK + centre;
+      for (let n = 0; n < count; n++) {
+        let u = (uij + uk[n]) / zoomI + centre;
+        let v = (vij + vk[n]) / zoomJ + centre;
+        let w = (wij + wk[n]) / zoomK + centre;
         u = u < 0 ? 0 : u > last ? last : u;
         v = v < 0 ? 0 : v > last ? last : v;
         w = w < 0 ? 0 : w > last ? last : w;
@@ -162,15 +184,21 @@ function affineResample(data: Float32Array, side: number, affine: NonNullable<Au
         const fu = u - i0;
         const fv = v - j0;
         const fw = w - k0;
-        const [gu, gv, gw] = [1 - fu, 1 - fv, 1 - fw];
+        const gu = 1 - fu;
+        const gv = 1 - fv;
+        const gw = 1 - fw;
         const at = i0 * plane + j0 * side + k0;
-        const c00 = data[at] * gw + data[at + dk] * fw;
-        const c01 = data[at + dj] * gw + data[at + dj + dk] * fw;
-        const c10 = data[at + di] * gw + data[at + di + dk] * fw;
-        const c11 = data[at + di + dj] * gw + data[at + di + dj + dk] * fw;
-        out[outRow + outK[k]] = (c00 * gv + c01 * fv) * gu + (c10 * gv + c11 * fv) * fu;
+        const to = outRow + outK[n];
+        for (let c = 0; c < channels.length; c++) {
+          const data = channels[c];
+          const c00 = data[at] * gw + data[at + dk] * fw;
+          const c01 = data[at + dj] * gw + data[at + dj + dk] * fw;
+          const c10 = data[at + di] * gw + data[at + di + dk] * fw;
+          const c11 = data[at + di + dj] * gw + data[at + di + dj + dk] * fw;
+          outputs[c][to] = (c00 * gv + c01 * fv) * gu + (c10 * gv + c11 * fv) * fu;
+        }
       }
     }
   }
-  return out;
+  return outputs;
 }

@@ -180,15 +180,16 @@ export async function assembleBatch(plan: BatchPlan): Promise<Batch> {
     }
     const draw = plan.draws?.[index];
     labels[index * 2 + sample.label] = 1;
-    for (let channel = 0; channel < channels; channel++) {
-      let data = toNetworkOrder(cubes[index][channel].data);
+    const normalised = cubes[index].map((cube, channel) => {
+      const data = toNetworkOrder(cube.data);
       if (plan.normalise && sample.normalisation) {
         const [mean, std] = sample.normalisation[channel];
         for (let i = 0; i < data.length; i++) data[i] = (data[i] - mean) / std;
       }
-      if (draw) data = applyAugmentation(data, NETWORK_CUBE, draw);
-      packChannel(inputs, index, channel, channels, data);
-    }
+      return data;
+    });
+    const augmented = draw ? applyAugmentation(normalised, NETWORK_CUBE, draw) : normalised;
+    augmented.forEach((data, channel) => packChannel(inputs, index, channel, channels, data));
   });
   return { inputs, size: samples.length, channels, labels };
 }
