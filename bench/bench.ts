@@ -26,6 +26,8 @@ const SIDE = 2048;
 const POINTS = 3000;
 /** Batches per pipeline run: enough that the median interval is not one noisy batch. */
 const PIPELINE_BATCHES = 10;
+/** Timed steps (median printed) per native or Keras case, the same on both sides. */
+const NATIVE_STEPS = 8;
 
 interface CaseResult {
   name: string;
@@ -139,8 +141,8 @@ async function main(): Promise<void> {
  */
 function benchModels(): void {
   const cases: Array<{ native: boolean; depth: number; trainBatch: number; inferBatch: number; steps: number }> = [
-    { native: true, depth: 18, trainBatch: 16, inferBatch: 64, steps: 3 },
-    { native: true, depth: 50, trainBatch: 16, inferBatch: 64, steps: 2 },
+    { native: true, depth: 18, trainBatch: 16, inferBatch: 64, steps: NATIVE_STEPS },
+    { native: true, depth: 50, trainBatch: 16, inferBatch: 64, steps: NATIVE_STEPS },
     { native: false, depth: 18, trainBatch: 2, inferBatch: 4, steps: 1 },
     { native: false, depth: 50, trainBatch: 1, inferBatch: 2, steps: 1 },
   ];
@@ -159,7 +161,7 @@ function benchModels(): void {
   for (const kerasBackend of python ? (process.env.CELLFINDER_BENCH_KERAS_BACKENDS ?? 'torch').split(',') : []) {
     for (const depth of [18, 50]) {
       const script = path.resolve(__dirname, '..', '..', 'test', 'python', 'bench_keras.py');
-      const run = spawnSync(python as string, [script, String(depth), '16', '64', '2'], { encoding: 'utf8', env: { ...process.env, KERAS_BACKEND: kerasBackend } });
+      const run = spawnSync(python as string, [script, String(depth), '16', '64', String(NATIVE_STEPS)], { encoding: 'utf8', env: { ...process.env, KERAS_BACKEND: kerasBackend } });
       if (run.status !== 0) {
         console.log(`(Keras ${kerasBackend} bench failed: ${run.stderr.trim().split('\n').pop()})`);
         continue;

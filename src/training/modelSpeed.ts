@@ -2,7 +2,8 @@
  * Training and inference speed of cellfinder's ResNet on one engine, for
  * `npm run bench` and `cellfinder-retrain engine bench`: random cubes (speed
  * does not depend on the values), warm-up step first (on a GPU it also
- * picks the convolution algorithms), then timed steps. One engine per
+ * picks the convolution algorithms), then timed steps, of which the median
+ * counts. One engine per
  * process, so each case runs in its own.
  */
 import { categoricalCrossEntropy, KerasAdam } from './adam';
@@ -36,23 +37,33 @@ export async function benchModel(depth: NetworkDepth, trainBatch: number, inferB
     value.dataSync();
     tf.dispose([value, ...Object.values(grads)]);
   };
-  step();
-  let start = performance.now();
-  for (let i = 0; i < steps; i++) step();
-  const trainSeconds = (performance.now() - start) / 1000;
   const xi = tf.randomNormal([inferBatch, 50, 50, 20, 2]) as import('@tensorflow/tfjs').Tensor5D;
   const infer = () => tf.tidy(() => forward(tf, spec, weights, xi, false).probabilities.dataSync());
-  infer();
-  start = performance.now();
-  for (let i = 0; i < steps; i++) infer();
-  const inferSeconds = (performance.now() - start) / 1000;
+  const trainSeconds = medianSeconds(step, steps);
+  const inferSeconds = medianSeconds(infer, steps);
   return {
     backend,
     depth,
     trainBatch,
-    trainCubesPerSecond: (steps * trainBatch) / trainSeconds,
+    trainCubesPerSecond: trainBatch / trainSeconds,
     inferBatch,
-    inferCubesPerSecond: (steps * inferBatch) / inferSeconds,
+    inferCubesPerSecond: inferBatch / inferSeconds,
     forwardGflopPerCube: forwardFlopsPerCube(spec) / 1e9,
   };
+}
+
+/**
+ * The median time of `steps` calls after one untimed warm-up call: on a
+ * shared machine one slow call moves a mean a lot, a median little.
+ */
+function medianSeconds(run: () => void, steps: number): number {
+  run();
+  const seconds: number[] = [];
+  for (let i = 0; i < steps; i++) {
+    const start = performance.now();
+    run();
+    seconds.push((performance.now() - start) / 1000);
+  }
+  seconds.sort((a, b) => a - b);
+  return seconds[Math.floor(seconds.length / 2)];
 }
