@@ -83,7 +83,7 @@ test('extraction reads each plane it needs exactly once (z order)', async () => 
   assert.equal(reads, 2 * (zEnd - zStart));
 });
 
-test('trilinear resize matches torch align_corners=False on a hand-checked case', () => {
+test('trilinear resize matches torch align_corners=False on hand-checked cases, infinities included', () => {
   // 1-D along x: in [0, 10] -> 4 samples at (i + 0.5) * 0.5 - 0.5 = -0.25 (clamped 0), 0.25, 0.75, 1.25 (upper clamped).
   const out = resizeTrilinear(new Float32Array([0, 10]), [1, 1, 2], [1, 1, 4]);
   assert.deepEqual(Array.from(out), [0, 2.5, 7.5, 10]);
@@ -92,6 +92,13 @@ test('trilinear resize matches torch align_corners=False on a hand-checked case'
   assert.deepEqual(Array.from(down), [0.5, 2.5]);
   const same = new Float32Array([1, 2, 3]);
   assert.equal(resizeTrilinear(same, [1, 1, 3], [1, 1, 3]), same);
+  // An infinity, as torch treats it: a blend that reads it is infinite (NaN
+  // where its weight is 0: inf * 0), and a pass along a kept axis (here y and
+  // z, of size 1) blends each voxel with itself at weight 0, so NaN.
+  const withInfinity = resizeTrilinear(new Float32Array([0, Infinity, 2, 3]), [1, 1, 4], [1, 1, 8]);
+  assert.deepEqual(Array.from(withInfinity), [NaN, NaN, NaN, NaN, NaN, 2.25, 2.75, 3]);
+  // No axis kept: the infinity stays one.
+  assert.deepEqual(Array.from(resizeTrilinear(new Float32Array([Infinity, 0, 0, 0, 0, 0, 0, 0]), [2, 2, 2], [1, 1, 1])), [Infinity]);
 });
 
 /** Reference cubes made by the real cellfinder (see test/fixtures/cellfinder-rescaled/PROVENANCE.md). */

@@ -44,12 +44,15 @@ function axisWeights(inSize: number, outSize: number): AxisWeights {
 }
 
 /**
- * A pass along an axis whose size does not change. Its weights are 1 and 0
- * on the voxel itself, so the blend is `v * 1 + f(v * 0)`: `v` for every
- * finite value, NaN for an infinite one, as torch gives. Computed in place
- * without the lookups; the same bits as the blend.
+ * What a pass along an axis whose size does not change does. Its weights are
+ * 1 and 0 on the voxel itself, so the blend is `v * 1 + f(v * 0)`: `v` for
+ * every finite value, NaN for an infinite one, as torch gives. That is the
+ * same whether it happens before or after the other axes' passes (a blend
+ * that reads an infinity is never finite) and twice is once, so
+ * `resizeTrilinear` does it once, in place, at the end, when any axis keeps
+ * its size: the same bits as a blend per kept axis, in one pass.
  */
-function keepAxisInPlace(values: Float32Array): Float32Array {
+function infinityToNaNInPlace(values: Float32Array): Float32Array {
   for (let i = 0; i < values.length; i++) values[i] += Math.fround(values[i] * 0);
   return values;
 }
@@ -75,9 +78,8 @@ export function resizeTrilinear(input: Float32Array, inShape: Shape3, outShape: 
 
   const f = Math.fround;
   // Pass 1: x, for every input row. Float32Array stores round each blend to float32.
-  let alongX: Float32Array;
-  if (inX === outX) alongX = keepAxisInPlace(input.slice());
-  else {
+  let alongX = input;
+  if (inX !== outX) {
     alongX = new Float32Array(inZ * inY * outX);
     for (let row = 0; row < inZ * inY; row++) {
       const from = row * inX;
@@ -88,9 +90,8 @@ export function resizeTrilinear(input: Float32Array, inShape: Shape3, outShape: 
     }
   }
   // Pass 2: y, for every input plane.
-  let alongY: Float32Array;
-  if (inY === outY) alongY = keepAxisInPlace(alongX);
-  else {
+  let alongY = alongX;
+  if (inY !== outY) {
     alongY = new Float32Array(inZ * outY * outX);
     for (let z = 0; z < inZ; z++) {
       for (let j = 0; j < outY; j++) {
@@ -104,16 +105,20 @@ export function resizeTrilinear(input: Float32Array, inShape: Shape3, outShape: 
     }
   }
   // Pass 3: z.
-  if (inZ === outZ) return keepAxisInPlace(alongY);
-  const planeSize = outY * outX;
-  const output = new Float32Array(outZ * planeSize);
-  for (let k = 0; k < outZ; k++) {
-    const w0 = wz.lowerWeight[k];
-    const w1 = wz.upperWeight[k];
-    const low = wz.lower[k] * planeSize;
-    const high = wz.upper[k] * planeSize;
-    const to = k * planeSize;
-    for (let i = 0; i < planeSize; i++) output[to + i] = alongY[low + i] * w0 + f(alongY[high + i] * w1);
+  let output = alongY;
+  if (inZ !== outZ) {
+    const planeSize = outY * outX;
+    output = new Float32Array(outZ * planeSize);
+    for (let k = 0; k < outZ; k++) {
+      const w0 = wz.lowerWeight[k];
+      const w1 = wz.upperWeight[k];
+      const low = wz.lower[k] * planeSize;
+      const high = wz.upper[k] * planeSize;
+      const to = k * planeSize;
+      for (let i = 0; i < planeSize; i++) output[to + i] = alongY[low + i] * w0 + f(alongY[high + i] * w1);
+    }
   }
-  return output;
+  // At least one axis changed size above, so `output` is a new array, never the input.
+  const anAxisKept = inX === outX || inY === outY || inZ === outZ;
+  return anAxisKept ? infinityToNaNInPlace(output) : output;
 }
