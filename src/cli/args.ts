@@ -3,6 +3,8 @@
  * `--flag=value`, boolean switches, and flags taking several values
  * (`--voxel-sizes 5 2 2`, `-y a.yaml b.yaml`), as cellfinder's argparse has.
  */
+import { VOXEL_SIZE_FIX, voxelSizeProblem } from '../core/extraction';
+
 export interface FlagSpec {
   /** Long name without dashes. */
   name: string;
@@ -70,5 +72,7 @@ export function parseVoxelSizes(values: string[] | undefined): [number, number, 
   if (sizes.length !== 3 || sizes.some((s) => !Number.isFinite(s) || s <= 0)) {
     throw new UsageError('--voxel-sizes needs three positive numbers: Z Y X in µm');
   }
+  const problem = voxelSizeProblem(sizes as [number, number, number]);
+  if (problem) throw new UsageError(`--voxel-sizes: ${problem}. ${VOXEL_SIZE_FIX}`);
   return sizes as [number, number, number];
 }

@@ -187,7 +187,7 @@ async function extractCommand(argv: readonly string[], io: Io): Promise<number> 
   const cuboid = cuboidShape(voxelSizes);
   io.out(`Cubes written to ${path.dirname(report.yamlFile)} (training.yaml: ${report.yamlFile})`);
   io.out(`  cuboid in data voxels (z, y, x): ${cuboid.join(' x ')} -> network cube ${CUBE_SHAPE.depth} x ${CUBE_SHAPE.height} x ${CUBE_SHAPE.width}${voxelSizes ? ` (rescaled from ${voxelSizes.join(', ')} µm)` : ' (no rescaling)'}`);
-  io.out(`  added ${report.added}, already present ${report.alreadyPresent}, skipped ${report.skipped.length}${report.unlabelledTypes ? `, ${report.unlabelledTypes} point(s) of other Cell Counter types left out` : ''}`);
+  io.out(`  added ${report.added}, already present ${report.alreadyPresent}${report.repaired ? `, completed ${report.repaired} (a channel file was missing)` : ''}, skipped ${report.skipped.length}${report.unlabelledTypes ? `, ${report.unlabelledTypes} point(s) of other Cell Counter types left out` : ''}`);
   for (const skipped of report.skipped) {
     io.out(`  skipped point x=${skipped.point.x} y=${skipped.point.y} z=${skipped.point.z}: ${skipped.reason}`);
   }

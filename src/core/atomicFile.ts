@@ -22,8 +22,43 @@ export class FileExistsError extends DataFileError {
   }
 }
 
+/** `.name.<pid>.<8 hex>.tmp`: the writer's pid, so a later process can tell a dead writer's leftovers. */
 function tempNameFor(file: string): string {
   return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+}
+
+const TEMP_NAME = /^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$/;
+
+/** Whether a process with this pid runs on this machine (EPERM: it does, as another user). */
+export function processIsAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes the temporary files that writers killed mid-write (kill -9, power
+ * cut) left in `folder`: only ours (by name), only of processes no longer
+ * running. Returns the files removed.
+ */
+export async function removeStaleTempFiles(folder: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await fs.readdir(folder);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const match = TEMP_NAME.exec(name);
+    if (!match || Number(match[1]) === process.pid || processIsAlive(Number(match[1]))) continue;
+    await fs.rm(path.join(folder, name), { force: true });
+    removed.push(path.join(folder, name));
+  }
+  return removed;
 }
 
 /**
@@ -56,6 +91,39 @@ export async function writeFileAtomic(file: string, data: Uint8Array | string | 
     if (error instanceof DataFileError) throw error;
     throw writeErrorFor(file, error);
   }
+}
+
+/** What `writeFileOnce` found. */
+export type WriteOnceResult = 'written' | 'identical';
+
+/** Thrown when a file exists already with other bytes than the ones to write. */
+export class FileDiffersError extends DataFileError {
+  constructor(file: string) {
+    super(file, 'already exists with different content', 'Nothing was overwritten; remove it first if the new one should replace it');
+    this.name = 'FileDiffersError';
+  }
+}
+
+/**
+ * Writes `data` atomically unless `file` already holds exactly these bytes:
+ * a re-run after a crash, or a second process writing the same file at the
+ * same time, is then not an error. A file with other bytes is never replaced.
+ */
+export async function writeFileOnce(file: string, data: Uint8Array): Promise<WriteOnceResult> {
+  try {
+    await writeFileAtomic(file, data);
+    return 'written';
+  } catch (error) {
+    if (!(error instanceof FileExistsError)) throw error;
+    if (await holdsBytes(file, data)) return 'identical';
+    throw new FileDiffersError(file);
+  }
+}
+
+/** Whether `file` exists and holds exactly `data`. */
+export async function holdsBytes(file: string, data: Uint8Array): Promise<boolean> {
+  const onDisk = await fs.readFile(file).catch(() => undefined);
+  return onDisk !== undefined && Buffer.from(data.buffer, data.byteOffset, data.byteLength).equals(onDisk);
 }
 
 async function moveWithoutOverwrite(temp: string, file: string): Promise<void> {

@@ -84,7 +84,22 @@ export async function readCube(file: string): Promise<Cube> {
     }
     data.set(pixels, z * planeVoxels);
   }
+  const nonFinite = countNonFinite(data);
+  if (nonFinite > 0) {
+    throw new DataFileError(
+      file,
+      `holds ${nonFinite} NaN or infinite value(s); training on it would make the loss NaN`,
+      'Remove this cube (move it out of the folder) or re-extract it from a volume with valid data there, with voxel sizes in µm',
+    );
+  }
   return { data, storedAs: first.pixelType };
+}
+
+/** NaN and ±Infinity values in a cube: a cube with any cannot be trained on. */
+export function countNonFinite(data: Float32Array): number {
+  let count = 0;
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) count++;
+  return count;
 }
 
 /** Encodes a cube as cellfinder writes it today: float32, 20 pages of 50 x 50. */

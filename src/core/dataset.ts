@@ -11,8 +11,8 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { appendLineDurably, exists, FileExistsError, moveFileNoClobber, parseJsonLines, writeFileAtomic } from './atomicFile';
-import { cubeFileName, encodeCube, pointFromCubeFileName, readCube, siblingChannelFile, type Point3 } from './cube';
+import { appendLineDurably, exists, FileDiffersError, FileExistsError, holdsBytes, moveFileNoClobber, parseJsonLines, removeStaleTempFiles, writeFileOnce } from './atomicFile';
+import { countNonFinite, cubeFileName, encodeCube, pointFromCubeFileName, readCube, siblingChannelFile, type Point3 } from './cube';
 import { readCellCounterXml } from './cellCounterXml';
 import { DataFileError } from './errors';
 import { NO_BACKGROUND_CHANNEL, readTrainingYaml, writeTrainingYaml, type CubeLabel, type ResolvedTrainingDataEntry, type TrainingDataEntry } from './trainingYaml';
@@ -58,7 +58,8 @@ export interface AddCubeRequest {
   prediction?: Prediction;
 }
 
-export type AddCubeResult = 'added' | 'already-present';
+/** `repaired`: the cube was there but a channel file was missing, and is now written. */
+export type AddCubeResult = 'added' | 'already-present' | 'repaired';
 
 function folderFor(label: CubeLabel): string {
   return label === 'cell' ? CELLS_FOLDER : NON_CELLS_FOLDER;
@@ -69,8 +70,55 @@ export function positionKey(position: Point3): string {
   return `${position.z},${position.y},${position.x}`;
 }
 
+/**
+ * Saves the channel files of one cube (`files` and `bytes` signal first) so
+ * that no interruption (kill -9, a full disk) leaves a cube that cellfinder
+ * would read without all its channels. cellfinder, and this tool, find a cube
+ * by its signal file, so the other channels are placed first and the signal
+ * last: an interrupted save leaves at most an other-channel file without its
+ * signal, which no reader lists and the next save of that position moves to
+ * `trashFolder`. Saving a cube that is there with the same bytes changes
+ * nothing but a missing other channel (an older tool's interrupted save);
+ * a cube with other bytes is never replaced.
+ */
+export async function saveCubeFiles(files: readonly string[], bytes: readonly Uint8Array[], trashFolder: string): Promise<AddCubeResult> {
+  const [signalFile, ...otherFiles] = files;
+  const signalPresent = await exists(signalFile);
+  if (signalPresent && !(await holdsBytes(signalFile, bytes[0]))) throw new FileDiffersError(signalFile);
+  const written: string[] = [];
+  try {
+    for (const [i, file] of otherFiles.entries()) {
+      let outcome;
+      try {
+        outcome = await writeFileOnce(file, bytes[i + 1]);
+      } catch (error) {
+        if (!(error instanceof FileDiffersError) || signalPresent) throw error;
+        await moveToTrash(file, trashFolder);
+        outcome = await writeFileOnce(file, bytes[i + 1]);
+      }
+      if (outcome === 'written') written.push(file);
+    }
+    if (signalPresent) return written.length > 0 ? 'repaired' : 'already-present';
+    return (await writeFileOnce(signalFile, bytes[0])) === 'written' ? 'added' : 'already-present';
+  } catch (error) {
+    // Only the files this call created are removed: a cube is all channels or nothing.
+    if (!(await exists(signalFile))) await Promise.all(written.map((file) => fs.rm(file, { force: true })));
+    throw error;
+  }
+}
+
+/** Moves a channel file left by an interrupted save out of the way, into the trash (never deleted). */
+async function moveToTrash(file: string, trashFolder: string): Promise<void> {
+  const folder = path.join(trashFolder, `interrupted-${new Date().toISOString().replace(/[:.]/g, '-')}-${randomUUID().slice(0, 8)}`);
+  await fs.mkdir(folder, { recursive: true });
+  await moveFileNoClobber(file, path.join(folder, path.basename(file)));
+}
+
 /** The dataset we write into: our own `cells/` + `non_cells/` layout. */
 export class TrainingDataset {
+  /** Positions the provenance log records, read once when first needed, then kept up to date. */
+  private loggedPositions?: Set<string>;
+
   private constructor(
     readonly root: string,
     /** Channel numbers of the cube files: [signal] or [signal, background]. */
@@ -127,6 +175,8 @@ export class TrainingDataset {
       throw new DataFileError(yamlFile, 'its cell and no_cell entries use different channels', 'Make signal_channel and bg_channel the same in both entries');
     }
     const channels = cells.bgChannel === NO_BACKGROUND_CHANNEL ? [cells.signalChannel] : [cells.signalChannel, cells.bgChannel];
+    // What writers killed mid-write left (their temporary files) goes; complete files stay.
+    for (const folder of [root, cells.cubeDirPath, nonCells.cubeDirPath]) await removeStaleTempFiles(folder);
     return new TrainingDataset(root, channels);
   }
 
@@ -144,12 +194,19 @@ export class TrainingDataset {
 
   /**
    * Saves a labelled cube (all channels) and logs the decision. Saving the
-   * same cube again is a no-op; a different cube at a labelled position is an
-   * error (relabel or remove it first), and nothing is overwritten.
+   * same cube again is a no-op, and completes what an interrupted save left
+   * (a missing channel file, a missing log line); a different cube at a
+   * labelled position is an error (relabel or remove it first), and nothing
+   * is overwritten. Cubes with NaN or infinite values are refused.
    */
   async addCube(request: AddCubeRequest): Promise<AddCubeResult> {
     if (request.channels.length !== this.channels.length) {
       throw new DataFileError(this.yamlFile, `expects ${this.channels.length} channel(s) per cube, got ${request.channels.length}`, 'Extract with the same channels as the dataset (signal and background)');
+    }
+    const files = this.cubeFiles(request.label, request.position);
+    const nonFinite = request.channels.reduce((sum, data) => sum + countNonFinite(data), 0);
+    if (nonFinite > 0) {
+      throw new DataFileError(files[0], `was not saved: the cube holds ${nonFinite} NaN or infinite value(s)`, 'Check the volume has valid data at this position and the voxel sizes are in µm');
     }
     const existing = await this.labelOf(request.position);
     if (existing && existing !== request.label) {
@@ -159,30 +216,17 @@ export class TrainingDataset {
         `Relabel it instead of adding it again as ${request.label}`,
       );
     }
-    const files = this.cubeFiles(request.label, request.position);
-    const encoded = request.channels.map((data) => encodeCube(data));
-    if (existing) {
-      for (const [i, file] of files.entries()) {
-        const onDisk = await fs.readFile(file).catch(() => undefined);
-        if (!onDisk || !Buffer.from(encoded[i]).equals(onDisk)) {
-          throw new DataFileError(file, 'already exists with different content', 'Nothing was overwritten; remove the cube first if the new one should replace it');
-        }
-      }
-      return 'already-present';
+    const outcome = await saveCubeFiles(files, request.channels.map((data) => encodeCube(data)), path.join(this.root, TRASH_FOLDER));
+    // A save killed between its files and its log line left a cube with no record: add the record now.
+    if (outcome === 'added' || !(await this.isLogged(request.position))) {
+      await this.log({ action: 'add', position: request.position, label: request.label, source: request.source, prediction: request.prediction });
     }
-    const written: string[] = [];
-    try {
-      for (const [i, file] of files.entries()) {
-        await writeFileAtomic(file, encoded[i]);
-        written.push(file);
-      }
-    } catch (error) {
-      // Only the files this call created are removed: a cube is all channels or nothing.
-      await Promise.all(written.map((file) => fs.rm(file, { force: true })));
-      throw error;
-    }
-    await this.log({ action: 'add', position: request.position, label: request.label, source: request.source, prediction: request.prediction });
-    return 'added';
+    return outcome;
+  }
+
+  private async isLogged(position: Point3): Promise<boolean> {
+    this.loggedPositions ??= new Set((await this.history()).map((record) => positionKey(record.position)));
+    return this.loggedPositions.has(positionKey(position));
   }
 
   /** The channels of the cube at `position`, from whichever label folder holds it. */
@@ -285,6 +329,7 @@ export class TrainingDataset {
   private async log(record: Omit<ProvenanceRecord, 'id' | 'time'>): Promise<void> {
     const full: ProvenanceRecord = { id: randomUUID(), time: new Date().toISOString(), ...record };
     await appendLineDurably(this.logFile, JSON.stringify(full));
+    this.loggedPositions?.add(positionKey(record.position));
   }
 }
 

@@ -5,6 +5,7 @@
 import * as path from 'node:path';
 import { readCellCounterXml, CellType, type CellCounterPoint } from './cellCounterXml';
 import { summarizeTrainingYaml, TrainingDataset } from './dataset';
+import { countNonFinite } from './cube';
 import { DataFileError } from './errors';
 import { extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from './extraction';
 import type { CubeLabel } from './trainingYaml';
@@ -33,6 +34,8 @@ export interface ExtractToDatasetReport {
   yamlFile: string;
   added: number;
   alreadyPresent: number;
+  /** Cubes that were there with a channel file missing (an interrupted earlier save), now complete. */
+  repaired: number;
   skipped: SkippedPoint<CellCounterPoint>[];
   /** Points of types other than 1, 2, -1, left out because their label is unknown. */
   unlabelledTypes: number;
@@ -64,21 +67,32 @@ export async function extractToDataset(options: ExtractToDatasetOptions): Promis
     const dataset = await TrainingDataset.create(options.outputDir, { backgroundChannel: volumes.length > 1, absolutePaths: options.absolutePaths });
     let added = 0;
     let alreadyPresent = 0;
+    let repaired = 0;
     const total = plan.extractable.length;
     options.onProgress?.(0, total);
+    const skipped = [...plan.skipped];
     for await (const cube of extractCubes(plan, volumes, options.abortSignal)) {
+      const nonFinite = cube.channels.reduce((sum, channel) => sum + countNonFinite(channel), 0);
+      if (nonFinite > 0) {
+        // A float volume with NaN (no data) there: such a cube would make training's loss NaN.
+        skipped.push({ point: cube.point, index: cube.index, reason: `its cube holds ${nonFinite} NaN or infinite voxel(s) (the volume has no valid data there)` });
+        options.onProgress?.(added + alreadyPresent + repaired + skipped.length - plan.skipped.length, total);
+        continue;
+      }
       const label = options.label ?? (labelForType(cube.point.type) as CubeLabel);
       const result = await dataset.addCube({ position: cube.point, label, channels: cube.channels, source: path.resolve(options.signal) });
       if (result === 'added') added++;
+      else if (result === 'repaired') repaired++;
       else alreadyPresent++;
-      options.onProgress?.(added + alreadyPresent, total);
+      options.onProgress?.(added + alreadyPresent + repaired + skipped.length - plan.skipped.length, total);
     }
     const summary = await summarizeTrainingYaml(dataset.yamlFile, dataset.root);
     return {
       yamlFile: dataset.yamlFile,
       added,
       alreadyPresent,
-      skipped: plan.skipped,
+      repaired,
+      skipped,
       unlabelledTypes: points.length - labelled.length,
       warnings,
       cells: summary.cells,

@@ -5,6 +5,7 @@
  * that points too near the edge are reported instead of silently dropped.
  */
 import { CUBE_SHAPE, NETWORK_VOXEL_SIZES, type Point3 } from './cube';
+import { DataFileError } from './errors';
 import { resizeTrilinear, type Shape3 } from './rescale';
 import type { PixelArray } from './tiff';
 import type { Volume } from './volume';
@@ -39,6 +40,29 @@ export function cuboidRange(position: number, voxels: number, axis: 'x' | 'y' | 
   const start = axis === 'z' ? Math.trunc(position - Math.floor(voxels / 2)) : roundHalfEven(position - voxels / 2);
   return [start, start + voxels];
 }
+
+/**
+ * The fewest and most data voxels a cuboid may span along an axis. Fewer than
+ * two gives a cube of one repeated value (zero: a cube of NaN); more than a
+ * thousand means data voxels of under 0.05 µm in y, x. Both come from voxel
+ * sizes in the wrong unit (nm for µm, mm for µm) far more often than from a
+ * microscope.
+ */
+const CUBOID_VOXELS_RANGE = [2, 1000] as const;
+
+/** Why voxel sizes cannot be right for cube extraction, or undefined if they can. */
+export function voxelSizeProblem(dataVoxelSizes: VoxelSizes): string | undefined {
+  if (dataVoxelSizes.some((size) => !Number.isFinite(size) || size <= 0)) return `voxel sizes ${dataVoxelSizes.join(', ')} µm (z, y, x) are not all positive numbers`;
+  const cuboid = cuboidShape(dataVoxelSizes);
+  if (cuboid.every((voxels) => voxels >= CUBOID_VOXELS_RANGE[0] && voxels <= CUBOID_VOXELS_RANGE[1])) return undefined;
+  const unit = Math.max(...dataVoxelSizes) >= 100 ? ' (they look like nanometres: 5000 nm is 5 µm)' : Math.min(...dataVoxelSizes) < 0.05 ? ' (they look like millimetres: 0.005 mm is 5 µm)' : '';
+  return (
+    `voxel sizes ${dataVoxelSizes.join(', ')} µm (z, y, x) make the network's ${CUBE_SHAPE.depth}x${CUBE_SHAPE.height}x${CUBE_SHAPE.width} cube ` +
+    `(at ${NETWORK_VOXEL_SIZES.join(', ')} µm) span ${cuboid.join('x')} data voxels, outside ${CUBOID_VOXELS_RANGE[0]}-${CUBOID_VOXELS_RANGE[1]} per axis${unit}`
+  );
+}
+
+export const VOXEL_SIZE_FIX = 'Give the voxel sizes in µm, z then y then x, as cellfinder takes them (typically 2-10 µm in z and 0.5-5 µm in y and x)';
 
 export interface CuboidBounds {
   z: [number, number];
@@ -103,11 +127,15 @@ export function planExtraction<P extends Point3>(input: ExtractionInput<P>): Ext
   if (!first) throw new Error('extraction needs at least the signal channel');
   for (const other of others) {
     if (other.shape.some((size, axis) => size !== first.shape[axis])) {
-      throw new Error(
-        `${other.source} is ${other.shape.join('x')} (z, y, x) but ${first.source} is ${first.shape.join('x')}: signal and background must have the same shape`,
+      throw new DataFileError(
+        other.source,
+        `is ${other.shape.join('x')} (z, y, x) but the signal ${first.source} is ${first.shape.join('x')}`,
+        'Signal and background must have the same shape: check both are the same brain, with every plane present and no stray .tif files among the planes',
       );
     }
   }
+  const sizesProblem = input.dataVoxelSizes && voxelSizeProblem(input.dataVoxelSizes);
+  if (sizesProblem) throw new DataFileError(first.source, sizesProblem, VOXEL_SIZE_FIX);
   const cuboid = cuboidShape(input.dataVoxelSizes);
   const extractable: ExtractionPlan<P>['extractable'] = [];
   const skipped: SkippedPoint<P>[] = [];

@@ -6,12 +6,17 @@
  * normalisation statistics stay with its cubes and no two cubes can collide
  * by name; the training.yaml lists them all. Cube files are copied byte for
  * byte; the sources are never changed.
+ *
+ * A merge that stops part-way (a full disk, a kill) is finished by running it
+ * again into the same folder: `merge-in-progress.json` there names the
+ * sources, cubes already copied are kept (compared byte for byte), the log
+ * gets no line twice, and training.yaml is written last.
  */
-import { constants, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { appendLineDurably, exists } from './atomicFile';
+import { appendLineDurably, exists, parseJsonLines, removeStaleTempFiles, writeFileAtomic } from './atomicFile';
 import { cubeFileName, type Point3 } from './cube';
-import { positionKey, PROVENANCE_LOG, TRAINING_YAML, summarizeTrainingYaml, type ProvenanceRecord } from './dataset';
+import { positionKey, PROVENANCE_LOG, saveCubeFiles, TRAINING_YAML, TRASH_FOLDER, summarizeTrainingYaml, type ProvenanceRecord } from './dataset';
 import { DataFileError, writeErrorFor } from './errors';
 import { NO_BACKGROUND_CHANNEL, writeTrainingYaml, type CubeLabel, type TrainingDataEntry } from './trainingYaml';
 
@@ -62,6 +67,39 @@ export interface MergeOptions {
   absolutePaths?: boolean;
 }
 
+export const MERGE_MARKER = 'merge-in-progress.json';
+
+/**
+ * Starts a merge into `output`, or resumes the unfinished merge of the same
+ * sources there. Returns the ids of the log lines already written.
+ */
+async function startOrResume(output: string, yamlFiles: string[]): Promise<Set<string>> {
+  const marker = path.join(output, MERGE_MARKER);
+  const sources = yamlFiles.map((file) => path.resolve(file));
+  let unfinished: { sources: string[] } | undefined;
+  try {
+    unfinished = JSON.parse(await fs.readFile(marker, 'utf8')) as { sources: string[] };
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw new DataFileError(marker, 'cannot be read', `Delete ${output} and merge again`);
+  }
+  if (unfinished && JSON.stringify(unfinished.sources) !== JSON.stringify(sources)) {
+    throw new DataFileError(output, `holds an unfinished merge of other datasets (${unfinished.sources.join(', ')})`, 'Run that merge again to finish it, or merge into another folder; nothing was changed');
+  }
+  if (!unfinished) {
+    await fs.mkdir(output, { recursive: true }).catch((error) => Promise.reject(writeErrorFor(output, error)));
+    await writeFileAtomic(marker, `${JSON.stringify({ sources }, null, 2)}\n`);
+    return new Set();
+  }
+  for (const folder of await subfolders(output)) await removeStaleTempFiles(folder);
+  const log = await fs.readFile(path.join(output, PROVENANCE_LOG), 'utf8').catch(() => '');
+  return new Set(parseJsonLines<ProvenanceRecord>(log).map((record) => record.id));
+}
+
+async function subfolders(root: string): Promise<string[]> {
+  const entries = await fs.readdir(root, { withFileTypes: true, recursive: true });
+  return entries.filter((entry) => entry.isDirectory()).map((entry) => path.join(entry.parentPath, entry.name));
+}
+
 export async function mergeTrainingYamls(yamlFiles: string[], outputDir: string, options: MergeOptions = {}): Promise<MergeReport> {
   const output = path.resolve(outputDir);
   const outputYaml = path.join(output, TRAINING_YAML);
@@ -75,6 +113,7 @@ export async function mergeTrainingYamls(yamlFiles: string[], outputDir: string,
     throw new DataFileError(yamlFiles.join(', '), 'mix single-channel and two-channel cubes', 'Merge only datasets with the same channels (all with background, or all without)');
   }
   const twoChannels = channelCounts.has(2);
+  const logged = await startOrResume(output, yamlFiles);
 
   const seen = new Map<string, { label: CubeLabel; yamlFile: string }>();
   const conflicts: MergeConflict[] = [];
@@ -102,14 +141,15 @@ export async function mergeTrainingYamls(yamlFiles: string[], outputDir: string,
         }
         seen.set(identity, { label: entry.type, yamlFile: summary.yamlFile });
         if (copiedHere === 0) await fs.mkdir(folder, { recursive: true }).catch((error) => Promise.reject(writeErrorFor(folder, error)));
-        for (const [channel, file] of cube.files.entries()) {
-          const target = path.join(folder, cubeFileName(cube.position, channel));
-          await fs.copyFile(file, target, constants.COPYFILE_EXCL).catch((error) => Promise.reject(writeErrorFor(target, error)));
+        const bytes = await Promise.all(cube.files.map((file) => fs.readFile(file).catch(() => Promise.reject(new DataFileError(file, 'cannot be read', 'Check the source dataset (cellfinder-retrain dataset validate); nothing was merged from it yet')))));
+        await saveCubeFiles(cube.files.map((_, channel) => path.join(folder, cubeFileName(cube.position, channel))), bytes, path.join(output, TRASH_FOLDER));
+        const id = `${sourceIndex}-${entryIndex}-${key}`;
+        if (!logged.has(id)) {
+          await appendLineDurably(
+            path.join(output, PROVENANCE_LOG),
+            JSON.stringify({ id, time: new Date().toISOString(), action: 'add', position: cube.position, label: entry.type, source: sourceVolume, mergedFrom: summary.yamlFile }),
+          );
         }
-        await appendLineDurably(
-          path.join(output, PROVENANCE_LOG),
-          JSON.stringify({ id: `${sourceIndex}-${entryIndex}-${key}`, time: new Date().toISOString(), action: 'add', position: cube.position, label: entry.type, source: sourceVolume, mergedFrom: summary.yamlFile }),
-        );
         copiedHere++;
         counts[entry.type]++;
       }
@@ -130,5 +170,6 @@ export async function mergeTrainingYamls(yamlFiles: string[], outputDir: string,
     }
   }
   await writeTrainingYaml(outputYaml, entries, { absolutePaths: options.absolutePaths });
+  await fs.rm(path.join(output, MERGE_MARKER), { force: true });
   return { yamlFile: outputYaml, copied, duplicates, conflicts, cells: counts.cell, nonCells: counts.no_cell };
 }

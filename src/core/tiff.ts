@@ -4,7 +4,8 @@
  * turned into messages that name the file and say what to do.
  */
 import { promises as fs } from 'node:fs';
-import { fromArrayBuffer, fromFile, type GeoTIFF, type GeoTIFFImage } from 'geotiff';
+import type { FileHandle } from 'node:fs/promises';
+import { GeoTIFF, type GeoTIFFImage } from 'geotiff';
 import { DataFileError } from './errors';
 
 /** Pixel types cellfinder accepts: those whose every value float32 holds exactly. */
@@ -19,11 +20,105 @@ export interface TiffPageInfo {
 
 const NOT_A_TIFF_FIX = 'Check that the file is an uncorrupted TIFF (re-export or re-extract it)';
 
+/**
+ * Where geotiff reads a TIFF's bytes from (it calls fetch() and close() only),
+ * with the file's size and a read straight into a page's buffer.
+ */
+interface TiffByteSource {
+  readonly fileSize: number;
+  fetch(slices: ReadonlyArray<{ offset: number; length: number }>): Promise<ArrayBuffer[]>;
+  /** Reads `length` bytes at `offset` into `target`; returns how many the file had. */
+  readInto(target: Uint8Array, targetOffset: number, offset: number, length: number): Promise<number>;
+  close(): Promise<void>;
+}
+
+function geotiffFrom(source: TiffByteSource): Promise<GeoTIFF> {
+  return GeoTIFF.fromSource(source as unknown as Parameters<typeof GeoTIFF.fromSource>[0]);
+}
+
+/** A small TIFF (a cube) held in memory. */
+class BytesSource implements TiffByteSource {
+  constructor(private readonly bytes: Uint8Array) {}
+
+  get fileSize(): number {
+    return this.bytes.length;
+  }
+
+  async fetch(slices: ReadonlyArray<{ offset: number; length: number }>): Promise<ArrayBuffer[]> {
+    // A copy of each slice (Buffer's own slice() would be a view of a shared pool).
+    return slices.map(({ offset, length }) => new Uint8Array(this.bytes.subarray(offset, offset + length)).buffer);
+  }
+
+  async readInto(target: Uint8Array, targetOffset: number, offset: number, length: number): Promise<number> {
+    const piece = this.bytes.subarray(offset, offset + length);
+    target.set(piece, targetOffset);
+    return piece.length;
+  }
+
+  async close(): Promise<void> {}
+}
+
+/**
+ * The bytes of a TIFF on disk, for geotiff. Why not geotiff's own `fromFile`:
+ * its file source (3.0.5) ignores how many bytes a read returned and hands
+ * back zero-filled buffers past the end of the file, so a truncated plane
+ * reads as pixels of 0 and a truncated stack as a shorter one. This source
+ * returns only the bytes that exist, as geotiff's in-memory source does:
+ * geotiff's parser then fails on a directory cut short, and `readPage`
+ * compares what the strips need with what the file holds.
+ */
+class CheckedFileSource implements TiffByteSource {
+  private constructor(
+    private readonly handle: FileHandle,
+    /** Size when opened: a file that shrinks later reads short, which is caught too. */
+    readonly fileSize: number,
+  ) {}
+
+  static async open(file: string): Promise<CheckedFileSource> {
+    const handle = await fs.open(file, 'r');
+    try {
+      return new CheckedFileSource(handle, (await handle.stat()).size);
+    } catch (error) {
+      await handle.close();
+      throw error;
+    }
+  }
+
+  /** The bytes of each slice, shorter where the file ends. */
+  async fetch(slices: ReadonlyArray<{ offset: number; length: number }>): Promise<ArrayBuffer[]> {
+    return Promise.all(
+      slices.map(async ({ offset, length }) => {
+        const buffer = new Uint8Array(Math.max(0, Math.min(length, this.fileSize - offset)));
+        const read = await this.readInto(buffer, 0, offset, buffer.length);
+        return (read === buffer.length ? buffer : buffer.slice(0, read)).buffer;
+      }),
+    );
+  }
+
+  async readInto(target: Uint8Array, targetOffset: number, offset: number, length: number): Promise<number> {
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await this.handle.read(target, targetOffset + done, length - done, offset + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}
+
 /** Opens a TIFF lazily from disk; pages are only read when asked for. */
 export async function openTiffFile(file: string): Promise<GeoTIFF> {
+  let source: CheckedFileSource | undefined;
   try {
-    return await fromFile(file);
+    source = await CheckedFileSource.open(file);
+    if (source.fileSize < 8) throw new DataFileError(file, `is not a TIFF file (only ${source.fileSize} bytes)`, NOT_A_TIFF_FIX);
+    return await geotiffFrom(source);
   } catch (error) {
+    await source?.close();
     throw tiffReadError(file, error);
   }
 }
@@ -41,7 +136,7 @@ export async function openTiffBytes(file: string): Promise<GeoTIFF> {
   const magic = bytes.toString('latin1', 0, 2);
   if (magic !== 'II' && magic !== 'MM') throw new DataFileError(file, 'is not a TIFF file (no TIFF header)', NOT_A_TIFF_FIX);
   try {
-    return await fromArrayBuffer(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer);
+    return await geotiffFrom(new BytesSource(bytes));
   } catch (error) {
     throw tiffReadError(file, error);
   }
@@ -76,6 +171,9 @@ export function pageInfo(image: GeoTIFFImage, file: string): TiffPageInfo {
 function pixelTypeOf(image: GeoTIFFImage, file: string): PixelType {
   const bits = image.getBitsPerSample(0);
   const sampleFormat = image.getSampleFormat(0);
+  if (!bits) {
+    throw new DataFileError(file, 'is truncated or corrupt (its header gives no bits per pixel)', NOT_A_TIFF_FIX);
+  }
   const key = `${sampleFormat}:${bits}`;
   const types: Record<string, PixelType> = { '1:8': 'uint8', '2:8': 'int8', '1:16': 'uint16', '2:16': 'int16', '3:32': 'float32' };
   const type = types[key];
@@ -90,12 +188,42 @@ function pixelTypeOf(image: GeoTIFFImage, file: string): PixelType {
   return type;
 }
 
+function bytesPerPixel(type: PixelType): number {
+  return type === 'uint8' || type === 'int8' ? 1 : type === 'float32' ? 4 : 2;
+}
+
+/**
+ * The most a compressed page can expand: deflate's limit is about 1032:1.
+ * A header declaring more pixels than that from the bytes it has is forged
+ * or corrupt, and is refused before a buffer of its size is allocated.
+ */
+const MAX_EXPANSION = 1100;
+
 /** Reads one page's pixels in its own type, row-major (y, x). */
 export async function readPage(image: GeoTIFFImage, file: string): Promise<PixelArray> {
   const info = pageInfo(image, file);
   try {
-    const raw = await readUncompressedStrips(image, info);
-    if (raw) return raw;
+    const blocks = await dataBlocks(image);
+    checkBlocksInFile(blocks, sourceOf(image).fileSize, file);
+    const needed = info.width * info.height * bytesPerPixel(info.pixelType);
+    const held = blocks.lengths.reduce((sum, length) => sum + length, 0);
+    const uncompressedStrips = !image.isTiled && (image.fileDirectory.getValue('Compression') ?? 1) === 1;
+    // A forged or corrupt size is refused before a buffer of that size is allocated.
+    if (uncompressedStrips && held < needed) {
+      throw new DataFileError(
+        file,
+        `is truncated or corrupt: its header declares ${info.width}x${info.height} ${info.pixelType} pixels (${needed} bytes) but its strips hold ${held} bytes`,
+        NOT_A_TIFF_FIX,
+      );
+    }
+    if (needed > held * MAX_EXPANSION + 1_000_000) {
+      throw new DataFileError(
+        file,
+        `is corrupt: its header declares ${info.width}x${info.height} pixels (${needed} bytes), more than its ${held} bytes of data can hold`,
+        NOT_A_TIFF_FIX,
+      );
+    }
+    if (uncompressedStrips) return await readUncompressedStrips(image, info, blocks, needed, file);
     const raster = await image.readRasters({ interleave: true });
     return raster as unknown as PixelArray;
   } catch (error) {
@@ -103,40 +231,69 @@ export async function readPage(image: GeoTIFFImage, file: string): Promise<Pixel
   }
 }
 
+interface DataBlocks {
+  offsets: number[];
+  lengths: number[];
+}
+
+/** Where a page's strips or tiles lie in the file. */
+async function dataBlocks(image: GeoTIFFImage): Promise<DataBlocks> {
+  const directory = image.fileDirectory;
+  const offsets = (await directory.loadValue(image.isTiled ? 'TileOffsets' : 'StripOffsets')) as ArrayLike<number> | undefined;
+  const lengths = (await directory.loadValue(image.isTiled ? 'TileByteCounts' : 'StripByteCounts')) as ArrayLike<number> | undefined;
+  if (!offsets || !lengths || offsets.length !== lengths.length) throw new RangeError('the strip offsets and byte counts are missing or disagree');
+  return { offsets: Array.from(offsets, Number), lengths: Array.from(lengths, Number) };
+}
+
+/** Refuses a page whose strips or tiles run past the end of the file (cut short), before reading any. */
+function checkBlocksInFile(blocks: DataBlocks, fileSize: number, file: string): void {
+  for (let i = 0; i < blocks.offsets.length; i++) {
+    const end = blocks.offsets[i] + blocks.lengths[i];
+    if (end > fileSize) {
+      throw new DataFileError(
+        file,
+        `is truncated: its pixel data runs to byte ${end} but the file has ${fileSize} bytes (cut short while copying or writing?)`,
+        'Copy or export the file again',
+      );
+    }
+  }
+}
+
+/** Every GeoTIFF here is opened from one of our sources. */
+function sourceOf(image: GeoTIFFImage): TiffByteSource {
+  return image.source as unknown as TiffByteSource;
+}
+
 const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /**
  * Fast path for the common microscopy layout (uncompressed strips): the
- * strips' bytes are read as they are and viewed as the pixel type, swapping
- * bytes only when the file's byte order differs from the machine's.
- * geotiff decodes pixel by pixel, about ten times slower on large planes.
- * Returns undefined for any other layout (compressed, tiled), which geotiff reads.
+ * strips' bytes are read into the page's buffer as they are (adjacent strips
+ * in one read) and viewed as the pixel type, swapping bytes only when the
+ * file's byte order differs from the machine's. geotiff decodes pixel by
+ * pixel, about ten times slower on large planes.
  */
-async function readUncompressedStrips(image: GeoTIFFImage, info: TiffPageInfo): Promise<PixelArray | undefined> {
-  const directory = image.fileDirectory;
-  if (image.isTiled || (directory.getValue('Compression') ?? 1) !== 1) return undefined;
-  const offsets = (await directory.loadValue('StripOffsets')) as ArrayLike<number> | undefined;
-  const counts = (await directory.loadValue('StripByteCounts')) as ArrayLike<number> | undefined;
-  if (!offsets || !counts || offsets.length !== counts.length) return undefined;
-  const bytesPerPixel = info.pixelType === 'uint8' || info.pixelType === 'int8' ? 1 : info.pixelType === 'float32' ? 4 : 2;
-  const total = info.width * info.height * bytesPerPixel;
-  const slices: Array<{ offset: number; length: number }> = [];
-  let planned = 0;
-  for (let i = 0; i < offsets.length && planned < total; i++) {
-    const length = Math.min(Number(counts[i]), total - planned);
-    slices.push({ offset: Number(offsets[i]), length });
-    planned += length;
-  }
-  if (planned < total) throw new RangeError(`the strips hold ${planned} bytes, the image needs ${total}`);
-  const pieces = await image.source.fetch(slices);
-  const bytes = new Uint8Array(total);
+async function readUncompressedStrips(image: GeoTIFFImage, info: TiffPageInfo, blocks: DataBlocks, needed: number, file: string): Promise<PixelArray> {
+  const bytes = new Uint8Array(needed);
+  const source = sourceOf(image);
   let at = 0;
-  pieces.forEach((piece, i) => {
-    if (piece.byteLength < slices[i].length) throw new RangeError('strip beyond the end of the file');
-    bytes.set(new Uint8Array(piece, 0, slices[i].length), at);
-    at += slices[i].length;
-  });
-  if (bytesPerPixel > 1 && image.littleEndian !== HOST_IS_LITTLE_ENDIAN) swapBytes(bytes, bytesPerPixel);
+  for (let i = 0; i < blocks.offsets.length && at < needed; ) {
+    // Strips that follow each other in the file are read in one go.
+    const offset = blocks.offsets[i];
+    let length = 0;
+    do {
+      length += blocks.lengths[i];
+      i++;
+    } while (i < blocks.offsets.length && blocks.offsets[i] === offset + length && at + length < needed);
+    length = Math.min(length, needed - at);
+    const read = await source.readInto(bytes, at, offset, length);
+    if (read < length) {
+      throw new DataFileError(file, `is truncated: its pixel data ends ${length - read} bytes early (the file shrank or was cut short)`, 'Copy or export the file again');
+    }
+    at += length;
+  }
+  const width = bytesPerPixel(info.pixelType);
+  if (width > 1 && image.littleEndian !== HOST_IS_LITTLE_ENDIAN) swapBytes(bytes, width);
   switch (info.pixelType) {
     case 'uint8':
       return bytes;

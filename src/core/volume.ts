@@ -65,7 +65,7 @@ class PlaneListVolume implements Volume {
       const info = pageInfo(await first.getImage(0), planeFiles[0]);
       return new PlaneListVolume(source, planeFiles, [planeFiles.length, info.height, info.width], info.pixelType);
     } finally {
-      first.close();
+      await first.close();
     }
   }
 
@@ -87,7 +87,7 @@ class PlaneListVolume implements Volume {
       }
       return await readPage(image, file);
     } finally {
-      tiff.close();
+      await tiff.close();
     }
   }
 
@@ -105,9 +105,14 @@ class StackVolume implements Volume {
 
   static async open(file: string): Promise<StackVolume> {
     const tiff = await openTiffFile(file);
-    const depth = await pageCount(tiff, file);
-    const info = pageInfo(await tiff.getImage(0), file);
-    return new StackVolume(file, tiff, [depth, info.height, info.width], info.pixelType);
+    try {
+      const depth = await pageCount(tiff, file);
+      const info = pageInfo(await tiff.getImage(0), file);
+      return new StackVolume(file, tiff, [depth, info.height, info.width], info.pixelType);
+    } catch (error) {
+      await tiff.close();
+      throw error;
+    }
   }
 
   async readPlane(z: number): Promise<PixelArray> {
@@ -123,6 +128,6 @@ class StackVolume implements Volume {
   }
 
   async close(): Promise<void> {
-    this.tiff.close();
+    await this.tiff.close();
   }
 }

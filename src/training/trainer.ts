@@ -153,6 +153,7 @@ export async function train(
       // Nothing else draws from `random` during an epoch: planning its batches up front draws what planning each in turn would.
       const plans = inBatches(order, config.batchSize).slice(b).map((slice) => planBatch(slice, { channels, normalise: config.normalizeChannels, augmentation }));
       for await (const batch of batchThread.inOrder(plans)) {
+        await eventsSinceLastStep();
         if (control.cancelRequested()) {
           await saveResume(spec, weights, optimizer, resumeModel, resumeFile, {
             ...state,
@@ -173,6 +174,14 @@ export async function train(
           throw outOfMemoryError(oom, { batchSize: config.batchSize, networkDepth: config.networkDepth, fits: largestFittingBatch(tf, spec, weights, trainable, batch) });
         }
         const { loss, accuracy } = step;
+        if (!Number.isFinite(loss)) {
+          // The weights are now NaN too: stop before anything is saved from them.
+          throw new DataFileError(
+            output,
+            `training stopped: the loss became ${loss} at epoch ${epoch + 1}, batch ${b + 1} (the network diverged); nothing was saved from this batch on`,
+            `Check the cubes (cellfinder-retrain dataset validate) and lower the learning rate (now ${optimizer.learningRate}); resume from the last epoch with --resume ${output}`,
+          );
+        }
         lossSum += loss * batch.size;
         accuracySum += accuracy * batch.size;
         seen += batch.size;
@@ -329,6 +338,16 @@ function trainStep(
   const acc = accuracy.dataSync()[0];
   tf.dispose([value, accuracy, ...Object.values(grads), ...statistics.flatMap((s) => [s.mean, s.variance])]);
   return { loss, accuracy: acc };
+}
+
+/**
+ * Lets the event loop take in what arrived during the last (synchronous)
+ * train step: a Ctrl-C, a SIGTERM, the editor's cancel on stdin. Without it,
+ * a batch already assembled resumes the loop through promise jobs alone, and
+ * a cancel could wait for the end of the epoch.
+ */
+function eventsSinceLastStep(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /** Loss and accuracy over samples in inference mode (batch norm uses its moving statistics). */
