@@ -225,8 +225,10 @@ export class TrainingDataset {
   }
 
   private async isLogged(position: Point3): Promise<boolean> {
-    this.loggedPositions ??= new Set((await this.history()).map((record) => positionKey(record.position)));
-    return this.loggedPositions.has(positionKey(position));
+    const key = positionKey(position);
+    // Read again on a miss: another process (a second extract) may have logged it since.
+    if (!this.loggedPositions?.has(key)) this.loggedPositions = new Set((await this.history()).map((record) => positionKey(record.position)));
+    return this.loggedPositions.has(key);
   }
 
   /** The channels of the cube at `position`, from whichever label folder holds it. */
