@@ -192,3 +192,48 @@ test('--continue-training with no model named starts from cellfinder\'s pre-trai
   assert.equal(error.file, path.join(home, '.brainglobe', 'cellfinder', 'models', 'resnet50_tv.h5'));
   assert.match(error.message, /is not there: --continue-training without --trained-model or --model-weights starts from cellfinder's pre-trained ResNet-50/);
 });
+
+test('cancel stops within one batch of many, through stdin (the editor) and Ctrl-C (the CLI), and says so at once', { timeout: 10 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  // 16 batches in the epoch: a cancel after batch 2 must not run to the epoch's end.
+  const yaml = await tinyDataset(root, 4);
+  const config = await writeConfig(root, yaml, { epochs: 1, batchSize: 1, testFraction: 0, saveCheckpoints: false });
+  const worker = startWorker(['train', config]);
+  await worker.waitFor((e) => e.type === 'batch' && e.batch === 2);
+  worker.child.stdin!.write('{"command":"cancel"}\n');
+  const cancelled = (await worker.waitFor((e) => e.type === 'cancelled')) as Extract<TrainingEvent, { type: 'cancelled' }>;
+  assert.ok(cancelled.batch <= 3, `stopped at batch ${cancelled.batch} of 16 (the one in flight at most)`);
+  assert.equal((await worker.exit).code, 3);
+
+  const cli = spawn(process.execPath, [path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js'), 'train', '-y', yaml, '-o', path.join(root, 'cli'), '--network-depth', '18', '--epochs', '1', '--batch-size', '1', '--test-fraction', '0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  cli.stderr.on('data', (chunk) => (stderr += chunk));
+  const events: TrainingEvent[] = [];
+  let interruptedAfter: number | undefined;
+  readline.createInterface({ input: cli.stdout }).on('line', (line) => {
+    const event = JSON.parse(line) as TrainingEvent;
+    events.push(event);
+    if (event.type === 'batch' && event.batch === 2 && interruptedAfter === undefined) {
+      interruptedAfter = event.batch;
+      cli.kill('SIGINT');
+    }
+  });
+  const code = await new Promise<number | null>((resolve) => cli.on('exit', resolve));
+  assert.equal(code, 3, stderr);
+  const stopped = events.find((e) => e.type === 'cancelled') as Extract<TrainingEvent, { type: 'cancelled' }>;
+  assert.ok(stopped.batch <= 3, `the CLI stopped at batch ${stopped.batch} of 16`);
+  assert.match(stderr, /Stopping after the current batch/);
+  assert.equal(events.filter((e) => e.type === 'batch').length, stopped.batch, 'no batch ran after the stop');
+});
+
+test('a loss that turns NaN (a diverging network) stops the run with the reason, and no model is written from it', { timeout: 10 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const config = await writeConfig(root, await tinyDataset(root), { epochs: 2, batchSize: 2, testFraction: 0, learningRate: 1e30, saveCheckpoints: true });
+  const worker = startWorker(['train', config]);
+  const error = (await worker.waitFor((e) => e.type === 'error')) as Extract<TrainingEvent, { type: 'error' }>;
+  assert.match(error.message, /training stopped: the loss became NaN at epoch 1, batch \d \(the network diverged\)/);
+  assert.match(error.fix ?? '', /lower the learning rate \(now 1e\+30\)/);
+  assert.equal((await worker.exit).code, 1);
+  assert.ok(!existsSync(path.join(root, 'out', 'model.keras')));
+  assert.deepEqual((await fs.readdir(path.join(root, 'out'))).filter((name) => name.endsWith('.keras')), []);
+});
