@@ -9,12 +9,7 @@ VERSION=4.100.3
 DIR="${CELLFINDER_E2E_CODE_SERVER_DIR:-$HOME/.cache/cellfinder-retrain/code-server}"
 [ -f "$DIR/ready-$VERSION" ] && exit 0
 
-packages=(build-essential python3 pkg-config libkrb5-dev libxkbfile-dev libsecret-1-dev libx11-dev ripgrep chromium)
-missing=()
-for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+bash "$(dirname "$0")/apt-packages.sh" build-essential python3 pkg-config libkrb5-dev libxkbfile-dev libsecret-1-dev libx11-dev ripgrep chromium
 
 # @vscode/ripgrep's postinstall downloads rg from GitHub unless it finds this archive.
 cache="${TMPDIR:-/tmp}/vscode-ripgrep-cache-1.15.11"

@@ -6,7 +6,7 @@
  * cube saved with exit 0.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
@@ -237,3 +237,113 @@ function cellCounterXml(points: Array<{ x: number; y: number; z: number }>): str
   const markers = points.map((p) => `<Marker><MarkerX>${p.x}</MarkerX><MarkerY>${p.y}</MarkerY><MarkerZ>${p.z}</MarkerZ></Marker>`).join('');
   return `<?xml version="1.0" encoding="UTF-8"?><CellCounter_Marker_File><Image_Properties><Image_Filename>x</Image_Filename></Image_Properties><Marker_Data><Current_Type>1</Current_Type><Marker_Type><Type>2</Type>${markers}</Marker_Type></Marker_Data></CellCounter_Marker_File>`;
 }
+
+test('a stray non-TIFF file among the planes is named when the channels disagree', async (t) => {
+  const dir = scratch(t);
+  const background = path.join(dir, 'background');
+  await fs.cp(path.join(SAMPLE, 'background'), background, { recursive: true });
+  const stray = path.join(background, 'background_ch010026.tif');
+  await fs.writeFile(stray, 'Thumbs.db-like bytes, not a plane');
+  const result = await run(['extract', '--signal', path.join(SAMPLE, 'signal'), '--background', background, '--points', path.join(SAMPLE, 'candidates', 'candidates.xml'), '--output-dir', path.join(dir, 'out')]);
+  assert.equal(result.code, 1);
+  assert.match(result.err, new RegExp(`is 27x1116x627 .* not TIFF files: ${stray}\\. Move the files that are not planes out of the folder`));
+});
+
+test('messages name the problem, never "undefined": an empty XML, a YAML entry missing keys, a cell_def that is not XML', async (t) => {
+  const dir = scratch(t);
+  const empty = path.join(dir, 'empty.xml');
+  await fs.writeFile(empty, '');
+  const noPoints = await run(['extract', '--signal', path.join(SAMPLE, 'signal'), '--points', empty, '--output-dir', path.join(dir, 'out')]);
+  assert.equal(noPoints.code, 1);
+  assert.match(noPoints.err, /empty.xml: is empty \(0 bytes\), not a Cell Counter XML file/);
+  const cut = path.join(dir, 'cut.xml');
+  await fs.writeFile(cut, '<?xml version="1.0"?>\n<CellCounter_Marker_File><Marker_Data>');
+  assert.doesNotMatch((await run(['extract', '--signal', path.join(SAMPLE, 'signal'), '--points', cut, '--output-dir', path.join(dir, 'out')])).err, /undefined/);
+
+  await fs.mkdir(path.join(dir, 'cells'));
+  const yaml = path.join(dir, 'training.yaml');
+  await fs.writeFile(yaml, 'data:\n- cube_dir: cells\n  type: cell\n');
+  const missingKeys = await run(['dataset', 'validate', yaml]);
+  assert.equal(missingKeys.code, 1);
+  assert.match(missingKeys.err, /data\[0\]: "signal_channel" is missing; it must be a channel number/);
+  assert.doesNotMatch(missingKeys.err, /undefined/);
+  await fs.writeFile(yaml, 'data:\n- cube_dir: cells\n  signal_channel: 0\n  bg_channel: 1\n');
+  assert.match((await run(['dataset', 'validate', yaml])).err, /data\[0\]: "type" is missing; it must be "cell" or "no_cell"/);
+
+  const notes = path.join(dir, 'notes.txt');
+  await fs.writeFile(notes, 'cells I liked');
+  await fs.writeFile(yaml, 'data:\n- cube_dir: cells\n  cell_def: notes.txt\n  signal_channel: 0\n  bg_channel: 1\n  type: cell\n');
+  const cellDef = await run(['dataset', 'validate', yaml]);
+  assert.equal(cellDef.code, 1);
+  assert.match(cellDef.err, /notes.txt: is the cell_def of the training.yaml entry for cells \(type cell\) and is not well-formed XML at line 1, column 1.*Make cell_def a Cell Counter XML file/);
+});
+
+test('the same folder listed twice in a training.yaml is counted (and trained) once, with a warning', async (t) => {
+  const root = scratch(t);
+  const yaml = await tinyDataset(root);
+  const text = await fs.readFile(yaml, 'utf8');
+  await fs.writeFile(yaml, text + text.slice('data:\n'.length, text.indexOf('- bg_channel', 10)));
+  const result = await validateTrainingYaml(yaml);
+  assert.deepEqual([result.summary.cells, result.summary.nonCells], [2, 2]);
+  assert.deepEqual(result.problems, []);
+  assert.match(result.warnings.map((w) => w.problem).join('\n'), /data\[2\] repeats an earlier entry \(cube_dir cells, type cell\); its cubes are counted once/);
+});
+
+test('train: an output path that is a file, a damaged resume state, a missing channel and one class only are told before training', { timeout: 5 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const yaml = await tinyDataset(root);
+  const file = path.join(root, 'not-a-folder');
+  await fs.writeFile(file, 'x');
+  const toFile = await run(['train', '-y', yaml, '-o', file, '--network-depth', '18', '--epochs', '1']);
+  assert.equal(toFile.code, 1);
+  assert.match(toFile.err, /not-a-folder: is a file, not a folder\. Give a folder for the run's output/);
+  assert.doesNotMatch(toFile.err, /\n\s+at /);
+
+  const damaged = path.join(root, 'damaged-run');
+  await fs.mkdir(path.join(damaged, '.resume'), { recursive: true });
+  await fs.writeFile(path.join(damaged, '.resume', 'state.json'), '{"config": {"yamlFiles": [');
+  const resumed = await run(['train', '--resume', damaged]);
+  assert.equal(resumed.code, 1);
+  assert.match(resumed.err, /state.json: is not valid JSON \(damaged\)\. The run cannot be resumed: start it again/);
+  assert.doesNotMatch(resumed.err, /\n\s+at /);
+
+  const [background] = (await fs.readdir(path.join(root, 'non_cells'))).filter((name) => name.endsWith('Ch1.tif'));
+  await fs.rename(path.join(root, 'non_cells', background), path.join(root, background));
+  const missing = await run(['train', '-y', yaml, '-o', path.join(root, 'run'), '--network-depth', '18', '--epochs', '1', '--json']);
+  assert.equal(missing.code, 1);
+  assert.match(missing.err, new RegExp(`${background}: is missing: its cube has no file for this channel`));
+  assert.doesNotMatch(missing.out, /"type":"batch"/, 'found before the first batch');
+  await fs.rename(path.join(root, background), path.join(root, 'non_cells', background));
+
+  // Cells only: the run goes ahead, and says what it will learn.
+  await fs.writeFile(yaml, (await fs.readFile(yaml, 'utf8')).replace(/- bg_channel: 1\n  cell_def: ''\n  cube_dir: non_cells[^]*$/, ''));
+  const oneClass = await run(['train', '-y', yaml, '-o', path.join(root, 'cells-only'), '--network-depth', '18', '--epochs', '1', '--batch-size', '2', '--test-fraction', '0']);
+  assert.equal(oneClass.code, 0, oneClass.err);
+  assert.match(oneClass.out, /warning: the training data holds only cells \(2\), no non-cells: the network will learn to call everything a cell/);
+});
+
+test('output piped into a reader that stops early: no EPIPE stack trace', () => {
+  const cli = path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js');
+  const piped = spawnSync('bash', ['-c', `node ${cli} help | true; echo "status \${PIPESTATUS[0]}" >&2`], { encoding: 'utf8' });
+  assert.doesNotMatch(piped.stderr, /EPIPE|\n\s+at /);
+  assert.match(piped.stderr, /status 0/);
+});
+
+test('merging into a read-only folder says it is not writable', async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.skip('needs root to mount a read-only tmpfs (CI runs as root)');
+    return;
+  }
+  const root = scratch(t);
+  const yaml = await tinyDataset(path.join(root, 'a'));
+  const mount = path.join(root, 'read-only');
+  await fs.mkdir(mount);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs', mount]);
+  try {
+    const result = await run(['dataset', 'merge', '-y', yaml, yaml, '-o', path.join(mount, 'merged')]);
+    assert.equal(result.code, 1);
+    assert.match(result.err, /merged: the folder is not writable\. Choose an output folder you can write to/);
+  } finally {
+    execFileSync('umount', [mount]);
+  }
+});

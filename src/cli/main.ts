@@ -137,6 +137,12 @@ const TENSORFLOW_COMMANDS = new Set(['train', 'classify', 'evaluate', 'demo', 'e
  * child process started with it.
  */
 export async function runCommandLine(argv: readonly string[]): Promise<number> {
+  // Output piped into a reader that stops early (`| head -1`): the work goes on, its output is dropped.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EPIPE') throw error;
+    });
+  }
   const flag = argv.findIndex((arg) => arg === '--device' || arg.startsWith('--device='));
   const device = flag < 0 ? process.env[DEVICE_ENV] || 'auto' : argv[flag].includes('=') ? argv[flag].slice('--device='.length) : argv[flag + 1];
   if ((TENSORFLOW_COMMANDS.has(argv[0]) || TENSORFLOW_COMMANDS.has(`${argv[0]} ${argv[1]}`)) && isDeviceChoice(device)) {

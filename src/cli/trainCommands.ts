@@ -130,7 +130,8 @@ function describeEvent(event: TrainingEvent): string | undefined {
   switch (event.type) {
     case 'started': {
       const gpu = describeGpu(event);
-      return `Training ResNet-${event.model.depth} (${event.model.channels} channel(s), ${event.model.parameters.toLocaleString('en')} parameters) on ${event.backend}: ${event.samples.training} training / ${event.samples.validation} validation cubes (${event.samples.cells} cells, ${event.samples.nonCells} non-cells)${event.resumedAtEpoch !== undefined ? `, resumed at epoch ${event.resumedAtEpoch + 1}` : ''}${gpu ? `\n  ${gpu}` : ''}`;
+      const warnings = (event.warnings ?? []).map((warning) => `\nwarning: ${warning}`).join('');
+      return `Training ResNet-${event.model.depth} (${event.model.channels} channel(s), ${event.model.parameters.toLocaleString('en')} parameters) on ${event.backend}: ${event.samples.training} training / ${event.samples.validation} validation cubes (${event.samples.cells} cells, ${event.samples.nonCells} non-cells)${event.resumedAtEpoch !== undefined ? `, resumed at epoch ${event.resumedAtEpoch + 1}` : ''}${gpu ? `\n  ${gpu}` : ''}${warnings}`;
     }
     case 'epoch':
       return `epoch ${event.epoch + 1}/${event.epochs}: loss ${event.loss.toFixed(4)} accuracy ${event.accuracy.toFixed(4)}${event.valLoss === undefined ? '' : ` val_loss ${event.valLoss.toFixed(4)} val_accuracy ${(event.valAccuracy as number).toFixed(4)}`} (${event.seconds.toFixed(1)} s)`;
@@ -155,6 +156,9 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   const resumeDir = flags.get('resume')?.[0];
   const json = flags.has('json');
+  // Usage errors before TensorFlow loads (seconds).
+  const config: TrainConfig = resumeDir ? { ...TRAIN_DEFAULTS, yamlFiles: [], outputDir: path.resolve(resumeDir) } : trainConfigFromFlags(flags);
+  if (resumeDir && !existsSync(path.join(resumeDir, RESUME_FOLDER, 'state.json'))) throw new UsageError(`${resumeDir} holds no interrupted run to resume`);
   const runtime = await loadTensorFlow(deviceFrom(flags));
   if (runtime.notNative) io.err(`note: training on ${runtime.backend}: ${runtime.notNative}`);
   let cancelled = false;
@@ -165,13 +169,6 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   try {
-    let config: TrainConfig;
-    if (resumeDir) {
-      if (!existsSync(path.join(resumeDir, RESUME_FOLDER, 'state.json'))) throw new UsageError(`${resumeDir} holds no interrupted run to resume`);
-      config = { ...TRAIN_DEFAULTS, yamlFiles: [], outputDir: path.resolve(resumeDir) };
-    } else {
-      config = trainConfigFromFlags(flags);
-    }
     const logEvent = openRunLog(path.resolve(config.outputDir), resumeDir ? 'resume' : 'train');
     const emit = (event: TrainingEvent) => {
       logEvent(event);

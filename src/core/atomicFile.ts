@@ -44,7 +44,15 @@ export function processIsAlive(pid: number): boolean {
  * cut) left in `folder`: only ours (by name), only of processes no longer
  * running. Returns the files removed.
  */
-export async function removeStaleTempFiles(folder: string): Promise<string[]> {
+export function removeStaleTempFiles(folder: string): Promise<string[]> {
+  return removeFilesOfDeadProcesses(folder, TEMP_NAME);
+}
+
+/**
+ * Removes the files in `folder` whose names match `pattern` (its first group
+ * is the pid of the process that made them) and whose process no longer runs.
+ */
+export async function removeFilesOfDeadProcesses(folder: string, pattern: RegExp): Promise<string[]> {
   let names: string[];
   try {
     names = await fs.readdir(folder);
@@ -53,7 +61,7 @@ export async function removeStaleTempFiles(folder: string): Promise<string[]> {
   }
   const removed: string[] = [];
   for (const name of names) {
-    const match = TEMP_NAME.exec(name);
+    const match = pattern.exec(name);
     if (!match || Number(match[1]) === process.pid || processIsAlive(Number(match[1]))) continue;
     await fs.rm(path.join(folder, name), { force: true });
     removed.push(path.join(folder, name));
@@ -168,6 +176,23 @@ export async function appendLineDurably(file: string, line: string): Promise<voi
     }
   } catch (error) {
     throw writeErrorFor(file, error);
+  }
+}
+
+/**
+ * `mkdir -p` that fails with the real reason: Node's recursive mkdir reports
+ * ENOENT ("does not exist") for a read-only file system. On ENOENT the first
+ * missing level is made on its own, which fails with EROFS, EACCES, ...
+ */
+export async function makeFolder(folder: string): Promise<void> {
+  try {
+    await fs.mkdir(folder, { recursive: true });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    let missing = folder;
+    while (path.dirname(missing) !== missing && !(await exists(path.dirname(missing)))) missing = path.dirname(missing);
+    await fs.mkdir(missing);
+    throw error;
   }
 }
 

@@ -29,9 +29,11 @@ export interface CellCounterRead {
 const FIX_XML = 'Export the points again as Cell Counter XML (from cellfinder, napari or ImageJ Cell Counter)';
 
 export function parseCellCounterXml(text: string, file: string): CellCounterRead {
+  if (text.trim() === '') throw new DataFileError(file, `is empty (${text.length} bytes), not a Cell Counter XML file`, FIX_XML);
   const valid = XMLValidator.validate(text);
   if (valid !== true) {
-    throw new DataFileError(file, `is not well-formed XML at line ${valid.err.line}, column ${valid.err.col}: ${valid.err.msg}`, FIX_XML);
+    const where = valid.err.col === undefined ? `line ${valid.err.line}` : `line ${valid.err.line}, column ${valid.err.col}`;
+    throw new DataFileError(file, `is not well-formed XML at ${where}: ${valid.err.msg.replace(/\.+$/, '')}`, FIX_XML);
   }
   const parser = new XMLParser({
     ignoreAttributes: true,

@@ -11,7 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { appendLineDurably, exists, FileDiffersError, FileExistsError, holdsBytes, moveFileNoClobber, parseJsonLines, removeStaleTempFiles, writeFileOnce } from './atomicFile';
+import { appendLineDurably, exists, FileDiffersError, FileExistsError, holdsBytes, makeFolder, moveFileNoClobber, parseJsonLines, removeStaleTempFiles, writeFileOnce } from './atomicFile';
 import { countNonFinite, cubeFileName, encodeCube, pointFromCubeFileName, readCube, siblingChannelFile, type Point3 } from './cube';
 import { readCellCounterXml } from './cellCounterXml';
 import { DataFileError } from './errors';
@@ -140,8 +140,8 @@ export class TrainingDataset {
     const absolute = path.resolve(root);
     if (await exists(path.join(absolute, TRAINING_YAML))) return TrainingDataset.open(absolute);
     try {
-      await fs.mkdir(path.join(absolute, CELLS_FOLDER), { recursive: true });
-      await fs.mkdir(path.join(absolute, NON_CELLS_FOLDER), { recursive: true });
+      await makeFolder(path.join(absolute, CELLS_FOLDER));
+      await makeFolder(path.join(absolute, NON_CELLS_FOLDER));
     } catch (error) {
       throw new DataFileError(absolute, `cannot create the dataset folders (${(error as Error).message})`, 'Choose a folder you can write to');
     }
@@ -356,7 +356,7 @@ export interface EntrySummary {
 export async function listEntryCubes(entry: ResolvedTrainingDataEntry): Promise<ListedCube[]> {
   const names = await fs.readdir(entry.cubeDirPath);
   const channels = entry.bgChannel === NO_BACKGROUND_CHANNEL ? [entry.signalChannel] : [entry.signalChannel, entry.bgChannel];
-  const wanted = entry.cellDefPath ? await cellDefPositions(entry.cellDefPath) : undefined;
+  const wanted = entry.cellDefPath ? await cellDefPositions(entry.cellDefPath, entry) : undefined;
   const isSignalFile = wanted ? (name: string) => name.endsWith(`Ch${entry.signalChannel}.tif`) : (name: string) => name.toLowerCase().endsWith(`ch${entry.signalChannel}.tif`);
   const cubes: ListedCube[] = [];
   for (const name of names.filter(isSignalFile).sort()) {
@@ -369,17 +369,28 @@ export async function listEntryCubes(entry: ResolvedTrainingDataEntry): Promise<
 }
 
 /** Positions a cell_def names: the points of a Cell Counter XML file, or the cube file names in a folder. */
-async function cellDefPositions(cellDef: string): Promise<Set<string>> {
+async function cellDefPositions(cellDef: string, entry: ResolvedTrainingDataEntry): Promise<Set<string>> {
   if ((await fs.stat(cellDef)).isDirectory()) {
     const positions = (await fs.readdir(cellDef)).map((name) => pointFromCubeFileName(name)).filter((p): p is Point3 => p !== undefined);
     return new Set(positions.map(positionKey));
   }
-  return new Set((await readCellCounterXml(cellDef)).points.map(positionKey));
+  try {
+    return new Set((await readCellCounterXml(cellDef)).points.map(positionKey));
+  } catch (error) {
+    if (!(error instanceof DataFileError)) throw error;
+    throw new DataFileError(
+      cellDef,
+      `is the cell_def of the training.yaml entry for ${entry.cubeDir} (type ${entry.type}) and ${error.problem}`,
+      "Make cell_def a Cell Counter XML file or a folder of cube files naming the cubes to use, or '' to use every cube in cube_dir",
+    );
+  }
 }
 
 export interface DatasetSummary {
   yamlFile: string;
+  /** Each entry once: an entry repeating an earlier one (same folder, channels, cell_def and type) is left out and named in `repeated`. */
   entries: EntrySummary[];
+  repeated: string[];
   cells: number;
   nonCells: number;
 }
@@ -387,9 +398,20 @@ export interface DatasetSummary {
 export async function summarizeTrainingYaml(yamlFile: string, workingDirectory?: string): Promise<DatasetSummary> {
   const yaml = await readTrainingYaml(yamlFile, workingDirectory);
   const entries: EntrySummary[] = [];
-  for (const entry of yaml.entries) entries.push({ entry, cubes: await listEntryCubes(entry) });
+  const repeated: string[] = [];
+  const seen = new Set<string>();
+  for (const [index, entry] of yaml.entries.entries()) {
+    // cellfinder would read the same cubes twice; counted and trained once here.
+    const key = JSON.stringify([path.resolve(entry.cubeDirPath), entry.signalChannel, entry.bgChannel, entry.cellDefPath ?? '', entry.type]);
+    if (seen.has(key)) {
+      repeated.push(`data[${index}] repeats an earlier entry (cube_dir ${entry.cubeDir}, type ${entry.type}); its cubes are counted once`);
+      continue;
+    }
+    seen.add(key);
+    entries.push({ entry, cubes: await listEntryCubes(entry) });
+  }
   const count = (type: CubeLabel) => entries.filter((e) => e.entry.type === type).reduce((sum, e) => sum + e.cubes.length, 0);
-  return { yamlFile: yaml.file, entries, cells: count('cell'), nonCells: count('no_cell') };
+  return { yamlFile: yaml.file, entries, repeated, cells: count('cell'), nonCells: count('no_cell') };
 }
 
 export interface ValidationProblem {
@@ -445,6 +467,9 @@ export async function validateTrainingYaml(yamlFile: string, workingDirectory?: 
         problems.push({ file: cube.files[0], problem: `is labelled ${entry.type} but ${seen.file} at the same position is labelled ${seen.type}`, fix: 'Keep only one label for this position (relabel or remove one)' });
       } else if (!seen) labels.set(key, { type: entry.type, file: cube.files[0] });
     }
+  }
+  for (const repeat of summary.repeated) {
+    warnings.push({ file: summary.yamlFile, problem: repeat, fix: 'Remove the repeated entry: cellfinder_train would train on those cubes twice as often' });
   }
   if (pixelTypes.size > 1) {
     warnings.push({

@@ -9,7 +9,7 @@ import { countNonFinite } from './cube';
 import { DataFileError } from './errors';
 import { extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from './extraction';
 import type { CubeLabel } from './trainingYaml';
-import { openVolume, type Volume } from './volume';
+import { openChannels } from './volume';
 
 export interface ExtractToDatasetOptions {
   signal: string;
@@ -52,9 +52,8 @@ export function labelForType(type: number): CubeLabel | undefined {
 
 export async function extractToDataset(options: ExtractToDatasetOptions): Promise<ExtractToDatasetReport> {
   const { points, warnings } = await readCellCounterXml(options.points);
-  const volumes: Volume[] = [await openVolume(options.signal)];
+  const volumes = await openChannels(options.signal, options.background);
   try {
-    if (options.background) volumes.push(await openVolume(options.background));
     const labelled = points.filter((point) => options.label ?? labelForType(point.type));
     const plan = planExtraction({ points: labelled, channels: volumes, dataVoxelSizes: options.voxelSizes });
     if (plan.extractable.length === 0 && plan.skipped.every((s) => s.reason === 'outside the volume') && plan.skipped.length > 0) {

@@ -16,7 +16,7 @@ import { CELLS_FOLDER, NON_CELLS_FOLDER, positionKey, TrainingDataset, type Pred
 import { DataFileError } from './errors';
 import { cuboidBounds, extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from './extraction';
 import type { CubeLabel } from './trainingYaml';
-import { openVolume, type Volume } from './volume';
+import { openChannels, type Volume } from './volume';
 import type { PixelArray } from './tiff';
 
 /** What the user labels: candidate points and the volumes they sit in. */
@@ -259,9 +259,8 @@ export class LabellingSession {
     const { points } = await readCellCounterXml(set.points);
     const predictions = set.predictions ? await readPredictionsCsv(set.predictions) : undefined;
     const typesArePredictions = predictionsFromTypes(points);
-    const volumes: Volume[] = [cachedVolume(await openVolume(set.signal), PLANE_CACHE_SIZE)];
+    const volumes: Volume[] = (await openChannels(set.signal, set.background)).map((volume) => cachedVolume(volume, PLANE_CACHE_SIZE));
     try {
-      if (set.background) volumes.push(cachedVolume(await openVolume(set.background), PLANE_CACHE_SIZE));
       const dataset = await TrainingDataset.create(datasetRoot, { backgroundChannel: Boolean(set.background) });
       if (dataset.channels.length !== volumes.length) {
         throw new DataFileError(

@@ -14,7 +14,7 @@
  */
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { appendLineDurably, exists, parseJsonLines, removeStaleTempFiles, writeFileAtomic } from './atomicFile';
+import { appendLineDurably, exists, makeFolder, parseJsonLines, removeStaleTempFiles, writeFileAtomic } from './atomicFile';
 import { cubeFileName, type Point3 } from './cube';
 import { positionKey, PROVENANCE_LOG, saveCubeFiles, TRAINING_YAML, TRASH_FOLDER, summarizeTrainingYaml, type ProvenanceRecord } from './dataset';
 import { DataFileError, writeErrorFor } from './errors';
@@ -86,7 +86,7 @@ async function startOrResume(output: string, yamlFiles: string[]): Promise<Set<s
     throw new DataFileError(output, `holds an unfinished merge of other datasets (${unfinished.sources.join(', ')})`, 'Run that merge again to finish it, or merge into another folder; nothing was changed');
   }
   if (!unfinished) {
-    await fs.mkdir(output, { recursive: true }).catch((error) => Promise.reject(writeErrorFor(output, error)));
+    await makeFolder(output).catch((error) => Promise.reject(writeErrorFor(output, error)));
     await writeFileAtomic(marker, `${JSON.stringify({ sources }, null, 2)}\n`);
     return new Set();
   }

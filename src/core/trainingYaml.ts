@@ -80,9 +80,10 @@ function parseEntry(raw: unknown, index: number, file: string): TrainingDataEntr
   const cubeDir = raw.cube_dir;
   if (typeof cubeDir !== 'string' || cubeDir === '') fail('"cube_dir" is missing or not a path');
   const type = raw.type;
-  if (type !== 'cell' && type !== 'no_cell') fail(`"type" is ${JSON.stringify(type)}; it must be "cell" or "no_cell"`);
+  if (type !== 'cell' && type !== 'no_cell') fail(`${type === undefined ? '"type" is missing' : `"type" is ${JSON.stringify(type)}`}; it must be "cell" or "no_cell"`);
   const channel = (key: string): number => {
     const value = raw[key];
+    if (value === undefined) return fail(`"${key}" is missing; it must be a channel number 0-9 (bg_channel -1 = no background)`);
     if (!Number.isInteger(value) || (value as number) < -1 || (value as number) > 9) {
       return fail(`"${key}" is ${JSON.stringify(value)}; it must be a channel number 0-9 (bg_channel -1 = no background)`);
     }

@@ -39,6 +39,52 @@ export async function openVolume(source: string): Promise<Volume> {
   return StackVolume.open(source);
 }
 
+/**
+ * Opens the signal and, when given, the background volume, and checks they
+ * have the same shape. A stray file among the planes (a non-TIFF `.tif`, a
+ * thumbnail) shifts the plane count: such files are named.
+ */
+export async function openChannels(signal: string, background?: string): Promise<Volume[]> {
+  const volumes = [await openVolume(signal)];
+  try {
+    if (background === undefined) return volumes;
+    volumes.push(await openVolume(background));
+    const [first, second] = volumes;
+    if (second.shape.some((size, axis) => size !== first.shape[axis])) {
+      const strays = (await Promise.all([signal, background].map(notTiffPlanes))).flat();
+      throw new DataFileError(
+        background,
+        `is ${second.shape.join('x')} (z, y, x) but the signal ${signal} is ${first.shape.join('x')}${strays.length ? `; among the planes, not TIFF files: ${strays.slice(0, 5).join(', ')}${strays.length > 5 ? ', ...' : ''}` : ''}`,
+        strays.length ? 'Move the files that are not planes out of the folder' : 'Signal and background must have the same shape: check both are the same brain, with every plane present',
+      );
+    }
+    return volumes;
+  } catch (error) {
+    await Promise.all(volumes.map((volume) => volume.close()));
+    throw error;
+  }
+}
+
+/** The files of a plane folder that do not start as a TIFF does (read only when the channels disagree). */
+async function notTiffPlanes(source: string): Promise<string[]> {
+  if (!(await fs.stat(source)).isDirectory()) return [];
+  const strays: string[] = [];
+  for (const file of await planeFilesIn(source)) {
+    const head = Buffer.alloc(4);
+    const handle = await fs.open(file, 'r');
+    try {
+      await handle.read(head, 0, 4, 0);
+    } finally {
+      await handle.close();
+    }
+    if (!TIFF_MAGIC.some((magic) => head.equals(magic))) strays.push(file);
+  }
+  return strays;
+}
+
+/** Classic and BigTIFF, both byte orders. */
+const TIFF_MAGIC = [Buffer.from([0x49, 0x49, 42, 0]), Buffer.from([0x4d, 0x4d, 0, 42]), Buffer.from([0x49, 0x49, 43, 0]), Buffer.from([0x4d, 0x4d, 0, 43])];
+
 async function planeFilesIn(folder: string): Promise<string[]> {
   const names = (await fs.readdir(folder)).filter((name) => !name.startsWith('.'));
   // Like glob("*.tif") or glob("*.tiff"): the extension match is case-sensitive.

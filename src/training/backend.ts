@@ -35,6 +35,12 @@ export interface TensorFlowRuntime {
   gpu?: GpuUse;
 }
 
+// tfjs prints "install our node backend" at the first tensor on its
+// JavaScript backend (which every engine uses for small constants), also when
+// the native engine runs; the engine in use is reported by each command.
+// 'PROD' silences only tfjs' console warnings and logs.
+tf.env().set('PROD', true);
+
 let runtime: Promise<TensorFlowRuntime> | undefined;
 
 async function load(device: DeviceChoice): Promise<TensorFlowRuntime> {

@@ -21,6 +21,8 @@ export type TrainingEvent =
       samples: { training: number; validation: number; cells: number; nonCells: number };
       epochs: number;
       resumedAtEpoch?: number;
+      /** What the run goes ahead with but the user should know (one class only, ...). */
+      warnings?: string[];
     }
   | { type: 'batch'; epoch: number; batch: number; batches: number; loss: number; accuracy: number }
   | ({ type: 'epoch'; epochs: number } & EpochMetrics)

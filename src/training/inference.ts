@@ -13,7 +13,7 @@ import { readCellCounterXml, writeCellCounterXml, type CellCounterPoint } from '
 import { CUBE_SHAPE } from '../core/cube';
 import { DataFileError } from '../core/errors';
 import { extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from '../core/extraction';
-import { openVolume, type Volume } from '../core/volume';
+import { openChannels } from '../core/volume';
 import { readModelFile } from './modelFiles';
 import { forward, initialWeights, resnetSpec, weightKey, type NetworkDepth, type ResNetSpec, type Weights } from './resnet';
 import { BatchThread } from './batchThread';
@@ -73,12 +73,15 @@ export interface ClassifyReport {
 
 export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwork, options: ClassifyOptions): Promise<ClassifyReport> {
   const { points } = await readCellCounterXml(options.points);
-  const volumes: Volume[] = [await openVolume(options.signal)];
-  if (options.background) volumes.push(await openVolume(options.background));
+  const volumes = await openChannels(options.signal, options.background);
   try {
     const channels = volumes.length;
     if (channels !== network.spec.channels) {
-      throw new Error(`the model takes ${network.spec.channels} channel(s) but ${channels} volume(s) were given`);
+      throw new DataFileError(
+        network.file,
+        `takes ${network.spec.channels} channel(s) but ${channels} volume(s) were given`,
+        network.spec.channels === 2 ? 'Give the background volume too (--background)' : 'Classify with the signal volume only, or use a two-channel model',
+      );
     }
     const plan = planExtraction({ points, channels: volumes, dataVoxelSizes: options.voxelSizes });
     const classified: ClassifiedPoint[] = [];

@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { strFromU8, strToU8, Unzip, UnzipInflate, unzipSync } from 'fflate';
 import type * as tfType from '@tensorflow/tfjs';
-import { writeFileAtomic, type AtomicWriteOptions } from '../core/atomicFile';
+import { removeFilesOfDeadProcesses, writeFileAtomic, type AtomicWriteOptions } from '../core/atomicFile';
 import { DataFileError } from '../core/errors';
 import type { KerasAdam } from './adam';
 import { kerasModelConfig, KERAS_VERSION } from './kerasConfig';
@@ -63,6 +63,14 @@ const CONVOLUTIONS_PER_DEPTH = new Map<number, NetworkDepth>(NETWORK_DEPTHS.map(
 const NOT_A_MODEL_FIX = 'Choose a cellfinder model: a .keras model, a .weights.h5 file, or a Keras 2 .h5 weights file such as resnet50_tv.h5';
 
 // ---------------------------------------------------------------- writing
+
+/** h5wasm writes to a path: `cellfinder-retrain-<pid>-<12 hex>.h5` in the system's temporary folder. */
+const HDF5_TEMP_NAME = /^cellfinder-retrain-(\d+)-[0-9a-f]{12}\.h5$/;
+
+/** Removes the HDF5 temporary files of processes killed while writing a model (hundreds of MB each). */
+export function removeStaleModelTempFiles(): Promise<string[]> {
+  return removeFilesOfDeadProcesses(tmpdir(), HDF5_TEMP_NAME);
+}
 
 async function withTempFile<T>(use: (file: string) => Promise<T>): Promise<T> {
   const file = path.join(tmpdir(), `cellfinder-retrain-${process.pid}-${randomBytes(6).toString('hex')}.h5`);

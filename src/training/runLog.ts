@@ -6,11 +6,18 @@
  */
 import { appendFileSync, mkdirSync } from 'node:fs';
 import * as path from 'node:path';
+import { DataFileError, writeErrorFor } from '../core/errors';
 import { EVENTS_FILE, type TrainingEvent } from './events';
 
 /** Opens the log of the run in `outputDir` and returns the function that appends one event. */
 export function openRunLog(outputDir: string, mode: 'train' | 'resume'): (event: TrainingEvent) => void {
-  mkdirSync(outputDir, { recursive: true });
+  try {
+    mkdirSync(outputDir, { recursive: true });
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST' || code === 'ENOTDIR') throw new DataFileError(outputDir, 'is a file, not a folder', 'Give a folder for the run\'s output (-o): a new one, or a run to resume');
+    throw writeErrorFor(outputDir, error);
+  }
   const file = path.join(outputDir, EVENTS_FILE);
   const append = (event: TrainingEvent) => appendFileSync(file, `${JSON.stringify(event)}\n`);
   append({ type: 'launched', pid: process.pid, mode, time: Date.now() });

@@ -18,14 +18,14 @@ import { promises as fs } from 'node:fs';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
 import type * as tfType from '@tensorflow/tfjs';
-import { exists, writeFileAtomic } from '../core/atomicFile';
+import { exists, removeStaleTempFiles, writeFileAtomic } from '../core/atomicFile';
 import { DataFileError } from '../core/errors';
 import { pythonFloatRepr } from '../core/pythonFloat';
 import { categoricalAccuracy, categoricalCrossEntropy, KerasAdam } from './adam';
 import { CELLFINDER_AUGMENTATION } from './augment';
 import type { TensorFlowRuntime } from './backend';
 import { BatchThread } from './batchThread';
-import { readModelFile, writeKerasModel, writeKerasWeights, type LoadedModel } from './modelFiles';
+import { readModelFile, removeStaleModelTempFiles, writeKerasModel, writeKerasWeights, type LoadedModel } from './modelFiles';
 import { randomFor, seededRandom } from './random';
 import { BATCH_NORM_MOMENTUM, forward, initialWeights, parameterCount, resnetSpec, weightKey, type BatchNormStatistics, type ResNetSpec, type Weights } from './resnet';
 import { outOfMemoryError, readOutOfMemory, smallerBatchSizes } from './outOfMemory';
@@ -85,13 +85,15 @@ export async function train(
   });
   const resumeFile = path.join(output, RESUME_FOLDER, 'state.json');
   const resumeModel = path.join(output, RESUME_FOLDER, 'state.keras');
+  // A run killed while writing a checkpoint left a partial archive (hundreds of MB) here and in the temporary folder.
+  await removeStaleTempFiles(output);
+  await removeStaleTempFiles(path.join(output, RESUME_FOLDER));
+  await removeStaleModelTempFiles();
 
   let state: ResumeState;
   let loaded: LoadedModel | undefined;
   if (resume) {
-    state = JSON.parse(await fs.readFile(resumeFile, 'utf8').catch(() => {
-      throw new DataFileError(resumeFile, 'does not exist: there is no interrupted run in this folder', 'Start a new run instead of resuming');
-    })) as ResumeState;
+    state = await readResumeState(resumeFile);
     config = state.config;
     loaded = await readModelFile(resumeModel, { depth: config.networkDepth });
   } else {
@@ -132,6 +134,7 @@ export async function train(
     samples: { training: training.length, validation: validation.length, cells: samples.filter((s) => s.label === 1).length, nonCells: samples.filter((s) => s.label === 0).length },
     epochs: config.epochs,
     resumedAtEpoch: resume ? state.epoch : undefined,
+    warnings: trainingWarnings(samples),
   });
 
   const random = config.seed === undefined ? randomFor(undefined) : seededRandom(config.seed + 1000003 * (state.epoch + 1) + state.batchesDone);
@@ -340,6 +343,14 @@ function trainStep(
   return { loss, accuracy: acc };
 }
 
+/** What a run goes ahead with but is likely a mistake. */
+function trainingWarnings(samples: readonly Sample[]): string[] | undefined {
+  const cells = samples.filter((s) => s.label === 1).length;
+  if (cells > 0 && cells < samples.length) return undefined;
+  const [has, lacks] = cells === 0 ? ['non-cells', 'cells'] : ['cells', 'non-cells'];
+  return [`the training data holds only ${has} (${samples.length}), no ${lacks}: the network will learn to call everything a ${has === 'cells' ? 'cell' : 'non-cell'}. Add a dataset with ${lacks} (training.yaml type ${lacks === 'cells' ? 'cell' : 'no_cell'})`];
+}
+
 /**
  * Lets the event loop take in what arrived during the last (synchronous)
  * train step: a Ctrl-C, a SIGTERM, the editor's cancel on stdin. Without it,
@@ -394,6 +405,27 @@ function assignLoaded(tf: typeof tfType, spec: ResNetSpec, weights: Weights, opt
       slot.velocity.assign(tf.tensor(saved.velocity, slot.velocity.shape));
     }
   }
+}
+
+async function readResumeState(file: string): Promise<ResumeState> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch {
+    throw new DataFileError(file, 'does not exist: there is no interrupted run in this folder', 'Start a new run instead of resuming');
+  }
+  const fix = `The run cannot be resumed: start it again (its checkpoints in ${path.dirname(path.dirname(file))} can be the starting model, --trained-model)`;
+  let state: Partial<ResumeState>;
+  try {
+    state = JSON.parse(text) as Partial<ResumeState>;
+  } catch {
+    throw new DataFileError(file, 'is not valid JSON (damaged)', fix);
+  }
+  const valid =
+    typeof state === 'object' && state !== null && typeof state.config === 'object' && state.config !== null && Array.isArray(state.config.yamlFiles) &&
+    Number.isInteger(state.epoch) && Number.isInteger(state.batchesDone) && Array.isArray(state.trainingIndices) && Array.isArray(state.validationIndices) && Array.isArray(state.history);
+  if (!valid) throw new DataFileError(file, 'is not a resume state written by cellfinder-retrain (fields missing or of the wrong type)', fix);
+  return state as ResumeState;
 }
 
 async function saveResume(

@@ -4,6 +4,7 @@
  * served as network-ready batches (batch, y, x, z, channels).
  */
 import { CUBE_SHAPE, readCube, type Point3 } from '../core/cube';
+import { exists } from '../core/atomicFile';
 import { summarizeTrainingYaml } from '../core/dataset';
 import { DataFileError } from '../core/errors';
 import { NO_BACKGROUND_CHANNEL } from '../core/trainingYaml';
@@ -49,6 +50,15 @@ export async function loadSamples(yamlFiles: string[], workingDirectory?: string
     }
   }
   if (samples.length === 0) throw new DataFileError(yamlFiles.join(', '), 'lists no cubes', 'Check cube_dir and that the folders hold pCell...Ch0.tif files');
+  // A missing channel file found now, not when its batch comes (minutes into the run).
+  const missing = (await Promise.all(samples.flatMap((sample) => sample.files.map(async (file) => ((await exists(file)) ? undefined : file))))).filter((file) => file !== undefined);
+  if (missing.length > 0) {
+    throw new DataFileError(
+      missing[0],
+      `is missing: its cube has no file for this channel${missing.length > 1 ? ` (and ${missing.length - 1} more channel file(s) are missing)` : ''}`,
+      'Re-extract those cubes with all their channels (extracting again completes them), or see the list with: cellfinder-retrain dataset validate',
+    );
+  }
   return samples;
 }
 
