@@ -97,7 +97,9 @@ test('planes tifffile writes compressed (deflate, tiled) read the same as the or
   const original = path.join(SAMPLE, 'signal', 'signal_ch000010.tif');
   const run = spawnSync(PYTHON, ['-c', script, original, root], { encoding: 'utf8' });
   assert.equal(run.status, 0, run.stderr);
-  const expected = Array.from(await (await openVolume(original)).readPlane(0));
+  const originalVolume = await openVolume(original);
+  const expected = Array.from(await originalVolume.readPlane(0));
+  await originalVolume.close();
   for (const name of ['deflate.tif', 'tiled.tif', 'bigendian.tif']) {
     const volume = await openVolume(path.join(root, name));
     assert.deepEqual(Array.from(await volume.readPlane(0)), expected, name);

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { test } from 'node:test';
@@ -236,4 +237,33 @@ test('a loss that turns NaN (a diverging network) stops the run with the reason,
   assert.equal((await worker.exit).code, 1);
   assert.ok(!existsSync(path.join(root, 'out', 'model.keras')));
   assert.deepEqual((await fs.readdir(path.join(root, 'out'))).filter((name) => name.endsWith('.keras')), []);
+});
+
+test('kill -9 while a checkpoint is written: the next run in that folder removes the partial archive and its temporary HDF5 file', { timeout: 10 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const config = await writeConfig(root, await tinyDataset(root), { epochs: 2, batchSize: 2 });
+  const run = startWorker(['train', config]);
+  // The second epoch's checkpoint is the one killed, so there is a resume state to resume from.
+  await run.waitFor((e) => e.type === 'batch' && e.epoch === 1);
+  const output = path.join(root, 'out');
+  const pid = run.child.pid as number;
+  const leftovers = async () => [
+    ...(await fs.readdir(output)).filter((name) => name.startsWith('.model-epoch.') && name.endsWith('.tmp')).map((name) => path.join(output, name)),
+    ...(await fs.readdir(tmpdir())).filter((name) => name.startsWith(`cellfinder-retrain-${pid}-`)).map((name) => path.join(tmpdir(), name)),
+  ];
+  // A checkpoint is being written once either temporary file appears.
+  let found: string[] = [];
+  while (found.length === 0) {
+    found = await leftovers();
+    if (found.length === 0) await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+  run.child.kill('SIGKILL');
+  await run.exit;
+  found = await leftovers();
+  assert.ok(found.length > 0, 'the kill left a partial checkpoint behind (the fault is reproduced)');
+  const resumed = startWorker(['resume', output]);
+  await resumed.waitFor((e) => e.type === 'started');
+  for (const file of found) assert.ok(!existsSync(file), `${file} was removed`);
+  await resumed.waitFor((e) => e.type === 'finished');
+  assert.equal((await resumed.exit).code, 0);
 });

@@ -54,7 +54,7 @@ test('malformed YAML and wrong fields get specific errors', () => {
   assert.throws(() => parseTrainingYaml('data:\n  - cube_dir: [unclosed\n', 'bad.yaml'), /bad.yaml: is not valid YAML at line \d+/);
   assert.throws(() => parseTrainingYaml('cubes: []\n', 'bad.yaml'), /has no "data:" section/);
   assert.throws(() => parseTrainingYaml('data:\n- cube_dir: a\n  type: maybe\n  signal_channel: 0\n  bg_channel: 1\n', 'bad.yaml'), /data\[0\]: "type" is "maybe"; it must be "cell" or "no_cell"/);
-  assert.throws(() => parseTrainingYaml('data:\n- cube_dir: a\n  type: cell\n  signal_channel: 0\n', 'bad.yaml'), /data\[0\]: "bg_channel" is undefined/);
+  assert.throws(() => parseTrainingYaml('data:\n- cube_dir: a\n  type: cell\n  signal_channel: 0\n', 'bad.yaml'), /data\[0\]: "bg_channel" is missing/);
   assert.throws(() => parseTrainingYaml('data:\n- cube_dir: a\n  type: cell\n  signal_channel: 0\n  bg_channel: 1\n  signal_mean: lots\n', 'bad.yaml'), /"signal_mean" is "lots"/);
 });
 
