@@ -149,3 +149,67 @@ test('candidate order: most uncertain first, predicted cells first, file order',
   assert.deepEqual(orderCandidates(candidates, 'uncertain-first'), [1, 0, 3, 2]);
   assert.deepEqual(orderCandidates(candidates, 'predicted-cells-first'), [3, 1, 2, 0]);
 });
+
+test('decisions keep statuses and balance in memory; a reopened session rebuilt from the dataset agrees after every step', async (t) => {
+  const root = scratch(t);
+  const csv = path.join(scratch(t), 'classified_points.csv');
+  const probe = await LabellingSession.open(SET, path.join(scratch(t), 'probe'));
+  // Predictions for every candidate, some right and some wrong whatever the labels, so all four categories fill.
+  await fs.writeFile(csv, `x,y,z,type,cell_probability\n${probe.candidates.map((c, i) => `${c.position.x},${c.position.y},${c.position.z},1,${(i % 4) / 4 + 0.1}`).join('\n')}\n`);
+  await probe.close();
+  const set = { ...SET, predictions: csv };
+  const session = await LabellingSession.open(set, root);
+  const [a, b, c, d] = session.candidates;
+  const steps: Array<() => Promise<unknown>> = [
+    () => session.decide(a.id, 'cell'),
+    () => session.decide(b.id, 'no_cell'),
+    () => session.decide(c.id, 'skip'),
+    () => session.decide(d.id, 'cell'),
+    () => session.decide(a.id, 'no_cell'),
+    () => session.undo(),
+    () => session.undo(),
+    () => session.decide(c.id, 'cell'),
+    () => session.undo(),
+    () => session.undo(),
+    () => session.decide(b.id, 'cell'),
+  ];
+  for (const [index, step] of steps.entries()) {
+    await step();
+    const reopened = await LabellingSession.open(set, root);
+    assert.deepEqual(session.statuses(), reopened.statuses(), `statuses after step ${index + 1}`);
+    assert.deepEqual(session.balance(), reopened.balance(), `balance after step ${index + 1}`);
+    await reopened.close();
+  }
+  const balance = session.balance();
+  assert.ok(balance.cellsPredictedCell + balance.cellsPredictedNonCell + balance.nonCellsPredictedNonCell + balance.nonCellsPredictedCell > 0);
+  await session.close();
+});
+
+test('a decision reads no folder and no log, so its cost does not grow with the dataset (5,000 cubes already in it)', async (t) => {
+  const root = scratch(t);
+  const session0 = await LabellingSession.open(SET, root);
+  await session0.close();
+  // 5,000 labelled cubes and their log: names are all the session reads at open.
+  const log: string[] = [];
+  for (let i = 0; i < 5000; i++) {
+    const folder = i % 2 ? 'cells' : 'non_cells';
+    const position = { x: 5000 + i, y: 7, z: 3 };
+    for (const channel of [0, 1]) await fs.writeFile(path.join(root, folder, `pCellz3y7x${position.x}Ch${channel}.tif`), '');
+    log.push(JSON.stringify({ id: `seed-${i}`, time: '2026-12-04T00:00:00.000Z', action: 'add', position, label: i % 2 ? 'cell' : 'no_cell', source: SET.signal }));
+  }
+  await fs.writeFile(path.join(root, 'provenance.jsonl'), `${log.join('\n')}\n`);
+  const session = await LabellingSession.open(SET, root);
+  assert.deepEqual(session.balance().withoutPrediction, { cells: 2500, nonCells: 2500 });
+  const readdir = t.mock.method(fs, 'readdir');
+  const readFile = t.mock.method(fs, 'readFile');
+  const [a, b, c] = session.candidates;
+  await session.decide(a.id, 'cell');
+  await session.decide(b.id, 'skip');
+  await session.decide(a.id, 'no_cell');
+  await session.decide(c.id, 'no_cell');
+  assert.equal(readdir.mock.callCount(), 0, 'no folder listed');
+  assert.deepEqual(readFile.mock.calls.map((call) => String(call.arguments[0])).filter((file) => !file.endsWith('.tif')), [], 'no log read');
+  assert.deepEqual(session.balance().withoutPrediction, { cells: 2500, nonCells: 2502 });
+  assert.equal(session.status(b.id), 'skip');
+  await session.close();
+});

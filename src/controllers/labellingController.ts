@@ -44,19 +44,18 @@ export class LabellingController {
       decide: ({ id, decision }) =>
         this.serialised(async () => {
           await this.session.decide(id, decision);
-          const status = (await this.session.statuses()).get(id) ?? 'todo';
-          this.post({ type: 'decided', id, status, balance: await this.session.balance() });
+          this.post({ type: 'decided', id, status: this.session.status(id), balance: this.session.balance() });
           this.options.onChange?.();
         }),
       undo: () =>
         this.serialised(async () => {
           const candidate = await this.session.undo();
-          const balance = await this.session.balance();
+          const balance = this.session.balance();
           if (candidate === undefined) {
             this.post({ type: 'undone', id: null, balance });
             return;
           }
-          const status = candidate ? (await this.session.statuses()).get(candidate.id) : undefined;
+          const status = candidate ? this.session.status(candidate.id) : undefined;
           this.post({ type: 'undone', id: candidate?.id ?? null, status, balance });
           this.options.onChange?.();
         }),
@@ -104,7 +103,7 @@ export class LabellingController {
   }
 
   async view(): Promise<LabellingView> {
-    const statuses = await this.session.statuses();
+    const statuses = this.session.statuses();
     const orderedIds = orderCandidates(this.session.candidates, this.order);
     const set = this.session.set;
     const datasetName = path.basename(this.session.dataset.root);
@@ -116,7 +115,7 @@ export class LabellingController {
       order: this.order,
       orderedIds,
       startId: orderedIds.find((id) => statuses.get(id) === 'todo'),
-      balance: await this.session.balance(),
+      balance: this.session.balance(),
       targetPerCategory: this.options.targetPerCategory ?? DEFAULT_TARGET_PER_CATEGORY,
       atEdge: this.session.skippedAtEdge.length,
       predictionSource: set?.predictions

@@ -12,8 +12,9 @@ import { writeFileAtomic } from './atomicFile';
 import * as path from 'node:path';
 import { readCellCounterXml, type CellCounterPoint } from './cellCounterXml';
 import { pointFromCubeFileName, type Point3 } from './cube';
-import { CELLS_FOLDER, NON_CELLS_FOLDER, positionKey, TrainingDataset, type Prediction, type ProvenanceRecord } from './dataset';
+import { CELLS_FOLDER, NON_CELLS_FOLDER, positionKey, TrainingDataset, type Prediction } from './dataset';
 import { DataFileError } from './errors';
+import { LabelState, type BalanceCounts } from './labelState';
 import { cuboidBounds, extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from './extraction';
 import type { CubeLabel } from './trainingYaml';
 import { openChannels, type Volume } from './volume';
@@ -73,18 +74,7 @@ export interface Candidate {
   prediction?: Prediction;
 }
 
-/**
- * The guide's four kinds of training example. Balanced training data has
- * roughly as many of each; the counts tell the user when to stop and retrain.
- */
-export interface BalanceCounts {
-  cellsPredictedCell: number;
-  cellsPredictedNonCell: number;
-  nonCellsPredictedNonCell: number;
-  nonCellsPredictedCell: number;
-  /** Labelled cubes whose candidate had no prediction. */
-  withoutPrediction: { cells: number; nonCells: number };
-}
+export type { BalanceCounts } from './labelState';
 
 /** A candidate's cube, as the network (and the saved training data) sees it: (z, y, x) 20x50x50 per channel. */
 export interface CandidateCube {
@@ -200,32 +190,6 @@ export function orderCandidates(candidates: readonly Candidate[], order: Candida
   return ids;
 }
 
-/**
- * Folds the provenance log into the guide's four categories, using each
- * cube's current label. A cube labelled before any prediction was known takes
- * the prediction from `laterPredictions` (by position), when given.
- */
-export function balanceOf(history: readonly ProvenanceRecord[], labels: ReadonlyMap<string, CubeLabel>, laterPredictions: ReadonlyMap<string, Prediction> = new Map()): BalanceCounts {
-  const predictions = new Map<string, Prediction | undefined>(laterPredictions);
-  const undone = new Set(history.filter((r) => r.action === 'undo').map((r) => r.undoes));
-  for (const record of history) {
-    if (record.action === 'add' && !undone.has(record.id) && record.prediction) predictions.set(positionKey(record.position), record.prediction);
-  }
-  const counts: BalanceCounts = { cellsPredictedCell: 0, cellsPredictedNonCell: 0, nonCellsPredictedNonCell: 0, nonCellsPredictedCell: 0, withoutPrediction: { cells: 0, nonCells: 0 } };
-  for (const [key, label] of labels) {
-    const predicted = predictions.get(key)?.label;
-    if (!predicted) {
-      if (label === 'cell') counts.withoutPrediction.cells++;
-      else counts.withoutPrediction.nonCells++;
-    } else if (label === 'cell') {
-      if (predicted === 'cell') counts.cellsPredictedCell++;
-      else counts.cellsPredictedNonCell++;
-    } else if (predicted === 'no_cell') counts.nonCellsPredictedNonCell++;
-    else counts.nonCellsPredictedCell++;
-  }
-  return counts;
-}
-
 /** Current labels of every cube in a dataset, by position, read from its cube folders. */
 async function labelsIn(datasetRoot: string): Promise<Map<string, CubeLabel>> {
   const labels = new Map<string, CubeLabel>();
@@ -249,7 +213,16 @@ export class LabellingSession {
     readonly skippedAtEdge: readonly SkippedPoint<CellCounterPoint>[],
     private readonly volumes: Volume[],
     private readonly byId: ReadonlyMap<number, Candidate>,
+    /** Labels, skips and balance, read from the dataset once and kept up to date by each decision. */
+    private readonly state: LabelState,
   ) {}
+
+  /** The session over `candidates`, its state read from the dataset now. */
+  private static async over(set: CandidateSet | undefined, dataset: TrainingDataset, candidates: Candidate[], skippedAtEdge: SkippedPoint<CellCounterPoint>[], volumes: Volume[]): Promise<LabellingSession> {
+    const predictions = new Map(candidates.flatMap((c) => (c.prediction ? [[positionKey(c.position), c.prediction] as const] : [])));
+    const state = LabelState.build(await labelsIn(dataset.root), await dataset.history(), predictions, set?.signal);
+    return new LabellingSession(set, dataset, candidates, skippedAtEdge, volumes, new Map(candidates.map((c) => [c.id, c])), state);
+  }
 
   /**
    * Opens the candidate set against the dataset at `datasetRoot` (created if
@@ -277,7 +250,7 @@ export class LabellingSession {
           prediction: predictions ? predictions.get(positionKey(point)) : typesArePredictions ? predictionFromType(point) : undefined,
         }))
         .sort((a, b) => a.id - b.id);
-      return new LabellingSession(set, dataset, candidates, plan.skipped, volumes, new Map(candidates.map((c) => [c.id, c])));
+      return await LabellingSession.over(set, dataset, candidates, plan.skipped, volumes);
     } catch (error) {
       await Promise.all(volumes.map((v) => v.close()));
       throw error;
@@ -301,7 +274,7 @@ export class LabellingSession {
         return { x, y, z };
       });
     const candidates = positions.map((position, id) => ({ id, position, prediction: predictions.get(positionKey(position)) }));
-    return new LabellingSession(undefined, dataset, candidates, [], [], new Map(candidates.map((c) => [c.id, c])));
+    return LabellingSession.over(undefined, dataset, candidates, [], []);
   }
 
   async close(): Promise<void> {
@@ -314,30 +287,17 @@ export class LabellingSession {
     return candidate;
   }
 
-  labels(): Promise<Map<string, CubeLabel>> {
-    return labelsIn(this.dataset.root);
+  /** Each candidate's status: its cube's label, else skipped (not since undone), else todo. */
+  statuses(): Map<number, CandidateStatus> {
+    return new Map(this.candidates.map((candidate) => [candidate.id, this.state.status(candidate.position)]));
   }
 
-  /**
-   * Each candidate's status, from the dataset: its cube's folder, else a skip
-   * in the provenance log not since undone, else todo.
-   */
-  async statuses(): Promise<Map<number, CandidateStatus>> {
-    const labels = await this.labels();
-    const history = await this.dataset.history();
-    const undone = new Set(history.filter((r) => r.action === 'undo').map((r) => r.undoes));
-    const skipped = new Set(history.filter((r) => r.action === 'skip' && !undone.has(r.id) && r.source === this.set?.signal).map((r) => positionKey(r.position)));
-    const statuses = new Map<number, CandidateStatus>();
-    for (const candidate of this.candidates) {
-      const key = positionKey(candidate.position);
-      statuses.set(candidate.id, labels.get(key) ?? (skipped.has(key) ? 'skip' : 'todo'));
-    }
-    return statuses;
+  status(id: number): CandidateStatus {
+    return this.state.status(this.candidate(id).position);
   }
 
-  async balance(): Promise<BalanceCounts> {
-    const current = new Map(this.candidates.flatMap((c) => (c.prediction ? [[positionKey(c.position), c.prediction] as const] : [])));
-    return balanceOf(await this.dataset.history(), await this.labels(), current);
+  balance(): BalanceCounts {
+    return this.state.balance();
   }
 
   /** The cube the network would see for candidate `id` (and that a decision saves). */
@@ -394,18 +354,23 @@ export class LabellingSession {
    */
   async decide(id: number, decision: Decision): Promise<void> {
     const candidate = this.candidate(id);
-    const current = await this.dataset.labelOf(candidate.position);
+    const current = this.state.label(candidate.position);
     if (decision === 'skip') {
-      if (!current) await this.dataset.skip(candidate.position, this.set?.signal, candidate.prediction);
+      if (!current) {
+        await this.dataset.skip(candidate.position, this.set?.signal, candidate.prediction);
+        this.state.skippedAt(candidate.position);
+      }
       return;
     }
     if (current === decision) return;
     if (current) {
       await this.dataset.relabel(candidate.position, decision);
+      this.state.relabelled(candidate.position, decision);
       return;
     }
     const cube = await this.cube(id);
     await this.dataset.addCube({ position: candidate.position, label: decision, channels: cube.channels, source: this.set?.signal, prediction: candidate.prediction });
+    this.state.added(candidate.position, decision, candidate.prediction);
   }
 
   /**
@@ -415,8 +380,10 @@ export class LabellingSession {
    * undefined when there was nothing to undo.
    */
   async undo(): Promise<Candidate | null | undefined> {
+    const history = await this.dataset.history();
     const record = await this.dataset.undo();
     if (!record) return undefined;
+    this.state.undone(record, history);
     const key = positionKey(record.position);
     return this.candidates.find((c) => positionKey(c.position) === key) ?? null;
   }
