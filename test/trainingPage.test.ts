@@ -120,3 +120,22 @@ test('training panel follows a real run live; Cancel leaves a checkpoint, Resume
     await again.ui.close();
   }
 });
+
+test('a run on cells only shows its warning above the summary', { timeout: 5 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const yaml = await tinyDataset(root);
+  await fs.writeFile(yaml, (await fs.readFile(yaml, 'utf8')).replace(/- bg_channel: 1\n  cell_def: ''\n  cube_dir: non_cells[^]*$/, ''));
+  const outputDir = path.join(root, 'cells-only');
+  const config: TrainConfig = { ...TRAIN_DEFAULTS, yamlFiles: [yaml], outputDir, networkDepth: 18, epochs: 1, batchSize: 2, testFraction: 0 };
+  const configFile = path.join(root, 'config.json');
+  await fs.writeFile(configFile, JSON.stringify(config));
+  await startWorker({ nodePath: process.execPath, workerScript: WORKER, mode: 'train', target: configFile, outputDir });
+  const { ui } = await openTraining(t, outputDir, yaml, 'dark');
+  await status(ui, 'finished');
+  assert.equal(await ui.page.textContent('#samples'), '2 / 0 (2 cells, 0 non-cells)');
+  assert.match((await ui.page.textContent('#warnings')) ?? '', /^Warning: the training data holds only cells \(2\), no non-cells: the network will learn to call everything a cell/);
+  assert.equal(await ui.page.isVisible('#warnings'), true);
+  await ui.page.screenshot({ path: path.join(root, 'training-one-class.png'), fullPage: true });
+  if (process.env.CELLFINDER_KEEP_SCREENSHOT) await fs.copyFile(path.join(root, 'training-one-class.png'), process.env.CELLFINDER_KEEP_SCREENSHOT);
+  assert.deepEqual(ui.errors, []);
+});

@@ -12,6 +12,7 @@ export const TRAINING_BODY = `
 </header>
 <div id="busy" class="busy" hidden></div>
 <div id="error" class="error" role="alert" hidden></div>
+<div id="warnings" class="warning" role="status" hidden></div>
 <section class="summary-grid" aria-label="Run summary">
   <div><span>Model</span><strong id="model"></strong></div>
   <div><span>Cubes (train / validation)</span><strong id="samples"></strong></div>

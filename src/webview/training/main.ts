@@ -133,7 +133,10 @@ function render(): void {
   const gpuNote = started?.gpu && !started.gpu.used ? ` (GPU not used: ${started.gpu.reason})` : '';
   element('run-backend').textContent = started ? `on ${started.backend}${gpuNote}` : '';
   element('model').textContent = started ? `ResNet-${started.model.depth}, ${started.model.channels} channel(s), ${started.model.parameters.toLocaleString('en')} parameters` : 'starting…';
-  element('samples').textContent = started ? `${started.samples.training} / ${started.samples.validation} (${started.samples.cells} cells, ${started.samples.nonCells} non-cells)${(started.warnings ?? []).map((w) => ` ⚠ ${w}`).join('')}` : '–';
+  element('samples').textContent = started ? `${started.samples.training} / ${started.samples.validation} (${started.samples.cells} cells, ${started.samples.nonCells} non-cells)` : '–';
+  const warnings = element('warnings');
+  warnings.hidden = !started?.warnings?.length;
+  warnings.textContent = (started?.warnings ?? []).map((warning) => `Warning: ${warning}`).join('\n');
   const currentEpoch = lastBatch ? lastBatch.epoch + 1 : epochList.length;
   element('epoch').textContent = totalEpochs ? `${Math.min(currentEpoch, totalEpochs)} of ${totalEpochs}` : '–';
   const trainedSeconds = epochList.reduce((sum, e) => sum + e.seconds, 0);
