@@ -103,6 +103,9 @@ test('planes tifffile writes compressed (deflate, tiled) read the same as the or
   for (const name of ['deflate.tif', 'tiled.tif', 'bigendian.tif']) {
     const volume = await openVolume(path.join(root, name));
     assert.deepEqual(Array.from(await volume.readPlane(0)), expected, name);
+    // A window of rows, decoded from only the strips or tiles that hold it.
+    const width = volume.shape[2];
+    assert.deepEqual(Array.from(await volume.readRows(0, 300, 377)), expected.slice(300 * width, 377 * width), `${name}, rows 300..376`);
     await volume.close();
   }
 });

@@ -52,3 +52,23 @@ test('a plane of another size or a corrupt plane is named in the error', async (
   await assert.rejects(volume.readPlane(3), /plane_3.tif: is not a TIFF file/);
   await assert.rejects(openVolume(path.join(dir, 'nothing-here')), /does not exist/);
 });
+
+test('rows of a plane equal the same rows of the whole plane: strips of the real big-endian planes, a stack, compressed and tiled planes', async (t) => {
+  const dir = scratch(t);
+  const folder = await openVolume(path.join(SAMPLE, 'signal'));
+  const plane = await folder.readPlane(7);
+  const width = folder.shape[2];
+  // Ranges inside one strip, across strip boundaries, the first and the last rows.
+  for (const [y0, y1] of [[0, 1], [5, 6], [3, 70], [500, 612], [1000, 1116], [0, 1116]]) {
+    assert.deepEqual(Array.from(await folder.readRows(7, y0, y1)), Array.from(plane.subarray(y0 * width, y1 * width)), `rows ${y0}..${y1}`);
+  }
+  await assert.rejects(folder.readRows(7, 10, 1117), /outside 0..1116/);
+  const stackFile = path.join(dir, 'stack.tif');
+  const stack = new Float32Array(2 * 1116 * 627);
+  stack.set(plane, 1116 * 627);
+  await fs.writeFile(stackFile, encodeFloat32Stack(stack, 2, 1116, 627));
+  const stackVolume = await openVolume(stackFile);
+  assert.deepEqual(Array.from(await stackVolume.readRows(1, 500, 612)), Array.from(plane.subarray(500 * width, 612 * width)));
+  await stackVolume.close();
+  await folder.close();
+});

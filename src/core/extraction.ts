@@ -160,26 +160,50 @@ export async function* extractCubes<P extends Point3>(
   signal?: AbortSignal,
 ): AsyncGenerator<ExtractedCube<P>> {
   const planes = new Map<number, PixelArray[]>();
-  const [depth, height, width] = plan.cuboid;
-  const [, , volumeWidth] = plan.volumeShape;
-  const networkShape: Shape3 = [CUBE_SHAPE.depth, CUBE_SHAPE.height, CUBE_SHAPE.width];
   for (const { point, index, bounds } of plan.extractable) {
     signal?.throwIfAborted();
     for (const z of planes.keys()) if (z < bounds.z[0]) planes.delete(z);
     for (let z = bounds.z[0]; z < bounds.z[1]; z++) {
       if (!planes.has(z)) planes.set(z, await Promise.all(channels.map((volume) => volume.readPlane(z))));
     }
-    const cubes = channels.map((_, channel) => {
-      const cuboid = new Float32Array(depth * height * width);
-      for (let dz = 0; dz < depth; dz++) {
-        const plane = (planes.get(bounds.z[0] + dz) as PixelArray[])[channel];
-        for (let dy = 0; dy < height; dy++) {
-          const from = (bounds.y[0] + dy) * volumeWidth + bounds.x[0];
-          cuboid.set(plane.subarray(from, from + width), (dz * height + dy) * width);
-        }
-      }
-      return resizeTrilinear(cuboid, plan.cuboid, networkShape);
-    });
+    const cubes = channels.map((_, channel) => networkCube(plan, bounds, (z) => (planes.get(z) as PixelArray[])[channel], 0));
     yield { point, index, channels: cubes };
   }
+}
+
+/**
+ * The cube of one point, read alone: only the rows of its cuboid, from each
+ * of its planes. For labelling in any order, where neighbouring points share
+ * no planes worth keeping; equal to what `extractCubes` gives for the point.
+ */
+export async function cutCube(point: Point3, channels: readonly Volume[], dataVoxelSizes?: VoxelSizes): Promise<Float32Array[]> {
+  const plan = planExtraction({ points: [point], channels, dataVoxelSizes });
+  const [entry] = plan.extractable;
+  if (!entry) throw new Error(`point x=${point.x} y=${point.y} z=${point.z} has no full cube inside the volume (${plan.skipped[0]?.reason})`);
+  const { bounds } = entry;
+  return Promise.all(
+    channels.map(async (volume) => {
+      const rows: PixelArray[] = [];
+      for (let z = bounds.z[0]; z < bounds.z[1]; z++) rows.push(await volume.readRows(z, bounds.y[0], bounds.y[1]));
+      return networkCube(plan, bounds, (z) => rows[z - bounds.z[0]], bounds.y[0]);
+    }),
+  );
+}
+
+/**
+ * One channel's cuboid, resized to the network's cube. `rowsOf(z)` gives
+ * plane z from row `firstRow` on (a whole plane, or just the cuboid's rows).
+ */
+function networkCube(plan: ExtractionPlan<Point3>, bounds: CuboidBounds, rowsOf: (z: number) => PixelArray, firstRow: number): Float32Array {
+  const [depth, height, width] = plan.cuboid;
+  const volumeWidth = plan.volumeShape[2];
+  const cuboid = new Float32Array(depth * height * width);
+  for (let dz = 0; dz < depth; dz++) {
+    const plane = rowsOf(bounds.z[0] + dz);
+    for (let dy = 0; dy < height; dy++) {
+      const from = (bounds.y[0] + dy - firstRow) * volumeWidth + bounds.x[0];
+      cuboid.set(plane.subarray(from, from + width), (dz * height + dy) * width);
+    }
+  }
+  return resizeTrilinear(cuboid, plan.cuboid, [CUBE_SHAPE.depth, CUBE_SHAPE.height, CUBE_SHAPE.width]);
 }

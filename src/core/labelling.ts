@@ -15,10 +15,9 @@ import { pointFromCubeFileName, type Point3 } from './cube';
 import { CELLS_FOLDER, NON_CELLS_FOLDER, positionKey, TrainingDataset, type Prediction } from './dataset';
 import { DataFileError } from './errors';
 import { LabelState, type BalanceCounts } from './labelState';
-import { cuboidBounds, extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from './extraction';
+import { cuboidBounds, cutCube, planExtraction, type SkippedPoint, type VoxelSizes } from './extraction';
 import type { CubeLabel } from './trainingYaml';
 import { openChannels, type Volume } from './volume';
-import type { PixelArray } from './tiff';
 
 /** What the user labels: candidate points and the volumes they sit in. */
 export interface CandidateSet {
@@ -98,32 +97,6 @@ export interface CandidateContext {
 }
 
 const CONTEXT_CUBOIDS = 4;
-
-/** Planes kept in memory per channel: neighbouring candidates share most planes. */
-const PLANE_CACHE_SIZE = 64;
-
-/** Wraps a volume so recently read planes are served from memory (least recently used dropped first). */
-function cachedVolume(volume: Volume, capacity: number): Volume {
-  const planes = new Map<number, Promise<PixelArray>>();
-  return {
-    source: volume.source,
-    shape: volume.shape,
-    pixelType: volume.pixelType,
-    readPlane(z: number): Promise<PixelArray> {
-      let plane = planes.get(z);
-      if (plane) {
-        planes.delete(z);
-      } else {
-        plane = volume.readPlane(z);
-        plane.catch(() => planes.delete(z));
-      }
-      planes.set(z, plane);
-      if (planes.size > capacity) planes.delete(planes.keys().next().value as number);
-      return plane;
-    },
-    close: () => volume.close(),
-  };
-}
 
 /** Reads `classified_points.csv` (x,y,z,type,cell_probability) into predictions by position. */
 async function readPredictionsCsv(file: string): Promise<Map<string, Prediction>> {
@@ -232,7 +205,7 @@ export class LabellingSession {
     const { points } = await readCellCounterXml(set.points);
     const predictions = set.predictions ? await readPredictionsCsv(set.predictions) : undefined;
     const typesArePredictions = predictionsFromTypes(points);
-    const volumes: Volume[] = (await openChannels(set.signal, set.background)).map((volume) => cachedVolume(volume, PLANE_CACHE_SIZE));
+    const volumes = await openChannels(set.signal, set.background);
     try {
       const dataset = await TrainingDataset.create(datasetRoot, { backgroundChannel: Boolean(set.background) });
       if (dataset.channels.length !== volumes.length) {
@@ -304,9 +277,7 @@ export class LabellingSession {
   async cube(id: number): Promise<CandidateCube> {
     const candidate = this.candidate(id);
     if (!this.set) return { id, channels: await this.dataset.readCube(candidate.position) };
-    const plan = planExtraction({ points: [candidate.position], channels: this.volumes, dataVoxelSizes: this.set.voxelSizes });
-    for await (const cube of extractCubes(plan, this.volumes)) return { id, channels: cube.channels };
-    throw new Error(`candidate ${id} has no full cube inside the volume`);
+    return { id, channels: await cutCube(candidate.position, this.volumes, this.set.voxelSizes) };
   }
 
   /** The candidate's plane, a few cuboids wide around it, with the cuboid outlined (none when reviewing a dataset). */
@@ -326,11 +297,11 @@ export class LabellingSession {
     const z = clamp(Math.round(position.z), plan.volumeShape[0] - 1);
     const channels = await Promise.all(
       this.volumes.map(async (volume) => {
-        const plane = await volume.readPlane(z);
+        const rows = await volume.readRows(z, y0, y0 + height);
         const region = new Float32Array(width * height);
         for (let row = 0; row < height; row++) {
-          const from = (y0 + row) * volumeWidth + x0;
-          region.set(plane.subarray(from, from + width), row * width);
+          const from = row * volumeWidth + x0;
+          region.set(rows.subarray(from, from + width), row * width);
         }
         return region;
       }),

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import type { GeoTIFF } from 'geotiff';
 import { DataFileError } from './errors';
 import { naturalSort } from './naturalSort';
-import { openTiffFile, pageCount, pageInfo, readPage, tiffReadError, type PixelArray, type PixelType } from './tiff';
+import { openTiffFile, pageCount, pageInfo, readPageRows, tiffReadError, type PixelArray, type PixelType } from './tiff';
 
 export interface Volume {
   /** The folder, list or file the volume was opened from. */
@@ -21,6 +21,8 @@ export interface Volume {
   readonly pixelType: PixelType;
   /** One z-plane, row-major (y, x), in the volume's own pixel type. */
   readPlane(z: number): Promise<PixelArray>;
+  /** Rows [y0, y1) of plane z, full width: what one cube or its neighbourhood needs, without the rest of the plane. */
+  readRows(z: number, y0: number, y1: number): Promise<PixelArray>;
   close(): Promise<void>;
 }
 
@@ -115,7 +117,11 @@ class PlaneListVolume implements Volume {
     }
   }
 
-  async readPlane(z: number): Promise<PixelArray> {
+  readPlane(z: number): Promise<PixelArray> {
+    return this.readRows(z, 0, this.shape[1]);
+  }
+
+  async readRows(z: number, y0: number, y1: number): Promise<PixelArray> {
     const file = this.planeFiles[z];
     if (file === undefined) throw new RangeError(`plane ${z} is outside 0..${this.shape[0] - 1}`);
     const tiff = await openTiffFile(file);
@@ -131,7 +137,7 @@ class PlaneListVolume implements Volume {
           'Every plane of a volume must have the same size and pixel type; remove stray files from the folder',
         );
       }
-      return await readPage(image, file);
+      return await readPageRows(image, file, y0, y1);
     } finally {
       await tiff.close();
     }
@@ -161,7 +167,11 @@ class StackVolume implements Volume {
     }
   }
 
-  async readPlane(z: number): Promise<PixelArray> {
+  readPlane(z: number): Promise<PixelArray> {
+    return this.readRows(z, 0, this.shape[1]);
+  }
+
+  async readRows(z: number, y0: number, y1: number): Promise<PixelArray> {
     if (z < 0 || z >= this.shape[0]) throw new RangeError(`plane ${z} is outside 0..${this.shape[0] - 1}`);
     const image = await this.tiff.getImage(z).catch((error: unknown) => {
       throw tiffReadError(this.source, error);
@@ -170,7 +180,7 @@ class StackVolume implements Volume {
     if (info.height !== this.shape[1] || info.width !== this.shape[2] || info.pixelType !== this.pixelType) {
       throw new DataFileError(this.source, `page ${z} differs in size or pixel type from page 0`, 'Give a TIFF holding a single 3D stack of one channel');
     }
-    return readPage(image, this.source);
+    return readPageRows(image, this.source, y0, y1);
   }
 
   async close(): Promise<void> {
