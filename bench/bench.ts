@@ -1,9 +1,11 @@
 /**
- * `npm run bench [-- extraction|models|labelling|editor]`: cube extraction speed and
+ * `npm run bench [-- extraction|models|labelling|editor|scale]`: cube extraction speed and
  * peak memory on a synthetic whole-volume far larger than the cubes it
  * extracts, then training and inference speed of the network on each engine,
  * then the labelling page's key-to-paint latency, then the extension in a real
- * VS Code (activation, key to paint, tree updates). Each case
+ * VS Code (activation, key to paint, tree updates). `scale` (not part of the
+ * default run: it writes 9 GiB) measures labelling and candidate files on
+ * whole-brain-sized data (bench/scaleBench.ts). Each case
  * runs in its own process so its figures (and peak memory) are its own.
  * Prints tables.
  */
@@ -17,6 +19,7 @@ import { encodeFloat32Stack } from '../src/core/tiffWriter';
 import { openVolume } from '../src/core/volume';
 import { benchEditor } from './editorBench';
 import { benchLabelling } from './labellingBench';
+import { benchScale, runScaleStep } from './scaleBench';
 import { benchPipeline, type PipelineBenchResult } from './modelBench';
 import { benchModel, type ModelBenchResult } from '../src/training/modelSpeed';
 import type { NetworkDepth } from '../src/training/resnet';
@@ -98,6 +101,14 @@ async function main(): Promise<void> {
   }
   if (mode === 'editor') {
     await benchEditor();
+    return;
+  }
+  if (mode === 'scale') {
+    await benchScale(__filename);
+    return;
+  }
+  if (mode === 'scale-step') {
+    await runScaleStep(volumeDir, name);
     return;
   }
   const work = path.join(tmpdir(), 'cellfinder-retrain-bench');

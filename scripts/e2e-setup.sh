@@ -27,6 +27,10 @@ cat > package.json <<JSON
 { "private": true, "dependencies": { "code-server": "$VERSION" }, "allowScripts": { "code-server": true, "argon2": true } }
 JSON
 echo "Installing code-server $VERSION into $DIR (about a minute)..."
+# node-gyp (argon2's build) would download Node's headers from nodejs.org on a
+# machine where it has none cached: point it at the headers this Node ships.
+nodedir=$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")
+[ -f "$nodedir/include/node/node.h" ] && export npm_config_nodedir="$nodedir"
 # code-server's postinstall refuses to run as root without unsafe-perm; node-pty's runs `npx node-gyp`.
 npm_config_unsafe_perm=true npm_config_yes=true npm install --no-audit --no-fund >install.log 2>&1 || { tail -30 install.log; exit 1; }
 test -f node_modules/code-server/lib/vscode/node_modules/@vscode/ripgrep/bin/rg || { echo "code-server's install did not complete (see $DIR/install.log)"; exit 1; }

@@ -98,6 +98,9 @@ export interface CandidateContext {
 
 const CONTEXT_CUBOIDS = 4;
 
+/** Cubes kept after the page asked for them (200 kB a channel), so a decision saves the cube shown without reading it again. */
+const RECENT_CUBES = 16;
+
 /** Reads `classified_points.csv` (x,y,z,type,cell_probability) into predictions by position. */
 async function readPredictionsCsv(file: string): Promise<Map<string, Prediction>> {
   let text: string;
@@ -190,6 +193,8 @@ export class LabellingSession {
     private readonly state: LabelState,
   ) {}
 
+  private readonly recentCubes = new Map<number, Promise<CandidateCube>>();
+
   /** The session over `candidates`, its state read from the dataset now. */
   private static async over(set: CandidateSet | undefined, dataset: TrainingDataset, candidates: Candidate[], skippedAtEdge: SkippedPoint<CellCounterPoint>[], volumes: Volume[]): Promise<LabellingSession> {
     const predictions = new Map(candidates.flatMap((c) => (c.prediction ? [[positionKey(c.position), c.prediction] as const] : [])));
@@ -274,10 +279,18 @@ export class LabellingSession {
   }
 
   /** The cube the network would see for candidate `id` (and that a decision saves). */
-  async cube(id: number): Promise<CandidateCube> {
-    const candidate = this.candidate(id);
-    if (!this.set) return { id, channels: await this.dataset.readCube(candidate.position) };
-    return { id, channels: await cutCube(candidate.position, this.volumes, this.set.voxelSizes) };
+  cube(id: number): Promise<CandidateCube> {
+    let cube = this.recentCubes.get(id);
+    if (!cube) {
+      const candidate = this.candidate(id);
+      const set = this.set;
+      cube = (async () => ({ id, channels: set ? await cutCube(candidate.position, this.volumes, set.voxelSizes) : await this.dataset.readCube(candidate.position) }))();
+      cube.catch(() => this.recentCubes.delete(id));
+    } else this.recentCubes.delete(id);
+    // Most recently asked last; the page asks for the cubes ahead, then the decision saves one of them.
+    this.recentCubes.set(id, cube);
+    if (this.recentCubes.size > RECENT_CUBES) this.recentCubes.delete(this.recentCubes.keys().next().value as number);
+    return cube;
   }
 
   /** The candidate's plane, a few cuboids wide around it, with the cuboid outlined (none when reviewing a dataset). */

@@ -42,9 +42,19 @@ interface IfdEntry {
  * which a cube (200 kB) always does.
  */
 export function encodeFloat32Stack(pixels: Float32Array, depth: number, height: number, width: number): Uint8Array {
-  const pageBytes = height * width * 4;
+  return encodeStack(pixels, depth, height, width);
+}
+
+/**
+ * The same layout for float32 or uint16 pixels (uint16: a microscope's plane,
+ * as the scale bench writes them).
+ */
+export function encodeStack(pixels: Float32Array | Uint16Array, depth: number, height: number, width: number): Uint8Array {
+  const float = pixels instanceof Float32Array;
+  const sampleBytes = float ? 4 : 2;
+  const pageBytes = height * width * sampleBytes;
   if (pixels.length !== depth * height * width) {
-    throw new Error(`encodeFloat32Stack: ${pixels.length} values do not fill ${depth}x${height}x${width}`);
+    throw new Error(`encodeStack: ${pixels.length} values do not fill ${depth}x${height}x${width}`);
   }
   const description = `{"shape": [${depth}, ${height}, ${width}]}\0`;
   const headerBytes = 8;
@@ -55,7 +65,7 @@ export function encodeFloat32Stack(pixels: Float32Array, depth: number, height: 
   const pageEntries = (page: number): IfdEntry[] => [
     { tag: TAG.ImageWidth, type: TYPE_LONG, count: 1, value: width },
     { tag: TAG.ImageLength, type: TYPE_LONG, count: 1, value: height },
-    { tag: TAG.BitsPerSample, type: TYPE_SHORT, count: 1, value: 32 },
+    { tag: TAG.BitsPerSample, type: TYPE_SHORT, count: 1, value: sampleBytes * 8 },
     { tag: TAG.Compression, type: TYPE_SHORT, count: 1, value: 1 },
     { tag: TAG.PhotometricInterpretation, type: TYPE_SHORT, count: 1, value: 1 },
     ...(page === 0 ? [{ tag: TAG.ImageDescription, type: TYPE_ASCII, count: description.length, value: descriptionStart }] : []),
@@ -63,7 +73,8 @@ export function encodeFloat32Stack(pixels: Float32Array, depth: number, height: 
     { tag: TAG.SamplesPerPixel, type: TYPE_SHORT, count: 1, value: 1 },
     { tag: TAG.RowsPerStrip, type: TYPE_LONG, count: 1, value: height },
     { tag: TAG.StripByteCounts, type: TYPE_LONG, count: 1, value: pageBytes },
-    { tag: TAG.SampleFormat, type: TYPE_SHORT, count: 1, value: 3 },
+    // 3 = IEEE float, 1 = unsigned integer.
+    { tag: TAG.SampleFormat, type: TYPE_SHORT, count: 1, value: float ? 3 : 1 },
   ];
   const ifdBytes = (entries: number) => 2 + entries * 12 + 4;
   let total = ifdStart;
@@ -76,8 +87,9 @@ export function encodeFloat32Stack(pixels: Float32Array, depth: number, height: 
   view.setUint16(2, 42, true);
   view.setUint32(4, ifdStart, true);
 
-  // Pixel data: copy as little-endian float32 whatever the host's byte order.
-  for (let i = 0; i < pixels.length; i++) view.setFloat32(dataStart + i * 4, pixels[i], true);
+  // Pixel data: copied little-endian whatever the host's byte order.
+  if (float) for (let i = 0; i < pixels.length; i++) view.setFloat32(dataStart + i * 4, pixels[i], true);
+  else for (let i = 0; i < pixels.length; i++) view.setUint16(dataStart + i * 2, pixels[i], true);
   for (let i = 0; i < description.length; i++) bytes[descriptionStart + i] = description.charCodeAt(i);
 
   let ifdOffset = ifdStart;

@@ -1,0 +1,184 @@
+/**
+ * `npm run bench -- scale`: the labelling and candidate steps on data of a
+ * whole brain's size, made here: two channels of 4000x5000 uint16 planes
+ * (120 by default, CELLFINDER_SCALE_PLANES), with a bright blob at each of
+ * 5,000 candidates so the cubes are not empty, a 5,000-candidate and a
+ * 1,000,000-candidate Cell Counter XML. Each step runs in its own process,
+ * through the code the editor and the CLI use, and reports its peak RSS.
+ * Everything written is removed at the end (CELLFINDER_SCALE_KEEP=1 keeps it
+ * for the next run, in CELLFINDER_SCALE_DIR or the temporary folder).
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, promises as fs, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { formatCellCounterXml, readCellCounterXml } from '../src/core/cellCounterXml';
+import { cubeFileName, encodeCube, CUBE_VOXELS } from '../src/core/cube';
+import { TrainingDataset } from '../src/core/dataset';
+import { extractCubes, planExtraction } from '../src/core/extraction';
+import { LabellingSession } from '../src/core/labelling';
+import { encodeStack } from '../src/core/tiffWriter';
+import { openChannels } from '../src/core/volume';
+
+const WIDTH = 5000;
+const HEIGHT = 4000;
+const PLANES = Number(process.env.CELLFINDER_SCALE_PLANES ?? 120);
+const CANDIDATES = 5000;
+const LARGE_XML = 1_000_000;
+const LABELLED_ALREADY = 5000;
+const RANDOM_VISITS = 200;
+const DECISIONS = 100;
+
+interface StepResult {
+  step: string;
+  figures: string;
+  maxRssMiB: number;
+}
+
+function random(seed: number): () => number {
+  let state = seed;
+  return () => (state = (state * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+}
+
+function candidates(): Array<{ x: number; y: number; z: number; type: number }> {
+  const next = random(7);
+  return Array.from({ length: CANDIDATES }, () => ({ x: Math.floor(60 + next() * (WIDTH - 120)), y: Math.floor(60 + next() * (HEIGHT - 120)), z: Math.floor(12 + next() * (PLANES - 24)), type: 1 }));
+}
+
+async function makeData(work: string): Promise<void> {
+  if (existsSync(path.join(work, 'done'))) return;
+  await fs.mkdir(work, { recursive: true });
+  const points = candidates();
+  await fs.writeFile(path.join(work, 'candidates.xml'), formatCellCounterXml(points).text);
+  const next = random(11);
+  const many = Array.from({ length: LARGE_XML }, () => ({ x: 1 + Math.floor(next() * WIDTH), y: 1 + Math.floor(next() * HEIGHT), z: 1 + Math.floor(next() * PLANES), type: 1 }));
+  await fs.writeFile(path.join(work, 'candidates-1m.xml'), formatCellCounterXml(many).text);
+  const byPlane = new Map<number, typeof points>();
+  for (const point of points) for (let z = point.z - 3; z <= point.z + 3; z++) byPlane.set(z, [...(byPlane.get(z) ?? []), point]);
+  const plane = new Uint16Array(WIDTH * HEIGHT);
+  for (const channel of ['signal', 'background']) {
+    await fs.mkdir(path.join(work, channel), { recursive: true });
+    for (let z = 0; z < PLANES; z++) {
+      let noise = z * 7919 + (channel === 'signal' ? 1 : 2);
+      for (let i = 0; i < plane.length; i++) plane[i] = 100 + ((noise = (noise * 1103515245 + 12345) & 0x7fffffff) >>> 25);
+      for (const point of byPlane.get(z) ?? []) {
+        const bright = (channel === 'signal' ? 3000 : 600) / (1 + Math.abs(z - point.z));
+        for (let y = point.y - 4; y <= point.y + 4; y++) for (let x = point.x - 4; x <= point.x + 4; x++) plane[y * WIDTH + x] += bright;
+      }
+      await fs.writeFile(path.join(work, channel, `${channel}_${String(z).padStart(4, '0')}.tif`), encodeStack(plane, 1, HEIGHT, WIDTH));
+    }
+  }
+  await fs.writeFile(path.join(work, 'done'), '');
+}
+
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+function spread(values: number[]): string {
+  return `p50 ${percentile(values, 50).toFixed(1)} ms, p95 ${percentile(values, 95).toFixed(1)} ms, max ${Math.max(...values).toFixed(1)} ms`;
+}
+
+function since(start: bigint): number {
+  return Number(process.hrtime.bigint() - start) / 1e6;
+}
+
+function report(step: string, figures: string): void {
+  process.stdout.write(`${JSON.stringify({ step, figures, maxRssMiB: process.resourceUsage().maxRSS / 1024 } satisfies StepResult)}\n`);
+}
+
+async function xmlStep(work: string): Promise<void> {
+  const start = process.hrtime.bigint();
+  const { points } = await readCellCounterXml(path.join(work, 'candidates-1m.xml'));
+  report('read a 1,000,000-candidate Cell Counter XML', `${points.length} points in ${(since(start) / 1000).toFixed(2)} s`);
+}
+
+async function extractionStep(work: string): Promise<void> {
+  const volumes = await openChannels(path.join(work, 'signal'), path.join(work, 'background'));
+  const { points } = await readCellCounterXml(path.join(work, 'candidates.xml'));
+  const plan = planExtraction({ points, channels: volumes });
+  const start = process.hrtime.bigint();
+  let cubes = 0;
+  for await (const cube of extractCubes(plan, volumes)) cubes += cube.channels.length > 0 ? 1 : 0;
+  const seconds = since(start) / 1000;
+  report('cut every candidate\'s cubes in one z-ordered pass (extraction; what a cache sweep runs)', `${cubes} candidates in ${seconds.toFixed(1)} s: ${(cubes / seconds).toFixed(0)} candidates/s`);
+  await Promise.all(volumes.map((volume) => volume.close()));
+}
+
+async function labellingStep(work: string): Promise<void> {
+  const datasetRoot = path.join(work, 'dataset');
+  rmSync(datasetRoot, { recursive: true, force: true });
+  const dataset = await TrainingDataset.create(datasetRoot);
+  // 5,000 labelled cubes already there (hard links to one real cube file) with their log lines.
+  const cube = path.join(work, 'one-cube.tif');
+  await fs.writeFile(cube, encodeCube(new Float32Array(CUBE_VOXELS).fill(120)));
+  const log: string[] = [];
+  for (let i = 0; i < LABELLED_ALREADY; i++) {
+    const position = { x: i, y: 1, z: PLANES + 1 };
+    const folder = i % 2 ? 'cells' : 'non_cells';
+    for (const channel of [0, 1]) await fs.link(cube, path.join(datasetRoot, folder, cubeFileName(position, channel)));
+    log.push(JSON.stringify({ id: `seed-${i}`, time: new Date().toISOString(), action: 'add', position, label: i % 2 ? 'cell' : 'no_cell', source: 'earlier rounds' }));
+  }
+  await fs.writeFile(dataset.logFile, `${log.join('\n')}\n`);
+  const set = { points: path.join(work, 'candidates.xml'), signal: path.join(work, 'signal'), background: path.join(work, 'background') };
+
+  const opened = process.hrtime.bigint();
+  const session = await LabellingSession.open(set, datasetRoot);
+  const first = session.candidates[0].id;
+  await Promise.all([session.cube(first), session.context(first)]);
+  const openMs = since(opened);
+  report('open the 5,000-candidate set (5,000 cubes already labelled) to the first cube and its context cut', `${openMs.toFixed(0)} ms`);
+
+  const next = random(3);
+  const visits: number[] = [];
+  const ids: number[] = [];
+  for (let i = 0; i < RANDOM_VISITS; i++) {
+    const id = session.candidates[Math.floor(next() * session.candidates.length)].id;
+    ids.push(id);
+    const start = process.hrtime.bigint();
+    await Promise.all([session.cube(id), session.context(id)]);
+    visits.push(since(start));
+  }
+  report(`host work per candidate, random order (cube + context, ${RANDOM_VISITS} candidates, read from the planes)`, spread(visits));
+
+  const decisions: number[] = [];
+  for (let i = 0; i < DECISIONS; i++) {
+    const id = ids[ids.length - 1 - (i % 16)];
+    const start = process.hrtime.bigint();
+    await session.decide(id, i % 2 ? 'cell' : 'no_cell');
+    decisions.push(since(start));
+  }
+  report(`one decision of a cube just shown (save both channels + log + status + balance), ${LABELLED_ALREADY}+ cubes in the dataset`, spread(decisions));
+  await session.close();
+}
+
+export async function runScaleStep(step: string, work: string): Promise<void> {
+  if (step === 'xml') await xmlStep(work);
+  else if (step === 'extraction') await extractionStep(work);
+  else if (step === 'labelling') await labellingStep(work);
+  else throw new Error(`unknown scale step ${step}`);
+}
+
+export async function benchScale(script: string): Promise<void> {
+  const work = process.env.CELLFINDER_SCALE_DIR ?? path.join(tmpdir(), 'cellfinder-retrain-scale');
+  const gib = (2 * PLANES * WIDTH * HEIGHT * 2) / 2 ** 30;
+  process.stderr.write(`making whole-brain-sized data in ${work}: 2 channels x ${PLANES} planes of ${HEIGHT}x${WIDTH} uint16 (${gib.toFixed(1)} GiB), ${CANDIDATES} candidates, a ${LARGE_XML}-candidate XML...\n`);
+  const made = process.hrtime.bigint();
+  await makeData(work);
+  process.stderr.write(`data ready (${(since(made) / 1000).toFixed(0)} s)\n`);
+  const results: StepResult[] = [];
+  try {
+    for (const step of ['xml', 'extraction', 'labelling']) {
+      const run = spawnSync(process.execPath, [script, 'scale-step', step, work], { encoding: 'utf8', maxBuffer: 1 << 24 });
+      if (run.status !== 0) throw new Error(`scale step ${step} failed:\n${run.stderr}`);
+      for (const line of run.stdout.trim().split('\n')) results.push(JSON.parse(line) as StepResult);
+    }
+  } finally {
+    if (!process.env.CELLFINDER_SCALE_KEEP) rmSync(work, { recursive: true, force: true });
+  }
+  console.log(`\nWhole-brain scale: 2 channels x ${PLANES} planes of ${HEIGHT}x${WIDTH} uint16 as plane folders (${gib.toFixed(1)} GiB), ${CANDIDATES} candidates; each step in its own process (peak RSS of that process)\n`);
+  console.log('| step | figures | peak RSS (MiB) |');
+  console.log('|---|---|---|');
+  for (const r of results) console.log(`| ${r.step} | ${r.figures} | ${r.maxRssMiB.toFixed(0)} |`);
+}
