@@ -132,21 +132,20 @@ async function labellingStep(work: string): Promise<void> {
 
   const next = random(3);
   const visits: number[] = [];
-  const ids: number[] = [];
   for (let i = 0; i < RANDOM_VISITS; i++) {
     const id = session.candidates[Math.floor(next() * session.candidates.length)].id;
-    ids.push(id);
     const start = process.hrtime.bigint();
     await Promise.all([session.cube(id), session.context(id)]);
     visits.push(since(start));
   }
   report(`host work per candidate, random order (cube + context, ${RANDOM_VISITS} candidates, read from the planes)`, spread(visits));
 
+  // As in the page: a candidate is shown (its cube cut), then decided; only the decision is timed.
   const decisions: number[] = [];
-  for (let i = 0; i < DECISIONS; i++) {
-    const id = ids[ids.length - 1 - (i % 16)];
+  for (const candidate of session.candidates.slice(0, DECISIONS)) {
+    await Promise.all([session.cube(candidate.id), session.context(candidate.id)]);
     const start = process.hrtime.bigint();
-    await session.decide(id, i % 2 ? 'cell' : 'no_cell');
+    await session.decide(candidate.id, decisions.length % 2 ? 'cell' : 'no_cell');
     decisions.push(since(start));
   }
   report(`one decision of a cube just shown (save both channels + log + status + balance), ${LABELLED_ALREADY}+ cubes in the dataset`, spread(decisions));

@@ -19,7 +19,7 @@ import { benchModel } from '../training/modelSpeed';
 import { OutOfMemoryError } from '../training/outOfMemory';
 import type { TrainingEvent } from '../training/events';
 import { openRunLog } from '../training/runLog';
-import { classifyCandidates, evaluateModel, loadNetwork, type Evaluation } from '../training/inference';
+import { classifyCandidates, evaluateModel, loadNetwork, PARTIAL_RESULTS, type Evaluation } from '../training/inference';
 import { readModelFile } from '../training/modelFiles';
 import { isNetworkDepth, type NetworkDepth } from '../training/resnet';
 import { TRAIN_DEFAULTS, type TrainConfig } from '../training/trainConfig';
@@ -214,16 +214,37 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   for (const required of ['signal', 'points', 'output-dir']) if (!flags.has(required)) throw new UsageError(`--${required} is required`);
   const voxelSizes = parseVoxelSizes(flags.get('voxel-sizes'));
+  const batchSize = number(flags, 'batch-size', 64, (n) => Number.isInteger(n) && n > 0, 'a positive integer');
   const { runtime, network } = await networkFor(flags, flags.has('background') ? 2 : 1);
-  const report = await classifyCandidates(runtime.tf, network, {
-    signal: flags.get('signal')![0],
-    background: flags.get('background')?.[0],
-    points: flags.get('points')![0],
-    outputDir: path.resolve(flags.get('output-dir')![0]),
-    voxelSizes,
-    batchSize: number(flags, 'batch-size', 64, (n) => Number.isInteger(n) && n > 0, 'a positive integer'),
-    onProgress: (done, total) => io.err(`classifying: ${done}/${total}`),
-  });
+  const outputDir = path.resolve(flags.get('output-dir')![0]);
+  const abort = new AbortController();
+  const stop = () => {
+    abort.abort();
+    io.err('Stopping after the current batch; what is classified is kept, and the same command continues from there...');
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  let report;
+  try {
+    report = await classifyCandidates(runtime.tf, network, {
+      signal: flags.get('signal')![0],
+      background: flags.get('background')?.[0],
+      points: flags.get('points')![0],
+      outputDir,
+      voxelSizes,
+      batchSize,
+      onProgress: progressPrinter(io),
+      abortSignal: abort.signal,
+    });
+  } catch (error) {
+    if (!abort.signal.aborted) throw error;
+    io.err(`Stopped. Run the same command again to classify the rest (results so far: ${path.join(outputDir, PARTIAL_RESULTS)}).`);
+    return 3;
+  } finally {
+    process.removeListener('SIGINT', stop);
+    process.removeListener('SIGTERM', stop);
+  }
+  if (report.resumed) io.err(`continued an interrupted run: ${report.resumed} candidate(s) were already classified`);
   if (flags.has('json')) io.out(JSON.stringify({ ...report, classified: undefined, count: report.classified.length }, null, 2));
   else {
     io.out(`Classified ${report.classified.length} candidates with ${network.file} on ${runtime.backend}: ${report.cells} cells, ${report.nonCells} non-cells`);
@@ -232,6 +253,21 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
     if (report.skipped.length) io.out(`  ${report.skipped.length} candidate(s) too near the edge were not classified (cellfinder drops them too)`);
   }
   return 0;
+}
+
+/** "classifying: done/total (percent), about N s left", once per percent at most; the estimate from this run's own pace. */
+function progressPrinter(io: Io): (done: number, total: number) => void {
+  let started: { time: number; done: number } | undefined;
+  let lastPercent = -1;
+  return (done, total) => {
+    started ??= { time: Date.now(), done };
+    const percent = total === 0 ? 100 : Math.floor((100 * done) / total);
+    if (percent === lastPercent && done < total) return;
+    lastPercent = percent;
+    const rate = (done - started.done) / ((Date.now() - started.time) / 1000);
+    const left = done > started.done && rate > 0 ? `, about ${Math.ceil((total - done) / rate)} s left` : '';
+    io.err(`classifying: ${done}/${total} (${percent}%${left})`);
+  };
 }
 
 function formatEvaluation(e: Evaluation): string[] {

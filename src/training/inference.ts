@@ -5,10 +5,10 @@
  * users need them to find the uncertain candidates). And evaluation of a
  * model on a labelled dataset.
  */
-import { mkdir } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import type * as tfType from '@tensorflow/tfjs';
-import { writeFileAtomic } from '../core/atomicFile';
+import { appendLineDurably, makeFolder, writeFileAtomic } from '../core/atomicFile';
 import { readCellCounterXml, writeCellCounterXml, type CellCounterPoint } from '../core/cellCounterXml';
 import { CUBE_SHAPE } from '../core/cube';
 import { DataFileError } from '../core/errors';
@@ -55,7 +55,10 @@ export interface ClassifyOptions {
   outputDir: string;
   voxelSizes?: VoxelSizes;
   batchSize: number;
+  /** Candidates classified so far (those of an earlier, interrupted run included) out of all. */
   onProgress?: (done: number, total: number) => void;
+  /** Stops after the batch in progress; what is classified stays in the partial file for the next run. */
+  abortSignal?: AbortSignal;
 }
 
 export interface ClassifiedPoint extends CellCounterPoint {
@@ -69,8 +72,24 @@ export interface ClassifyReport {
   skipped: SkippedPoint<CellCounterPoint>[];
   cells: number;
   nonCells: number;
+  /** Candidates taken from an interrupted run's partial file instead of classified again. */
+  resumed: number;
 }
 
+/**
+ * Results are appended here batch by batch (flushed), so a run that is
+ * cancelled or killed continues where it stopped: its first line names what
+ * the results are of (model, points, volumes, voxel sizes); a partial file of
+ * anything else is started afresh.
+ */
+export const PARTIAL_RESULTS = 'classified_points.partial.csv';
+
+/**
+ * Classifies every candidate with a full cube in one pass through the volume
+ * (bands of rows, z order: memory bounded by a band, not by the planes or the
+ * candidates' number), writing cellfinder's classified XML and the
+ * probabilities in the order of the input points.
+ */
 export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwork, options: ClassifyOptions): Promise<ClassifyReport> {
   const { points } = await readCellCounterXml(options.points);
   const volumes = await openChannels(options.signal, options.background);
@@ -84,40 +103,71 @@ export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwo
       );
     }
     const plan = planExtraction({ points, channels: volumes, dataVoxelSizes: options.voxelSizes });
-    const classified: ClassifiedPoint[] = [];
+    await makeFolder(options.outputDir).catch((error: Error) => {
+      throw new DataFileError(options.outputDir, `cannot be created (${error.message})`, 'Choose an output folder you can write to');
+    });
+    const partialFile = path.join(options.outputDir, PARTIAL_RESULTS);
+    const identity = `# ${JSON.stringify({ model: path.resolve(network.file), points: path.resolve(options.points), signal: path.resolve(options.signal), background: options.background && path.resolve(options.background), voxelSizes: options.voxelSizes ?? null })}`;
+    const done = await readPartialResults(partialFile, identity);
+    const resumed = done.size;
+    const total = plan.extractable.length;
+    const todo = { ...plan, extractable: plan.extractable.filter((entry) => !done.has(entry.index)) };
+    options.onProgress?.(done.size, total);
     const voxels = CUBE_SHAPE.depth * CUBE_SHAPE.height * CUBE_SHAPE.width;
-    let pending: Array<{ point: CellCounterPoint; channels: Float32Array[] }> = [];
-    const flush = () => {
+    let pending: Array<{ point: CellCounterPoint; index: number; channels: Float32Array[] }> = [];
+    const flush = async () => {
       const inputs = new Float32Array(pending.length * voxels * channels);
       pending.forEach((cube, index) => {
         for (let c = 0; c < channels; c++) packChannel(inputs, index, c, channels, toNetworkOrder(cube.channels[c]));
       });
       const probabilities = predictCellProbabilities(tf, network, inputs, pending.length, channels);
-      pending.forEach((cube, index) => {
+      const rows = pending.map((cube, index) => {
         const p = probabilities[index];
         // Prediction type = argmax + 1: index 1 (cell) wins only above one half, as argmax picks the first on a tie.
-        classified.push({ ...cube.point, type: p > 1 - p ? 2 : 1, cellProbability: p });
+        const result: ClassifiedPoint = { ...cube.point, type: p > 1 - p ? 2 : 1, cellProbability: p };
+        done.set(cube.index, result);
+        return `${cube.index},${result.x},${result.y},${result.z},${result.type},${p}`;
       });
-      options.onProgress?.(classified.length, plan.extractable.length);
+      await appendLineDurably(partialFile, `${done.size === rows.length ? `${identity}\n` : ''}${rows.join('\n')}`);
+      options.onProgress?.(done.size, total);
       pending = [];
     };
-    for await (const cube of extractCubes(plan, volumes)) {
-      pending.push({ point: cube.point, channels: cube.channels });
-      if (pending.length === options.batchSize) flush();
+    for await (const cube of extractCubes(todo, volumes, options.abortSignal)) {
+      pending.push({ point: cube.point, index: cube.index, channels: cube.channels });
+      if (pending.length === options.batchSize) await flush();
     }
-    if (pending.length) flush();
-    await mkdir(options.outputDir, { recursive: true }).catch((error: Error) => {
-      throw new DataFileError(options.outputDir, `cannot be created (${error.message})`, 'Choose an output folder you can write to');
-    });
+    if (pending.length) await flush();
+    // In the order of the input points, as cellfinder writes them.
+    const classified = [...done.entries()].sort(([a], [b]) => a - b).map(([, point]) => point);
     const xmlFile = path.join(options.outputDir, 'classified_points.xml');
     const probabilitiesFile = path.join(options.outputDir, 'classified_points.csv');
     await writeCellCounterXml(xmlFile, classified.map(({ x, y, z, type }) => ({ x, y, z, type })), { overwrite: true });
     const rows = ['x,y,z,type,cell_probability', ...classified.map((p) => `${p.x},${p.y},${p.z},${p.type},${p.cellProbability}`)];
     await writeFileAtomic(probabilitiesFile, `${rows.join('\n')}\n`, { overwrite: true });
-    return { xmlFile, probabilitiesFile, classified, skipped: plan.skipped, cells: classified.filter((p) => p.type === 2).length, nonCells: classified.filter((p) => p.type === 1).length };
+    await rm(partialFile, { force: true });
+    return { xmlFile, probabilitiesFile, classified, skipped: plan.skipped, cells: classified.filter((p) => p.type === 2).length, nonCells: classified.filter((p) => p.type === 1).length, resumed };
   } finally {
     await Promise.all(volumes.map((v) => v.close()));
   }
+}
+
+/** The results of an interrupted run of the same classification, by point index; empty when there are none (or of another). */
+async function readPartialResults(file: string, identity: string): Promise<Map<number, ClassifiedPoint>> {
+  const results = new Map<number, ClassifiedPoint>();
+  const text = await readFile(file, 'utf8').catch(() => '');
+  const [first, ...lines] = text.split('\n');
+  if (first !== identity) {
+    await rm(file, { force: true });
+    return results;
+  }
+  for (const line of lines) {
+    const values = line.split(',').map(Number);
+    // A line cut short by a kill is left out (and classified again).
+    if (values.length !== 6 || values.some((v) => !Number.isFinite(v))) continue;
+    const [index, x, y, z, type, cellProbability] = values;
+    results.set(index, { x, y, z, type, cellProbability });
+  }
+  return results;
 }
 
 export interface Evaluation {

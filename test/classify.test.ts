@@ -1,0 +1,81 @@
+/**
+ * Classification that can stop and continue: a kill -9 or Ctrl-C mid-run
+ * keeps what was classified (flushed batch by batch), and the same command
+ * finishes the rest, giving exactly the files an uninterrupted run gives.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import * as tf from '@tensorflow/tfjs';
+import { PARTIAL_RESULTS } from '../src/training/inference';
+import { writeKerasModel } from '../src/training/modelFiles';
+import { initialWeights, resnetSpec } from '../src/training/resnet';
+import { REPO_ROOT, SAMPLE, scratch } from './helpers';
+
+const CLI = path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js');
+
+function classifyArgs(model: string, output: string): string[] {
+  return ['classify', '--trained-model', model, '--signal', path.join(SAMPLE, 'signal'), '--background', path.join(SAMPLE, 'background'), '--points', path.join(SAMPLE, 'candidates', 'candidates.xml'), '--voxel-sizes', '5', '2', '2', '--network-depth', '18', '--batch-size', '2', '-o', output];
+}
+
+/** Runs classify and stops it with `signal` once it reports `after` candidates done; resolves with its exit code and stderr. */
+function interrupted(args: string[], after: number, signal: NodeJS.Signals): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    let sent = false;
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk;
+      const done = [...stderr.matchAll(/classifying: (\d+)\//g)].map((m) => Number(m[1]));
+      if (!sent && done.some((n) => n >= after)) {
+        sent = true;
+        child.kill(signal);
+      }
+    });
+    child.on('exit', (code) => resolve({ code, stderr }));
+  });
+}
+
+test('classify stopped by kill -9 or Ctrl-C continues where it stopped and writes what an uninterrupted run writes', { timeout: 10 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const model = path.join(root, 'random.keras');
+  const spec = resnetSpec(18, 2);
+  await writeKerasModel(model, spec, initialWeights(tf, spec, 3));
+
+  const clean = path.join(root, 'clean');
+  const whole = spawnSync(process.execPath, [CLI, ...classifyArgs(model, clean)], { encoding: 'utf8' });
+  assert.equal(whole.status, 0, whole.stderr);
+  assert.match(whole.stderr, /classifying: 13\/13 \(100%/);
+  const expectedCsv = await fs.readFile(path.join(clean, 'classified_points.csv'), 'utf8');
+  const expectedXml = await fs.readFile(path.join(clean, 'classified_points.xml'), 'utf8');
+  assert.ok(!existsSync(path.join(clean, PARTIAL_RESULTS)));
+
+  for (const signal of ['SIGKILL', 'SIGINT'] as const) {
+    const output = path.join(root, `stopped-${signal}`);
+    const stopped = await interrupted(classifyArgs(model, output), 4, signal);
+    if (signal === 'SIGINT') {
+      assert.equal(stopped.code, 3, stopped.stderr);
+      assert.match(stopped.stderr, /Stopped\. Run the same command again to classify the rest/);
+    }
+    const partial = (await fs.readFile(path.join(output, PARTIAL_RESULTS), 'utf8')).trim().split('\n');
+    assert.ok(partial.length >= 5, `${signal}: the batches done before the stop are on disk (${partial.length - 1} rows)`);
+    const again = spawnSync(process.execPath, [CLI, ...classifyArgs(model, output)], { encoding: 'utf8' });
+    assert.equal(again.status, 0, again.stderr);
+    const resumed = Number(/continued an interrupted run: (\d+) candidate\(s\) were already classified/.exec(again.stderr)?.[1]);
+    assert.ok(resumed >= 4 && resumed < 13, `${signal}: ${resumed} taken from the partial file`);
+    assert.equal(await fs.readFile(path.join(output, 'classified_points.csv'), 'utf8'), expectedCsv, `${signal}: the same probabilities, in input order`);
+    assert.equal(await fs.readFile(path.join(output, 'classified_points.xml'), 'utf8'), expectedXml);
+    assert.ok(!existsSync(path.join(output, PARTIAL_RESULTS)), 'the partial file is removed once done');
+  }
+
+  // A partial file of another classification (another model) is not taken.
+  const other = path.join(root, 'other');
+  await fs.mkdir(other);
+  await fs.writeFile(path.join(other, PARTIAL_RESULTS), '# {"model":"/elsewhere/model.keras"}\n0,1,1,1,2,0.9\n');
+  const fresh = spawnSync(process.execPath, [CLI, ...classifyArgs(model, other)], { encoding: 'utf8' });
+  assert.equal(fresh.status, 0, fresh.stderr);
+  assert.doesNotMatch(fresh.stderr, /continued an interrupted run/);
+  assert.equal(await fs.readFile(path.join(other, 'classified_points.csv'), 'utf8'), expectedCsv);
+});
