@@ -12,11 +12,13 @@ import { summarizeTrainingYaml, TrainingDataset, validateTrainingYaml, type Data
 import { DataFileError } from '../core/errors';
 import { cuboidShape } from '../core/extraction';
 import { extractToDataset } from '../core/extractToDataset';
+import { cacheCandidates } from '../core/labelling';
 import { mergeTrainingYamls } from '../core/merge';
 import type { CubeLabel } from '../core/trainingYaml';
 import { childEnvironment, DEVICE_ENV, isDeviceChoice } from '../training/native/gpuEnvironment';
 import { OutOfMemoryError } from '../training/outOfMemory';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
+import { progressPrinter } from './progress';
 import { classifyCommand, engineCommand, evaluateCommand, runInChild, trainCommand } from './trainCommands';
 
 const USAGE = `cellfinder-retrain: build and check cellfinder training data
@@ -70,6 +72,11 @@ working directory, so run it from the dataset folder (see README).
       Training and inference cubes/s of the network on the engine in use.
 --device (default auto, or CELLFINDER_RETRAIN_DEVICE): auto uses the GPU when
 it can and says why not; cpu never does.
+  cache <dataset> [--json]
+      Cuts every candidate of the set last labelled into the dataset (its
+      labelling.json) into <dataset>/.candidate-cache/, in one pass through the
+      volume, so labelling shows each one at once. Ctrl-C stops; run it again
+      to continue. The editor starts it for sets of 500 candidates or more.
   demo [--output-dir <dir>] [--epochs 2]
       The whole loop on the bundled sample: extract cubes, build a labelled
       dataset, retrain ResNet-18 briefly, classify the candidates, evaluate.
@@ -96,6 +103,8 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         return await datasetCommand(rest, io);
       case 'demo':
         return await demoCommand(rest, io);
+      case 'cache':
+        return await cacheCommand(rest, io);
       case 'train':
         return await trainCommand(rest, io);
       case 'classify':
@@ -199,6 +208,31 @@ async function extractCommand(argv: readonly string[], io: Io): Promise<number> 
   }
   io.out(`  dataset now holds ${report.cells} cell(s) and ${report.nonCells} non-cell(s)`);
   return 0;
+}
+
+async function cacheCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parseArgs(argv, [{ name: 'json', values: 0 }]);
+  if (positionals.length !== 1) throw new UsageError('cache needs one dataset folder (one that candidates were labelled into)');
+  const abort = new AbortController();
+  const stop = () => {
+    abort.abort();
+    io.err('Stopping; the cubes cut so far are kept, and the same command continues from there...');
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    const result = await cacheCandidates(path.resolve(positionals[0]), { signal: abort.signal, onProgress: progressPrinter(io, 'caching candidates') });
+    if (flags.has('json')) io.out(JSON.stringify(result));
+    else io.out(`Cached ${result.cached} of ${result.total} candidates in ${result.cacheFolder}`);
+    return 0;
+  } catch (error) {
+    if (!abort.signal.aborted) throw error;
+    io.err('Stopped. Run the same command again to cut the rest.');
+    return 3;
+  } finally {
+    process.removeListener('SIGINT', stop);
+    process.removeListener('SIGTERM', stop);
+  }
 }
 
 async function datasetCommand(argv: readonly string[], io: Io): Promise<number> {

@@ -26,6 +26,7 @@ import { TRAIN_DEFAULTS, type TrainConfig } from '../training/trainConfig';
 import { loadSamples } from '../training/trainingData';
 import { RESUME_FOLDER, train } from '../training/trainer';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
+import { progressPrinter } from './progress';
 
 export interface Io {
   out: (text: string) => void;
@@ -233,7 +234,7 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
       outputDir,
       voxelSizes,
       batchSize,
-      onProgress: progressPrinter(io),
+      onProgress: progressPrinter(io, 'classifying'),
       abortSignal: abort.signal,
     });
   } catch (error) {
@@ -253,21 +254,6 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
     if (report.skipped.length) io.out(`  ${report.skipped.length} candidate(s) too near the edge were not classified (cellfinder drops them too)`);
   }
   return 0;
-}
-
-/** "classifying: done/total (percent), about N s left", once per percent at most; the estimate from this run's own pace. */
-function progressPrinter(io: Io): (done: number, total: number) => void {
-  let started: { time: number; done: number } | undefined;
-  let lastPercent = -1;
-  return (done, total) => {
-    started ??= { time: Date.now(), done };
-    const percent = total === 0 ? 100 : Math.floor((100 * done) / total);
-    if (percent === lastPercent && done < total) return;
-    lastPercent = percent;
-    const rate = (done - started.done) / ((Date.now() - started.time) / 1000);
-    const left = done > started.done && rate > 0 ? `, about ${Math.ceil((total - done) / rate)} s left` : '';
-    io.err(`classifying: ${done}/${total} (${percent}%${left})`);
-  };
 }
 
 function formatEvaluation(e: Evaluation): string[] {

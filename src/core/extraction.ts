@@ -157,17 +157,28 @@ export function planExtraction<P extends Point3>(input: ExtractionInput<P>): Ext
  */
 export const BAND_ROWS = 512;
 
+/** A point of a sweep with the rows of its band held: `rowsOf(z, channel)` starts at `firstRow`, full width. */
+export interface SweptPoint<P extends Point3> {
+  point: P;
+  index: number;
+  bounds: CuboidBounds;
+  firstRow: number;
+  rowsOf(z: number, channel: number): PixelArray;
+}
+
 /**
- * Yields the cubes of `plan` in one pass through the volume: band by band of
- * rows (by each cuboid's first row), and in z order within a band, holding
- * only one cuboid depth of that band's rows per channel. Each plane is read
- * once per band, so the whole volume is read about once.
+ * One pass through the volume for the points of `plan`: band by band of rows
+ * (by each cuboid's first row), in z order within a band, holding only one
+ * cuboid depth of that band's rows per channel (plus `marginRows` above and
+ * below, for what is cut around the cuboid). Each plane is read once per
+ * band, so the whole volume is read about once, whatever the plane size.
  */
-export async function* extractCubes<P extends Point3>(
+export async function* sweepBands<P extends Point3>(
   plan: ExtractionPlan<P>,
   channels: readonly Volume[],
-  signal?: AbortSignal,
-): AsyncGenerator<ExtractedCube<P>> {
+  options: { marginRows?: number; signal?: AbortSignal } = {},
+): AsyncGenerator<SweptPoint<P>> {
+  const margin = options.marginRows ?? 0;
   const bands = new Map<number, ExtractionPlan<P>['extractable']>();
   // plan.extractable is in z order, so each band's list is too.
   for (const entry of plan.extractable) {
@@ -178,18 +189,24 @@ export async function* extractCubes<P extends Point3>(
   }
   for (const band of [...bands.keys()].sort((a, b) => a - b)) {
     const entries = bands.get(band) as ExtractionPlan<P>['extractable'];
-    const firstRow = band * BAND_ROWS;
-    const endRow = Math.max(...entries.map((entry) => entry.bounds.y[1]));
+    const firstRow = Math.max(0, band * BAND_ROWS - margin);
+    const endRow = Math.min(plan.volumeShape[1], Math.max(...entries.map((entry) => entry.bounds.y[1])) + margin);
     const planes = new Map<number, PixelArray[]>();
     for (const { point, index, bounds } of entries) {
-      signal?.throwIfAborted();
+      options.signal?.throwIfAborted();
       for (const z of planes.keys()) if (z < bounds.z[0]) planes.delete(z);
       for (let z = bounds.z[0]; z < bounds.z[1]; z++) {
         if (!planes.has(z)) planes.set(z, await Promise.all(channels.map((volume) => volume.readRows(z, firstRow, endRow))));
       }
-      const cubes = channels.map((_, channel) => networkCube(plan, bounds, (z) => (planes.get(z) as PixelArray[])[channel], firstRow));
-      yield { point, index, channels: cubes };
+      yield { point, index, bounds, firstRow, rowsOf: (z, channel) => (planes.get(z) as PixelArray[])[channel] };
     }
+  }
+}
+
+/** The cubes of `plan`, in one pass through the volume (see `sweepBands`). */
+export async function* extractCubes<P extends Point3>(plan: ExtractionPlan<P>, channels: readonly Volume[], signal?: AbortSignal): AsyncGenerator<ExtractedCube<P>> {
+  for await (const swept of sweepBands(plan, channels, { signal })) {
+    yield { point: swept.point, index: swept.index, channels: channels.map((_, channel) => networkCube(plan, swept.bounds, (z) => swept.rowsOf(z, channel), swept.firstRow)) };
   }
 }
 
@@ -216,7 +233,7 @@ export async function cutCube(point: Point3, channels: readonly Volume[], dataVo
  * One channel's cuboid, resized to the network's cube. `rowsOf(z)` gives
  * plane z from row `firstRow` on (a whole plane, or just the cuboid's rows).
  */
-function networkCube(plan: ExtractionPlan<Point3>, bounds: CuboidBounds, rowsOf: (z: number) => PixelArray, firstRow: number): Float32Array {
+export function networkCube(plan: ExtractionPlan<Point3>, bounds: CuboidBounds, rowsOf: (z: number) => PixelArray, firstRow: number): Float32Array {
   const [depth, height, width] = plan.cuboid;
   const volumeWidth = plan.volumeShape[2];
   const cuboid = new Float32Array(depth * height * width);

@@ -13,9 +13,11 @@ import * as path from 'node:path';
 import { readCellCounterXml, type CellCounterPoint } from './cellCounterXml';
 import { pointFromCubeFileName, type Point3 } from './cube';
 import { CELLS_FOLDER, NON_CELLS_FOLDER, positionKey, TrainingDataset, type Prediction } from './dataset';
+import { CandidateCache } from './candidateCache';
+import { contextWindow, cutContext, type CandidateContext } from './candidateContext';
 import { DataFileError } from './errors';
 import { LabelState, type BalanceCounts } from './labelState';
-import { cuboidBounds, cutCube, planExtraction, type SkippedPoint, type VoxelSizes } from './extraction';
+import { cutCube, planExtraction, type SkippedPoint, type VoxelSizes } from './extraction';
 import type { CubeLabel } from './trainingYaml';
 import { openChannels, type Volume } from './volume';
 
@@ -62,6 +64,27 @@ export async function loadCandidateSet(datasetRoot: string): Promise<CandidateSe
   return set;
 }
 
+/**
+ * Fills the cache of the candidate set last labelled into the dataset (its
+ * labelling.json): every candidate's cube and context, in one pass through
+ * the volume. Resumes a sweep that was stopped; `signal` stops it after
+ * flushing what it cut. Returns (cached, total).
+ */
+export async function cacheCandidates(datasetRoot: string, options: { signal?: AbortSignal; onProgress?: (cached: number, total: number) => void } = {}): Promise<{ cached: number; total: number; cacheFolder: string }> {
+  const set = await loadCandidateSet(datasetRoot);
+  if (!set) throw new DataFileError(path.join(datasetRoot, CANDIDATE_SET_FILE), 'does not exist: no candidate set was labelled into this dataset', 'Open the candidates for labelling first (Cellfinder: Label Candidates), or label with the CLI');
+  const { points } = await readCellCounterXml(set.points);
+  const volumes = await openChannels(set.signal, set.background);
+  try {
+    const plan = planExtraction({ points, channels: volumes, dataVoxelSizes: set.voxelSizes });
+    const cache = await CandidateCache.open(datasetRoot, set, plan, volumes.length);
+    await cache.sweep(volumes, options);
+    return { cached: cache.cached, total: cache.total, cacheFolder: cache.folder };
+  } finally {
+    await Promise.all(volumes.map((volume) => volume.close()));
+  }
+}
+
 export type Decision = CubeLabel | 'skip';
 export type CandidateStatus = Decision | 'todo';
 export type CandidateOrder = 'file' | 'uncertain-first' | 'predicted-cells-first';
@@ -81,22 +104,8 @@ export interface CandidateCube {
   channels: Float32Array[];
 }
 
-/** The candidate's neighbourhood on its own plane, in data voxels, with the cube's footprint. */
-export interface CandidateContext {
-  id: number;
-  z: number;
-  /** Region origin in the volume (x, y) and size. */
-  x0: number;
-  y0: number;
-  width: number;
-  height: number;
-  /** One array per channel, row-major (y, x). */
-  channels: Float32Array[];
-  /** The cuboid the cube is cut from, in region coordinates. */
-  box: { x: number; y: number; width: number; height: number };
-}
+export type { CandidateContext } from './candidateContext';
 
-const CONTEXT_CUBOIDS = 4;
 
 /** Cubes kept after the page asked for them (200 kB a channel), so a decision saves the cube shown without reading it again. */
 const RECENT_CUBES = 16;
@@ -191,15 +200,17 @@ export class LabellingSession {
     private readonly byId: ReadonlyMap<number, Candidate>,
     /** Labels, skips and balance, read from the dataset once and kept up to date by each decision. */
     private readonly state: LabelState,
+    /** The set's cut cubes and contexts, as far as a sweep has filled it (none when reviewing a dataset). */
+    readonly cache: CandidateCache | undefined,
   ) {}
 
   private readonly recentCubes = new Map<number, Promise<CandidateCube>>();
 
   /** The session over `candidates`, its state read from the dataset now. */
-  private static async over(set: CandidateSet | undefined, dataset: TrainingDataset, candidates: Candidate[], skippedAtEdge: SkippedPoint<CellCounterPoint>[], volumes: Volume[]): Promise<LabellingSession> {
+  private static async over(set: CandidateSet | undefined, dataset: TrainingDataset, candidates: Candidate[], skippedAtEdge: SkippedPoint<CellCounterPoint>[], volumes: Volume[], cache?: CandidateCache): Promise<LabellingSession> {
     const predictions = new Map(candidates.flatMap((c) => (c.prediction ? [[positionKey(c.position), c.prediction] as const] : [])));
     const state = LabelState.build(await labelsIn(dataset.root), await dataset.history(), predictions, set?.signal);
-    return new LabellingSession(set, dataset, candidates, skippedAtEdge, volumes, new Map(candidates.map((c) => [c.id, c])), state);
+    return new LabellingSession(set, dataset, candidates, skippedAtEdge, volumes, new Map(candidates.map((c) => [c.id, c])), state, cache);
   }
 
   /**
@@ -228,7 +239,8 @@ export class LabellingSession {
           prediction: predictions ? predictions.get(positionKey(point)) : typesArePredictions ? predictionFromType(point) : undefined,
         }))
         .sort((a, b) => a.id - b.id);
-      return await LabellingSession.over(set, dataset, candidates, plan.skipped, volumes);
+      const cache = await CandidateCache.open(dataset.root, set, plan, volumes.length);
+      return await LabellingSession.over(set, dataset, candidates, plan.skipped, volumes, cache);
     } catch (error) {
       await Promise.all(volumes.map((v) => v.close()));
       throw error;
@@ -284,7 +296,12 @@ export class LabellingSession {
     if (!cube) {
       const candidate = this.candidate(id);
       const set = this.set;
-      cube = (async () => ({ id, channels: set ? await cutCube(candidate.position, this.volumes, set.voxelSizes) : await this.dataset.readCube(candidate.position) }))();
+      cube = (async () => {
+        if (!set) return { id, channels: await this.dataset.readCube(candidate.position) };
+        // From the cache when the sweep has cut it; else from the planes, ahead of the sweep.
+        const cached = await this.cached(id, (cache) => cache.readCube(id));
+        return { id, channels: cached ?? (await cutCube(candidate.position, this.volumes, set.voxelSizes)) };
+      })();
       cube.catch(() => this.recentCubes.delete(id));
     } else this.recentCubes.delete(id);
     // Most recently asked last; the page asks for the cubes ahead, then the decision saves one of them.
@@ -297,38 +314,19 @@ export class LabellingSession {
   async context(id: number): Promise<CandidateContext | undefined> {
     const { position } = this.candidate(id);
     if (!this.set) return undefined;
+    const cached = await this.cached(id, (cache) => cache.readContext(id, position));
+    if (cached) return cached;
     const plan = planExtraction({ points: [position], channels: this.volumes, dataVoxelSizes: this.set.voxelSizes });
-    const [, cuboidHeight, cuboidWidth] = plan.cuboid;
-    const [, volumeHeight, volumeWidth] = plan.volumeShape;
-    const bounds = cuboidBounds(position, plan.cuboid);
-    const clamp = (value: number, max: number) => Math.max(0, Math.min(value, max));
-    const half = (size: number) => Math.floor((size * CONTEXT_CUBOIDS) / 2);
-    const x0 = clamp(Math.round(position.x) - half(cuboidWidth), volumeWidth);
-    const y0 = clamp(Math.round(position.y) - half(cuboidHeight), volumeHeight);
-    const width = clamp(x0 + cuboidWidth * CONTEXT_CUBOIDS, volumeWidth) - x0;
-    const height = clamp(y0 + cuboidHeight * CONTEXT_CUBOIDS, volumeHeight) - y0;
-    const z = clamp(Math.round(position.z), plan.volumeShape[0] - 1);
-    const channels = await Promise.all(
-      this.volumes.map(async (volume) => {
-        const rows = await volume.readRows(z, y0, y0 + height);
-        const region = new Float32Array(width * height);
-        for (let row = 0; row < height; row++) {
-          const from = row * volumeWidth + x0;
-          region.set(rows.subarray(from, from + width), row * width);
-        }
-        return region;
-      }),
-    );
-    return {
-      id,
-      z,
-      x0,
-      y0,
-      width,
-      height,
-      channels,
-      box: { x: bounds.x[0] - x0, y: bounds.y[0] - y0, width: cuboidWidth, height: cuboidHeight },
-    };
+    const window = contextWindow(position, plan.cuboid, plan.volumeShape);
+    const channels = await Promise.all(this.volumes.map(async (volume) => cutContext(window, await volume.readRows(window.z, window.y0, window.y0 + window.height), window.y0, plan.volumeShape[2])));
+    return { id, ...window, channels };
+  }
+
+  /** What the cache holds for candidate `id`, after taking in what the sweep logged since the last look. */
+  private async cached<T>(id: number, read: (cache: CandidateCache) => Promise<T | undefined>): Promise<T | undefined> {
+    if (!this.cache) return undefined;
+    if (!this.cache.has(id)) await this.cache.refresh();
+    return read(this.cache);
   }
 
   /**

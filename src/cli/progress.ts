@@ -1,0 +1,20 @@
+/** Progress lines of long CLI jobs, on stderr. */
+
+/**
+ * "label: done/total (percent), about N s left", at most once per percent;
+ * the estimate from this run's own pace (work an earlier, interrupted run
+ * did is counted as done, not as speed).
+ */
+export function progressPrinter(io: { err: (text: string) => void }, label: string): (done: number, total: number) => void {
+  let started: { time: number; done: number } | undefined;
+  let lastPercent = -1;
+  return (done, total) => {
+    started ??= { time: Date.now(), done };
+    const percent = total === 0 ? 100 : Math.floor((100 * done) / total);
+    if (percent === lastPercent && done < total) return;
+    lastPercent = percent;
+    const rate = (done - started.done) / ((Date.now() - started.time) / 1000);
+    const left = done > started.done && rate > 0 ? `, about ${Math.ceil((total - done) / rate)} s left` : '';
+    io.err(`${label}: ${done}/${total} (${percent}%${left})`);
+  };
+}

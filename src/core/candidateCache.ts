@@ -1,0 +1,232 @@
+/**
+ * A candidate set's cubes and context patches, cut in one pass through the
+ * volume and kept beside the dataset, so that labelling shows any candidate
+ * with one read of a few hundred kB instead of reading its planes (on a slow
+ * shared disk, 40 plane files per candidate), and a retrained model can
+ * re-predict every candidate from them in one pass.
+ *
+ * Layout, in `<dataset>/.candidate-cache/<16 hex>/` (the hex names what the
+ * cache is of: the points file with its size and time, the volumes, the
+ * voxel sizes):
+ *   manifest.json  that identity, the candidate count and the record sizes
+ *   cubes.f32      per candidate, in id order: each channel's 20x50x50 cube
+ *                  (z, y, x), float32 little-endian: the bytes a decision saves
+ *   context.f32    per candidate: each channel's context patch, float32,
+ *                  in records of the largest patch's size
+ *   done.log       the ids whose records are on disk, one per line, appended
+ *                  only after those records were flushed
+ * It is a cache: deleting it loses nothing; labelling then reads the planes.
+ */
+import { createHash } from 'node:crypto';
+import { constants, promises as fs } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import * as path from 'node:path';
+import { appendLineDurably, makeFolder, writeFileAtomic } from './atomicFile';
+import { CONTEXT_CUBOIDS, contextWindow, cutContext, type CandidateContext } from './candidateContext';
+import { CUBE_VOXELS, type Point3 } from './cube';
+import { networkCube, sweepBands, type ExtractionPlan, type VoxelSizes } from './extraction';
+import type { Volume } from './volume';
+
+export const CACHE_FOLDER = '.candidate-cache';
+const FORMAT = 1;
+/** Candidates whose records are flushed and logged together: a kill loses at most this many cut cubes. */
+const FLUSH_EVERY = 32;
+
+export interface CandidateSource {
+  points: string;
+  signal: string;
+  background?: string;
+  voxelSizes?: VoxelSizes;
+}
+
+interface Manifest {
+  format: number;
+  identity: Record<string, unknown>;
+  candidates: number;
+  channels: number;
+  contextValues: number;
+}
+
+export class CandidateCache {
+  private readonly done = new Set<number>();
+  /** How much of done.log has been read. */
+  private logBytes = 0;
+  /** Slot of each candidate id, in id order. */
+  private readonly slots: Map<number, number>;
+
+  private constructor(
+    readonly folder: string,
+    private readonly plan: ExtractionPlan<Point3>,
+    private readonly channels: number,
+    /** Float32 values of the largest context patch, all channels. */
+    private readonly contextValues: number,
+  ) {
+    this.slots = new Map([...plan.extractable].sort((a, b) => a.index - b.index).map((entry, slot) => [entry.index, slot]));
+  }
+
+  /**
+   * The cache of this candidate set (plan: its cuttable candidates, by id =
+   * index in the points file) in the dataset; created empty when there is none,
+   * and any cache of other sets in the dataset is removed.
+   */
+  static async open(datasetRoot: string, source: CandidateSource, plan: ExtractionPlan<Point3>, channels: number): Promise<CandidateCache> {
+    const stat = await fs.stat(source.points);
+    const identity = {
+      points: path.resolve(source.points),
+      pointsBytes: stat.size,
+      pointsModified: stat.mtimeMs,
+      signal: path.resolve(source.signal),
+      background: source.background ? path.resolve(source.background) : null,
+      voxelSizes: source.voxelSizes ?? null,
+    };
+    const name = createHash('sha256').update(JSON.stringify({ FORMAT, identity })).digest('hex').slice(0, 16);
+    const root = path.join(datasetRoot, CACHE_FOLDER);
+    for (const other of await fs.readdir(root).catch(() => [] as string[])) if (other !== name) await fs.rm(path.join(root, other), { recursive: true, force: true });
+    const folder = path.join(root, name);
+    const [, cuboidHeight, cuboidWidth] = plan.cuboid;
+    const contextValues = channels * cuboidHeight * CONTEXT_CUBOIDS * cuboidWidth * CONTEXT_CUBOIDS;
+    const cache = new CandidateCache(folder, plan, channels, contextValues);
+    const manifest: Manifest = { format: FORMAT, identity, candidates: plan.extractable.length, channels, contextValues };
+    const existing = await fs.readFile(path.join(folder, 'manifest.json'), 'utf8').catch(() => undefined);
+    if (existing !== `${JSON.stringify(manifest, null, 2)}\n`) {
+      await fs.rm(folder, { recursive: true, force: true });
+      await makeFolder(folder);
+      await writeFileAtomic(path.join(folder, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+    }
+    await cache.refresh();
+    return cache;
+  }
+
+  get total(): number {
+    return this.slots.size;
+  }
+
+  get cached(): number {
+    return this.done.size;
+  }
+
+  has(id: number): boolean {
+    return this.done.has(id);
+  }
+
+  /** Takes in what a sweep (this process's or another's) has logged since the last look. */
+  async refresh(): Promise<void> {
+    let handle: FileHandle;
+    try {
+      handle = await fs.open(this.file('done.log'), 'r');
+    } catch {
+      return;
+    }
+    try {
+      const size = (await handle.stat()).size;
+      if (size <= this.logBytes) return;
+      const bytes = Buffer.alloc(size - this.logBytes);
+      await handle.read(bytes, 0, bytes.length, this.logBytes);
+      // Only whole lines: a line being written is taken next time.
+      const text = bytes.toString('latin1');
+      const complete = text.lastIndexOf('\n') + 1;
+      for (const line of text.slice(0, complete).split('\n')) if (line !== '' && this.slots.has(Number(line))) this.done.add(Number(line));
+      this.logBytes += complete;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** The cube of candidate `id`, one array per channel, or undefined when it is not cached yet. */
+  async readCube(id: number): Promise<Float32Array[] | undefined> {
+    if (!this.done.has(id)) return undefined;
+    const values = await this.readRecord('cubes.f32', this.slot(id), this.channels * CUBE_VOXELS);
+    return Array.from({ length: this.channels }, (_, c) => values.slice(c * CUBE_VOXELS, (c + 1) * CUBE_VOXELS));
+  }
+
+  async readContext(id: number, position: Point3): Promise<CandidateContext | undefined> {
+    if (!this.done.has(id)) return undefined;
+    const window = contextWindow(position, this.plan.cuboid, this.plan.volumeShape);
+    const patch = window.width * window.height;
+    const values = await this.readRecord('context.f32', this.slot(id), this.contextValues);
+    return { id, ...window, channels: Array.from({ length: this.channels }, (_, c) => values.slice(c * patch, (c + 1) * patch)) };
+  }
+
+  /**
+   * Cuts every candidate not cached yet in one pass through the volume and
+   * writes its records; `onProgress` gets (cached, total). Stops at `signal`
+   * after flushing what it cut; the next sweep continues from there.
+   */
+  async sweep(volumes: readonly Volume[], options: { signal?: AbortSignal; onProgress?: (cached: number, total: number) => void } = {}): Promise<void> {
+    const todo = { ...this.plan, extractable: this.plan.extractable.filter((entry) => !this.done.has(entry.index)) };
+    // Read-write, created when missing, never truncated: records already there stay.
+    const cubes = await fs.open(this.file('cubes.f32'), constants.O_RDWR | constants.O_CREAT);
+    const contexts = await fs.open(this.file('context.f32'), constants.O_RDWR | constants.O_CREAT);
+    const written: number[] = [];
+    const flush = async () => {
+      if (written.length === 0) return;
+      await cubes.sync();
+      await contexts.sync();
+      await appendLineDurably(this.file('done.log'), written.join('\n'));
+      for (const id of written) this.done.add(id);
+      written.length = 0;
+      options.onProgress?.(this.done.size, this.total);
+    };
+    options.onProgress?.(this.done.size, this.total);
+    const [, , volumeWidth] = this.plan.volumeShape;
+    const marginRows = (this.plan.cuboid[1] * CONTEXT_CUBOIDS) / 2 + 1;
+    try {
+      for await (const swept of sweepBands(todo, volumes, { marginRows, signal: options.signal })) {
+        const slot = this.slot(swept.index);
+        const cube = new Float32Array(this.channels * CUBE_VOXELS);
+        const context = new Float32Array(this.contextValues);
+        const window = contextWindow(swept.point, this.plan.cuboid, this.plan.volumeShape);
+        for (let c = 0; c < this.channels; c++) {
+          cube.set(networkCube(this.plan, swept.bounds, (z) => swept.rowsOf(z, c), swept.firstRow), c * CUBE_VOXELS);
+          context.set(cutContext(window, swept.rowsOf(window.z, c), swept.firstRow, volumeWidth), c * window.width * window.height);
+        }
+        await cubes.write(littleEndianBytes(cube), 0, cube.byteLength, slot * cube.byteLength);
+        await contexts.write(littleEndianBytes(context), 0, context.byteLength, slot * context.byteLength);
+        written.push(swept.index);
+        if (written.length === FLUSH_EVERY) await flush();
+      }
+    } finally {
+      await flush();
+      await cubes.close();
+      await contexts.close();
+    }
+  }
+
+  private slot(id: number): number {
+    const slot = this.slots.get(id);
+    if (slot === undefined) throw new Error(`candidate ${id} has no full cube, so no place in the cache`);
+    return slot;
+  }
+
+  private file(name: string): string {
+    return path.join(this.folder, name);
+  }
+
+  private async readRecord(name: string, slot: number, values: number): Promise<Float32Array> {
+    const bytes = new Uint8Array(values * 4);
+    const handle = await fs.open(this.file(name), 'r');
+    try {
+      const { bytesRead } = await handle.read(bytes, 0, bytes.length, slot * bytes.length);
+      if (bytesRead !== bytes.length) throw new Error(`${this.file(name)}: record ${slot} is cut short`);
+    } finally {
+      await handle.close();
+    }
+    return fromLittleEndian(bytes);
+  }
+}
+
+const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+function littleEndianBytes(values: Float32Array): Uint8Array {
+  if (HOST_IS_LITTLE_ENDIAN) return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+  const bytes = new Uint8Array(values.byteLength);
+  const view = new DataView(bytes.buffer);
+  values.forEach((value, i) => view.setFloat32(i * 4, value, true));
+  return bytes;
+}
+
+function fromLittleEndian(bytes: Uint8Array): Float32Array {
+  if (HOST_IS_LITTLE_ENDIAN) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return Float32Array.from({ length: bytes.length / 4 }, (_, i) => view.getFloat32(i * 4, true));
+}
