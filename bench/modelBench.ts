@@ -11,7 +11,7 @@ import { cubeFileName } from '../src/core/cube';
 import { loadTensorFlow } from '../src/training/backend';
 import type { NetworkDepth } from '../src/training/resnet';
 import { CELLFINDER_AUGMENTATION } from '../src/training/augment';
-import { seededRandom } from '../src/training/random';
+import { seededRandom } from '../src/core/random';
 import { TRAIN_DEFAULTS } from '../src/training/trainConfig';
 import { assembleBatch, inBatches, loadSamples, planBatch } from '../src/training/trainingData';
 import { train } from '../src/training/trainer';

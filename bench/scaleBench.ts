@@ -17,6 +17,7 @@ import { cubeFileName, encodeCube, CUBE_VOXELS } from '../src/core/cube';
 import { TrainingDataset } from '../src/core/dataset';
 import { extractCubes, planExtraction } from '../src/core/extraction';
 import { LabellingSession } from '../src/core/labelling';
+import { seededRandom } from '../src/core/random';
 import { encodeStack } from '../src/core/tiffWriter';
 import { openChannels } from '../src/core/volume';
 
@@ -36,8 +37,8 @@ interface StepResult {
 }
 
 function random(seed: number): () => number {
-  let state = seed;
-  return () => (state = (state * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  const source = seededRandom(seed);
+  return () => source.next();
 }
 
 function candidates(): Array<{ x: number; y: number; z: number; type: number }> {
@@ -59,8 +60,9 @@ async function makeData(work: string): Promise<void> {
   for (const channel of ['signal', 'background']) {
     await fs.mkdir(path.join(work, channel), { recursive: true });
     for (let z = 0; z < PLANES; z++) {
+      // Noise of 100-163 from an integer LCG (Math.imul keeps it exact).
       let noise = z * 7919 + (channel === 'signal' ? 1 : 2);
-      for (let i = 0; i < plane.length; i++) plane[i] = 100 + ((noise = (noise * 1103515245 + 12345) & 0x7fffffff) >>> 25);
+      for (let i = 0; i < plane.length; i++) plane[i] = 100 + ((noise = (Math.imul(noise, 1103515245) + 12345) | 0) >>> 26);
       for (const point of byPlane.get(z) ?? []) {
         const bright = (channel === 'signal' ? 3000 : 600) / (1 + Math.abs(z - point.z));
         for (let y = point.y - 4; y <= point.y + 4; y++) for (let x = point.x - 4; x <= point.x + 4; x++) plane[y * WIDTH + x] += bright;

@@ -12,14 +12,15 @@ import { formatCellCounterXml } from '../src/core/cellCounterXml';
 import { cutCube } from '../src/core/extraction';
 import { cacheCandidates, LabellingSession, saveCandidateSet, type CandidateSet } from '../src/core/labelling';
 import { openChannels } from '../src/core/volume';
+import { seededRandom } from '../src/core/random';
 import { REPO_ROOT, SAMPLE, scratch } from './helpers';
 
 const CLI = path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js');
 
 /** `count` candidates spread through the sample volume, all with a full cube at 5, 2, 2 µm. */
 async function manyCandidates(folder: string, count: number): Promise<string> {
-  let seed = 99;
-  const next = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  const random = seededRandom(99);
+  const next = () => random.next();
   const points = Array.from({ length: count }, () => ({ x: 15 + Math.floor(next() * 595), y: 15 + Math.floor(next() * 1085), z: 10 + Math.floor(next() * 6), type: 1 }));
   const file = path.join(folder, 'many.xml');
   await fs.writeFile(file, formatCellCounterXml(points).text);

@@ -10,7 +10,7 @@ import { DataFileError } from '../src/core/errors';
 import { categoricalCrossEntropy, KerasAdam } from '../src/training/adam';
 import { applyAugmentation, drawAugmentation, CELLFINDER_AUGMENTATION } from '../src/training/augment';
 import { BatchThread } from '../src/training/batchThread';
-import { seededRandom, type Random } from '../src/training/random';
+import { seededRandom, type Random } from '../src/core/random';
 import { batchNormWithBatchStatistics, kerasWeightGroups, maxPool3dSeparable, parameterCount, resnetSpec } from '../src/training/resnet';
 import { loadTensorFlow } from '../src/training/backend';
 import { writeStoredZip } from '../src/training/storedZip';

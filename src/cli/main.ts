@@ -10,9 +10,12 @@ import { readdir } from 'node:fs/promises';
 import { CUBE_SHAPE, pointFromCubeFileName, readCube, type Point3 } from '../core/cube';
 import { summarizeTrainingYaml, TrainingDataset, validateTrainingYaml, type DatasetSummary } from '../core/dataset';
 import { DataFileError } from '../core/errors';
-import { cuboidShape } from '../core/extraction';
 import { extractToDataset } from '../core/extractToDataset';
+import { readCellCounterXml } from '../core/cellCounterXml';
+import { chooseCandidates, DEFAULT_CHOSEN, readProbabilities, writeChosen } from '../core/chooseCandidates';
+import { cuboidShape, planExtraction } from '../core/extraction';
 import { cacheCandidates } from '../core/labelling';
+import { openChannels } from '../core/volume';
 import { mergeTrainingYamls } from '../core/merge';
 import type { CubeLabel } from '../core/trainingYaml';
 import { childEnvironment, DEVICE_ENV, isDeviceChoice } from '../training/native/gpuEnvironment';
@@ -72,6 +75,13 @@ working directory, so run it from the dataset folder (see README).
       Training and inference cubes/s of the network on the engine in use.
 --device (default auto, or CELLFINDER_RETRAIN_DEVICE): auto uses the GPU when
 it can and says why not; cpu never does.
+  choose --points <detected.xml> -o <chosen.xml> [-n 2000] [--probabilities classified_points.csv]
+         [--seed 1] [--signal <planes> [--voxel-sizes Z Y X]]
+      The candidates to label out of a large detection: n spread evenly over the
+      volume (seeded), or with a classify run's probabilities half predicted
+      cells, half predicted non-cells, most uncertain first (then also
+      <chosen>.classified_points.csv). With --signal, only candidates with a
+      full cube.
   cache <dataset> [--json]
       Cuts every candidate of the set last labelled into the dataset (its
       labelling.json) into <dataset>/.candidate-cache/, in one pass through the
@@ -105,6 +115,8 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         return await demoCommand(rest, io);
       case 'cache':
         return await cacheCommand(rest, io);
+      case 'choose':
+        return await chooseCommand(rest, io);
       case 'train':
         return await trainCommand(rest, io);
       case 'classify':
@@ -207,6 +219,53 @@ async function extractCommand(argv: readonly string[], io: Io): Promise<number> 
     io.out(`  skipped point x=${skipped.point.x} y=${skipped.point.y} z=${skipped.point.z}: ${skipped.reason}`);
   }
   io.out(`  dataset now holds ${report.cells} cell(s) and ${report.nonCells} non-cell(s)`);
+  return 0;
+}
+
+async function chooseCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parseArgs(argv, [
+    { name: 'points', values: 1 },
+    { name: 'count', short: 'n', values: 1 },
+    { name: 'probabilities', values: 1 },
+    { name: 'seed', values: 1 },
+    { name: 'signal', short: 's', values: 1 },
+    { name: 'voxel-sizes', short: 'v', values: 3 },
+    { name: 'output', short: 'o', values: 1 },
+    { name: 'json', values: 0 },
+  ]);
+  if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+  const count = Number(one(flags, 'count') ?? DEFAULT_CHOSEN);
+  if (!Number.isInteger(count) || count < 1) throw new UsageError('-n needs a positive whole number of candidates');
+  const seed = Number(one(flags, 'seed') ?? 1);
+  if (!Number.isInteger(seed)) throw new UsageError('--seed needs a whole number');
+  const output = one(flags, 'output', true);
+  if (!output.toLowerCase().endsWith('.xml')) throw new UsageError('-o names the Cell Counter XML to write (ending .xml)');
+  const voxelSizes = parseVoxelSizes(flags.get('voxel-sizes'));
+  const { points: all } = await readCellCounterXml(one(flags, 'points', true));
+  let points = all;
+  const signal = one(flags, 'signal');
+  if (signal) {
+    // Only candidates with a full cube: every one chosen can be labelled.
+    const [volume] = await openChannels(signal);
+    try {
+      points = planExtraction({ points: all, channels: [volume], dataVoxelSizes: voxelSizes }).extractable.sort((a, b) => a.index - b.index).map((entry) => entry.point);
+    } finally {
+      await volume.close();
+    }
+  }
+  const probabilitiesFile = one(flags, 'probabilities');
+  const chosen = chooseCandidates(points, { count, seed, probabilities: probabilitiesFile ? await readProbabilities(probabilitiesFile) : undefined });
+  if (chosen.length === 0) throw new DataFileError(probabilitiesFile ?? one(flags, 'points', true), 'gives no candidate to choose (no probabilities for these points?)', 'Give the classified_points.csv of a classify run on these same points');
+  const written = await writeChosen(path.resolve(output), chosen);
+  for (const warning of written.warnings) io.err(`warning: ${warning}`);
+  const cells = chosen.filter((p) => p.cellProbability !== undefined && p.type === 2).length;
+  const how = probabilitiesFile ? `${cells} predicted cells and ${chosen.length - cells} predicted non-cells, most uncertain first` : `spread evenly over the volume (seed ${seed})`;
+  if (flags.has('json')) io.out(JSON.stringify({ ...written, chosen: chosen.length, of: points.length, predictedCells: probabilitiesFile ? cells : undefined }));
+  else {
+    io.out(`Chose ${chosen.length} of ${points.length} candidates: ${how}`);
+    io.out(`  ${written.xmlFile} (Cell Counter XML: label it here, or open it in napari)`);
+    if (written.probabilitiesFile) io.out(`  ${written.probabilitiesFile} (their probabilities, for labelling's uncertainty order)`);
+  }
   return 0;
 }
 

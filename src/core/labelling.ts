@@ -14,6 +14,7 @@ import { readCellCounterXml, type CellCounterPoint } from './cellCounterXml';
 import { pointFromCubeFileName, type Point3 } from './cube';
 import { CELLS_FOLDER, NON_CELLS_FOLDER, positionKey, TrainingDataset, type Prediction } from './dataset';
 import { CandidateCache } from './candidateCache';
+import { readProbabilities } from './chooseCandidates';
 import { contextWindow, cutContext, type CandidateContext } from './candidateContext';
 import { DataFileError } from './errors';
 import { LabelState, type BalanceCounts } from './labelState';
@@ -64,6 +65,9 @@ export async function loadCandidateSet(datasetRoot: string): Promise<CandidateSe
   return set;
 }
 
+/** Sets this large get their cache filled in the background when opened; smaller ones read their few planes at once. */
+export const CACHE_SWEEP_MIN_CANDIDATES = 500;
+
 /**
  * Fills the cache of the candidate set last labelled into the dataset (its
  * labelling.json): every candidate's cube and context, in one pass through
@@ -112,28 +116,8 @@ const RECENT_CUBES = 16;
 
 /** Reads `classified_points.csv` (x,y,z,type,cell_probability) into predictions by position. */
 async function readPredictionsCsv(file: string): Promise<Map<string, Prediction>> {
-  let text: string;
-  try {
-    text = await fs.readFile(file, 'utf8');
-  } catch (error) {
-    throw new DataFileError(file, `cannot be read (${(error as Error).message})`, 'Choose the classified_points.csv written by classify');
-  }
-  const [header, ...rows] = text.split(/\r?\n/).filter((line) => line.trim() !== '');
-  const columns = (header ?? '').split(',');
-  const at = (name: string) => columns.indexOf(name);
-  const [xi, yi, zi, pi] = [at('x'), at('y'), at('z'), at('cell_probability')];
-  if ([xi, yi, zi, pi].some((i) => i < 0)) {
-    throw new DataFileError(file, 'has no x, y, z and cell_probability columns', 'Choose the classified_points.csv written by classify');
-  }
   const predictions = new Map<string, Prediction>();
-  for (const [line, row] of rows.entries()) {
-    const cells = row.split(',').map(Number);
-    if ([xi, yi, zi, pi].some((i) => !Number.isFinite(cells[i]))) {
-      throw new DataFileError(file, `line ${line + 2} is not numbers: "${row}"`, 'Re-run classify to rewrite the file');
-    }
-    const cellProbability = cells[pi];
-    predictions.set(positionKey({ x: cells[xi], y: cells[yi], z: cells[zi] }), { label: cellProbability > 0.5 ? 'cell' : 'no_cell', cellProbability, model: file });
-  }
+  for (const [key, cellProbability] of await readProbabilities(file)) predictions.set(key, { label: cellProbability > 0.5 ? 'cell' : 'no_cell', cellProbability, model: file });
   return predictions;
 }
 

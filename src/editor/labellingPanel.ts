@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { LabellingController } from '../controllers/labellingController';
 import { runCliJson } from '../controllers/cliProcess';
-import { LabellingSession, loadCandidateSet, saveCandidateSet, type CandidateSet } from '../core/labelling';
+import { CACHE_SWEEP_MIN_CANDIDATES, LabellingSession, loadCandidateSet, saveCandidateSet, type CandidateSet } from '../core/labelling';
 import { percentile } from '../webview/render';
 import { LABELLING_BODY } from '../webview/labelling/body';
 import type { LabellingToHost } from '../webview/protocol';
@@ -104,11 +104,33 @@ export class LabellingPanels {
     loadPage(panel.webview, this.context.extensionUri, 'labelling', LABELLING_BODY);
     const subscription = panel.webview.onDidReceiveMessage((message: LabellingToHost) => controller.handle(message));
     this.open.set(datasetRoot, panel);
+    const sweep = set && session.cache && session.cache.cached < session.cache.total && session.candidates.length >= CACHE_SWEEP_MIN_CANDIDATES ? this.sweepCache(datasetRoot) : undefined;
     panel.onDidDispose(() => {
       subscription.dispose();
       this.open.delete(datasetRoot);
+      // A stopped sweep continues when the set is opened again.
+      sweep?.abort();
       void controller.dispose();
     });
+  }
+
+  /**
+   * Cuts every candidate into the dataset's cache in a separate process
+   * (cellfinder-retrain cache), so labelling shows each one at once; its
+   * progress in a notification, which can stop it.
+   */
+  private sweepCache(datasetRoot: string): AbortController {
+    const abort = new AbortController();
+    void vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Cellfinder: cutting the candidates for labelling', cancellable: true }, async (progress, token) => {
+      token.onCancellationRequested(() => abort.abort());
+      try {
+        await runCliJson(cliLocation(this.context), ['cache', datasetRoot], (line) => progress.report({ message: line }), abort.signal);
+      } catch (error) {
+        // Stopped on purpose: the next opening continues it. Otherwise labelling goes on from the planes.
+        if (!abort.signal.aborted) this.log.appendLine(`labelling: the candidate cache sweep failed (${(error as Error).message}); candidates are read from the planes`);
+      }
+    });
+    return abort;
   }
 
   /** Runs a model the user picks on the candidates and returns the probabilities file. */

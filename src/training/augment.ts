@@ -17,7 +17,7 @@
  * 1/0.6 - 1, so zoom lies in [0.6, 1.4].
  */
 import { indicesRead, resizeTrilinear } from '../core/rescale';
-import { uniform, type Random } from './random';
+import { uniform, type Random } from '../core/random';
 
 export type AffineMode = 'random-range' | 'cellfinder-parity';
 

@@ -26,7 +26,7 @@ import { CELLFINDER_AUGMENTATION } from './augment';
 import type { TensorFlowRuntime } from './backend';
 import { BatchThread } from './batchThread';
 import { readModelFile, removeStaleModelTempFiles, writeKerasModel, writeKerasWeights, type LoadedModel } from './modelFiles';
-import { randomFor, seededRandom } from './random';
+import { randomFor, seededRandom } from '../core/random';
 import { BATCH_NORM_MOMENTUM, forward, initialWeights, parameterCount, resnetSpec, weightKey, type BatchNormStatistics, type ResNetSpec, type Weights } from './resnet';
 import { outOfMemoryError, readOutOfMemory, smallerBatchSizes } from './outOfMemory';
 import { learningRateForEpoch, type TrainConfig } from './trainConfig';

@@ -9,7 +9,7 @@ import { summarizeTrainingYaml } from '../core/dataset';
 import { DataFileError } from '../core/errors';
 import { NO_BACKGROUND_CHANNEL } from '../core/trainingYaml';
 import { applyAugmentation, drawAugmentation, type AugmentationDraw, type AugmentationOptions } from './augment';
-import { shuffleInPlace, type Random } from './random';
+import { shuffleInPlace, type Random } from '../core/random';
 
 export interface Sample {
   /** One file per channel, signal first. */
