@@ -34,6 +34,7 @@ export function activate(context: vscode.ExtensionContext): void {
     command('cellfinder.retrainNetwork', () => training.retrain()),
     command('cellfinder.retrainOnDataset', (item) => training.retrain(datasetOf(item))),
     command('cellfinder.labelCandidates', () => labelling.labelCandidates()),
+    command('cellfinder.chooseCandidates', () => labelling.chooseCandidates()),
     command('cellfinder.labelDataset', async (item) => labelling.labelDataset(datasetOf(item) ?? (await pickDatasetFolder('Label into which training dataset?', index.datasetRoots(), 'training-data')) ?? '')),
     command('cellfinder.reviewDataset', (item) => labelling.reviewDataset(datasetOf(item) ?? '')),
     command('cellfinder.addCandidates', (item) => labelling.labelDataset(datasetOf(item) ?? '', true)),

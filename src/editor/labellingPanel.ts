@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { LabellingController } from '../controllers/labellingController';
 import { runCliJson } from '../controllers/cliProcess';
+import { DEFAULT_CHOSEN } from '../core/chooseCandidates';
 import { CACHE_SWEEP_MIN_CANDIDATES, LabellingSession, loadCandidateSet, saveCandidateSet, type CandidateSet } from '../core/labelling';
 import { percentile } from '../webview/render';
 import { LABELLING_BODY } from '../webview/labelling/body';
@@ -22,12 +23,18 @@ export const LABELLING_VIEW_TYPE = 'cellfinder.labelling';
 export async function askForCandidateSet(): Promise<CandidateSet | undefined> {
   const points = await pickFile('Candidate points to label (Cell Counter XML, e.g. cellfinder\'s detected or classified points)', { 'Cell Counter XML': ['xml'] });
   if (!points) return undefined;
+  const volumes = await askForVolumes();
+  return volumes && { points, ...volumes };
+}
+
+/** The volumes the candidates sit in, and their voxel sizes. */
+async function askForVolumes(): Promise<Omit<CandidateSet, 'points'> | undefined> {
   const signal = await pickVolume('Signal channel: folder of z-planes, plane list or multi-page TIFF');
   if (!signal) return undefined;
   const background = await pickVolume('Background channel (cancel for signal-only)');
   const voxelSizes = await askVoxelSizes();
   if (voxelSizes === undefined) return undefined;
-  return { points, signal, background, voxelSizes: voxelSizes ?? undefined };
+  return { signal, background, voxelSizes: voxelSizes ?? undefined };
 }
 
 export class LabellingPanels {
@@ -131,6 +138,42 @@ export class LabellingPanels {
       }
     });
     return abort;
+  }
+
+  /**
+   * Out of a large detection, chooses the candidates worth an expert's time
+   * (cellfinder-retrain choose, in a separate process: a million-point XML
+   * takes seconds to read), then labels them.
+   */
+  async chooseCandidates(): Promise<void> {
+    requireTrust('Choosing candidates');
+    const points = await pickFile('Detected candidates to choose from (Cell Counter XML)', { 'Cell Counter XML': ['xml'] });
+    if (!points) return;
+    const spread = { label: 'Spread evenly over the volume', detail: 'Without a model: a seeded sample of the whole brain' };
+    const uncertain = { label: 'Most uncertain first, by a model\'s predictions', detail: 'Half predicted cells, half predicted non-cells, from a classify run\'s classified_points.csv' };
+    const how = await vscode.window.showQuickPick([spread, uncertain], { title: 'Which candidates to label?' });
+    if (!how) return;
+    const probabilities = how === uncertain ? await pickFile('The classify run\'s probabilities (classified_points.csv)', { 'classified_points.csv': ['csv'] }) : undefined;
+    if (how === uncertain && !probabilities) return;
+    const count = await vscode.window.showInputBox({
+      title: 'How many candidates to label?',
+      prompt: 'The retraining guide: 1,000-5,000 per round, in several sittings',
+      value: String(DEFAULT_CHOSEN),
+      validateInput: (value) => (/^[1-9]\d*$/.test(value.trim()) ? undefined : 'A positive whole number'),
+    });
+    if (!count) return;
+    const volumes = await askForVolumes();
+    if (!volumes) return;
+    const chosenFile = path.join(path.dirname(points), `${path.basename(points, '.xml')}-chosen-${count.trim()}.xml`);
+    const args = ['choose', '--points', points, '-n', count.trim(), '--signal', volumes.signal, '-o', chosenFile];
+    if (probabilities) args.push('--probabilities', probabilities);
+    if (volumes.voxelSizes) args.push('--voxel-sizes', ...volumes.voxelSizes.map(String));
+    const chosen = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Cellfinder: choosing candidates' }, () =>
+      runCliJson<{ xmlFile: string; probabilitiesFile?: string; chosen: number; of: number }>(cliLocation(this.context), args),
+    );
+    this.log.appendLine(`choose: ${chosen.chosen} of ${chosen.of} candidates -> ${chosen.xmlFile}`);
+    const root = await pickDatasetFolder(`Label the ${chosen.chosen} chosen candidates into which training dataset?`, this.index.datasetRoots(), 'training-data');
+    if (root) await this.show(root, { points: chosen.xmlFile, ...volumes, predictions: chosen.probabilitiesFile });
   }
 
   /** Runs a model the user picks on the candidates and returns the probabilities file. */

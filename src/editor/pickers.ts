@@ -2,7 +2,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import type { VoxelSizes } from '../core/extraction';
+import { voxelSizeProblem, type VoxelSizes } from '../core/extraction';
 
 export async function pickFile(title: string, filters: Record<string, string[]>, folders = false): Promise<string | undefined> {
   const picked = await vscode.window.showOpenDialog({ title, canSelectFiles: true, canSelectFolders: folders, canSelectMany: false, filters, defaultUri: vscode.workspace.workspaceFolders?.[0]?.uri });
@@ -70,7 +70,11 @@ export async function askVoxelSizes(): Promise<VoxelSizes | null | undefined> {
     title: 'Data voxel sizes in µm (z y x)',
     prompt: 'The network works at 5, 1, 1 µm; cubes are rescaled from these sizes. Leave empty if your data is already at 5 1 1.',
     placeHolder: '5 2 2',
-    validateInput: (value) => (value.trim() === '' || parseVoxelSizes(value) ? undefined : 'Three positive numbers: z y x'),
+    validateInput: (value) => {
+      if (value.trim() === '') return undefined;
+      const sizes = parseVoxelSizes(value);
+      return sizes ? voxelSizeProblem(sizes) : 'Three positive numbers: z y x';
+    },
   });
   if (text === undefined) return undefined;
   return text.trim() === '' ? null : (parseVoxelSizes(text) as VoxelSizes);
