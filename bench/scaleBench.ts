@@ -16,7 +16,15 @@ import { formatCellCounterXml, readCellCounterXml } from '../src/core/cellCounte
 import { cubeFileName, encodeCube, CUBE_VOXELS } from '../src/core/cube';
 import { TrainingDataset } from '../src/core/dataset';
 import { extractCubes, planExtraction } from '../src/core/extraction';
-import { LabellingSession } from '../src/core/labelling';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { LabellingController } from '../src/controllers/labellingController';
+import { cacheCandidates, LabellingSession, saveCandidateSet } from '../src/core/labelling';
+import { loadTensorFlow } from '../src/training/backend';
+import { writeKerasModel } from '../src/training/modelFiles';
+import { initialWeights, resnetSpec } from '../src/training/resnet';
+import { LABELLING_BODY } from '../src/webview/labelling/body';
+import type { HostToLabelling, LabellingToHost } from '../src/webview/protocol';
+import { launchBrowser, openPage } from '../test/webview/harness';
 import { seededRandom } from '../src/core/random';
 import { encodeStack } from '../src/core/tiffWriter';
 import { openChannels } from '../src/core/volume';
@@ -29,6 +37,9 @@ const LARGE_XML = 1_000_000;
 const LABELLED_ALREADY = 5000;
 const RANDOM_VISITS = 200;
 const DECISIONS = 100;
+const PAGE_PRESSES = 100;
+/** A fast triage of clear cases. */
+const PAGE_THINK_MS = 300;
 
 interface StepResult {
   step: string;
@@ -154,10 +165,97 @@ async function labellingStep(work: string): Promise<void> {
   await session.close();
 }
 
+/** The cache sweep as the editor runs it (cellfinder-retrain cache, its own process), then labelling served from the cache. */
+async function sweepStep(work: string): Promise<void> {
+  const datasetRoot = path.join(work, 'swept');
+  rmSync(datasetRoot, { recursive: true, force: true });
+  const set = { points: path.join(work, 'candidates.xml'), signal: path.join(work, 'signal'), background: path.join(work, 'background') };
+  await (await LabellingSession.open(set, datasetRoot)).close();
+  await saveCandidateSet(datasetRoot, set);
+  const start = process.hrtime.bigint();
+  const swept = await cacheCandidates(datasetRoot);
+  const seconds = since(start) / 1000;
+  report('cache sweep: every candidate\'s cube and context cut into the cache in one pass', `${swept.cached} candidates in ${seconds.toFixed(1)} s: ${(swept.cached / seconds).toFixed(0)} candidates/s`);
+  const session = await LabellingSession.open(set, datasetRoot);
+  const next = random(5);
+  const visits: number[] = [];
+  for (let i = 0; i < RANDOM_VISITS; i++) {
+    const id = session.candidates[Math.floor(next() * session.candidates.length)].id;
+    const visit = process.hrtime.bigint();
+    await Promise.all([session.cube(id), session.context(id)]);
+    visits.push(since(visit));
+  }
+  report(`host work per candidate from the cache, random order (${RANDOM_VISITS} candidates)`, spread(visits));
+  await session.close();
+}
+
+/**
+ * The real labelling page (headless Chromium) on the host controller, as a
+ * fast expert uses it: opening the set to the first cube painted, then
+ * decisions and moves 0.3 s apart, key to next cube painted; and the longest
+ * the host's event loop was blocked throughout.
+ */
+async function pageStep(work: string): Promise<void> {
+  const datasetRoot = path.join(work, 'page-dataset');
+  rmSync(datasetRoot, { recursive: true, force: true });
+  const loop = monitorEventLoopDelay({ resolution: 5 });
+  loop.enable();
+  const browser = await launchBrowser();
+  try {
+    const opened = process.hrtime.bigint();
+    const session = await LabellingSession.open({ points: path.join(work, 'candidates.xml'), signal: path.join(work, 'signal'), background: path.join(work, 'background') }, datasetRoot);
+    const latencies: number[] = [];
+    let sendToPage: ((message: HostToLabelling) => Promise<void>) | undefined;
+    const controller = new LabellingController(session, (message) => void sendToPage?.(message), { onPaintLatency: (ms) => latencies.push(ms) });
+    const ui = await openPage<LabellingToHost>(browser, 'labelling', LABELLING_BODY, 'dark', (message, send) => {
+      sendToPage = send;
+      void controller.handle(message);
+    });
+    await ui.page.waitForFunction(() => (document.getElementById('channel-0') as HTMLCanvasElement).style.width !== '');
+    report('open a 5,000-candidate set to the first cube painted in the labelling page (page load included)', `${since(opened).toFixed(0)} ms`);
+    const press = async (key: string) => {
+      await ui.page.waitForTimeout(PAGE_THINK_MS);
+      const painted = ui.nextMessage((m) => m.type === 'paintLatency');
+      await ui.page.keyboard.press(key);
+      await painted;
+    };
+    for (let i = 0; i < PAGE_PRESSES; i++) await press(i % 2 ? 'n' : 'y');
+    await controller.settled();
+    report(`key to next cube painted, Y/N decisions ${PAGE_THINK_MS} ms apart (${PAGE_PRESSES}), file order`, spread(latencies.splice(0)));
+    for (let i = 0; i < PAGE_PRESSES; i++) await press(i % 10 < 5 ? 'ArrowRight' : 'ArrowLeft');
+    report(`key to next cube painted, arrow moves ${PAGE_THINK_MS} ms apart (${PAGE_PRESSES})`, spread(latencies.splice(0)));
+    await ui.close();
+    await controller.dispose();
+  } finally {
+    await browser.close();
+    loop.disable();
+  }
+  report('longest the host\'s event loop was blocked during the page steps', `${(loop.max / 1e6).toFixed(0)} ms`);
+}
+
+/** classify on the 5,000 candidates with a ResNet-18 (random weights: speed only), in its own process as the editor runs it. */
+async function classifyStep(work: string): Promise<void> {
+  const model = path.join(work, 'resnet18.keras');
+  const tf = (await loadTensorFlow()).tf;
+  const spec = resnetSpec(18, 2);
+  await writeKerasModel(model, spec, initialWeights(tf, spec, 1));
+  const cli = path.resolve(__dirname, '..', '..', 'bin', 'cellfinder-retrain.js');
+  const start = process.hrtime.bigint();
+  const run = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, cli, 'classify', '--trained-model', model, '--network-depth', '18', '--signal', path.join(work, 'signal'), '--background', path.join(work, 'background'), '--points', path.join(work, 'candidates.xml'), '-o', path.join(work, 'classified'), '--json'], { encoding: 'utf8' });
+  const seconds = since(start) / 1000;
+  if (run.status !== 0) throw new Error(run.stderr);
+  const count = (JSON.parse(run.stdout) as { count: number }).count;
+  const peakKiB = Number(run.stderr.trim().split('\n').pop());
+  report(`classify ${count} candidates with ResNet-18 (cellfinder-retrain classify, its own process; peak RSS ${(peakKiB / 1024).toFixed(0)} MiB)`, `${(count / seconds).toFixed(1)} candidates/s (${seconds.toFixed(0)} s, TensorFlow start included)`);
+}
+
 export async function runScaleStep(step: string, work: string): Promise<void> {
   if (step === 'xml') await xmlStep(work);
   else if (step === 'extraction') await extractionStep(work);
   else if (step === 'labelling') await labellingStep(work);
+  else if (step === 'sweep') await sweepStep(work);
+  else if (step === 'page') await pageStep(work);
+  else if (step === 'classify') await classifyStep(work);
   else throw new Error(`unknown scale step ${step}`);
 }
 
@@ -170,7 +268,7 @@ export async function benchScale(script: string): Promise<void> {
   process.stderr.write(`data ready (${(since(made) / 1000).toFixed(0)} s)\n`);
   const results: StepResult[] = [];
   try {
-    for (const step of ['xml', 'extraction', 'labelling']) {
+    for (const step of ['xml', 'extraction', 'labelling', 'sweep', 'page', 'classify']) {
       const run = spawnSync(process.execPath, [script, 'scale-step', step, work], { encoding: 'utf8', maxBuffer: 1 << 24 });
       if (run.status !== 0) throw new Error(`scale step ${step} failed:\n${run.stderr}`);
       for (const line of run.stdout.trim().split('\n')) results.push(JSON.parse(line) as StepResult);

@@ -11,8 +11,9 @@
  *   manifest.json  that identity, the candidate count and the record sizes
  *   cubes.f32      per candidate, in id order: each channel's 20x50x50 cube
  *                  (z, y, x), float32 little-endian: the bytes a decision saves
- *   context.f32    per candidate: each channel's context patch, float32,
- *                  in records of the largest patch's size
+ *   context.bin    per candidate: each channel's context patch in the
+ *                  volume's pixel type (little-endian), in records of the
+ *                  largest patch's size
  *   done.log       the ids whose records are on disk, one per line, appended
  *                  only after those records were flushed
  * It is a cache: deleting it loses nothing; labelling then reads the planes.
@@ -25,6 +26,7 @@ import { appendLineDurably, makeFolder, writeFileAtomic } from './atomicFile';
 import { CONTEXT_CUBOIDS, contextWindow, cutContext, type CandidateContext } from './candidateContext';
 import { CUBE_VOXELS, type Point3 } from './cube';
 import { networkCube, sweepBands, type ExtractionPlan, type VoxelSizes } from './extraction';
+import type { PixelArray, PixelType } from './tiff';
 import type { Volume } from './volume';
 
 export const CACHE_FOLDER = '.candidate-cache';
@@ -45,7 +47,16 @@ interface Manifest {
   candidates: number;
   channels: number;
   contextValues: number;
+  pixelType: PixelType;
 }
+
+const PIXEL_ARRAYS: Record<PixelType, { new (buffer: ArrayBuffer, offset?: number, length?: number): PixelArray; readonly BYTES_PER_ELEMENT: number }> = {
+  uint8: Uint8Array,
+  int8: Int8Array,
+  uint16: Uint16Array,
+  int16: Int16Array,
+  float32: Float32Array,
+};
 
 export class CandidateCache {
   private readonly done = new Set<number>();
@@ -58,8 +69,10 @@ export class CandidateCache {
     readonly folder: string,
     private readonly plan: ExtractionPlan<Point3>,
     private readonly channels: number,
-    /** Float32 values of the largest context patch, all channels. */
+    /** Values of the largest context patch, all channels. */
     private readonly contextValues: number,
+    /** The volume's pixel type, which context patches keep. */
+    private readonly pixelType: PixelType,
   ) {
     this.slots = new Map([...plan.extractable].sort((a, b) => a.index - b.index).map((entry, slot) => [entry.index, slot]));
   }
@@ -69,7 +82,7 @@ export class CandidateCache {
    * index in the points file) in the dataset; created empty when there is none,
    * and any cache of other sets in the dataset is removed.
    */
-  static async open(datasetRoot: string, source: CandidateSource, plan: ExtractionPlan<Point3>, channels: number): Promise<CandidateCache> {
+  static async open(datasetRoot: string, source: CandidateSource, plan: ExtractionPlan<Point3>, channels: number, pixelType: PixelType): Promise<CandidateCache> {
     const stat = await fs.stat(source.points);
     const identity = {
       points: path.resolve(source.points),
@@ -85,8 +98,8 @@ export class CandidateCache {
     const folder = path.join(root, name);
     const [, cuboidHeight, cuboidWidth] = plan.cuboid;
     const contextValues = channels * cuboidHeight * CONTEXT_CUBOIDS * cuboidWidth * CONTEXT_CUBOIDS;
-    const cache = new CandidateCache(folder, plan, channels, contextValues);
-    const manifest: Manifest = { format: FORMAT, identity, candidates: plan.extractable.length, channels, contextValues };
+    const cache = new CandidateCache(folder, plan, channels, contextValues, pixelType);
+    const manifest: Manifest = { format: FORMAT, identity, candidates: plan.extractable.length, channels, contextValues, pixelType };
     const existing = await fs.readFile(path.join(folder, 'manifest.json'), 'utf8').catch(() => undefined);
     if (existing !== `${JSON.stringify(manifest, null, 2)}\n`) {
       await fs.rm(folder, { recursive: true, force: true });
@@ -135,16 +148,20 @@ export class CandidateCache {
   /** The cube of candidate `id`, one array per channel, or undefined when it is not cached yet. */
   async readCube(id: number): Promise<Float32Array[] | undefined> {
     if (!this.done.has(id)) return undefined;
-    const values = await this.readRecord('cubes.f32', this.slot(id), this.channels * CUBE_VOXELS);
-    return Array.from({ length: this.channels }, (_, c) => values.slice(c * CUBE_VOXELS, (c + 1) * CUBE_VOXELS));
+    const values = fromLittleEndian(await this.readRecord('cubes.f32', this.slot(id), this.channels * CUBE_VOXELS * 4), 'float32');
+    return Array.from({ length: this.channels }, (_, c) => Float32Array.from(values.subarray(c * CUBE_VOXELS, (c + 1) * CUBE_VOXELS)));
   }
 
   async readContext(id: number, position: Point3): Promise<CandidateContext | undefined> {
     if (!this.done.has(id)) return undefined;
     const window = contextWindow(position, this.plan.cuboid, this.plan.volumeShape);
     const patch = window.width * window.height;
-    const values = await this.readRecord('context.f32', this.slot(id), this.contextValues);
-    return { id, ...window, channels: Array.from({ length: this.channels }, (_, c) => values.slice(c * patch, (c + 1) * patch)) };
+    const values = fromLittleEndian(await this.readRecord('context.bin', this.slot(id), this.contextValues * this.pixelBytes), this.pixelType);
+    return { id, ...window, channels: Array.from({ length: this.channels }, (_, c) => Float32Array.from(values.subarray(c * patch, (c + 1) * patch))) };
+  }
+
+  private get pixelBytes(): number {
+    return PIXEL_ARRAYS[this.pixelType].BYTES_PER_ELEMENT;
   }
 
   /**
@@ -156,7 +173,7 @@ export class CandidateCache {
     const todo = { ...this.plan, extractable: this.plan.extractable.filter((entry) => !this.done.has(entry.index)) };
     // Read-write, created when missing, never truncated: records already there stay.
     const cubes = await fs.open(this.file('cubes.f32'), constants.O_RDWR | constants.O_CREAT);
-    const contexts = await fs.open(this.file('context.f32'), constants.O_RDWR | constants.O_CREAT);
+    const contexts = await fs.open(this.file('context.bin'), constants.O_RDWR | constants.O_CREAT);
     const written: number[] = [];
     const flush = async () => {
       if (written.length === 0) return;
@@ -174,11 +191,11 @@ export class CandidateCache {
       for await (const swept of sweepBands(todo, volumes, { marginRows, signal: options.signal })) {
         const slot = this.slot(swept.index);
         const cube = new Float32Array(this.channels * CUBE_VOXELS);
-        const context = new Float32Array(this.contextValues);
+        const context = new (PIXEL_ARRAYS[this.pixelType] as unknown as new (length: number) => PixelArray)(this.contextValues);
         const window = contextWindow(swept.point, this.plan.cuboid, this.plan.volumeShape);
         for (let c = 0; c < this.channels; c++) {
           cube.set(networkCube(this.plan, swept.bounds, (z) => swept.rowsOf(z, c), swept.firstRow), c * CUBE_VOXELS);
-          context.set(cutContext(window, swept.rowsOf(window.z, c), swept.firstRow, volumeWidth), c * window.width * window.height);
+          context.set(cutContext(window, swept.rowsOf(window.z, c), swept.firstRow, volumeWidth) as never, c * window.width * window.height);
         }
         await cubes.write(littleEndianBytes(cube), 0, cube.byteLength, slot * cube.byteLength);
         await contexts.write(littleEndianBytes(context), 0, context.byteLength, slot * context.byteLength);
@@ -202,8 +219,8 @@ export class CandidateCache {
     return path.join(this.folder, name);
   }
 
-  private async readRecord(name: string, slot: number, values: number): Promise<Float32Array> {
-    const bytes = new Uint8Array(values * 4);
+  private async readRecord(name: string, slot: number, byteLength: number): Promise<Uint8Array> {
+    const bytes = new Uint8Array(byteLength);
     const handle = await fs.open(this.file(name), 'r');
     try {
       const { bytesRead } = await handle.read(bytes, 0, bytes.length, slot * bytes.length);
@@ -211,22 +228,26 @@ export class CandidateCache {
     } finally {
       await handle.close();
     }
-    return fromLittleEndian(bytes);
+    return bytes;
   }
 }
 
 const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
-function littleEndianBytes(values: Float32Array): Uint8Array {
-  if (HOST_IS_LITTLE_ENDIAN) return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-  const bytes = new Uint8Array(values.byteLength);
-  const view = new DataView(bytes.buffer);
-  values.forEach((value, i) => view.setFloat32(i * 4, value, true));
-  return bytes;
+/** The bytes of `values`, little-endian whatever the host. */
+function littleEndianBytes(values: PixelArray): Uint8Array {
+  const bytes = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+  return HOST_IS_LITTLE_ENDIAN ? bytes : swapped(bytes, values.BYTES_PER_ELEMENT);
 }
 
-function fromLittleEndian(bytes: Uint8Array): Float32Array {
-  if (HOST_IS_LITTLE_ENDIAN) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  return Float32Array.from({ length: bytes.length / 4 }, (_, i) => view.getFloat32(i * 4, true));
+function fromLittleEndian(bytes: Uint8Array, type: PixelType): PixelArray {
+  const width = PIXEL_ARRAYS[type].BYTES_PER_ELEMENT;
+  const ordered = HOST_IS_LITTLE_ENDIAN ? bytes : swapped(bytes, width);
+  return new PIXEL_ARRAYS[type](ordered.buffer as ArrayBuffer, ordered.byteOffset, ordered.length / width);
+}
+
+function swapped(bytes: Uint8Array, width: number): Uint8Array {
+  const out = new Uint8Array(bytes.length);
+  for (let i = 0; i < bytes.length; i += width) for (let b = 0; b < width; b++) out[i + b] = bytes[i + width - 1 - b];
+  return out;
 }

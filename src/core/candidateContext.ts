@@ -44,12 +44,16 @@ export function contextWindow(position: Point3, cuboid: Shape3, volumeShape: Sha
   return { z, x0, y0, width, height, box: { x: bounds.x[0] - x0, y: bounds.y[0] - y0, width: cuboidWidth, height: cuboidHeight } };
 }
 
-/** The window's pixels from rows of plane `window.z` that start at row `firstRow` (full width), as float32. */
-export function cutContext(window: ContextWindow, rows: PixelArray, firstRow: number, volumeWidth: number): Float32Array {
-  const region = new Float32Array(window.width * window.height);
+/**
+ * The window's pixels from rows of plane `window.z` that start at row
+ * `firstRow` (full width), in the rows' own pixel type (the cache keeps them
+ * so: half the bytes of float32 for 16-bit data).
+ */
+export function cutContext<T extends PixelArray>(window: ContextWindow, rows: T, firstRow: number, volumeWidth: number): T {
+  const region = new (rows.constructor as new (length: number) => T)(window.width * window.height);
   for (let row = 0; row < window.height; row++) {
     const from = (window.y0 - firstRow + row) * volumeWidth + window.x0;
-    region.set(rows.subarray(from, from + window.width), row * window.width);
+    region.set(rows.subarray(from, from + window.width) as never, row * window.width);
   }
   return region;
 }

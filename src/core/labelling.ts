@@ -81,7 +81,7 @@ export async function cacheCandidates(datasetRoot: string, options: { signal?: A
   const volumes = await openChannels(set.signal, set.background);
   try {
     const plan = planExtraction({ points, channels: volumes, dataVoxelSizes: set.voxelSizes });
-    const cache = await CandidateCache.open(datasetRoot, set, plan, volumes.length);
+    const cache = await CandidateCache.open(datasetRoot, set, plan, volumes.length, volumes[0].pixelType);
     await cache.sweep(volumes, options);
     return { cached: cache.cached, total: cache.total, cacheFolder: cache.folder };
   } finally {
@@ -223,7 +223,7 @@ export class LabellingSession {
           prediction: predictions ? predictions.get(positionKey(point)) : typesArePredictions ? predictionFromType(point) : undefined,
         }))
         .sort((a, b) => a.id - b.id);
-      const cache = await CandidateCache.open(dataset.root, set, plan, volumes.length);
+      const cache = await CandidateCache.open(dataset.root, set, plan, volumes.length, volumes[0].pixelType);
       return await LabellingSession.over(set, dataset, candidates, plan.skipped, volumes, cache);
     } catch (error) {
       await Promise.all(volumes.map((v) => v.close()));
@@ -302,7 +302,7 @@ export class LabellingSession {
     if (cached) return cached;
     const plan = planExtraction({ points: [position], channels: this.volumes, dataVoxelSizes: this.set.voxelSizes });
     const window = contextWindow(position, plan.cuboid, plan.volumeShape);
-    const channels = await Promise.all(this.volumes.map(async (volume) => cutContext(window, await volume.readRows(window.z, window.y0, window.y0 + window.height), window.y0, plan.volumeShape[2])));
+    const channels = await Promise.all(this.volumes.map(async (volume) => Float32Array.from(cutContext(window, await volume.readRows(window.z, window.y0, window.y0 + window.height), window.y0, plan.volumeShape[2]))));
     return { id, ...window, channels };
   }
 
