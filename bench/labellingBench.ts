@@ -13,11 +13,24 @@ import { LABELLING_BODY } from '../src/webview/labelling/body';
 import type { HostToLabelling, LabellingToHost } from '../src/webview/protocol';
 import { percentile } from '../src/webview/render';
 import { SAMPLE } from '../test/helpers';
-import { launchBrowser, openPage } from '../test/webview/harness';
+import type { Browser } from 'playwright-core';
+import { launchBrowser, openPage, type OpenPage } from '../test/webview/harness';
 
 const MOVES = 200;
 /** An expert takes well over this per decision; it lets prefetching run as it would between real key presses. */
 const THINK_MS = 150;
+
+/** The real labelling page on `session`'s host controller, once its first cube is painted; each key-to-paint time goes to `onPaintLatency`. */
+export async function openLabellingPage(browser: Browser, session: LabellingSession, onPaintLatency: (ms: number) => void): Promise<{ controller: LabellingController; ui: OpenPage<LabellingToHost> }> {
+  let sendToPage: ((message: HostToLabelling) => Promise<void>) | undefined;
+  const controller = new LabellingController(session, (message) => void sendToPage?.(message), { onPaintLatency });
+  const ui = await openPage<LabellingToHost>(browser, 'labelling', LABELLING_BODY, 'dark', (message, send) => {
+    sendToPage = send;
+    void controller.handle(message);
+  });
+  await ui.page.waitForFunction(() => (document.getElementById('channel-0') as HTMLCanvasElement).style.width !== '');
+  return { controller, ui };
+}
 
 export async function benchLabelling(): Promise<void> {
   const datasetRoot = mkdtempSync(path.join(tmpdir(), 'cfr-bench-labelling-'));
@@ -28,13 +41,7 @@ export async function benchLabelling(): Promise<void> {
       datasetRoot,
     );
     let latencies: number[] = [];
-    let sendToPage: ((message: HostToLabelling) => Promise<void>) | undefined;
-    const controller = new LabellingController(session, (message) => void sendToPage?.(message), { onPaintLatency: (ms) => latencies.push(ms) });
-    const ui = await openPage<LabellingToHost>(browser, 'labelling', LABELLING_BODY, 'dark', (message, send) => {
-      sendToPage = send;
-      void controller.handle(message);
-    });
-    await ui.page.waitForFunction(() => (document.getElementById('channel-0') as HTMLCanvasElement).style.width !== '');
+    const { controller, ui } = await openLabellingPage(browser, session, (ms) => latencies.push(ms));
     const press = async (key: string) => {
       await ui.page.waitForTimeout(THINK_MS);
       const painted = ui.nextMessage((m) => m.type === 'paintLatency');

@@ -17,14 +17,12 @@ import { cubeFileName, encodeCube, CUBE_VOXELS } from '../src/core/cube';
 import { TrainingDataset } from '../src/core/dataset';
 import { extractCubes, planExtraction } from '../src/core/extraction';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { LabellingController } from '../src/controllers/labellingController';
 import { cacheCandidates, LabellingSession, saveCandidateSet } from '../src/core/labelling';
 import { loadTensorFlow } from '../src/training/backend';
 import { writeKerasModel } from '../src/training/modelFiles';
 import { initialWeights, resnetSpec } from '../src/training/resnet';
-import { LABELLING_BODY } from '../src/webview/labelling/body';
-import type { HostToLabelling, LabellingToHost } from '../src/webview/protocol';
-import { launchBrowser, openPage } from '../test/webview/harness';
+import { launchBrowser } from '../test/webview/harness';
+import { openLabellingPage } from './labellingBench';
 import { seededRandom } from '../src/core/random';
 import { encodeStack } from '../src/core/tiffWriter';
 import { openChannels } from '../src/core/volume';
@@ -205,13 +203,7 @@ async function pageStep(work: string): Promise<void> {
     const opened = process.hrtime.bigint();
     const session = await LabellingSession.open({ points: path.join(work, 'candidates.xml'), signal: path.join(work, 'signal'), background: path.join(work, 'background') }, datasetRoot);
     const latencies: number[] = [];
-    let sendToPage: ((message: HostToLabelling) => Promise<void>) | undefined;
-    const controller = new LabellingController(session, (message) => void sendToPage?.(message), { onPaintLatency: (ms) => latencies.push(ms) });
-    const ui = await openPage<LabellingToHost>(browser, 'labelling', LABELLING_BODY, 'dark', (message, send) => {
-      sendToPage = send;
-      void controller.handle(message);
-    });
-    await ui.page.waitForFunction(() => (document.getElementById('channel-0') as HTMLCanvasElement).style.width !== '');
+    const { controller, ui } = await openLabellingPage(browser, session, (ms) => latencies.push(ms));
     report('open a 5,000-candidate set to the first cube painted in the labelling page (page load included)', `${since(opened).toFixed(0)} ms`);
     const press = async (key: string) => {
       await ui.page.waitForTimeout(PAGE_THINK_MS);

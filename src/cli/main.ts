@@ -21,7 +21,7 @@ import type { CubeLabel } from '../core/trainingYaml';
 import { childEnvironment, DEVICE_ENV, isDeviceChoice } from '../training/native/gpuEnvironment';
 import { OutOfMemoryError } from '../training/outOfMemory';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
-import { progressPrinter } from './progress';
+import { progressPrinter, stopOnSignals } from './progress';
 import { classifyCommand, engineCommand, evaluateCommand, runInChild, trainCommand } from './trainCommands';
 
 const USAGE = `cellfinder-retrain: build and check cellfinder training data
@@ -272,25 +272,18 @@ async function chooseCommand(argv: readonly string[], io: Io): Promise<number> {
 async function cacheCommand(argv: readonly string[], io: Io): Promise<number> {
   const { flags, positionals } = parseArgs(argv, [{ name: 'json', values: 0 }]);
   if (positionals.length !== 1) throw new UsageError('cache needs one dataset folder (one that candidates were labelled into)');
-  const abort = new AbortController();
-  const stop = () => {
-    abort.abort();
-    io.err('Stopping; the cubes cut so far are kept, and the same command continues from there...');
-  };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  const stopping = stopOnSignals(io, 'Stopping; the cubes cut so far are kept, and the same command continues from there...');
   try {
-    const result = await cacheCandidates(path.resolve(positionals[0]), { signal: abort.signal, onProgress: progressPrinter(io, 'caching candidates') });
+    const result = await cacheCandidates(path.resolve(positionals[0]), { signal: stopping.signal, onProgress: progressPrinter(io, 'caching candidates') });
     if (flags.has('json')) io.out(JSON.stringify(result));
     else io.out(`Cached ${result.cached} of ${result.total} candidates in ${result.cacheFolder}`);
     return 0;
   } catch (error) {
-    if (!abort.signal.aborted) throw error;
+    if (!stopping.signal.aborted) throw error;
     io.err('Stopped. Run the same command again to cut the rest.');
     return 3;
   } finally {
-    process.removeListener('SIGINT', stop);
-    process.removeListener('SIGTERM', stop);
+    stopping.release();
   }
 }
 

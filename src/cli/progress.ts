@@ -1,4 +1,4 @@
-/** Progress lines of long CLI jobs, on stderr. */
+/** Progress lines of long CLI jobs, on stderr, and stopping them with Ctrl-C or SIGTERM. */
 
 /**
  * "label: done/total (percent), about N s left", at most once per percent;
@@ -16,5 +16,26 @@ export function progressPrinter(io: { err: (text: string) => void }, label: stri
     const rate = (done - started.done) / ((Date.now() - started.time) / 1000);
     const left = done > started.done && rate > 0 ? `, about ${Math.ceil((total - done) / rate)} s left` : '';
     io.err(`${label}: ${done}/${total} (${percent}%${left})`);
+  };
+}
+
+/**
+ * An AbortSignal that Ctrl-C or SIGTERM fires, saying `message` at once;
+ * `release` removes the handlers when the job is over.
+ */
+export function stopOnSignals(io: { err: (text: string) => void }, message: string): { signal: AbortSignal; release: () => void } {
+  const abort = new AbortController();
+  const stop = () => {
+    abort.abort();
+    io.err(message);
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  return {
+    signal: abort.signal,
+    release: () => {
+      process.removeListener('SIGINT', stop);
+      process.removeListener('SIGTERM', stop);
+    },
   };
 }

@@ -26,7 +26,7 @@ import { TRAIN_DEFAULTS, type TrainConfig } from '../training/trainConfig';
 import { loadSamples } from '../training/trainingData';
 import { RESUME_FOLDER, train } from '../training/trainer';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
-import { progressPrinter } from './progress';
+import { progressPrinter, stopOnSignals } from './progress';
 
 export interface Io {
   out: (text: string) => void;
@@ -218,13 +218,7 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
   const batchSize = number(flags, 'batch-size', 64, (n) => Number.isInteger(n) && n > 0, 'a positive integer');
   const { runtime, network } = await networkFor(flags, flags.has('background') ? 2 : 1);
   const outputDir = path.resolve(flags.get('output-dir')![0]);
-  const abort = new AbortController();
-  const stop = () => {
-    abort.abort();
-    io.err('Stopping after the current batch; what is classified is kept, and the same command continues from there...');
-  };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  const stopping = stopOnSignals(io, 'Stopping after the current batch; what is classified is kept, and the same command continues from there...');
   let report;
   try {
     report = await classifyCandidates(runtime.tf, network, {
@@ -235,15 +229,14 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
       voxelSizes,
       batchSize,
       onProgress: progressPrinter(io, 'classifying'),
-      abortSignal: abort.signal,
+      abortSignal: stopping.signal,
     });
   } catch (error) {
-    if (!abort.signal.aborted) throw error;
+    if (!stopping.signal.aborted) throw error;
     io.err(`Stopped. Run the same command again to classify the rest (results so far: ${path.join(outputDir, PARTIAL_RESULTS)}).`);
     return 3;
   } finally {
-    process.removeListener('SIGINT', stop);
-    process.removeListener('SIGTERM', stop);
+    stopping.release();
   }
   if (report.resumed) io.err(`continued an interrupted run: ${report.resumed} candidate(s) were already classified`);
   if (flags.has('json')) io.out(JSON.stringify({ ...report, classified: undefined, count: report.classified.length }, null, 2));

@@ -4,6 +4,7 @@
  * status is read from its log and whether its process still lives, so a run
  * started before a window reload, or from a terminal, is shown the same way.
  */
+import { processIsAlive } from '../core/atomicFile';
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, promises as fs, watch, type FSWatcher } from 'node:fs';
 import * as path from 'node:path';
@@ -29,18 +30,8 @@ export interface RunRecord {
   resumable: boolean;
 }
 
-export function isProcessAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    // EPERM: it exists but belongs to someone else.
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** The status after `events`: the last process's last word, or interrupted if it died without one. */
-export function runStatus(events: readonly TrainingEvent[], alive: (pid: number) => boolean = isProcessAlive): RunStatus {
+export function runStatus(events: readonly TrainingEvent[], alive: (pid: number) => boolean = processIsAlive): RunStatus {
   const lastLaunch = events.map((e) => e.type).lastIndexOf('launched');
   const attempt = events.slice(Math.max(0, lastLaunch));
   const last = [...attempt].reverse().find((e) => e.type === 'finished' || e.type === 'cancelled' || e.type === 'error');
@@ -51,7 +42,7 @@ export function runStatus(events: readonly TrainingEvent[], alive: (pid: number)
   return launch?.type === 'launched' && alive(launch.pid) ? 'running' : 'interrupted';
 }
 
-export function summarizeRun(outputDir: string, events: TrainingEvent[], alive: (pid: number) => boolean = isProcessAlive): RunRecord {
+export function summarizeRun(outputDir: string, events: TrainingEvent[], alive: (pid: number) => boolean = processIsAlive): RunRecord {
   const status = runStatus(events, alive);
   const launches = events.filter((e): e is Extract<TrainingEvent, { type: 'launched' }> => e.type === 'launched');
   const finished = events.find((e): e is Extract<TrainingEvent, { type: 'finished' }> => e.type === 'finished');
