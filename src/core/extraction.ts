@@ -151,11 +151,20 @@ export function planExtraction<P extends Point3>(input: ExtractionInput<P>): Ext
 }
 
 /**
- * Rows of a plane held at a time per band: memory is bounded by the cuboid
- * depth x (this + a cuboid's height) rows x the plane width, whatever the
- * plane's height (at 4000x5000 uint16, 20 planes deep: about 110 MB a channel).
+ * Bytes of plane rows a sweep holds per channel: a band is as many rows as
+ * fit one cuboid depth of planes in this, so memory is bounded in bytes
+ * whatever the plane size (at 4000x5000 uint16, 20 planes deep: about 670
+ * rows; at 8000x10000, about 330). Freed rows are collected lazily, so a
+ * sweep's resident memory runs to about twice what it holds.
  */
-export const BAND_ROWS = 512;
+export const BAND_BYTES_PER_CHANNEL = 128 * 2 ** 20;
+
+/** Rows per band for `plan` on volumes of `bytesPerPixel`: at least two cuboid heights, at most the plane. */
+export function bandRows(plan: ExtractionPlan<Point3>, bytesPerPixel: number): number {
+  const [depth, height] = plan.cuboid;
+  const fit = Math.floor(BAND_BYTES_PER_CHANNEL / (depth * plan.volumeShape[2] * bytesPerPixel));
+  return Math.min(plan.volumeShape[1], Math.max(2 * height, fit));
+}
 
 /** A point of a sweep with the rows of its band held: `rowsOf(z, channel)` starts at `firstRow`, full width. */
 export interface SweptPoint<P extends Point3> {
@@ -176,21 +185,23 @@ export interface SweptPoint<P extends Point3> {
 export async function* sweepBands<P extends Point3>(
   plan: ExtractionPlan<P>,
   channels: readonly Volume[],
-  options: { marginRows?: number; signal?: AbortSignal } = {},
+  options: { marginRows?: number; rowsPerBand?: number; signal?: AbortSignal } = {},
 ): AsyncGenerator<SweptPoint<P>> {
   const margin = options.marginRows ?? 0;
+  const rowsPerBand = options.rowsPerBand ?? bandRows(plan, channels[0] ? bytesPerPixelOf(channels[0]) : 4);
   const bands = new Map<number, ExtractionPlan<P>['extractable']>();
   // plan.extractable is in z order, so each band's list is too.
   for (const entry of plan.extractable) {
-    const band = Math.floor(entry.bounds.y[0] / BAND_ROWS);
+    const band = Math.floor(entry.bounds.y[0] / rowsPerBand);
     const list = bands.get(band);
     if (list) list.push(entry);
     else bands.set(band, [entry]);
   }
   for (const band of [...bands.keys()].sort((a, b) => a - b)) {
     const entries = bands.get(band) as ExtractionPlan<P>['extractable'];
-    const firstRow = Math.max(0, band * BAND_ROWS - margin);
-    const endRow = Math.min(plan.volumeShape[1], Math.max(...entries.map((entry) => entry.bounds.y[1])) + margin);
+    const firstRow = Math.max(0, band * rowsPerBand - margin);
+    const lastCuboidEnd = entries.reduce((end, entry) => Math.max(end, entry.bounds.y[1]), 0);
+    const endRow = Math.min(plan.volumeShape[1], lastCuboidEnd + margin);
     const planes = new Map<number, PixelArray[]>();
     for (const { point, index, bounds } of entries) {
       options.signal?.throwIfAborted();
@@ -203,9 +214,13 @@ export async function* sweepBands<P extends Point3>(
   }
 }
 
+function bytesPerPixelOf(volume: Volume): number {
+  return volume.pixelType === 'float32' ? 4 : volume.pixelType === 'uint16' || volume.pixelType === 'int16' ? 2 : 1;
+}
+
 /** The cubes of `plan`, in one pass through the volume (see `sweepBands`). */
-export async function* extractCubes<P extends Point3>(plan: ExtractionPlan<P>, channels: readonly Volume[], signal?: AbortSignal): AsyncGenerator<ExtractedCube<P>> {
-  for await (const swept of sweepBands(plan, channels, { signal })) {
+export async function* extractCubes<P extends Point3>(plan: ExtractionPlan<P>, channels: readonly Volume[], signal?: AbortSignal, rowsPerBand?: number): AsyncGenerator<ExtractedCube<P>> {
+  for await (const swept of sweepBands(plan, channels, { signal, rowsPerBand })) {
     yield { point: swept.point, index: swept.index, channels: channels.map((_, channel) => networkCube(plan, swept.bounds, (z) => swept.rowsOf(z, channel), swept.firstRow)) };
   }
 }
