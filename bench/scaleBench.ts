@@ -134,6 +134,8 @@ async function labellingStep(work: string): Promise<void> {
   await fs.writeFile(dataset.logFile, `${log.join('\n')}\n`);
   const set = { points: path.join(work, 'candidates.xml'), signal: path.join(work, 'signal'), background: path.join(work, 'background') };
 
+  const loop = monitorEventLoopDelay({ resolution: 5 });
+  loop.enable();
   const opened = process.hrtime.bigint();
   const session = await LabellingSession.open(set, datasetRoot);
   const first = session.candidates[0].id;
@@ -160,6 +162,8 @@ async function labellingStep(work: string): Promise<void> {
     decisions.push(since(start));
   }
   report(`one decision of a cube just shown (save both channels + log + status + balance), ${LABELLED_ALREADY}+ cubes in the dataset`, spread(decisions));
+  loop.disable();
+  report('longest event-loop block of the host code (opening, the candidates above, the decisions)', `${(loop.max / 1e6).toFixed(0)} ms`);
   await session.close();
 }
 
@@ -222,7 +226,7 @@ async function pageStep(work: string): Promise<void> {
     await browser.close();
     loop.disable();
   }
-  report('longest the host\'s event loop was blocked during the page steps', `${(loop.max / 1e6).toFixed(0)} ms`);
+  report('longest event-loop block of the process running the page steps (the host controller and Playwright driving Chromium)', `${(loop.max / 1e6).toFixed(0)} ms`);
 }
 
 /** classify on the 5,000 candidates with a ResNet-18 (random weights: speed only), in its own process as the editor runs it. */

@@ -30,6 +30,7 @@ export class LabellingController {
   private order: CandidateOrder;
   /** Decisions and undos run one after another, in the order the keys were pressed. */
   private writes: Promise<void> = Promise.resolve();
+  private cubeReads: Promise<void> = Promise.resolve();
   private readonly handlers: MessageHandlers<LabellingToHost>;
 
   constructor(
@@ -40,7 +41,9 @@ export class LabellingController {
     this.order = options.order ?? (session.candidates.some((c) => c.prediction?.cellProbability !== undefined) ? 'uncertain-first' : 'file');
     this.handlers = {
       ready: () => this.sendSession(),
-      requestCube: ({ id }) => this.sendCube(id),
+      // One at a time, in the order asked: the page asks for the cube on screen first, then those ahead,
+      // and reading them all at once would make the one on screen wait for the others.
+      requestCube: ({ id }) => (this.cubeReads = this.cubeReads.then(() => this.sendCube(id)).catch((error: unknown) => this.post({ type: 'error', message: (error as Error).message ?? String(error) }))),
       decide: ({ id, decision }) =>
         this.serialised(async () => {
           await this.session.decide(id, decision);
