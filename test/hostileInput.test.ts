@@ -347,3 +347,12 @@ test('merging into a read-only folder says it is not writable', async (t) => {
     execFileSync('umount', [mount]);
   }
 });
+
+test('commands that load TensorFlow print no "install our node backend" banner, before a data error or otherwise', (t) => {
+  const cli = path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js');
+  const dir = scratch(t);
+  const run = spawnSync(process.execPath, [cli, 'train', '-y', path.join(dir, 'no-such-training.yaml'), '-o', path.join(dir, 'run')], { encoding: 'utf8' });
+  assert.equal(run.status, 1);
+  assert.match(run.stderr, /no-such-training.yaml: does not exist/);
+  assert.doesNotMatch(run.stderr + run.stdout, /install our node backend|Hi, looks like you are running TensorFlow.js/);
+});
