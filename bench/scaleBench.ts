@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { formatCellCounterXml, readCellCounterXml } from '../src/core/cellCounterXml';
 import { cubeFileName, encodeCube, CUBE_VOXELS } from '../src/core/cube';
 import { TrainingDataset } from '../src/core/dataset';
-import { extractCubes, planExtraction } from '../src/core/extraction';
+import { cutCube, extractCubes, planExtraction } from '../src/core/extraction';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { cacheCandidates, LabellingSession, saveCandidateSet } from '../src/core/labelling';
 import { loadTensorFlow } from '../src/training/backend';
@@ -24,13 +24,15 @@ import { initialWeights, resnetSpec } from '../src/training/resnet';
 import { launchBrowser } from '../test/webview/harness';
 import { openLabellingPage } from './labellingBench';
 import { seededRandom } from '../src/core/random';
-import { encodeStack } from '../src/core/tiffWriter';
+import { encodeStack, stackLayout } from '../src/core/tiffWriter';
 import { openChannels } from '../src/core/volume';
 
 const WIDTH = 5000;
 const HEIGHT = 4000;
 const PLANES = Number(process.env.CELLFINDER_SCALE_PLANES ?? 120);
 const CANDIDATES = 5000;
+/** Planes of the multi-page variant: 100 of 4000x5000 uint16 are 4.0 GB, under classic TIFF's 4 GiB. */
+const STACK_PLANES = Math.min(PLANES, 100);
 const LARGE_XML = 1_000_000;
 const LABELLED_ALREADY = 5000;
 const RANDOM_VISITS = 200;
@@ -78,6 +80,17 @@ async function makeData(work: string): Promise<void> {
       }
       await fs.writeFile(path.join(work, channel, `${channel}_${String(z).padStart(4, '0')}.tif`), encodeStack(plane, 1, HEIGHT, WIDTH));
     }
+  }
+  // The multi-page variant: the first STACK_PLANES planes of each channel as one TIFF (classic TIFF stays under 4 GiB).
+  const layout = stackLayout('uint16', STACK_PLANES, HEIGHT, WIDTH);
+  for (const channel of ['signal', 'background']) {
+    const stack = await fs.open(path.join(work, `${channel}-stack.tif`), 'w');
+    await stack.write(layout.header);
+    const planes = (await fs.readdir(path.join(work, channel))).sort().slice(0, STACK_PLANES);
+    // Each plane file is one page of our own layout: its pixels follow the 8-byte header.
+    for (const name of planes) await stack.write((await fs.readFile(path.join(work, channel, name))).subarray(8, 8 + WIDTH * HEIGHT * 2));
+    await stack.write(layout.tail);
+    await stack.close();
   }
   await fs.writeFile(path.join(work, 'done'), '');
 }
@@ -245,6 +258,28 @@ async function classifyStep(work: string): Promise<void> {
   report(`classify ${count} candidates with ResNet-18 (cellfinder-retrain classify, its own process; peak RSS ${(peakKiB / 1024).toFixed(0)} MiB)`, `${(count / seconds).toFixed(1)} candidates/s (${seconds.toFixed(0)} s, TensorFlow start included)`);
 }
 
+/** The same reads from the multi-page variant: one pass of extraction, and candidates one by one. */
+async function stackStep(work: string): Promise<void> {
+  const volumes = await openChannels(path.join(work, 'signal-stack.tif'), path.join(work, 'background-stack.tif'));
+  const { points } = await readCellCounterXml(path.join(work, 'candidates.xml'));
+  const plan = planExtraction({ points, channels: volumes });
+  const start = process.hrtime.bigint();
+  let cubes = 0;
+  for await (const cube of extractCubes(plan, volumes)) cubes += cube.channels.length > 0 ? 1 : 0;
+  const seconds = since(start) / 1000;
+  report(`multi-page TIFF (${STACK_PLANES} planes per channel): one pass of extraction`, `${cubes} candidates in ${seconds.toFixed(1)} s: ${(cubes / seconds).toFixed(0)} candidates/s`);
+  const next = random(13);
+  const visits: number[] = [];
+  for (let i = 0; i < RANDOM_VISITS; i++) {
+    const { point } = plan.extractable[Math.floor(next() * plan.extractable.length)];
+    const visit = process.hrtime.bigint();
+    await cutCube(point, volumes);
+    visits.push(since(visit));
+  }
+  report(`multi-page TIFF: one candidate's cube cut alone, random order (${RANDOM_VISITS} candidates)`, spread(visits));
+  await Promise.all(volumes.map((volume) => volume.close()));
+}
+
 export async function runScaleStep(step: string, work: string): Promise<void> {
   if (step === 'xml') await xmlStep(work);
   else if (step === 'extraction') await extractionStep(work);
@@ -252,6 +287,7 @@ export async function runScaleStep(step: string, work: string): Promise<void> {
   else if (step === 'sweep') await sweepStep(work);
   else if (step === 'page') await pageStep(work);
   else if (step === 'classify') await classifyStep(work);
+  else if (step === 'stack') await stackStep(work);
   else throw new Error(`unknown scale step ${step}`);
 }
 
@@ -264,7 +300,7 @@ export async function benchScale(script: string): Promise<void> {
   process.stderr.write(`data ready (${(since(made) / 1000).toFixed(0)} s)\n`);
   const results: StepResult[] = [];
   try {
-    for (const step of ['xml', 'extraction', 'labelling', 'sweep', 'page', 'classify']) {
+    for (const step of ['xml', 'extraction', 'stack', 'labelling', 'sweep', 'page', 'classify']) {
       const run = spawnSync(process.execPath, [script, 'scale-step', step, work], { encoding: 'utf8', maxBuffer: 1 << 24 });
       if (run.status !== 0) throw new Error(`scale step ${step} failed:\n${run.stderr}`);
       for (const line of run.stdout.trim().split('\n')) results.push(JSON.parse(line) as StepResult);

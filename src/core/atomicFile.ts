@@ -78,6 +78,29 @@ export async function removeFilesOfDeadProcesses(folder: string, pattern: RegExp
  * when overwriting.
  */
 export async function writeFileAtomic(file: string, data: Uint8Array | string | ((handle: FileHandle) => Promise<void>), options: AtomicWriteOptions = {}): Promise<void> {
+  const prepared = await prepareFile(file, data);
+  try {
+    if (options.overwrite) await fs.rename(prepared.temp, file);
+    else await moveWithoutOverwrite(prepared.temp, file);
+  } catch (error) {
+    await fs.rm(prepared.temp, { force: true });
+    if (error instanceof DataFileError) throw error;
+    throw writeErrorFor(file, error);
+  }
+}
+
+/** A file's contents written and flushed under a temporary name beside it, not yet in place. */
+export interface PreparedFile {
+  file: string;
+  temp: string;
+}
+
+/**
+ * The first half of an atomic write: `data` in a flushed temporary file.
+ * Several files prepared at once flush in parallel; `placeFile` then puts
+ * each in place in the order that matters.
+ */
+export async function prepareFile(file: string, data: Uint8Array | string | ((handle: FileHandle) => Promise<void>)): Promise<PreparedFile> {
   const temp = tempNameFor(file);
   try {
     const handle = await fs.open(temp, 'wx');
@@ -89,16 +112,16 @@ export async function writeFileAtomic(file: string, data: Uint8Array | string | 
     } finally {
       await handle.close();
     }
-    if (options.overwrite) {
-      await fs.rename(temp, file);
-      return;
-    }
-    await moveWithoutOverwrite(temp, file);
+    return { file, temp };
   } catch (error) {
     await fs.rm(temp, { force: true });
-    if (error instanceof DataFileError) throw error;
     throw writeErrorFor(file, error);
   }
+}
+
+/** Drops a prepared file that will not be placed. */
+export async function discardFile(prepared: PreparedFile): Promise<void> {
+  await fs.rm(prepared.temp, { force: true });
 }
 
 /** What `writeFileOnce` found. */
@@ -118,13 +141,19 @@ export class FileDiffersError extends DataFileError {
  * same time, is then not an error. A file with other bytes is never replaced.
  */
 export async function writeFileOnce(file: string, data: Uint8Array): Promise<WriteOnceResult> {
+  return placeFileOnce(await prepareFile(file, data), data);
+}
+
+/** Puts a prepared file in place as `writeFileOnce` does; its temporary file is gone afterwards either way. */
+export async function placeFileOnce(prepared: PreparedFile, data: Uint8Array): Promise<WriteOnceResult> {
   try {
-    await writeFileAtomic(file, data);
+    await moveWithoutOverwrite(prepared.temp, prepared.file);
     return 'written';
   } catch (error) {
-    if (!(error instanceof FileExistsError)) throw error;
-    if (await holdsBytes(file, data)) return 'identical';
-    throw new FileDiffersError(file);
+    await discardFile(prepared);
+    if (!(error instanceof FileExistsError)) throw error instanceof DataFileError ? error : writeErrorFor(prepared.file, error);
+    if (await holdsBytes(prepared.file, data)) return 'identical';
+    throw new FileDiffersError(prepared.file);
   }
 }
 

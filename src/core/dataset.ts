@@ -11,7 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { appendLineDurably, exists, FileDiffersError, FileExistsError, holdsBytes, makeFolder, moveFileNoClobber, parseJsonLines, removeStaleTempFiles, writeFileOnce } from './atomicFile';
+import { appendLineDurably, discardFile, exists, FileDiffersError, FileExistsError, holdsBytes, makeFolder, moveFileNoClobber, parseJsonLines, placeFileOnce, prepareFile, removeStaleTempFiles, writeFileOnce, type PreparedFile } from './atomicFile';
 import { countNonFinite, cubeFileName, encodeCube, pointFromCubeFileName, readCube, siblingChannelFile, type Point3 } from './cube';
 import { readCellCounterXml } from './cellCounterXml';
 import { DataFileError } from './errors';
@@ -82,25 +82,37 @@ export function positionKey(position: Point3): string {
  * a cube with other bytes is never replaced.
  */
 export async function saveCubeFiles(files: readonly string[], bytes: readonly Uint8Array[], trashFolder: string): Promise<AddCubeResult> {
-  const [signalFile, ...otherFiles] = files;
+  const [signalFile] = files;
   const signalPresent = await exists(signalFile);
   if (signalPresent && !(await holdsBytes(signalFile, bytes[0]))) throw new FileDiffersError(signalFile);
+  // Every channel written and flushed at once (one disk wait, not one per file), then placed in order.
+  const prepared = await Promise.allSettled(files.map((file, i) => prepareFile(file, bytes[i])));
+  const failed = prepared.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+  if (failed) {
+    await Promise.all(prepared.flatMap((result) => (result.status === 'fulfilled' ? [discardFile(result.value)] : [])));
+    throw failed.reason;
+  }
+  const [signal, ...others] = prepared.map((result) => (result as PromiseFulfilledResult<PreparedFile>).value);
   const written: string[] = [];
   try {
-    for (const [i, file] of otherFiles.entries()) {
+    for (const [i, other] of others.entries()) {
       let outcome;
       try {
-        outcome = await writeFileOnce(file, bytes[i + 1]);
+        outcome = await placeFileOnce(other, bytes[i + 1]);
       } catch (error) {
         if (!(error instanceof FileDiffersError) || signalPresent) throw error;
-        await moveToTrash(file, trashFolder);
-        outcome = await writeFileOnce(file, bytes[i + 1]);
+        await moveToTrash(other.file, trashFolder);
+        outcome = await writeFileOnce(other.file, bytes[i + 1]);
       }
-      if (outcome === 'written') written.push(file);
+      if (outcome === 'written') written.push(other.file);
     }
-    if (signalPresent) return written.length > 0 ? 'repaired' : 'already-present';
-    return (await writeFileOnce(signalFile, bytes[0])) === 'written' ? 'added' : 'already-present';
+    if (signalPresent) {
+      await discardFile(signal);
+      return written.length > 0 ? 'repaired' : 'already-present';
+    }
+    return (await placeFileOnce(signal, bytes[0])) === 'written' ? 'added' : 'already-present';
   } catch (error) {
+    await Promise.all([signal, ...others].map((file) => discardFile(file)));
     // Only the files this call created are removed: a cube is all channels or nothing.
     if (!(await exists(signalFile))) await Promise.all(written.map((file) => fs.rm(file, { force: true })));
     throw error;

@@ -50,16 +50,38 @@ export function encodeFloat32Stack(pixels: Float32Array, depth: number, height: 
  * as the scale bench writes them).
  */
 export function encodeStack(pixels: Float32Array | Uint16Array, depth: number, height: number, width: number): Uint8Array {
-  const float = pixels instanceof Float32Array;
-  const sampleBytes = float ? 4 : 2;
-  const pageBytes = height * width * sampleBytes;
   if (pixels.length !== depth * height * width) {
     throw new Error(`encodeStack: ${pixels.length} values do not fill ${depth}x${height}x${width}`);
   }
+  const layout = stackLayout(pixels instanceof Float32Array ? 'float32' : 'uint16', depth, height, width);
+  const data = pageBytes(pixels);
+  const bytes = new Uint8Array(layout.header.length + data.length + layout.tail.length);
+  bytes.set(layout.header, 0);
+  bytes.set(data, layout.header.length);
+  bytes.set(layout.tail, layout.header.length + data.length);
+  return bytes;
+}
+
+export interface StackLayout {
+  /** The 8-byte TIFF header (pointing at the first directory, in the tail). */
+  header: Uint8Array;
+  /** After the pages' pixels, in page order: the description and the page directories. */
+  tail: Uint8Array;
+}
+
+/**
+ * The bytes around the pixel data of a stack of `depth` pages: header first,
+ * then each page's pixels (`pageBytes`), then the tail. Written in that order
+ * a page at a time, a stack of any size (under 4 GiB) never has to be in memory.
+ */
+export function stackLayout(type: 'float32' | 'uint16', depth: number, height: number, width: number): StackLayout {
+  const float = type === 'float32';
+  const sampleBytes = float ? 4 : 2;
+  const planeBytes = height * width * sampleBytes;
   const description = `{"shape": [${depth}, ${height}, ${width}]}\0`;
-  const headerBytes = 8;
-  const dataStart = headerBytes;
-  const descriptionStart = dataStart + depth * pageBytes;
+  const dataStart = 8;
+  const descriptionStart = dataStart + depth * planeBytes;
+  if (descriptionStart + description.length + depth * 200 >= 2 ** 32) throw new Error(`a ${depth}x${height}x${width} ${type} stack is over 4 GiB, more than 32-bit TIFF offsets reach`);
   // IFDs start on a word boundary, as the TIFF specification asks.
   const ifdStart = alignTo2(descriptionStart + description.length);
   const pageEntries = (page: number): IfdEntry[] => [
@@ -69,46 +91,55 @@ export function encodeStack(pixels: Float32Array | Uint16Array, depth: number, h
     { tag: TAG.Compression, type: TYPE_SHORT, count: 1, value: 1 },
     { tag: TAG.PhotometricInterpretation, type: TYPE_SHORT, count: 1, value: 1 },
     ...(page === 0 ? [{ tag: TAG.ImageDescription, type: TYPE_ASCII, count: description.length, value: descriptionStart }] : []),
-    { tag: TAG.StripOffsets, type: TYPE_LONG, count: 1, value: dataStart + page * pageBytes },
+    { tag: TAG.StripOffsets, type: TYPE_LONG, count: 1, value: dataStart + page * planeBytes },
     { tag: TAG.SamplesPerPixel, type: TYPE_SHORT, count: 1, value: 1 },
     { tag: TAG.RowsPerStrip, type: TYPE_LONG, count: 1, value: height },
-    { tag: TAG.StripByteCounts, type: TYPE_LONG, count: 1, value: pageBytes },
+    { tag: TAG.StripByteCounts, type: TYPE_LONG, count: 1, value: planeBytes },
     // 3 = IEEE float, 1 = unsigned integer.
     { tag: TAG.SampleFormat, type: TYPE_SHORT, count: 1, value: float ? 3 : 1 },
   ];
   const ifdBytes = (entries: number) => 2 + entries * 12 + 4;
-  let total = ifdStart;
-  for (let page = 0; page < depth; page++) total += ifdBytes(pageEntries(page).length);
+  let tailEnd = ifdStart;
+  for (let page = 0; page < depth; page++) tailEnd += ifdBytes(pageEntries(page).length);
 
-  const bytes = new Uint8Array(total);
-  const view = new DataView(bytes.buffer);
-  bytes[0] = 0x49; // 'I'
-  bytes[1] = 0x49; // 'I': little-endian
-  view.setUint16(2, 42, true);
-  view.setUint32(4, ifdStart, true);
+  const header = new Uint8Array(8);
+  const headerView = new DataView(header.buffer);
+  header[0] = 0x49; // 'I'
+  header[1] = 0x49; // 'I': little-endian
+  headerView.setUint16(2, 42, true);
+  headerView.setUint32(4, ifdStart, true);
 
-  // Pixel data: copied little-endian whatever the host's byte order.
-  if (float) for (let i = 0; i < pixels.length; i++) view.setFloat32(dataStart + i * 4, pixels[i], true);
-  else for (let i = 0; i < pixels.length; i++) view.setUint16(dataStart + i * 2, pixels[i], true);
-  for (let i = 0; i < description.length; i++) bytes[descriptionStart + i] = description.charCodeAt(i);
-
+  // The tail is addressed by file offsets; `at` turns one into a tail index.
+  const tail = new Uint8Array(tailEnd - descriptionStart);
+  const view = new DataView(tail.buffer);
+  const at = (offset: number) => offset - descriptionStart;
+  for (let i = 0; i < description.length; i++) tail[at(descriptionStart) + i] = description.charCodeAt(i);
   let ifdOffset = ifdStart;
   for (let page = 0; page < depth; page++) {
     const entries = pageEntries(page);
-    view.setUint16(ifdOffset, entries.length, true);
+    view.setUint16(at(ifdOffset), entries.length, true);
     entries.forEach((entry, i) => {
-      const at = ifdOffset + 2 + i * 12;
-      view.setUint16(at, entry.tag, true);
-      view.setUint16(at + 2, entry.type, true);
-      view.setUint32(at + 4, entry.count, true);
+      const entryAt = at(ifdOffset) + 2 + i * 12;
+      view.setUint16(entryAt, entry.tag, true);
+      view.setUint16(entryAt + 2, entry.type, true);
+      view.setUint32(entryAt + 4, entry.count, true);
       // SHORT values sit in the first two bytes of the value field.
-      if (entry.type === TYPE_SHORT) view.setUint16(at + 8, entry.value, true);
-      else view.setUint32(at + 8, entry.value, true);
+      if (entry.type === TYPE_SHORT) view.setUint16(entryAt + 8, entry.value, true);
+      else view.setUint32(entryAt + 8, entry.value, true);
     });
     const next = page === depth - 1 ? 0 : ifdOffset + ifdBytes(entries.length);
-    view.setUint32(ifdOffset + 2 + entries.length * 12, next, true);
+    view.setUint32(at(ifdOffset) + 2 + entries.length * 12, next, true);
     ifdOffset += ifdBytes(entries.length);
   }
+  return { header, tail };
+}
+
+/** Pixels as the layout stores them: little-endian whatever the host's byte order. */
+export function pageBytes(pixels: Float32Array | Uint16Array): Uint8Array {
+  const bytes = new Uint8Array(pixels.byteLength);
+  const view = new DataView(bytes.buffer);
+  if (pixels instanceof Float32Array) for (let i = 0; i < pixels.length; i++) view.setFloat32(i * 4, pixels[i], true);
+  else for (let i = 0; i < pixels.length; i++) view.setUint16(i * 2, pixels[i], true);
   return bytes;
 }
 
