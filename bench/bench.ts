@@ -14,7 +14,7 @@ import { existsSync, mkdirSync, promises as fs, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { TrainingDataset } from '../src/core/dataset';
-import { extractCubes, planExtraction, type VoxelSizes } from '../src/core/extraction';
+import { BAND_BYTES_PER_CHANNEL, extractCubes, planExtraction, type VoxelSizes } from '../src/core/extraction';
 import { encodeFloat32Stack } from '../src/core/tiffWriter';
 import { openVolume } from '../src/core/volume';
 import { benchEditor } from './editorBench';
@@ -137,7 +137,7 @@ async function main(): Promise<void> {
   for (const r of results) {
     console.log(`| ${r.name} | ${r.cubes} | ${r.seconds.toFixed(2)} | ${(r.cubes / r.seconds).toFixed(0)} | ${r.maxRssMiB.toFixed(0)} | ${((r.cubes * 2 * 20 * 50 * 50 * 4) / 2 ** 20).toFixed(0)} |`);
   }
-  console.log(`\nPeak memory stays near one cuboid depth of planes per channel (20 planes x ${((SIDE * SIDE * 4) / 2 ** 20).toFixed(0)} MiB x 2 channels), not the volume.`);
+  console.log(`\nPeak memory stays bounded by one band of rows (${BAND_BYTES_PER_CHANNEL / 2 ** 20} MiB of one cuboid depth per channel; freed rows are collected lazily), not the volume.`);
   if (mode !== 'extraction') {
     benchModels();
     await benchLabelling();
