@@ -13,9 +13,9 @@ import { existsSync, promises as fs, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { formatCellCounterXml, readCellCounterXml } from '../src/core/cellCounterXml';
-import { cubeFileName, encodeCube, CUBE_VOXELS } from '../src/core/cube';
+import { cubeFileName, encodeCube, CUBE_VOXELS, type Point3 } from '../src/core/cube';
 import { TrainingDataset } from '../src/core/dataset';
-import { cutCube, extractCubes, planExtraction } from '../src/core/extraction';
+import { cutCube, extractCubes, planExtraction, type ExtractionPlan } from '../src/core/extraction';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { cacheCandidates, LabellingSession, saveCandidateSet } from '../src/core/labelling';
 import { loadTensorFlow } from '../src/training/backend';
@@ -25,7 +25,7 @@ import { launchBrowser } from '../test/webview/harness';
 import { openLabellingPage } from './labellingBench';
 import { seededRandom } from '../src/core/random';
 import { encodeStack, stackLayout } from '../src/core/tiffWriter';
-import { openChannels } from '../src/core/volume';
+import { openChannels, type Volume } from '../src/core/volume';
 
 const WIDTH = 5000;
 const HEIGHT = 4000;
@@ -118,15 +118,21 @@ async function xmlStep(work: string): Promise<void> {
   report('read a 1,000,000-candidate Cell Counter XML', `${points.length} points in ${(since(start) / 1000).toFixed(2)} s`);
 }
 
-async function extractionStep(work: string): Promise<void> {
-  const volumes = await openChannels(path.join(work, 'signal'), path.join(work, 'background'));
+/** Opens the two channels and times one pass of extraction over the 5,000 candidates; the caller closes the volumes. */
+async function onePass(work: string, signal: string, background: string, step: string): Promise<{ volumes: Volume[]; plan: ExtractionPlan<Point3> }> {
+  const volumes = await openChannels(path.join(work, signal), path.join(work, background));
   const { points } = await readCellCounterXml(path.join(work, 'candidates.xml'));
   const plan = planExtraction({ points, channels: volumes });
   const start = process.hrtime.bigint();
   let cubes = 0;
   for await (const cube of extractCubes(plan, volumes)) cubes += cube.channels.length > 0 ? 1 : 0;
   const seconds = since(start) / 1000;
-  report('cut every candidate\'s cubes in one z-ordered pass (extraction; what a cache sweep runs)', `${cubes} candidates in ${seconds.toFixed(1)} s: ${(cubes / seconds).toFixed(0)} candidates/s`);
+  report(step, `${cubes} candidates in ${seconds.toFixed(1)} s: ${(cubes / seconds).toFixed(0)} candidates/s`);
+  return { volumes, plan };
+}
+
+async function extractionStep(work: string): Promise<void> {
+  const { volumes } = await onePass(work, 'signal', 'background', 'cut every candidate\'s cubes in one z-ordered pass (extraction; what a cache sweep runs)');
   await Promise.all(volumes.map((volume) => volume.close()));
 }
 
@@ -260,14 +266,7 @@ async function classifyStep(work: string): Promise<void> {
 
 /** The same reads from the multi-page variant: one pass of extraction, and candidates one by one. */
 async function stackStep(work: string): Promise<void> {
-  const volumes = await openChannels(path.join(work, 'signal-stack.tif'), path.join(work, 'background-stack.tif'));
-  const { points } = await readCellCounterXml(path.join(work, 'candidates.xml'));
-  const plan = planExtraction({ points, channels: volumes });
-  const start = process.hrtime.bigint();
-  let cubes = 0;
-  for await (const cube of extractCubes(plan, volumes)) cubes += cube.channels.length > 0 ? 1 : 0;
-  const seconds = since(start) / 1000;
-  report(`multi-page TIFF (${STACK_PLANES} planes per channel): one pass of extraction`, `${cubes} candidates in ${seconds.toFixed(1)} s: ${(cubes / seconds).toFixed(0)} candidates/s`);
+  const { volumes, plan } = await onePass(work, 'signal-stack.tif', 'background-stack.tif', `multi-page TIFF (${STACK_PLANES} planes per channel): one pass of extraction`);
   const next = random(13);
   const visits: number[] = [];
   for (let i = 0; i < RANDOM_VISITS; i++) {

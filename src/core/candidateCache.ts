@@ -26,7 +26,7 @@ import { appendLineDurably, makeFolder, writeFileAtomic } from './atomicFile';
 import { CONTEXT_CUBOIDS, contextWindow, cutContext, type CandidateContext } from './candidateContext';
 import { CUBE_VOXELS, type Point3 } from './cube';
 import { networkCube, sweepBands, type ExtractionPlan, type VoxelSizes } from './extraction';
-import type { PixelArray, PixelType } from './tiff';
+import { bytesPerPixel, type PixelArray, type PixelType } from './tiff';
 import type { Volume } from './volume';
 
 export const CACHE_FOLDER = '.candidate-cache';
@@ -161,7 +161,7 @@ export class CandidateCache {
   }
 
   private get pixelBytes(): number {
-    return PIXEL_ARRAYS[this.pixelType].BYTES_PER_ELEMENT;
+    return bytesPerPixel(this.pixelType);
   }
 
   /**

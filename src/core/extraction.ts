@@ -7,7 +7,7 @@
 import { CUBE_SHAPE, NETWORK_VOXEL_SIZES, type Point3 } from './cube';
 import { DataFileError } from './errors';
 import { resizeTrilinear, type Shape3 } from './rescale';
-import type { PixelArray } from './tiff';
+import { bytesPerPixel, type PixelArray } from './tiff';
 import type { Volume } from './volume';
 
 export type VoxelSizes = readonly [number, number, number];
@@ -188,7 +188,7 @@ export async function* sweepBands<P extends Point3>(
   options: { marginRows?: number; rowsPerBand?: number; signal?: AbortSignal } = {},
 ): AsyncGenerator<SweptPoint<P>> {
   const margin = options.marginRows ?? 0;
-  const rowsPerBand = options.rowsPerBand ?? bandRows(plan, channels[0] ? bytesPerPixelOf(channels[0]) : 4);
+  const rowsPerBand = options.rowsPerBand ?? bandRows(plan, channels[0] ? bytesPerPixel(channels[0].pixelType) : 4);
   const bands = new Map<number, ExtractionPlan<P>['extractable']>();
   // plan.extractable is in z order, so each band's list is too.
   for (const entry of plan.extractable) {
@@ -212,10 +212,6 @@ export async function* sweepBands<P extends Point3>(
       yield { point, index, bounds, firstRow, rowsOf: (z, channel) => (planes.get(z) as PixelArray[])[channel] };
     }
   }
-}
-
-function bytesPerPixelOf(volume: Volume): number {
-  return volume.pixelType === 'float32' ? 4 : volume.pixelType === 'uint16' || volume.pixelType === 'int16' ? 2 : 1;
 }
 
 /** The cubes of `plan`, in one pass through the volume (see `sweepBands`). */

@@ -188,7 +188,7 @@ function pixelTypeOf(image: GeoTIFFImage, file: string): PixelType {
   return type;
 }
 
-function bytesPerPixel(type: PixelType): number {
+export function bytesPerPixel(type: PixelType): number {
   return type === 'uint8' || type === 'int8' ? 1 : type === 'float32' ? 4 : 2;
 }
 
