@@ -253,7 +253,7 @@ async function classifyStep(work: string): Promise<void> {
   const model = path.join(work, 'resnet18.keras');
   const tf = (await loadTensorFlow()).tf;
   const spec = resnetSpec(18, 2);
-  await writeKerasModel(model, spec, initialWeights(tf, spec, 1));
+  await writeKerasModel(model, spec, initialWeights(tf, spec, 1), undefined, { overwrite: true });
   const cli = path.resolve(__dirname, '..', '..', 'bin', 'cellfinder-retrain.js');
   const start = process.hrtime.bigint();
   const run = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, cli, 'classify', '--trained-model', model, '--network-depth', '18', '--signal', path.join(work, 'signal'), '--background', path.join(work, 'background'), '--points', path.join(work, 'candidates.xml'), '-o', path.join(work, 'classified'), '--json'], { encoding: 'utf8' });

@@ -53,7 +53,7 @@ working directory, so run it from the dataset folder (see README).
             --keep-checkpoints N (the N lowest val_loss; default: every epoch's)
             --resume <output-dir>  --device auto|gpu|cpu  --json (events as JSON lines)
   classify --trained-model|--model-weights <file> --signal <planes> [--background <planes>]
-           --points <xml> -o <dir> [--voxel-sizes Z Y X] [--batch-size 64] [--device D]
+           --points <xml> -o <dir> [--voxel-sizes Z Y X] [--batch-size 32] [--device D]
       One pass through the volume; Ctrl-C stops after the batch in progress, and
       the same command (also after a crash) classifies only what is left.
   evaluate --trained-model <file> [--compare <file>] -y <training.yaml>... [--device D]

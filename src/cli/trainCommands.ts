@@ -215,7 +215,8 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   for (const required of ['signal', 'points', 'output-dir']) if (!flags.has(required)) throw new UsageError(`--${required} is required`);
   const voxelSizes = parseVoxelSizes(flags.get('voxel-sizes'));
-  const batchSize = number(flags, 'batch-size', 64, (n) => Number.isInteger(n) && n > 0, 'a positive integer');
+  // 32: at 64 ResNet-18 inference took 2.4 GB (at 4000x5000, 5,000 candidates) for 4% more speed.
+  const batchSize = number(flags, 'batch-size', 32, (n) => Number.isInteger(n) && n > 0, 'a positive integer');
   const { runtime, network } = await networkFor(flags, flags.has('background') ? 2 : 1);
   const outputDir = path.resolve(flags.get('output-dir')![0]);
   const stopping = stopOnSignals(io, 'Stopping after the current batch; what is classified is kept, and the same command continues from there...');

@@ -160,9 +160,9 @@ export function planExtraction<P extends Point3>(input: ExtractionInput<P>): Ext
 export const BAND_BYTES_PER_CHANNEL = 128 * 2 ** 20;
 
 /** Rows per band for `plan` on volumes of `bytesPerPixel`: at least two cuboid heights, at most the plane. */
-export function bandRows(plan: ExtractionPlan<Point3>, bytesPerPixel: number): number {
+export function bandRows(plan: ExtractionPlan<Point3>, bytesPerPixel: number, budget = BAND_BYTES_PER_CHANNEL): number {
   const [depth, height] = plan.cuboid;
-  const fit = Math.floor(BAND_BYTES_PER_CHANNEL / (depth * plan.volumeShape[2] * bytesPerPixel));
+  const fit = Math.floor(budget / (depth * plan.volumeShape[2] * bytesPerPixel));
   return Math.min(plan.volumeShape[1], Math.max(2 * height, fit));
 }
 

@@ -12,7 +12,8 @@ import { appendLineDurably, makeFolder, writeFileAtomic } from '../core/atomicFi
 import { readCellCounterXml, writeCellCounterXml, type CellCounterPoint } from '../core/cellCounterXml';
 import { CUBE_SHAPE } from '../core/cube';
 import { DataFileError } from '../core/errors';
-import { extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from '../core/extraction';
+import { bandRows, extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from '../core/extraction';
+import { bytesPerPixel } from '../core/tiff';
 import { openChannels } from '../core/volume';
 import { readModelFile } from './modelFiles';
 import { forward, initialWeights, resnetSpec, weightKey, type NetworkDepth, type ResNetSpec, type Weights } from './resnet';
@@ -84,6 +85,9 @@ export interface ClassifyReport {
  */
 export const PARTIAL_RESULTS = 'classified_points.partial.csv';
 
+/** The band budget of classification (extraction's is BAND_BYTES_PER_CHANNEL). */
+const CLASSIFY_BAND_BYTES_PER_CHANNEL = 32 * 2 ** 20;
+
 /**
  * Classifies every candidate with a full cube in one pass through the volume
  * (bands of rows, z order: memory bounded by a band, not by the planes or the
@@ -132,7 +136,9 @@ export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwo
       options.onProgress?.(done.size, total);
       pending = [];
     };
-    for await (const cube of extractCubes(todo, volumes, options.abortSignal)) {
+    // Classifying waits on the network, not on reading: a smaller band leaves the memory to TensorFlow.
+    const rowsPerBand = bandRows(plan, bytesPerPixel(volumes[0].pixelType), CLASSIFY_BAND_BYTES_PER_CHANNEL);
+    for await (const cube of extractCubes(todo, volumes, options.abortSignal, rowsPerBand)) {
       pending.push({ point: cube.point, index: cube.index, channels: cube.channels });
       if (pending.length === options.batchSize) await flush();
     }
