@@ -48,7 +48,7 @@ function undoneIds(history: readonly ProvenanceRecord[]): Set<string | undefined
 }
 
 /** The prediction of each position's latest add that is not undone. */
-function recordedPredictions(history: readonly ProvenanceRecord[]): Map<string, Prediction> {
+export function recordedPredictions(history: readonly ProvenanceRecord[]): Map<string, Prediction> {
   const undone = undoneIds(history);
   const predictions = new Map<string, Prediction>();
   for (const record of history) {

@@ -12,12 +12,12 @@ import { writeFileAtomic } from './atomicFile';
 import * as path from 'node:path';
 import { readCellCounterXml, type CellCounterPoint } from './cellCounterXml';
 import { pointFromCubeFileName, type Point3 } from './cube';
-import { CELLS_FOLDER, NON_CELLS_FOLDER, positionKey, TrainingDataset, type Prediction } from './dataset';
+import { CELLS_FOLDER, NON_CELLS_FOLDER, positionKey, TrainingDataset, type Prediction, type ProvenanceRecord } from './dataset';
 import { CandidateCache } from './candidateCache';
 import { readProbabilities } from './chooseCandidates';
 import { contextWindow, cutContext, type CandidateContext } from './candidateContext';
 import { DataFileError } from './errors';
-import { LabelState, type BalanceCounts } from './labelState';
+import { LabelState, recordedPredictions, type BalanceCounts } from './labelState';
 import { cutCube, planExtraction, type SkippedPoint, type VoxelSizes } from './extraction';
 import type { CubeLabel } from './trainingYaml';
 import { openChannels, type Volume } from './volume';
@@ -191,9 +191,18 @@ export class LabellingSession {
   private readonly recentCubes = new Map<number, Promise<CandidateCube>>();
 
   /** The session over `candidates`, its state read from the dataset now. */
-  private static async over(set: CandidateSet | undefined, dataset: TrainingDataset, candidates: Candidate[], skippedAtEdge: SkippedPoint<CellCounterPoint>[], volumes: Volume[], cache?: CandidateCache): Promise<LabellingSession> {
+  private static async over(
+    set: CandidateSet | undefined,
+    dataset: TrainingDataset,
+    candidates: Candidate[],
+    skippedAtEdge: SkippedPoint<CellCounterPoint>[],
+    volumes: Volume[],
+    cache?: CandidateCache,
+    /** The dataset's labels and log when the caller has read them already. */
+    read?: { labels: Map<string, CubeLabel>; history: ProvenanceRecord[] },
+  ): Promise<LabellingSession> {
     const predictions = new Map(candidates.flatMap((c) => (c.prediction ? [[positionKey(c.position), c.prediction] as const] : [])));
-    const state = LabelState.build(await labelsIn(dataset.root), await dataset.history(), predictions, set?.signal);
+    const state = LabelState.build(read?.labels ?? (await labelsIn(dataset.root)), read?.history ?? (await dataset.history()), predictions, set?.signal);
     return new LabellingSession(set, dataset, candidates, skippedAtEdge, volumes, new Map(candidates.map((c) => [c.id, c])), state, cache);
   }
 
@@ -238,8 +247,7 @@ export class LabellingSession {
   static async review(datasetRoot: string): Promise<LabellingSession> {
     const dataset = await TrainingDataset.open(datasetRoot);
     const history = await dataset.history();
-    const undone = new Set(history.filter((r) => r.action === 'undo').map((r) => r.undoes));
-    const predictions = new Map(history.filter((r) => r.action === 'add' && r.prediction && !undone.has(r.id)).map((r) => [positionKey(r.position), r.prediction as Prediction]));
+    const predictions = recordedPredictions(history);
     const labels = await labelsIn(dataset.root);
     const positions = [...labels.entries()]
       .sort(([a, labelA], [b, labelB]) => labelA.localeCompare(labelB) || a.localeCompare(b, undefined, { numeric: true }))
@@ -248,7 +256,7 @@ export class LabellingSession {
         return { x, y, z };
       });
     const candidates = positions.map((position, id) => ({ id, position, prediction: predictions.get(positionKey(position)) }));
-    return LabellingSession.over(undefined, dataset, candidates, [], []);
+    return LabellingSession.over(undefined, dataset, candidates, [], [], undefined, { labels, history });
   }
 
   async close(): Promise<void> {
