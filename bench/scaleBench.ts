@@ -248,20 +248,28 @@ async function pageStep(work: string): Promise<void> {
   report('longest event-loop block of the process running the page steps (the host controller and Playwright driving Chromium)', `${(loop.max / 1e6).toFixed(0)} ms`);
 }
 
-/** classify on the 5,000 candidates with a ResNet-18 (random weights: speed only), in its own process as the editor runs it. */
+/**
+ * classify on the 5,000 candidates with a ResNet-18 (random weights: speed
+ * only), in its own process as the editor runs it: cutting the cubes from the
+ * volumes, then re-predicting from the cache the sweep step filled.
+ */
 async function classifyStep(work: string): Promise<void> {
   const model = path.join(work, 'resnet18.keras');
   const tf = (await loadTensorFlow()).tf;
   const spec = resnetSpec(18, 2);
   await writeKerasModel(model, spec, initialWeights(tf, spec, 1), undefined, { overwrite: true });
   const cli = path.resolve(__dirname, '..', '..', 'bin', 'cellfinder-retrain.js');
-  const start = process.hrtime.bigint();
-  const run = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, cli, 'classify', '--trained-model', model, '--network-depth', '18', '--signal', path.join(work, 'signal'), '--background', path.join(work, 'background'), '--points', path.join(work, 'candidates.xml'), '-o', path.join(work, 'classified'), '--json'], { encoding: 'utf8' });
-  const seconds = since(start) / 1000;
-  if (run.status !== 0) throw new Error(run.stderr);
-  const count = (JSON.parse(run.stdout) as { count: number }).count;
-  const peakKiB = Number(run.stderr.trim().split('\n').pop());
-  report(`classify ${count} candidates with ResNet-18 (cellfinder-retrain classify, its own process; peak RSS ${(peakKiB / 1024).toFixed(0)} MiB)`, `${(count / seconds).toFixed(1)} candidates/s (${seconds.toFixed(0)} s, TensorFlow start included)`);
+  for (const [how, extra] of [['cubes cut from the volumes', []], ['cubes read from the cache (re-predicting after retraining)', ['--cache', path.join(work, 'swept')]]] as const) {
+    const output = path.join(work, 'classified');
+    rmSync(output, { recursive: true, force: true });
+    const start = process.hrtime.bigint();
+    const run = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, cli, 'classify', '--trained-model', model, '--network-depth', '18', '--signal', path.join(work, 'signal'), '--background', path.join(work, 'background'), '--points', path.join(work, 'candidates.xml'), '-o', output, '--json', ...extra], { encoding: 'utf8' });
+    const seconds = since(start) / 1000;
+    if (run.status !== 0) throw new Error(run.stderr);
+    const count = (JSON.parse(run.stdout) as { count: number }).count;
+    const peakKiB = Number(run.stderr.trim().split('\n').pop());
+    report(`classify ${count} candidates with ResNet-18, ${how} (cellfinder-retrain classify, its own process; peak RSS ${(peakKiB / 1024).toFixed(0)} MiB)`, `${(count / seconds).toFixed(1)} candidates/s (${seconds.toFixed(0)} s, TensorFlow start included)`);
+  }
 }
 
 /** The same reads from the multi-page variant: one pass of extraction, and candidates one by one. */

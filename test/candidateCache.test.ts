@@ -1,7 +1,7 @@
 /**
  * The candidate cache: one sweep cuts every candidate's cube and context,
  * bit-identical to cutting it alone; labelling serves from it; a sweep killed
- * with kill -9 continues where it stopped.
+ * with kill -9 continues where it stopped; classify re-predicts the set from it.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -12,6 +12,9 @@ import { formatCellCounterXml } from '../src/core/cellCounterXml';
 import { cutCube } from '../src/core/extraction';
 import { cacheCandidates, LabellingSession, saveCandidateSet, type CandidateSet } from '../src/core/labelling';
 import { openChannels } from '../src/core/volume';
+import * as tf from '@tensorflow/tfjs';
+import { writeKerasModel } from '../src/training/modelFiles';
+import { initialWeights, resnetSpec } from '../src/training/resnet';
 import { seededRandom } from '../src/core/random';
 import { REPO_ROOT, SAMPLE, scratch } from './helpers';
 
@@ -125,4 +128,39 @@ test('a sweep killed with kill -9 continues where it stopped; Ctrl-C stops it wi
   });
   assert.equal(interrupted.code, 3, interrupted.stderr);
   assert.match(interrupted.stderr, /Stopped\. Run the same command again to cut the rest/);
+});
+
+test('classify --cache re-predicts a set from the cubes its cache holds, cuts the rest, and gives what classify from the volumes gives', { timeout: 5 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const set = setOf(await manyCandidates(root, 200));
+  const dataset = path.join(root, 'dataset');
+  await (await LabellingSession.open(set, dataset)).close();
+  await saveCandidateSet(dataset, set);
+  // As a sweep stopped after its first flush leaves it: 128 of the 200 logged as cached.
+  const { cacheFolder } = await cacheCandidates(dataset);
+  const log = path.join(cacheFolder, 'done.log');
+  await fs.writeFile(log, `${(await fs.readFile(log, 'utf8')).split('\n').slice(0, 128).join('\n')}\n`);
+  const model = path.join(root, 'random.keras');
+  const spec = resnetSpec(18, 2);
+  await writeKerasModel(model, spec, initialWeights(tf, spec, 5));
+  const classify = (output: string, ...extra: string[]) =>
+    spawnSync(process.execPath, [CLI, 'classify', '--trained-model', model, '--signal', set.signal, '--background', set.background as string, '--points', set.points, '--voxel-sizes', '5', '2', '2', '-o', path.join(root, output), '--json', ...extra], { encoding: 'utf8' });
+
+  const fromVolumes = classify('from-volumes');
+  assert.equal(fromVolumes.status, 0, fromVolumes.stderr);
+  const fromCache = classify('from-cache', '--cache', dataset);
+  assert.equal(fromCache.status, 0, fromCache.stderr);
+  assert.equal(JSON.parse(fromCache.stdout).fromCache, 128);
+  assert.match(fromCache.stderr, /128 cube\(s\) read from the candidate cache/);
+  for (const file of ['classified_points.csv', 'classified_points.xml']) {
+    assert.equal(await fs.readFile(path.join(root, 'from-cache', file), 'utf8'), await fs.readFile(path.join(root, 'from-volumes', file), 'utf8'), file);
+  }
+
+  // The cache of another set (the sample's own candidates here) is not taken, and not removed either.
+  const cacheFolders = await fs.readdir(path.join(dataset, '.candidate-cache'));
+  const otherPoints = path.join(SAMPLE, 'candidates', 'candidates.xml');
+  const other = spawnSync(process.execPath, [CLI, 'classify', '--trained-model', model, '--signal', set.signal, '--background', set.background as string, '--points', otherPoints, '--voxel-sizes', '5', '2', '2', '-o', path.join(root, 'other'), '--json', '--cache', dataset], { encoding: 'utf8' });
+  assert.equal(other.status, 0, other.stderr);
+  assert.equal(JSON.parse(other.stdout).fromCache, 0);
+  assert.deepEqual(await fs.readdir(path.join(dataset, '.candidate-cache')), cacheFolders);
 });

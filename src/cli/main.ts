@@ -54,8 +54,12 @@ working directory, so run it from the dataset folder (see README).
             --resume <output-dir>  --device auto|gpu|cpu  --json (events as JSON lines)
   classify --trained-model|--model-weights <file> --signal <planes> [--background <planes>]
            --points <xml> -o <dir> [--voxel-sizes Z Y X] [--batch-size 32] [--device D]
+           [--cache <dataset>]
       One pass through the volume; Ctrl-C stops after the batch in progress, and
       the same command (also after a crash) classifies only what is left.
+      --cache: the cubes the dataset's candidate cache holds for these
+      candidates (see cache) are read from it, not cut again: re-predicting a
+      labelling set after retraining takes one sequential read.
   evaluate --trained-model <file> [--compare <file>] -y <training.yaml>... [--device D]
   engine setup [--wheel <tensorflow wheel>] [--from-python] [--python <python3>] [--force]
       Build the native engine (TensorFlow's C library from PyPI's tensorflow-cpu

@@ -211,6 +211,7 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
     { name: 'network-depth', values: 1 },
     { name: 'batch-size', values: 1 },
     { name: 'device', values: 1 },
+    { name: 'cache', values: 1 },
   ]);
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   for (const required of ['signal', 'points', 'output-dir']) if (!flags.has(required)) throw new UsageError(`--${required} is required`);
@@ -231,6 +232,7 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
       batchSize,
       onProgress: progressPrinter(io, 'classifying'),
       abortSignal: stopping.signal,
+      cacheOf: flags.get('cache')?.[0],
     });
   } catch (error) {
     if (!stopping.signal.aborted) throw error;
@@ -240,6 +242,7 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
     stopping.release();
   }
   if (report.resumed) io.err(`continued an interrupted run: ${report.resumed} candidate(s) were already classified`);
+  if (flags.has('cache')) io.err(`${report.fromCache} cube(s) read from the candidate cache of ${flags.get('cache')![0]}, the rest cut from the volumes`);
   if (flags.has('json')) io.out(JSON.stringify({ ...report, classified: undefined, count: report.classified.length }, null, 2));
   else {
     io.out(`Classified ${report.classified.length} candidates with ${network.file} on ${runtime.backend}: ${report.cells} cells, ${report.nonCells} non-cells`);

@@ -5,7 +5,7 @@
  * tests exercise the same logic users run.
  */
 import * as path from 'node:path';
-import { LabellingSession, orderCandidates, type CandidateOrder, type CandidateSet } from '../core/labelling';
+import { LabellingSession, orderCandidates, saveCandidateSet, type CandidateOrder, type CandidateSet } from '../core/labelling';
 import { dispatchMessage, type HostToLabelling, type LabellingToHost, type LabellingView, type MessageHandlers } from '../webview/protocol';
 
 /** The guide's lower bound of 1,000 labelled candidates, split over its four categories. */
@@ -148,6 +148,8 @@ export class LabellingController {
     if (!predictions) return;
     await this.settled();
     const reopened = await LabellingSession.open({ ...set, predictions }, this.session.dataset.root);
+    // Reopening the dataset later keeps this order.
+    await saveCandidateSet(this.session.dataset.root, reopened.set as CandidateSet);
     await this.session.close();
     this.session = reopened;
     this.order = 'uncertain-first';

@@ -83,29 +83,29 @@ export class CandidateCache {
    * and any cache of other sets in the dataset is removed.
    */
   static async open(datasetRoot: string, source: CandidateSource, plan: ExtractionPlan<Point3>, channels: number, pixelType: PixelType): Promise<CandidateCache> {
-    const stat = await fs.stat(source.points);
-    const identity = {
-      points: path.resolve(source.points),
-      pointsBytes: stat.size,
-      pointsModified: stat.mtimeMs,
-      signal: path.resolve(source.signal),
-      background: source.background ? path.resolve(source.background) : null,
-      voxelSizes: source.voxelSizes ?? null,
-    };
-    const name = createHash('sha256').update(JSON.stringify({ FORMAT, identity })).digest('hex').slice(0, 16);
+    const { name, manifest } = await describe(source, plan, channels, pixelType);
     const root = path.join(datasetRoot, CACHE_FOLDER);
     for (const other of await fs.readdir(root).catch(() => [] as string[])) if (other !== name) await fs.rm(path.join(root, other), { recursive: true, force: true });
-    const folder = path.join(root, name);
-    const [, cuboidHeight, cuboidWidth] = plan.cuboid;
-    const contextValues = channels * cuboidHeight * CONTEXT_CUBOIDS * cuboidWidth * CONTEXT_CUBOIDS;
-    const cache = new CandidateCache(folder, plan, channels, contextValues, pixelType);
-    const manifest: Manifest = { format: FORMAT, identity, candidates: plan.extractable.length, channels, contextValues, pixelType };
-    const existing = await fs.readFile(path.join(folder, 'manifest.json'), 'utf8').catch(() => undefined);
-    if (existing !== `${JSON.stringify(manifest, null, 2)}\n`) {
-      await fs.rm(folder, { recursive: true, force: true });
-      await makeFolder(folder);
-      await writeFileAtomic(path.join(folder, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+    const cache = new CandidateCache(path.join(root, name), plan, channels, manifest.contextValues, pixelType);
+    const text = `${JSON.stringify(manifest, null, 2)}\n`;
+    if ((await fs.readFile(cache.file('manifest.json'), 'utf8').catch(() => undefined)) !== text) {
+      await fs.rm(cache.folder, { recursive: true, force: true });
+      await makeFolder(cache.folder);
+      await writeFileAtomic(cache.file('manifest.json'), text);
     }
+    await cache.refresh();
+    return cache;
+  }
+
+  /**
+   * The dataset's cache of this candidate set as far as it is filled, or
+   * undefined when the dataset has none of it; changes nothing (for readers
+   * such as classify, which must not drop a cache of another set).
+   */
+  static async find(datasetRoot: string, source: CandidateSource, plan: ExtractionPlan<Point3>, channels: number, pixelType: PixelType): Promise<CandidateCache | undefined> {
+    const { name, manifest } = await describe(source, plan, channels, pixelType);
+    const cache = new CandidateCache(path.join(datasetRoot, CACHE_FOLDER, name), plan, channels, manifest.contextValues, pixelType);
+    if ((await fs.readFile(cache.file('manifest.json'), 'utf8').catch(() => undefined)) !== `${JSON.stringify(manifest, null, 2)}\n`) return undefined;
     await cache.refresh();
     return cache;
   }
@@ -152,6 +152,35 @@ export class CandidateCache {
     return Array.from({ length: this.channels }, (_, c) => Float32Array.from(values.subarray(c * CUBE_VOXELS, (c + 1) * CUBE_VOXELS)));
   }
 
+  /**
+   * The cubes of the cached ones among `ids`, in slot (= id) order, read in
+   * runs of neighbouring records: a model re-predicts a whole set from the
+   * cache in one sequential pass. Ids not cached are left out.
+   */
+  async *readCubes(ids: Iterable<number>, recordsPerRead = 32): AsyncGenerator<{ id: number; channels: Float32Array[] }> {
+    const recordBytes = this.channels * CUBE_VOXELS * 4;
+    const wanted = [...ids].filter((id) => this.done.has(id)).sort((a, b) => this.slot(a) - this.slot(b));
+    const handle = await fs.open(this.file('cubes.f32'), 'r');
+    try {
+      for (let start = 0; start < wanted.length; ) {
+        // A run of consecutive slots, read at once.
+        let end = start + 1;
+        while (end < wanted.length && end - start < recordsPerRead && this.slot(wanted[end]) === this.slot(wanted[end - 1]) + 1) end++;
+        const bytes = new Uint8Array((end - start) * recordBytes);
+        const { bytesRead } = await handle.read(bytes, 0, bytes.length, this.slot(wanted[start]) * recordBytes);
+        if (bytesRead !== bytes.length) throw new Error(`${this.file('cubes.f32')}: records ${this.slot(wanted[start])}..${this.slot(wanted[end - 1])} are cut short`);
+        const values = fromLittleEndian(bytes, 'float32');
+        for (let i = start; i < end; i++) {
+          const at = (i - start) * this.channels * CUBE_VOXELS;
+          yield { id: wanted[i], channels: Array.from({ length: this.channels }, (_, c) => Float32Array.from(values.subarray(at + c * CUBE_VOXELS, at + (c + 1) * CUBE_VOXELS))) };
+        }
+        start = end;
+      }
+    } finally {
+      await handle.close();
+    }
+  }
+
   async readContext(id: number, position: Point3): Promise<CandidateContext | undefined> {
     if (!this.done.has(id)) return undefined;
     const window = contextWindow(position, this.plan.cuboid, this.plan.volumeShape);
@@ -175,29 +204,44 @@ export class CandidateCache {
     const cubes = await fs.open(this.file('cubes.f32'), constants.O_RDWR | constants.O_CREAT);
     const contexts = await fs.open(this.file('context.bin'), constants.O_RDWR | constants.O_CREAT);
     const written: number[] = [];
-    // Records are written while the next candidates are cut; a flush waits for them, syncs, then logs them.
     const writing: Array<Promise<unknown>> = [];
+    // Records are written while the next candidates are cut, and flushed (synced, then logged) while the next are cut too:
+    // the disk's write-back overlaps the reading. One flush at a time, so at most two batches of records are held.
+    let flushing: Promise<void> = Promise.resolve();
     const flush = async () => {
-      if (written.length === 0) return;
-      await Promise.all(writing.splice(0));
-      await cubes.sync();
-      await contexts.sync();
-      await appendLineDurably(this.file('done.log'), written.join('\n'));
-      for (const id of written) this.done.add(id);
-      written.length = 0;
-      options.onProgress?.(this.done.size, this.total);
+      const previous = flushing;
+      if (written.length > 0) {
+        const ids = written.splice(0);
+        const writes = writing.splice(0);
+        flushing = (async () => {
+          await Promise.all(writes);
+          await previous;
+          await cubes.sync();
+          await contexts.sync();
+          await appendLineDurably(this.file('done.log'), ids.join('\n'));
+          for (const id of ids) this.done.add(id);
+          options.onProgress?.(this.done.size, this.total);
+        })();
+        // Its failure (a full disk) is thrown by the await below or the next flush, never left unhandled.
+        flushing.catch(() => undefined);
+      }
+      await previous;
     };
     options.onProgress?.(this.done.size, this.total);
     const [, , volumeWidth] = this.plan.volumeShape;
-    const marginRows = (this.plan.cuboid[1] * CONTEXT_CUBOIDS) / 2 + 1;
+    // A candidate needs its cuboid's rows and its context's.
+    const rowsOfPoint = (entry: ExtractionPlan<Point3>['extractable'][number]) => {
+      const window = contextWindow(entry.point, this.plan.cuboid, this.plan.volumeShape);
+      return [Math.min(entry.bounds.y[0], window.y0), Math.max(entry.bounds.y[1], window.y0 + window.height)] as const;
+    };
     try {
-      for await (const swept of sweepBands(todo, volumes, { marginRows, signal: options.signal })) {
+      for await (const swept of sweepBands(todo, volumes, { rowsOfPoint, signal: options.signal })) {
         const slot = this.slot(swept.index);
         const cube = new Float32Array(this.channels * CUBE_VOXELS);
         const context = new (PIXEL_ARRAYS[this.pixelType] as unknown as new (length: number) => PixelArray)(this.contextValues);
         const window = contextWindow(swept.point, this.plan.cuboid, this.plan.volumeShape);
         for (let c = 0; c < this.channels; c++) {
-          cube.set(networkCube(this.plan, swept.bounds, (z) => swept.rowsOf(z, c), swept.firstRow), c * CUBE_VOXELS);
+          networkCube(this.plan, swept.bounds, (z) => swept.rowsOf(z, c), swept.firstRow, cube.subarray(c * CUBE_VOXELS, (c + 1) * CUBE_VOXELS));
           context.set(cutContext(window, swept.rowsOf(window.z, c), swept.firstRow, volumeWidth) as never, c * window.width * window.height);
         }
         writing.push(cubes.write(littleEndianBytes(cube), 0, cube.byteLength, slot * cube.byteLength), contexts.write(littleEndianBytes(context), 0, context.byteLength, slot * context.byteLength));
@@ -206,9 +250,13 @@ export class CandidateCache {
       }
     } finally {
       await Promise.allSettled(writing);
-      await flush();
-      await cubes.close();
-      await contexts.close();
+      try {
+        await flush();
+        await flushing;
+      } finally {
+        await cubes.close();
+        await contexts.close();
+      }
     }
   }
 
@@ -233,6 +281,23 @@ export class CandidateCache {
     }
     return bytes;
   }
+}
+
+/** The cache's folder name and manifest for a candidate set: what it is of (the points file with its size and time, the volumes, the voxel sizes) and its record sizes. */
+async function describe(source: CandidateSource, plan: ExtractionPlan<Point3>, channels: number, pixelType: PixelType): Promise<{ name: string; manifest: Manifest }> {
+  const stat = await fs.stat(source.points);
+  const identity = {
+    points: path.resolve(source.points),
+    pointsBytes: stat.size,
+    pointsModified: stat.mtimeMs,
+    signal: path.resolve(source.signal),
+    background: source.background ? path.resolve(source.background) : null,
+    voxelSizes: source.voxelSizes ?? null,
+  };
+  const name = createHash('sha256').update(JSON.stringify({ FORMAT, identity })).digest('hex').slice(0, 16);
+  const [, cuboidHeight, cuboidWidth] = plan.cuboid;
+  const contextValues = channels * cuboidHeight * CONTEXT_CUBOIDS * cuboidWidth * CONTEXT_CUBOIDS;
+  return { name, manifest: { format: FORMAT, identity, candidates: plan.extractable.length, channels, contextValues, pixelType } };
 }
 
 const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;

@@ -166,7 +166,11 @@ export function bandRows(plan: ExtractionPlan<Point3>, bytesPerPixel: number, bu
   return Math.min(plan.volumeShape[1], Math.max(2 * height, fit));
 }
 
-/** A point of a sweep with the rows of its band held: `rowsOf(z, channel)` starts at `firstRow`, full width. */
+/**
+ * A point of a sweep with the rows of its band held: `rowsOf(z, channel)`
+ * starts at `firstRow`, full width. Valid until the sweep's next point is
+ * taken (the rows' buffers are then read into again).
+ */
 export interface SweptPoint<P extends Point3> {
   point: P;
   index: number;
@@ -178,16 +182,18 @@ export interface SweptPoint<P extends Point3> {
 /**
  * One pass through the volume for the points of `plan`: band by band of rows
  * (by each cuboid's first row), in z order within a band, holding only one
- * cuboid depth of that band's rows per channel (plus `marginRows` above and
- * below, for what is cut around the cuboid). Each plane is read once per
- * band, so the whole volume is read about once, whatever the plane size.
+ * cuboid depth of that band's rows per channel: the rows its points' cuboids
+ * span, or what `rowsOfPoint` says a point needs (a cuboid and the
+ * neighbourhood cut around it). Each plane is read once per band, so the
+ * whole volume is read about once, whatever the plane size; the next plane
+ * is read while the points of this one are cut.
  */
 export async function* sweepBands<P extends Point3>(
   plan: ExtractionPlan<P>,
   channels: readonly Volume[],
-  options: { marginRows?: number; rowsPerBand?: number; signal?: AbortSignal } = {},
+  options: { rowsOfPoint?: (entry: ExtractionPlan<P>['extractable'][number]) => readonly [number, number]; rowsPerBand?: number; signal?: AbortSignal } = {},
 ): AsyncGenerator<SweptPoint<P>> {
-  const margin = options.marginRows ?? 0;
+  const rowsOfPoint = options.rowsOfPoint ?? ((entry) => entry.bounds.y);
   const rowsPerBand = options.rowsPerBand ?? bandRows(plan, channels[0] ? bytesPerPixel(channels[0].pixelType) : 4);
   const bands = new Map<number, ExtractionPlan<P>['extractable']>();
   // plan.extractable is in z order, so each band's list is too.
@@ -199,17 +205,42 @@ export async function* sweepBands<P extends Point3>(
   }
   for (const band of [...bands.keys()].sort((a, b) => a - b)) {
     const entries = bands.get(band) as ExtractionPlan<P>['extractable'];
-    const firstRow = Math.max(0, band * rowsPerBand - margin);
-    const lastCuboidEnd = entries.reduce((end, entry) => Math.max(end, entry.bounds.y[1]), 0);
-    const endRow = Math.min(plan.volumeShape[1], lastCuboidEnd + margin);
-    const planes = new Map<number, PixelArray[]>();
-    for (const { point, index, bounds } of entries) {
-      options.signal?.throwIfAborted();
-      for (const z of planes.keys()) if (z < bounds.z[0]) planes.delete(z);
-      for (let z = bounds.z[0]; z < bounds.z[1]; z++) {
-        if (!planes.has(z)) planes.set(z, await Promise.all(channels.map((volume) => volume.readRows(z, firstRow, endRow))));
+    let firstRow = plan.volumeShape[1];
+    let endRow = 0;
+    for (const entry of entries) {
+      const [start, end] = rowsOfPoint(entry);
+      firstRow = Math.min(firstRow, start);
+      endRow = Math.max(endRow, end);
+    }
+    const lastPlane = entries.reduce((last, entry) => Math.max(last, entry.bounds.z[1]), 0);
+    // The buffers of planes done with are read into again: a sweep reads the whole volume, and fresh buffers for it keep the collector busy.
+    const spare: ArrayBuffer[] = [];
+    const read = (z: number) => Promise.all(channels.map((volume) => volume.readRows(z, firstRow, endRow, spare.pop())));
+    const planes = new Map<number, Promise<PixelArray[]>>();
+    const held = new Map<number, PixelArray[]>();
+    try {
+      for (const { point, index, bounds } of entries) {
+        options.signal?.throwIfAborted();
+        for (const [z, rows] of held) {
+          if (z >= bounds.z[0]) continue;
+          held.delete(z);
+          planes.delete(z);
+          for (const channel of rows) spare.push(channel.buffer as ArrayBuffer);
+        }
+        // A plane read ahead that the next point skips over.
+        for (const z of planes.keys()) if (z < bounds.z[0]) planes.delete(z);
+        for (let z = bounds.z[0]; z < bounds.z[1]; z++) {
+          if (!planes.has(z)) planes.set(z, read(z));
+          if (!held.has(z)) held.set(z, await (planes.get(z) as Promise<PixelArray[]>));
+        }
+        // The next plane the band needs, read while this point is cut.
+        const ahead = bounds.z[1];
+        if (ahead < lastPlane && !planes.has(ahead)) planes.set(ahead, read(ahead));
+        yield { point, index, bounds, firstRow, rowsOf: (z, channel) => (held.get(z) as PixelArray[])[channel] };
       }
-      yield { point, index, bounds, firstRow, rowsOf: (z, channel) => (planes.get(z) as PixelArray[])[channel] };
+    } finally {
+      // A read ahead that is not waited for any more must not go unhandled.
+      for (const pending of planes.values()) pending.catch(() => undefined);
     }
   }
 }
@@ -243,17 +274,26 @@ export async function cutCube(point: Point3, channels: readonly Volume[], dataVo
 /**
  * One channel's cuboid, resized to the network's cube. `rowsOf(z)` gives
  * plane z from row `firstRow` on (a whole plane, or just the cuboid's rows).
+ * Written into `into` when given (a cache record), else into a new array.
  */
-export function networkCube(plan: ExtractionPlan<Point3>, bounds: CuboidBounds, rowsOf: (z: number) => PixelArray, firstRow: number): Float32Array {
+export function networkCube(plan: ExtractionPlan<Point3>, bounds: CuboidBounds, rowsOf: (z: number) => PixelArray, firstRow: number, into?: Float32Array): Float32Array {
   const [depth, height, width] = plan.cuboid;
   const volumeWidth = plan.volumeShape[2];
-  const cuboid = new Float32Array(depth * height * width);
+  const network: Shape3 = [CUBE_SHAPE.depth, CUBE_SHAPE.height, CUBE_SHAPE.width];
+  const resized = plan.cuboid.some((size, axis) => size !== network[axis]);
+  const cuboid = into && !resized ? into : new Float32Array(depth * height * width);
   for (let dz = 0; dz < depth; dz++) {
     const plane = rowsOf(bounds.z[0] + dz);
     for (let dy = 0; dy < height; dy++) {
       const from = (bounds.y[0] + dy - firstRow) * volumeWidth + bounds.x[0];
-      cuboid.set(plane.subarray(from, from + width), (dz * height + dy) * width);
+      const to = (dz * height + dy) * width;
+      // A loop, not set(subarray()): a cube is 1,000 rows, and a view per row is garbage the collector then spends longer on than the copy.
+      for (let x = 0; x < width; x++) cuboid[to + x] = plane[from + x];
     }
   }
-  return resizeTrilinear(cuboid, plan.cuboid, [CUBE_SHAPE.depth, CUBE_SHAPE.height, CUBE_SHAPE.width]);
+  if (!resized) return cuboid;
+  const cube = resizeTrilinear(cuboid, plan.cuboid, network);
+  if (!into) return cube;
+  into.set(cube);
+  return into;
 }

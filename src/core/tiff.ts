@@ -207,9 +207,10 @@ export function readPage(image: GeoTIFFImage, file: string): Promise<PixelArray>
 /**
  * Reads rows [y0, y1) of a page, full width, row-major. For uncompressed
  * strips only the strips holding those rows are read: a cube's 50-100 rows of
- * a 10,000-row plane cost 1% of the plane.
+ * a 10,000-row plane cost 1% of the plane; they are read into `reuse` when
+ * it is large enough.
  */
-export async function readPageRows(image: GeoTIFFImage, file: string, y0: number, y1: number): Promise<PixelArray> {
+export async function readPageRows(image: GeoTIFFImage, file: string, y0: number, y1: number, reuse?: ArrayBuffer): Promise<PixelArray> {
   const info = pageInfo(image, file);
   if (!(Number.isInteger(y0) && Number.isInteger(y1) && 0 <= y0 && y0 < y1 && y1 <= info.height)) throw new RangeError(`rows ${y0}..${y1} are outside 0..${info.height}`);
   try {
@@ -233,7 +234,7 @@ export async function readPageRows(image: GeoTIFFImage, file: string, y0: number
         NOT_A_TIFF_FIX,
       );
     }
-    if (uncompressedStrips) return await readUncompressedRows(image, info, blocks, y0, y1, file);
+    if (uncompressedStrips) return await readUncompressedRows(image, info, blocks, y0, y1, file, reuse);
     const raster = await image.readRasters({ interleave: true, window: [0, y0, info.width, y1] });
     return raster as unknown as PixelArray;
   } catch (error) {
@@ -283,10 +284,11 @@ const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] ===
  * the file's byte order differs from the machine's. geotiff decodes pixel by
  * pixel, about ten times slower on large planes.
  */
-async function readUncompressedRows(image: GeoTIFFImage, info: TiffPageInfo, blocks: DataBlocks, y0: number, y1: number, file: string): Promise<PixelArray> {
+async function readUncompressedRows(image: GeoTIFFImage, info: TiffPageInfo, blocks: DataBlocks, y0: number, y1: number, file: string, reuse?: ArrayBuffer): Promise<PixelArray> {
   const rowBytes = info.width * bytesPerPixel(info.pixelType);
   const rowsPerStrip = Math.min(Number(image.fileDirectory.getValue('RowsPerStrip') ?? info.height), info.height);
-  const bytes = new Uint8Array((y1 - y0) * rowBytes);
+  const length = (y1 - y0) * rowBytes;
+  const bytes = reuse && reuse.byteLength >= length ? new Uint8Array(reuse, 0, length) : new Uint8Array(length);
   const source = sourceOf(image);
   // Pieces of strips to read, as (file offset, length, offset in `bytes`), adjacent ones joined.
   const pieces: Array<{ offset: number; length: number; at: number }> = [];
@@ -314,13 +316,13 @@ async function readUncompressedRows(image: GeoTIFFImage, info: TiffPageInfo, blo
     case 'uint8':
       return bytes;
     case 'int8':
-      return new Int8Array(bytes.buffer);
+      return new Int8Array(bytes.buffer, 0, length);
     case 'uint16':
-      return new Uint16Array(bytes.buffer);
+      return new Uint16Array(bytes.buffer, 0, length / 2);
     case 'int16':
-      return new Int16Array(bytes.buffer);
+      return new Int16Array(bytes.buffer, 0, length / 2);
     case 'float32':
-      return new Float32Array(bytes.buffer);
+      return new Float32Array(bytes.buffer, 0, length / 4);
   }
 }
 

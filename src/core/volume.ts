@@ -21,8 +21,12 @@ export interface Volume {
   readonly pixelType: PixelType;
   /** One z-plane, row-major (y, x), in the volume's own pixel type. */
   readPlane(z: number): Promise<PixelArray>;
-  /** Rows [y0, y1) of plane z, full width: what one cube or its neighbourhood needs, without the rest of the plane. */
-  readRows(z: number, y0: number, y1: number): Promise<PixelArray>;
+  /**
+   * Rows [y0, y1) of plane z, full width: what one cube or its neighbourhood
+   * needs, without the rest of the plane. Read into `reuse` when it is large
+   * enough (a buffer of rows done with), else into a new buffer.
+   */
+  readRows(z: number, y0: number, y1: number, reuse?: ArrayBuffer): Promise<PixelArray>;
   close(): Promise<void>;
 }
 
@@ -121,7 +125,7 @@ class PlaneListVolume implements Volume {
     return this.readRows(z, 0, this.shape[1]);
   }
 
-  async readRows(z: number, y0: number, y1: number): Promise<PixelArray> {
+  async readRows(z: number, y0: number, y1: number, reuse?: ArrayBuffer): Promise<PixelArray> {
     const file = this.planeFiles[z];
     if (file === undefined) throw new RangeError(`plane ${z} is outside 0..${this.shape[0] - 1}`);
     const tiff = await openTiffFile(file);
@@ -137,7 +141,7 @@ class PlaneListVolume implements Volume {
           'Every plane of a volume must have the same size and pixel type; remove stray files from the folder',
         );
       }
-      return await readPageRows(image, file, y0, y1);
+      return await readPageRows(image, file, y0, y1, reuse);
     } finally {
       await tiff.close();
     }
@@ -171,7 +175,7 @@ class StackVolume implements Volume {
     return this.readRows(z, 0, this.shape[1]);
   }
 
-  async readRows(z: number, y0: number, y1: number): Promise<PixelArray> {
+  async readRows(z: number, y0: number, y1: number, reuse?: ArrayBuffer): Promise<PixelArray> {
     if (z < 0 || z >= this.shape[0]) throw new RangeError(`plane ${z} is outside 0..${this.shape[0] - 1}`);
     const image = await this.tiff.getImage(z).catch((error: unknown) => {
       throw tiffReadError(this.source, error);
@@ -180,7 +184,7 @@ class StackVolume implements Volume {
     if (info.height !== this.shape[1] || info.width !== this.shape[2] || info.pixelType !== this.pixelType) {
       throw new DataFileError(this.source, `page ${z} differs in size or pixel type from page 0`, 'Give a TIFF holding a single 3D stack of one channel');
     }
-    return readPageRows(image, this.source, y0, y1);
+    return readPageRows(image, this.source, y0, y1, reuse);
   }
 
   async close(): Promise<void> {

@@ -185,7 +185,8 @@ export class LabellingPanels {
     const model = picked.file || (await pickFile('Model file', { 'Keras model or weights': ['keras', 'h5'] }));
     if (!model) return undefined;
     const outputDir = path.join(datasetRoot, 'predictions', path.basename(model).replace(/\.(weights\.h5|keras|h5)$/, ''));
-    const args = ['classify', model.endsWith('.keras') ? '--trained-model' : '--model-weights', model, '--signal', set.signal, '--points', set.points, '-o', outputDir];
+    // The cubes the cache sweep cut are read from the cache, not cut again.
+    const args = ['classify', model.endsWith('.keras') ? '--trained-model' : '--model-weights', model, '--signal', set.signal, '--points', set.points, '-o', outputDir, '--cache', datasetRoot];
     if (set.background) args.push('--background', set.background);
     if (set.voxelSizes) args.push('--voxel-sizes', ...set.voxelSizes.map(String));
     const report = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Cellfinder: predicting with ${path.basename(model)}`, cancellable: true }, (progress, token) => {

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import type * as tfType from '@tensorflow/tfjs';
 import { appendLineDurably, makeFolder, writeFileAtomic } from '../core/atomicFile';
 import { readCellCounterXml, writeCellCounterXml, type CellCounterPoint } from '../core/cellCounterXml';
+import { CandidateCache } from '../core/candidateCache';
 import { CUBE_SHAPE } from '../core/cube';
 import { DataFileError } from '../core/errors';
 import { bandRows, extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from '../core/extraction';
@@ -60,6 +61,12 @@ export interface ClassifyOptions {
   onProgress?: (done: number, total: number) => void;
   /** Stops after the batch in progress; what is classified stays in the partial file for the next run. */
   abortSignal?: AbortSignal;
+  /**
+   * A dataset whose candidate cache (see candidateCache.ts) may hold these
+   * candidates' cubes: those it holds are read from it (bit-identical to
+   * cutting them, one sequential read), the rest are cut from the volumes.
+   */
+  cacheOf?: string;
 }
 
 export interface ClassifiedPoint extends CellCounterPoint {
@@ -75,6 +82,8 @@ export interface ClassifyReport {
   nonCells: number;
   /** Candidates taken from an interrupted run's partial file instead of classified again. */
   resumed: number;
+  /** Candidates whose cubes were read from the dataset's candidate cache instead of cut from the volumes. */
+  fromCache: number;
 }
 
 /**
@@ -138,7 +147,20 @@ export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwo
     };
     // Classifying waits on the network, not on reading: a smaller band leaves the memory to TensorFlow.
     const rowsPerBand = bandRows(plan, bytesPerPixel(volumes[0].pixelType), CLASSIFY_BAND_BYTES_PER_CHANNEL);
-    for await (const cube of extractCubes(todo, volumes, options.abortSignal, rowsPerBand)) {
+    const cache = options.cacheOf ? await CandidateCache.find(options.cacheOf, options, plan, channels, volumes[0].pixelType) : undefined;
+    const cached = todo.extractable.filter((entry) => cache?.has(entry.index));
+    const toCut = { ...todo, extractable: todo.extractable.filter((entry) => !cache?.has(entry.index)) };
+    const pointOf = new Map(cached.map((entry) => [entry.index, entry.point]));
+    async function* cubes(): AsyncGenerator<{ point: CellCounterPoint; index: number; channels: Float32Array[] }> {
+      if (cache) {
+        for await (const { id, channels: cube } of cache.readCubes(pointOf.keys())) {
+          options.abortSignal?.throwIfAborted();
+          yield { point: pointOf.get(id) as CellCounterPoint, index: id, channels: cube };
+        }
+      }
+      yield* extractCubes(toCut, volumes, options.abortSignal, rowsPerBand);
+    }
+    for await (const cube of cubes()) {
       pending.push({ point: cube.point, index: cube.index, channels: cube.channels });
       if (pending.length === options.batchSize) await flush();
     }
@@ -151,7 +173,7 @@ export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwo
     const rows = ['x,y,z,type,cell_probability', ...classified.map((p) => `${p.x},${p.y},${p.z},${p.type},${p.cellProbability}`)];
     await writeFileAtomic(probabilitiesFile, `${rows.join('\n')}\n`, { overwrite: true });
     await rm(partialFile, { force: true });
-    return { xmlFile, probabilitiesFile, classified, skipped: plan.skipped, cells: classified.filter((p) => p.type === 2).length, nonCells: classified.filter((p) => p.type === 1).length, resumed };
+    return { xmlFile, probabilitiesFile, classified, skipped: plan.skipped, cells: classified.filter((p) => p.type === 2).length, nonCells: classified.filter((p) => p.type === 1).length, resumed, fromCache: cached.length };
   } finally {
     await Promise.all(volumes.map((v) => v.close()));
   }
