@@ -8,7 +8,7 @@
  * Everything written is removed at the end (CELLFINDER_SCALE_KEEP=1 keeps it
  * for the next run, in CELLFINDER_SCALE_DIR or the temporary folder).
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, promises as fs, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -17,7 +17,7 @@ import { cubeFileName, encodeCube, CUBE_VOXELS, type Point3 } from '../src/core/
 import { TrainingDataset } from '../src/core/dataset';
 import { cutCube, extractCubes, planExtraction, type ExtractionPlan } from '../src/core/extraction';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { cacheCandidates, LabellingSession, saveCandidateSet } from '../src/core/labelling';
+import { cacheCandidates, LabellingSession, saveCandidateSet, type Candidate } from '../src/core/labelling';
 import { loadTensorFlow } from '../src/training/backend';
 import { writeKerasModel } from '../src/training/modelFiles';
 import { initialWeights, resnetSpec } from '../src/training/resnet';
@@ -151,6 +151,8 @@ async function labellingStep(work: string): Promise<void> {
     log.push(JSON.stringify({ id: `seed-${i}`, time: new Date().toISOString(), action: 'add', position, label: i % 2 ? 'cell' : 'no_cell', source: 'earlier rounds' }));
   }
   await fs.writeFile(dataset.logFile, `${log.join('\n')}\n`);
+  // On disk before the session starts, as a user's earlier labels are (else the first decisions' flushes write these too).
+  spawnSync('sync');
   const set = { points: path.join(work, 'candidates.xml'), signal: path.join(work, 'signal'), background: path.join(work, 'background') };
 
   const loop = monitorEventLoopDelay({ resolution: 5 });
@@ -173,16 +175,31 @@ async function labellingStep(work: string): Promise<void> {
   report(`host work per candidate, random order (cube + context, ${RANDOM_VISITS} candidates, read from the planes)`, spread(visits));
 
   // As in the page: a candidate is shown (its cube cut), then decided; only the decision is timed.
-  const decisions: number[] = [];
-  for (const candidate of session.candidates.slice(0, DECISIONS)) {
-    await Promise.all([session.cube(candidate.id), session.context(candidate.id)]);
-    const start = process.hrtime.bigint();
-    await session.decide(candidate.id, decisions.length % 2 ? 'cell' : 'no_cell');
-    decisions.push(since(start));
-  }
-  report(`one decision of a cube just shown (save both channels + log + status + balance), ${LABELLED_ALREADY}+ cubes in the dataset`, spread(decisions));
+  const decide = async (shown: readonly Candidate[]) => {
+    const decisions: number[] = [];
+    for (const candidate of shown) {
+      await Promise.all([session.cube(candidate.id), session.context(candidate.id)]);
+      const start = process.hrtime.bigint();
+      await session.decide(candidate.id, decisions.length % 2 ? 'cell' : 'no_cell');
+      decisions.push(since(start));
+    }
+    return decisions;
+  };
+  report(`one decision of a cube just shown (save both channels + log + status + balance), ${LABELLED_ALREADY}+ cubes in the dataset`, spread(await decide(session.candidates.slice(0, DECISIONS))));
+  // As in the editor on opening a large set: the cache sweep cuts in its own process, writing 2-3 GB, while the expert decides.
+  const sweeping = path.join(work, 'sweeping');
+  rmSync(sweeping, { recursive: true, force: true });
+  await (await LabellingSession.open(set, sweeping)).close();
+  await saveCandidateSet(sweeping, set);
+  const sweep = spawn(process.execPath, [path.resolve(__dirname, '..', '..', 'bin', 'cellfinder-retrain.js'), 'cache', sweeping], { stdio: ['ignore', 'ignore', 'pipe'] });
+  await new Promise<void>((resolve) => sweep.stderr.on('data', (chunk: Buffer) => /caching candidates: [1-9]/.test(String(chunk)) && resolve()));
+  const duringSweep = await decide(session.candidates.slice(DECISIONS, 2 * DECISIONS));
+  const sweepWasRunning = sweep.exitCode === null;
+  sweep.kill();
+  report(`the same while the cache sweep runs in its own process${sweepWasRunning ? '' : ' (it ended first)'}`, spread(duringSweep));
+  rmSync(sweeping, { recursive: true, force: true });
   loop.disable();
-  report('longest event-loop block of the host code (opening, the candidates above, the decisions)', `${(loop.max / 1e6).toFixed(0)} ms`);
+  report('longest event-loop block of the host code (opening, the candidates above, the decisions; with the sweep taking a core)', `${(loop.max / 1e6).toFixed(0)} ms`);
   await session.close();
 }
 
@@ -207,6 +224,14 @@ async function sweepStep(work: string): Promise<void> {
     visits.push(since(visit));
   }
   report(`host work per candidate from the cache, random order (${RANDOM_VISITS} candidates)`, spread(visits));
+  const decisions: number[] = [];
+  for (const candidate of session.candidates.slice(0, DECISIONS)) {
+    await Promise.all([session.cube(candidate.id), session.context(candidate.id)]);
+    const decision = process.hrtime.bigint();
+    await session.decide(candidate.id, decisions.length % 2 ? 'cell' : 'no_cell');
+    decisions.push(since(decision));
+  }
+  report(`one decision of a cube shown from the cache (save both channels + log + status + balance)`, spread(decisions));
   await session.close();
 }
 

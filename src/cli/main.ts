@@ -5,6 +5,7 @@
  * file), 2 usage error.
  */
 import { existsSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import * as path from 'node:path';
 import { readdir } from 'node:fs/promises';
 import { CUBE_SHAPE, pointFromCubeFileName, readCube, type Point3 } from '../core/cube';
@@ -275,9 +276,18 @@ async function chooseCommand(argv: readonly string[], io: Io): Promise<number> {
   return 0;
 }
 
+/** The nice value of a cache sweep (0 normal, 19 lowest). */
+const BACKGROUND_PRIORITY = 10;
+
 async function cacheCommand(argv: readonly string[], io: Io): Promise<number> {
   const { flags, positionals } = parseArgs(argv, [{ name: 'json', values: 0 }]);
   if (positionals.length !== 1) throw new UsageError('cache needs one dataset folder (one that candidates were labelled into)');
+  // Background work: the expert's decisions (and the editor) come first on a workstation's few cores.
+  try {
+    setPriority(BACKGROUND_PRIORITY);
+  } catch {
+    // Not allowed here (some containers): the sweep runs at normal priority.
+  }
   const stopping = stopOnSignals(io, 'Stopping; the cubes cut so far are kept, and the same command continues from there...');
   try {
     const result = await cacheCandidates(path.resolve(positionals[0]), { signal: stopping.signal, onProgress: progressPrinter(io, 'caching candidates') });
