@@ -37,16 +37,15 @@ function encodeForPage(value: unknown): unknown {
 
 const BRIDGE_SCRIPT = `
 (() => {
-  const revive = (value) => {
-    if (value && typeof value === 'object' && typeof value.__float32 === 'string') {
-      const bytes = Uint8Array.from(atob(value.__float32), (c) => c.charCodeAt(0));
-      return new Float32Array(bytes.buffer);
-    }
-    if (Array.isArray(value)) return value.map(revive);
-    if (value && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, revive(v)]));
-    return value;
+  // Float32Arrays are revived while the JSON is parsed.
+  const revive = (key, value) => {
+    if (!value || typeof value !== 'object' || typeof value.__float32 !== 'string') return value;
+    const text = atob(value.__float32);
+    const bytes = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+    return new Float32Array(bytes.buffer);
   };
-  window.__deliverFromHost = (message) => window.postMessage(revive(message), '*');
+  window.__deliverFromHost = (json) => window.postMessage(JSON.parse(json, revive), '*');
   window.acquireVsCodeApi = () => ({
     postMessage: (message) => window.__cellfinderToHost(message),
     getState: () => { const s = sessionStorage.getItem('vscode-state'); return s ? JSON.parse(s) : undefined; },
@@ -115,7 +114,8 @@ export async function openPage<ToHost>(
   const send = async (message: unknown) => {
     if (closed) return;
     try {
-      await page.evaluate((encoded) => (window as unknown as { __deliverFromHost(m: unknown): void }).__deliverFromHost(encoded), encodeForPage(message));
+      // As one JSON string, as VS Code passes a webview message (Playwright's own argument encoding takes ~0.1 ms per value: 0.5 s for 5,000 candidates).
+      await page.evaluate((json) => (window as unknown as { __deliverFromHost(json: string): void }).__deliverFromHost(json), JSON.stringify(encodeForPage(message)));
     } catch (error) {
       // A reply still on its way when the test closed the page (as when a user closes the panel) goes nowhere.
       if (!closed) throw error;

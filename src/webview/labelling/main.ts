@@ -61,7 +61,10 @@ const host = connectToHost<LabellingToHost, HostToLabelling, ViewState>({
       contrast: message.channels.map((channel) => autoContrast(channel)),
       contextContrast: message.context?.channels.map((channel) => autoContrast(channel)) ?? [],
     });
-    if (message.id === state.cursorId) paint();
+    if (message.id === state.cursorId) {
+      paint();
+      prefetchAround(message.id);
+    }
   },
   decided: ({ id, status, balance }) => {
     unsaved = Math.max(0, unsaved - 1);
@@ -135,7 +138,8 @@ function moveTo(id: number, since: number | undefined): void {
 function prefetchAround(id: number): void {
   const ids = orderedIds();
   const at = ids.indexOf(id);
-  const wanted = ids.slice(Math.max(0, at - 1), at + PREFETCH_AHEAD + 1);
+  // The cube to show first: those around it are asked for once it is here, so they do not queue before it (opening a set, a jump).
+  const wanted = cubes.has(id) ? ids.slice(Math.max(0, at - 1), at + PREFETCH_AHEAD + 1) : [id];
   for (const want of wanted) {
     if (!cubes.has(want) && !requested.has(want)) {
       requested.add(want);
