@@ -143,6 +143,9 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
     await workbench.page.keyboard.press('Enter');
     await workbench.webview().locator('#prediction', { hasText: 'p(cell)' }).waitFor({ timeout: 120_000 });
     assert.equal(await workbench.webview().locator('#order').evaluate((select) => (select as HTMLElement & { value: string }).value), 'uncertain-first');
+    // The set remembers the predictions, so reopening the dataset keeps this order.
+    const remembered = JSON.parse(await fs.readFile(path.join(round1, 'labelling.json'), 'utf8')) as { predictions?: string };
+    assert.match(remembered.predictions ?? '', /classified_points\.csv$/);
     await workbench.screenshot(SHOTS, '5-predicted-dark');
     assert.deepEqual(workbench.webviewErrors, []);
     await workbench.page.close();

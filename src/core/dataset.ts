@@ -198,10 +198,9 @@ export class TrainingDataset {
 
   /** The label of the cube at `position`, or undefined if it has none. */
   async labelOf(position: Point3): Promise<CubeLabel | undefined> {
-    for (const label of ['cell', 'no_cell'] as const) {
-      if (await exists(this.cubeFiles(label, position)[0])) return label;
-    }
-    return undefined;
+    // Both folders at once: every decision asks this first.
+    const [cell, nonCell] = await Promise.all((['cell', 'no_cell'] as const).map((label) => exists(this.cubeFiles(label, position)[0])));
+    return cell ? 'cell' : nonCell ? 'no_cell' : undefined;
   }
 
   /**
