@@ -136,15 +136,20 @@ test('classify --cache re-predicts a set from the cubes its cache holds, cuts th
   const dataset = path.join(root, 'dataset');
   await (await LabellingSession.open(set, dataset)).close();
   await saveCandidateSet(dataset, set);
-  // As a sweep stopped after its first flush leaves it: 128 of the 200 logged as cached.
-  const { cacheFolder } = await cacheCandidates(dataset);
-  const log = path.join(cacheFolder, 'done.log');
-  await fs.writeFile(log, `${(await fs.readFile(log, 'utf8')).split('\n').slice(0, 128).join('\n')}\n`);
   const model = path.join(root, 'random.keras');
   const spec = resnetSpec(18, 2);
   await writeKerasModel(model, spec, initialWeights(tf, spec, 5));
   const classify = (output: string, ...extra: string[]) =>
     spawnSync(process.execPath, [CLI, 'classify', '--trained-model', model, '--signal', set.signal, '--background', set.background as string, '--points', set.points, '--voxel-sizes', '5', '2', '2', '-o', path.join(root, output), '--json', ...extra], { encoding: 'utf8' });
+  // Before any sweep (a set of under 500 candidates never gets one): every cube is cut from the volumes.
+  const beforeSweep = classify('before-sweep', '--cache', dataset);
+  assert.equal(beforeSweep.status, 0, beforeSweep.stderr);
+  assert.equal(JSON.parse(beforeSweep.stdout).fromCache, 0);
+
+  // As a sweep stopped after its first flush leaves it: 128 of the 200 logged as cached.
+  const { cacheFolder } = await cacheCandidates(dataset);
+  const log = path.join(cacheFolder, 'done.log');
+  await fs.writeFile(log, `${(await fs.readFile(log, 'utf8')).split('\n').slice(0, 128).join('\n')}\n`);
 
   const fromVolumes = classify('from-volumes');
   assert.equal(fromVolumes.status, 0, fromVolumes.stderr);
@@ -153,7 +158,7 @@ test('classify --cache re-predicts a set from the cubes its cache holds, cuts th
   assert.equal(JSON.parse(fromCache.stdout).fromCache, 128);
   assert.match(fromCache.stderr, /128 cube\(s\) read from the candidate cache/);
   for (const file of ['classified_points.csv', 'classified_points.xml']) {
-    assert.equal(await fs.readFile(path.join(root, 'from-cache', file), 'utf8'), await fs.readFile(path.join(root, 'from-volumes', file), 'utf8'), file);
+    for (const output of ['from-cache', 'before-sweep']) assert.equal(await fs.readFile(path.join(root, output, file), 'utf8'), await fs.readFile(path.join(root, 'from-volumes', file), 'utf8'), `${output}/${file}`);
   }
 
   // The cache of another set (the sample's own candidates here) is not taken, and not removed either.

@@ -160,6 +160,8 @@ export class CandidateCache {
   async *readCubes(ids: Iterable<number>, recordsPerRead = 32): AsyncGenerator<{ id: number; channels: Float32Array[] }> {
     const recordBytes = this.channels * CUBE_VOXELS * 4;
     const wanted = [...ids].filter((id) => this.done.has(id)).sort((a, b) => this.slot(a) - this.slot(b));
+    // A cache no sweep has written to yet has no records file.
+    if (wanted.length === 0) return;
     const handle = await fs.open(this.file('cubes.f32'), 'r');
     try {
       for (let start = 0; start < wanted.length; ) {
