@@ -136,6 +136,31 @@ async function extractionStep(work: string): Promise<void> {
   await Promise.all(volumes.map((volume) => volume.close()));
 }
 
+/** Host work (cube + context) for RANDOM_VISITS candidates drawn at random with `seed`, in ms each. */
+async function randomVisits(session: LabellingSession, seed: number): Promise<number[]> {
+  const next = random(seed);
+  const visits: number[] = [];
+  for (let i = 0; i < RANDOM_VISITS; i++) {
+    const id = session.candidates[Math.floor(next() * session.candidates.length)].id;
+    const visit = process.hrtime.bigint();
+    await Promise.all([session.cube(id), session.context(id)]);
+    visits.push(since(visit));
+  }
+  return visits;
+}
+
+/** As in the page: each candidate is shown (its cube and context cut), then decided; only the decision is timed, in ms. */
+async function timedDecisions(session: LabellingSession, shown: readonly Candidate[]): Promise<number[]> {
+  const decisions: number[] = [];
+  for (const candidate of shown) {
+    await Promise.all([session.cube(candidate.id), session.context(candidate.id)]);
+    const start = process.hrtime.bigint();
+    await session.decide(candidate.id, decisions.length % 2 ? 'cell' : 'no_cell');
+    decisions.push(since(start));
+  }
+  return decisions;
+}
+
 async function labellingStep(work: string): Promise<void> {
   const datasetRoot = path.join(work, 'dataset');
   rmSync(datasetRoot, { recursive: true, force: true });
@@ -164,28 +189,10 @@ async function labellingStep(work: string): Promise<void> {
   const openMs = since(opened);
   report('open the 5,000-candidate set (5,000 cubes already labelled) to the first cube and its context cut', `${openMs.toFixed(0)} ms`);
 
-  const next = random(3);
-  const visits: number[] = [];
-  for (let i = 0; i < RANDOM_VISITS; i++) {
-    const id = session.candidates[Math.floor(next() * session.candidates.length)].id;
-    const start = process.hrtime.bigint();
-    await Promise.all([session.cube(id), session.context(id)]);
-    visits.push(since(start));
-  }
+  const visits = await randomVisits(session, 3);
   report(`host work per candidate, random order (cube + context, ${RANDOM_VISITS} candidates, read from the planes)`, spread(visits));
 
-  // As in the page: a candidate is shown (its cube cut), then decided; only the decision is timed.
-  const decide = async (shown: readonly Candidate[]) => {
-    const decisions: number[] = [];
-    for (const candidate of shown) {
-      await Promise.all([session.cube(candidate.id), session.context(candidate.id)]);
-      const start = process.hrtime.bigint();
-      await session.decide(candidate.id, decisions.length % 2 ? 'cell' : 'no_cell');
-      decisions.push(since(start));
-    }
-    return decisions;
-  };
-  report(`one decision of a cube just shown (save both channels + log + status + balance), ${LABELLED_ALREADY}+ cubes in the dataset`, spread(await decide(session.candidates.slice(0, DECISIONS))));
+  report(`one decision of a cube just shown (save both channels + log + status + balance), ${LABELLED_ALREADY}+ cubes in the dataset`, spread(await timedDecisions(session, session.candidates.slice(0, DECISIONS))));
   // As in the editor on opening a large set: the cache sweep cuts in its own process, writing 2-3 GB, while the expert decides.
   const sweeping = path.join(work, 'sweeping');
   rmSync(sweeping, { recursive: true, force: true });
@@ -193,7 +200,7 @@ async function labellingStep(work: string): Promise<void> {
   await saveCandidateSet(sweeping, set);
   const sweep = spawn(process.execPath, [path.resolve(__dirname, '..', '..', 'bin', 'cellfinder-retrain.js'), 'cache', sweeping], { stdio: ['ignore', 'ignore', 'pipe'] });
   await new Promise<void>((resolve) => sweep.stderr.on('data', (chunk: Buffer) => /caching candidates: [1-9]/.test(String(chunk)) && resolve()));
-  const duringSweep = await decide(session.candidates.slice(DECISIONS, 2 * DECISIONS));
+  const duringSweep = await timedDecisions(session, session.candidates.slice(DECISIONS, 2 * DECISIONS));
   const sweepWasRunning = sweep.exitCode === null;
   sweep.kill();
   report(`the same while the cache sweep runs in its own process${sweepWasRunning ? '' : ' (it ended first)'}`, spread(duringSweep));
@@ -215,23 +222,9 @@ async function sweepStep(work: string): Promise<void> {
   const seconds = since(start) / 1000;
   report('cache sweep: every candidate\'s cube and context cut into the cache in one pass', `${swept.cached} candidates in ${seconds.toFixed(1)} s: ${(swept.cached / seconds).toFixed(0)} candidates/s`);
   const session = await LabellingSession.open(set, datasetRoot);
-  const next = random(5);
-  const visits: number[] = [];
-  for (let i = 0; i < RANDOM_VISITS; i++) {
-    const id = session.candidates[Math.floor(next() * session.candidates.length)].id;
-    const visit = process.hrtime.bigint();
-    await Promise.all([session.cube(id), session.context(id)]);
-    visits.push(since(visit));
-  }
+  const visits = await randomVisits(session, 5);
   report(`host work per candidate from the cache, random order (${RANDOM_VISITS} candidates)`, spread(visits));
-  const decisions: number[] = [];
-  for (const candidate of session.candidates.slice(0, DECISIONS)) {
-    await Promise.all([session.cube(candidate.id), session.context(candidate.id)]);
-    const decision = process.hrtime.bigint();
-    await session.decide(candidate.id, decisions.length % 2 ? 'cell' : 'no_cell');
-    decisions.push(since(decision));
-  }
-  report(`one decision of a cube shown from the cache (save both channels + log + status + balance)`, spread(decisions));
+  report(`one decision of a cube shown from the cache (save both channels + log + status + balance)`, spread(await timedDecisions(session, session.candidates.slice(0, DECISIONS))));
   await session.close();
 }
 
