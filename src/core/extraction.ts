@@ -215,32 +215,32 @@ export async function* sweepBands<P extends Point3>(
     const lastPlane = entries.reduce((last, entry) => Math.max(last, entry.bounds.z[1]), 0);
     // The buffers of planes done with are read into again: a sweep reads the whole volume, and fresh buffers for it keep the collector busy.
     const spare: ArrayBuffer[] = [];
-    const read = (z: number) => Promise.all(channels.map((volume) => volume.readRows(z, firstRow, endRow, spare.pop())));
+    const read = (z: number) => {
+      const rows = Promise.all(channels.map((volume) => volume.readRows(z, firstRow, endRow, spare.pop())));
+      // A plane read ahead may fail (a truncated file) before it is waited for: its error is thrown where it is awaited, never left unhandled.
+      rows.catch(() => undefined);
+      return rows;
+    };
     const planes = new Map<number, Promise<PixelArray[]>>();
     const held = new Map<number, PixelArray[]>();
-    try {
-      for (const { point, index, bounds } of entries) {
-        options.signal?.throwIfAborted();
-        for (const [z, rows] of held) {
-          if (z >= bounds.z[0]) continue;
-          held.delete(z);
-          planes.delete(z);
-          for (const channel of rows) spare.push(channel.buffer as ArrayBuffer);
-        }
-        // A plane read ahead that the next point skips over.
-        for (const z of planes.keys()) if (z < bounds.z[0]) planes.delete(z);
-        for (let z = bounds.z[0]; z < bounds.z[1]; z++) {
-          if (!planes.has(z)) planes.set(z, read(z));
-          if (!held.has(z)) held.set(z, await (planes.get(z) as Promise<PixelArray[]>));
-        }
-        // The next plane the band needs, read while this point is cut.
-        const ahead = bounds.z[1];
-        if (ahead < lastPlane && !planes.has(ahead)) planes.set(ahead, read(ahead));
-        yield { point, index, bounds, firstRow, rowsOf: (z, channel) => (held.get(z) as PixelArray[])[channel] };
+    for (const { point, index, bounds } of entries) {
+      options.signal?.throwIfAborted();
+      for (const [z, rows] of held) {
+        if (z >= bounds.z[0]) continue;
+        held.delete(z);
+        planes.delete(z);
+        for (const channel of rows) spare.push(channel.buffer as ArrayBuffer);
       }
-    } finally {
-      // A read ahead that is not waited for any more must not go unhandled.
-      for (const pending of planes.values()) pending.catch(() => undefined);
+      // A plane read ahead that the next point skips over.
+      for (const z of planes.keys()) if (z < bounds.z[0]) planes.delete(z);
+      for (let z = bounds.z[0]; z < bounds.z[1]; z++) {
+        if (!planes.has(z)) planes.set(z, read(z));
+        if (!held.has(z)) held.set(z, await (planes.get(z) as Promise<PixelArray[]>));
+      }
+      // The next plane the band needs, read while this point is cut.
+      const ahead = bounds.z[1];
+      if (ahead < lastPlane && !planes.has(ahead)) planes.set(ahead, read(ahead));
+      yield { point, index, bounds, firstRow, rowsOf: (z, channel) => (held.get(z) as PixelArray[])[channel] };
     }
   }
 }
