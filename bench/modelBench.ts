@@ -8,7 +8,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { cubeFileName } from '../src/core/cube';
-import { loadTensorFlow } from '../src/training/backend';
+import { loadTensorFlow } from '../src/engine/backend';
 import type { NetworkDepth } from '../src/training/resnet';
 import { CELLFINDER_AUGMENTATION } from '../src/training/augment';
 import { seededRandom } from '../src/core/random';

@@ -18,7 +18,7 @@ import { TrainingDataset } from '../src/core/dataset';
 import { cutCube, extractCubes, planExtraction, type ExtractionPlan } from '../src/core/extraction';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { cacheCandidates, LabellingSession, saveCandidateSet, type Candidate } from '../src/core/labelling';
-import { loadTensorFlow } from '../src/training/backend';
+import { loadTensorFlow } from '../src/engine/backend';
 import { writeKerasModel } from '../src/training/modelFiles';
 import { initialWeights, resnetSpec } from '../src/training/resnet';
 import { launchBrowser } from '../test/webview/harness';

@@ -15,7 +15,7 @@ import { askVoxelSizes, pickDatasetFolder, pickVolume } from './editor/pickers';
 import { requireTrust } from './editor/settings';
 import { registerSidebar, type SidebarItem, type WorkspaceIndex } from './editor/sidebar';
 import { Training } from './editor/training';
-import { EngineSetupError, setupEngine } from './training/native/engineSetup';
+import { EngineSetupError, setupEngine } from './engine/engineSetup';
 
 let log: vscode.OutputChannel;
 

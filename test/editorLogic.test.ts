@@ -12,7 +12,8 @@ import { TrainingDataset } from '../src/core/dataset';
 import { CANDIDATE_SET_FILE, LabellingSession, loadCandidateSet, orderCandidates, saveCandidateSet, type CandidateSet } from '../src/core/labelling';
 import { scanWorkspace } from '../src/core/workspaceScan';
 import { DataFileError } from '../src/core/errors';
-import { EVENTS_FILE, type TrainingEvent } from '../src/training/events';
+import { EVENTS_FILE } from '../src/core/runFiles';
+import type { TrainingEvent } from '../src/training/events';
 import { RunFollower, runStatus, summarizeRun } from '../src/training/runs';
 import { SAMPLE, scratch } from './helpers';
 

@@ -1,5 +1,5 @@
 /**
- * The native TensorFlow engine (src/training/native): gradient checks of the
+ * The native TensorFlow engine (src/engine): gradient checks of the
  * ResNet's operations, a one-batch fit, loading, status and setup.
  *
  * The gradient checks always run on the pure-JS cpu backend (against finite
@@ -13,12 +13,12 @@ import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { cpuMaxPool3dGradIsBroken, fixCpuMaxPool3dGrad } from '../src/training/cpuMaxPool3dGradFix';
-import { ACTIVE_FILE, engineRoot, MANIFEST_FILE, readActiveEngine } from '../src/training/native/engineLayout';
-import { EngineSetupError, setupEngine, type SetupProgress } from '../src/training/native/engineSetup';
-import { compareTinyFits, formatGradientChecks, inputValues, resnetGradientCases, runGradientChecks, tinyModelFit } from '../src/training/native/gradientCheck';
-import { engineStatus, loadNativeBackend } from '../src/training/native/nativeBackend';
-import { headerClosure, openWheel, readZipDirectory, wheelMetadata, ZipError } from '../src/training/native/wheel';
+import { cpuMaxPool3dGradIsBroken, fixCpuMaxPool3dGrad } from '../src/engine/cpuMaxPool3dGradFix';
+import { ACTIVE_FILE, engineRoot, MANIFEST_FILE, readActiveEngine } from '../src/engine/engineLayout';
+import { EngineSetupError, setupEngine, type SetupProgress } from '../src/engine/engineSetup';
+import { compareTinyFits, formatGradientChecks, inputValues, resnetGradientCases, runGradientChecks, tinyModelFit } from '../src/training/gradientCheck';
+import { engineStatus, loadNativeBackend } from '../src/engine/nativeBackend';
+import { headerClosure, openWheel, readZipDirectory, wheelMetadata, ZipError } from '../src/engine/wheel';
 import { forward, initialWeights, resnetSpec } from '../src/training/resnet';
 import { assembleBatch, planBatch } from '../src/training/trainingData';
 import { fakeWheel, scratch } from './helpers';

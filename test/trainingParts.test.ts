@@ -12,7 +12,7 @@ import { applyAugmentation, drawAugmentation, CELLFINDER_AUGMENTATION } from '..
 import { BatchThread } from '../src/training/batchThread';
 import { seededRandom, type Random } from '../src/core/random';
 import { batchNormWithBatchStatistics, kerasWeightGroups, maxPool3dSeparable, parameterCount, resnetSpec } from '../src/training/resnet';
-import { loadTensorFlow } from '../src/training/backend';
+import { loadTensorFlow } from '../src/engine/backend';
 import { writeStoredZip } from '../src/training/storedZip';
 import { learningRateForEpoch, TRAIN_DEFAULTS } from '../src/training/trainConfig';
 import { checkpointsToKeep } from '../src/training/trainer';

@@ -19,7 +19,7 @@ import { cacheCandidates } from '../core/labelling';
 import { openChannels } from '../core/volume';
 import { mergeTrainingYamls } from '../core/merge';
 import type { CubeLabel } from '../core/trainingYaml';
-import { childEnvironment, DEVICE_ENV, isDeviceChoice } from '../training/native/gpuEnvironment';
+import { childEnvironment, DEVICE_ENV, isDeviceChoice } from '../engine/gpuEnvironment';
 import { OutOfMemoryError } from '../training/outOfMemory';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
 import { progressPrinter, stopOnSignals } from './progress';

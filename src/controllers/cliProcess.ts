@@ -5,7 +5,7 @@
  * host.
  */
 import { spawn } from 'node:child_process';
-import { DEVICE_ENV, type DeviceChoice } from '../training/native/gpuEnvironment';
+import { DEVICE_ENV, type DeviceChoice } from '../engine/gpuEnvironment';
 
 export interface CliLocation {
   nodePath: string;

@@ -6,7 +6,7 @@
  */
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { EVENTS_FILE } from '../training/events';
+import { EVENTS_FILE } from './runFiles';
 import { CELLS_FOLDER, NON_CELLS_FOLDER, TRAINING_YAML, TRASH_FOLDER } from './dataset';
 
 export interface FoundDataset {

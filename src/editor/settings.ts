@@ -2,7 +2,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import type { CliLocation } from '../controllers/cliProcess';
-import type { DeviceChoice } from '../training/native/gpuEnvironment';
+import type { DeviceChoice } from '../engine/gpuEnvironment';
 
 export function setting<T>(key: string, fallback: T): T {
   return vscode.workspace.getConfiguration('cellfinder').get<T>(key, fallback);

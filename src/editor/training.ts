@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { runCliJson } from '../controllers/cliProcess';
 import { TrainingController } from '../controllers/trainingController';
-import { EVENTS_FILE } from '../training/events';
+import { EVENTS_FILE } from '../core/runFiles';
 import type { Evaluation } from '../training/inference';
 import type { NetworkDepth } from '../training/resnet';
 import { readRun, RunFollower, startWorker, summarizeRun, type RunRecord } from '../training/runs';

@@ -12,7 +12,7 @@
  * optimiser's variables, so resuming continues where training stopped.
  */
 import type * as tfType from '@tensorflow/tfjs';
-import { nativeKerasAdam, nativeKernelsActive } from './native/nativeKernels';
+import { nativeKerasAdam, nativeKernelsActive } from '../engine/nativeKernels';
 
 export const ADAM_DEFAULTS = { beta1: 0.9, beta2: 0.999, epsilon: 1e-7 } as const;
 

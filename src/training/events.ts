@@ -3,11 +3,8 @@
  * writes to stdout, one object per line. Defined once here; the CLI, the
  * extension host and the training panel all read this type.
  */
-import type { GpuUse } from './backend';
+import type { GpuUse } from '../engine/backend';
 import type { EpochMetrics } from './trainer';
-
-/** Written next to the run's outputs, one event per line, so an editor can show the run after a reload. */
-export const EVENTS_FILE = 'training-events.jsonl';
 
 export type TrainingEvent =
   /** First line of every worker process: which process to watch (and signal to cancel). */

@@ -7,8 +7,8 @@
  * process, so each case runs in its own.
  */
 import { categoricalCrossEntropy, KerasAdam } from './adam';
-import { loadTensorFlow } from './backend';
-import type { DeviceChoice } from './native/gpuEnvironment';
+import { loadTensorFlow } from '../engine/backend';
+import type { DeviceChoice } from '../engine/gpuEnvironment';
 import { forward, forwardFlopsPerCube, initialWeights, resnetSpec, weightKey, type NetworkDepth } from './resnet';
 
 export interface ModelBenchResult {

@@ -10,7 +10,7 @@
  * load if we do exactly the same, so the model is written out here once.
  */
 import type * as tfType from '@tensorflow/tfjs';
-import { nativeBatchNormInference, nativeBatchNormTraining, nativeKernelsActive, nativeRelu } from './native/nativeKernels';
+import { nativeBatchNormInference, nativeBatchNormTraining, nativeKernelsActive, nativeRelu } from '../engine/nativeKernels';
 
 export const NETWORK_DEPTHS = [18, 34, 50, 101, 152] as const;
 export type NetworkDepth = (typeof NETWORK_DEPTHS)[number];

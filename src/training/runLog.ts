@@ -7,7 +7,8 @@
 import { appendFileSync, mkdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { DataFileError, writeErrorFor } from '../core/errors';
-import { EVENTS_FILE, type TrainingEvent } from './events';
+import { EVENTS_FILE } from '../core/runFiles';
+import type { TrainingEvent } from './events';
 
 /** Opens the log of the run in `outputDir` and returns the function that appends one event. */
 export function openRunLog(outputDir: string, mode: 'train' | 'resume'): (event: TrainingEvent) => void {

@@ -9,8 +9,9 @@ import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, promises as fs, watch, type FSWatcher } from 'node:fs';
 import * as path from 'node:path';
 import { parseJsonLines } from '../core/atomicFile';
-import { EVENTS_FILE, type TrainingEvent } from './events';
-import { childEnvironment, type DeviceChoice } from './native/gpuEnvironment';
+import { EVENTS_FILE } from '../core/runFiles';
+import type { TrainingEvent } from './events';
+import { childEnvironment, type DeviceChoice } from '../engine/gpuEnvironment';
 import { RESUME_FOLDER } from './trainer';
 
 export type RunStatus = 'running' | 'finished' | 'cancelled' | 'failed' | 'interrupted';

@@ -23,7 +23,7 @@ import { DataFileError } from '../core/errors';
 import { pythonFloatRepr } from '../core/pythonFloat';
 import { categoricalAccuracy, categoricalCrossEntropy, KerasAdam } from './adam';
 import { CELLFINDER_AUGMENTATION } from './augment';
-import type { TensorFlowRuntime } from './backend';
+import type { TensorFlowRuntime } from '../engine/backend';
 import { BatchThread } from './batchThread';
 import { readModelFile, removeStaleModelTempFiles, writeKerasModel, writeKerasWeights, type LoadedModel } from './modelFiles';
 import { randomFor, seededRandom } from '../core/random';

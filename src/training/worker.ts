@@ -16,7 +16,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { DataFileError } from '../core/errors';
-import { loadTensorFlow } from './backend';
+import { loadTensorFlow } from '../engine/backend';
 import type { TrainingEvent } from './events';
 import { OutOfMemoryError } from './outOfMemory';
 import { openRunLog } from './runLog';

@@ -12,10 +12,10 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { fixCpuMaxPool3dGrad } from './cpuMaxPool3dGradFix';
-import { engineRoot, readActiveEngine } from './native/engineLayout';
-import { type DeviceChoice, deviceChoice } from './native/gpuEnvironment';
-import { type GpuDevice, inspectGpu } from './native/gpuProbe';
-import { loadNativeBackend, type NativeBackendInfo } from './native/nativeBackend';
+import { engineRoot, readActiveEngine } from './engineLayout';
+import { type DeviceChoice, deviceChoice } from './gpuEnvironment';
+import { type GpuDevice, inspectGpu } from './gpuProbe';
+import { loadNativeBackend, type NativeBackendInfo } from './nativeBackend';
 
 /** Whether the GPU is used, and why not when it is not. */
 export interface GpuUse {

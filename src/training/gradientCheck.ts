@@ -1,6 +1,6 @@
 /**
  * Gradient checks for the operations cellfinder's ResNet uses (see
- * ../resnet.ts): each case's analytic gradients (tf.grads) on a backend are
+ * resnet.ts): each case's analytic gradients (tf.grads) on a backend are
  * compared with
  *   - the same gradients on the pure-JS 'cpu' backend (the reference
  *     implementation), and
@@ -18,7 +18,7 @@
  * input (elementwise relative errors are meaningless near zero).
  */
 import type * as tfType from '@tensorflow/tfjs';
-import { batchNormWithBatchStatistics, convolution, relu } from '../resnet';
+import { batchNormWithBatchStatistics, convolution, relu } from './resnet';
 
 type Tf = typeof tfType;
 type T = tfType.Tensor;

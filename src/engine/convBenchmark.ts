@@ -5,7 +5,7 @@
  * full cube size is the upper bound of what the network does).
  *
  * Run (after `tsc -p tsconfig.test.json`):
- *   node out/src/training/native/convBenchmark.js [--batch 8] [--cpu-batch 1] [--reps 3] [--backends tensorflow,cpu] [--json]
+ *   node out/src/engine/convBenchmark.js [--batch 8] [--cpu-batch 1] [--reps 3] [--backends tensorflow,cpu] [--json]
  * The cpu backend needs about a minute per batch-1 pass, so it runs a
  * smaller batch by default; GFLOP/s does not depend on the batch size.
  */

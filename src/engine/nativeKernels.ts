@@ -21,7 +21,7 @@
  * 12, 64), side by side in one process (NCHW would be slower than the
  * multiply and add there).
  *
- * The callers (../resnet.ts) use these kernels when the active backend has
+ * The callers (../training/resnet.ts) use these kernels when the active backend has
  * them and the plain tfjs ops otherwise; the gradient checks and the
  * inference check compare both.
  */

@@ -1,0 +1,8 @@
+/**
+ * Names of the files a training run writes into its output folder. Named
+ * here, in the domain core, because the workspace scan finds runs by them
+ * and the core never imports the training code.
+ */
+
+/** The run's events, one JSON object per line, so an editor can show the run after a reload. */
+export const EVENTS_FILE = 'training-events.jsonl';
