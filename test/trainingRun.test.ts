@@ -14,6 +14,7 @@ import type { TrainingEvent } from '../src/training/events';
 import { main } from '../src/cli/main';
 import { readCellCounterXml } from '../src/core/cellCounterXml';
 import { readCube } from '../src/core/cube';
+import { SPLIT_FILE } from '../src/core/runFiles';
 import { DataFileError } from '../src/core/errors';
 import { readModelFile } from '../src/training/modelFiles';
 import { TRAIN_DEFAULTS, type TrainConfig } from '../src/training/trainConfig';
@@ -90,9 +91,14 @@ test('cancel stops at a batch boundary with a resumable checkpoint; resume conti
   // Every step taken so far is in the optimiser state (3 batches per epoch).
   assert.equal(checkpoint.optimizer?.iterations, cancelled.epoch * 3 + cancelled.batch);
 
+  const splitBefore = await fs.readFile(path.join(root, 'out', SPLIT_FILE), 'utf8');
   const second = startWorker(['resume', path.join(root, 'out')]);
   const resumed = (await second.waitFor((e) => e.type === 'started')) as Extract<TrainingEvent, { type: 'started' }>;
   assert.equal(resumed.resumedAtEpoch, cancelled.epoch);
+  // The resumed run says it goes on with its own optimiser state, and keeps the split it started with.
+  assert.deepEqual(resumed.start?.optimizer, { state: 'restored', from: path.join(root, 'out', '.resume', 'state.keras'), iterations: cancelled.epoch * 3 + cancelled.batch });
+  assert.deepEqual(resumed.split, started.split);
+  assert.equal(await fs.readFile(path.join(root, 'out', SPLIT_FILE), 'utf8'), splitBefore);
   const finished = (await second.waitFor((e) => e.type === 'finished')) as Extract<TrainingEvent, { type: 'finished' }>;
   assert.equal((await second.exit).code, 0);
   assert.deepEqual(finished.history.map((h) => h.epoch), [0, 1, 2]);

@@ -17,7 +17,7 @@ import { compareTinyFits, formatGradientChecks, runGradientChecks, tinyModelFit 
 import { engineStatus, loadNativeBackend, NATIVE_BACKEND_NAME } from '../engine/nativeBackend';
 import { benchModel } from '../training/modelSpeed';
 import { OutOfMemoryError } from '../training/outOfMemory';
-import type { TrainingEvent } from '../training/events';
+import { describeRunStart, type TrainingEvent } from '../training/events';
 import { openRunLog } from '../training/runLog';
 import { classifyCandidates, evaluateModel, loadNetwork, PARTIAL_RESULTS, type Evaluation } from '../training/inference';
 import { readModelFile } from '../training/modelFiles';
@@ -44,6 +44,7 @@ const TRAIN_FLAGS: FlagSpec[] = [
   { name: 'trained-model', values: 1 },
   { name: 'model-weights', values: 1 },
   { name: 'continue-training', values: 0 },
+  { name: 'fresh-optimizer', values: 0 },
   { name: 'no-augment', values: 0 },
   { name: 'augment-likelihood', values: 1 },
   { name: 'augment-parity', values: 0 },
@@ -107,6 +108,7 @@ export function trainConfigFromFlags(flags: Map<string, string[]>): TrainConfig 
     trainedModel: flags.get('trained-model')?.[0],
     modelWeights: flags.get('model-weights')?.[0],
     continueTraining: flags.has('continue-training'),
+    freshOptimizer: flags.has('fresh-optimizer'),
     augment: !flags.has('no-augment'),
     augmentLikelihood: number(flags, 'augment-likelihood', TRAIN_DEFAULTS.augmentLikelihood, (n) => n >= 0 && n <= 1, 'in [0, 1]'),
     affineMode: flags.has('augment-parity') ? 'cellfinder-parity' : 'random-range',
@@ -132,7 +134,11 @@ function describeEvent(event: TrainingEvent): string | undefined {
     case 'started': {
       const gpu = describeGpu(event);
       const warnings = (event.warnings ?? []).map((warning) => `\nwarning: ${warning}`).join('');
-      return `Training ResNet-${event.model.depth} (${event.model.channels} channel(s), ${event.model.parameters.toLocaleString('en')} parameters) on ${event.backend}: ${event.samples.training} training / ${event.samples.validation} validation cubes (${event.samples.cells} cells, ${event.samples.nonCells} non-cells)${event.resumedAtEpoch !== undefined ? `, resumed at epoch ${event.resumedAtEpoch + 1}` : ''}${gpu ? `\n  ${gpu}` : ''}${warnings}`;
+      const split = event.split
+        ? `training ${event.split.training.cells} cells + ${event.split.training.nonCells} non-cells, validation ${event.split.validation.cells} + ${event.split.validation.nonCells} (each cube's part: ${event.split.file})`
+        : `${event.samples.training} training / ${event.samples.validation} validation cubes (${event.samples.cells} cells, ${event.samples.nonCells} non-cells)`;
+      const start = event.start ? `\n  ${describeRunStart(event.start)}` : '';
+      return `Training ResNet-${event.model.depth} (${event.model.channels} channel(s), ${event.model.parameters.toLocaleString('en')} parameters) on ${event.backend}: ${split}${event.resumedAtEpoch !== undefined ? `, resumed at epoch ${event.resumedAtEpoch + 1}` : ''}${start}${gpu ? `\n  ${gpu}` : ''}${warnings}`;
     }
     case 'epoch':
       return `epoch ${event.epoch + 1}/${event.epochs}: loss ${event.loss.toFixed(4)} accuracy ${event.accuracy.toFixed(4)}${event.valLoss === undefined ? '' : ` val_loss ${event.valLoss.toFixed(4)} val_accuracy ${(event.valAccuracy as number).toFixed(4)}`} (${event.seconds.toFixed(1)} s)`;

@@ -14,3 +14,16 @@ export function pythonFloatRepr(value: number): string {
   const fixed = value.toFixed(Math.max(0, (mantissa.split('.')[1]?.length ?? 0) - exponent));
   return fixed.includes('.') ? fixed : `${fixed}.0`;
 }
+
+/**
+ * The shortest decimal that reads back to the same float32 (the digits
+ * numpy prints for a float32): how to show a value Keras stored as float32,
+ * such as a restored learning rate (0.001, not 0.0010000000474974513).
+ */
+export function shortestFloat32(value: number): number {
+  for (let digits = 1; digits < 17; digits++) {
+    const candidate = Number(value.toPrecision(digits));
+    if (Math.fround(candidate) === Math.fround(value)) return candidate;
+  }
+  return value;
+}

@@ -6,3 +6,6 @@
 
 /** The run's events, one JSON object per line, so an editor can show the run after a reload. */
 export const EVENTS_FILE = 'training-events.jsonl';
+
+/** Which cubes the run trains on and which it holds out for validation, one CSV row per cube. */
+export const SPLIT_FILE = 'training-split.csv';

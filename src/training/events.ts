@@ -3,6 +3,7 @@
  * writes to stdout, one object per line. Defined once here; the CLI, the
  * extension host and the training panel all read this type.
  */
+import { shortestFloat32 } from '../core/pythonFloat';
 import type { GpuUse } from '../engine/backend';
 import type { EpochMetrics } from './trainer';
 
@@ -18,6 +19,10 @@ export type TrainingEvent =
       samples: { training: number; validation: number; cells: number; nonCells: number };
       epochs: number;
       resumedAtEpoch?: number;
+      /** The model file, optimiser state and learning rate the run starts from (absent in runs logged before it was recorded). */
+      start?: RunStart;
+      /** The split file and each part's cubes per class. */
+      split?: { file: string; training: ClassCounts; validation: ClassCounts };
       /** What the run goes ahead with but the user should know (one class only, ...). */
       warnings?: string[];
     }
@@ -30,3 +35,26 @@ export type TrainingEvent =
   | { type: 'finished'; modelFile: string; history: EpochMetrics[] }
   /** `suggestedBatchSize`: after running out of memory, a batch size that fits. */
   | { type: 'error'; message: string; file?: string; fix?: string; suggestedBatchSize?: number };
+
+export interface ClassCounts {
+  cells: number;
+  nonCells: number;
+}
+
+/** Where a run's weights, optimiser state and learning rate come from: the first thing to audit. */
+export interface RunStart {
+  /** The model file the weights come from; undefined for cellfinder's random initialisation. */
+  modelFile?: string;
+  optimizer: { state: 'fresh' } | { state: 'restored'; from: string; iterations: number };
+  learningRate: number;
+  /** Where the learning rate comes from: --learning-rate, or the model file's optimiser (cellfinder's behaviour). */
+  learningRateFrom: 'option' | 'model file';
+}
+
+/** One line for the CLI and the training panel. */
+export function describeRunStart(start: RunStart): string {
+  const weights = start.modelFile ? `weights of ${start.modelFile}` : 'new weights (cellfinder\'s initialisation)';
+  const optimizer = start.optimizer.state === 'fresh' ? 'a fresh Adam' : `Adam restored from ${start.optimizer.from} at iteration ${start.optimizer.iterations}`;
+  const rate = `learning rate ${shortestFloat32(start.learningRate)} (${start.learningRateFrom === 'option' ? '--learning-rate' : 'from the model file\'s optimiser'})`;
+  return `Starts from ${weights}, ${optimizer}, ${rate}`;
+}

@@ -122,10 +122,14 @@ async function writeWeightsHdf5(file: string, spec: ResNetSpec, weights: Weights
   }
 }
 
-/** `model.weights.h5` / checkpoint `.weights.h5`, as Keras 3 `save_weights` writes it. */
-export async function writeKerasWeights(file: string, spec: ResNetSpec, weights: Weights, options: AtomicWriteOptions = {}): Promise<void> {
+/**
+ * `model.weights.h5` / checkpoint `.weights.h5`, as Keras 3 `save_weights`
+ * writes it from a compiled model: with the optimiser's state, which
+ * cellfinder's `--continue-training --model-weights` restores.
+ */
+export async function writeKerasWeights(file: string, spec: ResNetSpec, weights: Weights, optimizer?: KerasAdam, options: AtomicWriteOptions = {}): Promise<void> {
   await withTempFile(async (temp) => {
-    await writeWeightsHdf5(temp, spec, weights);
+    await writeWeightsHdf5(temp, spec, weights, optimizer);
     await writeFileAtomic(file, await fs.readFile(temp), options);
   });
 }

@@ -26,6 +26,8 @@ export interface TrainConfig {
   modelWeights?: string;
   /** --continue-training: start from the given model or weights. */
   continueTraining: boolean;
+  /** Ours, --fresh-optimizer: start from the model file's weights with a fresh Adam at `learningRate`, instead of the file's optimiser state. */
+  freshOptimizer: boolean;
   /** --no-augment inverts this (default true). */
   augment: boolean;
   /** --augment-likelihood (default 0.9) */
@@ -68,6 +70,7 @@ export const TRAIN_DEFAULTS: Omit<TrainConfig, 'yamlFiles' | 'outputDir'> = {
   learningRate: 0.0001,
   testFraction: 0.1,
   continueTraining: false,
+  freshOptimizer: false,
   augment: true,
   augmentLikelihood: 0.9,
   affineMode: 'random-range',

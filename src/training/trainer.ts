@@ -4,6 +4,18 @@
  * epoch and augmented; validation neither shuffled nor augmented; a
  * checkpoint and a CSV row per epoch. Progress is reported as events.
  *
+ * Continuing from a model file restores its Adam state (iterations, the
+ * moments and the learning rate) as cellfinder does: `--trained-model` loads
+ * the .keras with `keras.models.load_model`, and `--model-weights` builds the
+ * optimiser before `load_weights` (cellfinder's `_set_model_weights`), so in
+ * both the file's learning rate wins over `--learning-rate`. A file without
+ * complete optimiser state (legacy .h5, a weights file saved before any
+ * step) starts a fresh Adam, as Keras then does. `--fresh-optimizer` (ours)
+ * starts a fresh Adam at `--learning-rate` from the file's weights.
+ *
+ * The split into training and validation cubes is written to the run folder
+ * (SPLIT_FILE), so a run can be audited and repeated.
+ *
  * It is resumable: after every epoch (and when cancelled, after the current
  * batch) the weights, the optimiser state and where the run stands are
  * written to `<output>/.resume/`, so a cancelled or killed run continues
@@ -20,7 +32,8 @@ import * as path from 'node:path';
 import type * as tfType from '@tensorflow/tfjs';
 import { exists, removeStaleTempFiles, writeFileAtomic } from '../core/atomicFile';
 import { DataFileError } from '../core/errors';
-import { pythonFloatRepr } from '../core/pythonFloat';
+import { pythonFloatRepr, shortestFloat32 } from '../core/pythonFloat';
+import { SPLIT_FILE } from '../core/runFiles';
 import { categoricalAccuracy, categoricalCrossEntropy, KerasAdam } from './adam';
 import { CELLFINDER_AUGMENTATION } from './augment';
 import type { TensorFlowRuntime } from '../engine/backend';
@@ -31,7 +44,7 @@ import { BATCH_NORM_MOMENTUM, forward, initialWeights, parameterCount, resnetSpe
 import { outOfMemoryError, readOutOfMemory, smallerBatchSizes } from './outOfMemory';
 import { learningRateForEpoch, type TrainConfig } from './trainConfig';
 import { epochOrder, inBatches, loadSamples, planBatch, splitSamples, type Batch, type Sample } from './trainingData';
-import type { TrainingEvent } from './events';
+import type { ClassCounts, RunStart, TrainingEvent } from './events';
 
 export const RESUME_FOLDER = '.resume';
 
@@ -48,6 +61,8 @@ interface ResumeState {
   trainingIndices: number[];
   validationIndices: number[];
   history: EpochMetrics[];
+  /** What the run started from, said again when it resumes. */
+  start?: RunStart;
 }
 
 export interface EpochMetrics {
@@ -96,10 +111,12 @@ export async function train(
     state = await readResumeState(resumeFile);
     config = state.config;
     loaded = await readModelFile(resumeModel, { depth: config.networkDepth });
+    if (state.start) state.start = { ...state.start, optimizer: { state: 'restored', from: resumeModel, iterations: loaded.optimizer?.iterations ?? 0 } };
   } else {
     state = { config, epoch: 0, batchesDone: 0, trainingIndices: [], validationIndices: [], history: [] };
   }
 
+  const requestedLearningRate = config.learningRate;
   const startFrom = config.trainedModel ?? config.modelWeights ?? (config.continueTraining ? await pretrainedWeights() : undefined);
   const samples = await loadSamples(config.yamlFiles, config.workingDirectory);
   const channels = samples[0].files.length;
@@ -112,18 +129,33 @@ export async function train(
   const training = state.trainingIndices.map((i) => samples[i]);
   const validation = state.validationIndices.map((i) => samples[i]);
   if (training.length === 0) throw new DataFileError(config.yamlFiles.join(', '), 'leaves no cubes for training after the validation split', 'Label more cubes or lower --test-fraction');
+  const splitFile = path.join(output, SPLIT_FILE);
+  // Written once per run, before any training: a resumed run keeps the split it started with.
+  if (!resume || !(await exists(splitFile))) await writeFileAtomic(splitFile, splitCsv(training, validation), { overwrite: true });
 
   const spec = resnetSpec(config.networkDepth, channels);
   const weights = initialWeights(tf, spec, config.seed ?? Math.floor(Math.random() * 2 ** 31));
-  const optimizer = new KerasAdam(tf, learningRateForEpoch(config, state.epoch));
   const trainable = trainableEntries(spec, weights);
-  optimizer.build(trainable);
+  let optimizer: KerasAdam;
   if (loaded) {
+    optimizer = new KerasAdam(tf, learningRateForEpoch(config, state.epoch));
+    optimizer.build(trainable);
     assignLoaded(tf, spec, weights, optimizer, loaded);
-  } else if (startFrom) {
-    const start = await readModelFile(startFrom, { depth: config.networkDepth, channels });
-    // Starting weights only: a new run starts with a fresh optimiser, as cellfinder does.
-    assignLoaded(tf, spec, weights, undefined, start);
+  } else {
+    const start = startFrom ? await readModelFile(startFrom, { depth: config.networkDepth, channels }) : undefined;
+    const restored = start && !config.freshOptimizer ? restorableOptimizer(start) : undefined;
+    // The restored learning rate becomes the run's base rate, so the schedule and a resume build on it as cellfinder's callbacks do.
+    if (restored) config = { ...config, learningRate: restored.learningRate };
+    state.config = config;
+    state.start = {
+      modelFile: start?.file,
+      optimizer: restored ? { state: 'restored', from: restored.file, iterations: restored.iterations } : { state: 'fresh' },
+      learningRate: config.learningRate,
+      learningRateFrom: restored ? 'model file' : 'option',
+    };
+    optimizer = new KerasAdam(tf, learningRateForEpoch(config, state.epoch));
+    optimizer.build(trainable);
+    if (start) assignLoaded(tf, spec, weights, restored ? optimizer : undefined, start);
   }
 
   emit({
@@ -134,7 +166,9 @@ export async function train(
     samples: { training: training.length, validation: validation.length, cells: samples.filter((s) => s.label === 1).length, nonCells: samples.filter((s) => s.label === 0).length },
     epochs: config.epochs,
     resumedAtEpoch: resume ? state.epoch : undefined,
-    warnings: trainingWarnings(samples),
+    start: state.start,
+    split: { file: splitFile, training: classCounts(training), validation: classCounts(validation) },
+    warnings: trainingWarnings(samples, state.start, requestedLearningRate),
   });
 
   const random = config.seed === undefined ? randomFor(undefined) : seededRandom(config.seed + 1000003 * (state.epoch + 1) + state.batchesDone);
@@ -202,7 +236,7 @@ export async function train(
         const fileOf = (m: EpochMetrics) => path.join(output, checkpointName(m.epoch, m.valLoss, config.saveWeights));
         if (!kept || kept.has(epoch)) {
           const file = fileOf(metrics);
-          if (config.saveWeights) await writeKerasWeights(file, spec, weights);
+          if (config.saveWeights) await writeKerasWeights(file, spec, weights, optimizer);
           else await writeKerasModel(file, spec, weights, optimizer);
           emit({ type: 'checkpoint', file, epoch });
         }
@@ -227,7 +261,7 @@ export async function train(
   }
 
   const modelFile = path.join(output, config.saveWeights ? 'model.weights.h5' : 'model.keras');
-  if (config.saveWeights) await writeKerasWeights(modelFile, spec, weights, { overwrite: true });
+  if (config.saveWeights) await writeKerasWeights(modelFile, spec, weights, optimizer, { overwrite: true });
   else await writeKerasModel(modelFile, spec, weights, optimizer, { overwrite: true });
   await fs.rm(path.join(output, RESUME_FOLDER), { recursive: true, force: true });
   emit({ type: 'finished', modelFile, history: state.history });
@@ -344,11 +378,56 @@ function trainStep(
 }
 
 /** What a run goes ahead with but is likely a mistake. */
-function trainingWarnings(samples: readonly Sample[]): string[] | undefined {
+function trainingWarnings(samples: readonly Sample[], start: RunStart | undefined, requestedLearningRate: number): string[] | undefined {
+  const warnings: string[] = [];
   const cells = samples.filter((s) => s.label === 1).length;
-  if (cells > 0 && cells < samples.length) return undefined;
-  const [has, lacks] = cells === 0 ? ['non-cells', 'cells'] : ['cells', 'non-cells'];
-  return [`the training data holds only ${has} (${samples.length}), no ${lacks}: the network will learn to call everything a ${has === 'cells' ? 'cell' : 'non-cell'}. Add a dataset with ${lacks} (training.yaml type ${lacks === 'cells' ? 'cell' : 'no_cell'})`];
+  if (cells === 0 || cells === samples.length) {
+    const [has, lacks] = cells === 0 ? ['non-cells', 'cells'] : ['cells', 'non-cells'];
+    warnings.push(`the training data holds only ${has} (${samples.length}), no ${lacks}: the network will learn to call everything a ${has === 'cells' ? 'cell' : 'non-cell'}. Add a dataset with ${lacks} (training.yaml type ${lacks === 'cells' ? 'cell' : 'no_cell'})`);
+  }
+  if (start?.learningRateFrom === 'model file' && start.learningRate !== requestedLearningRate) {
+    warnings.push(`the learning rate is ${shortestFloat32(start.learningRate)}, restored with the optimiser state of ${start.modelFile}, not --learning-rate ${requestedLearningRate} (as cellfinder does). Add --fresh-optimizer to start a fresh Adam at ${requestedLearningRate}`);
+  }
+  return warnings.length ? warnings : undefined;
+}
+
+/**
+ * The optimiser state a model file hands on, as Keras restores it: only a
+ * complete one (iterations, learning rate, both moments of every trainable
+ * weight); Keras skips a partial one and starts fresh.
+ */
+function restorableOptimizer(loaded: LoadedModel): { file: string; iterations: number; learningRate: number } | undefined {
+  const optimizer = loaded.optimizer;
+  if (!optimizer || optimizer.slots.size === 0) return undefined;
+  return { file: loaded.file, iterations: optimizer.iterations, learningRate: optimizer.learningRate };
+}
+
+function classCounts(samples: readonly Sample[]): ClassCounts {
+  const cells = samples.filter((s) => s.label === 1).length;
+  return { cells, nonCells: samples.length - cells };
+}
+
+/** A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180). */
+function csvField(value: string | number): string {
+  const text = String(value);
+  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+/**
+ * The split file: one row per cube with its part (training or validation),
+ * its training.yaml type (cell / no_cell), its position and its channel
+ * files (signal first), in the order the run uses them.
+ */
+export function splitCsv(training: readonly Sample[], validation: readonly Sample[]): string {
+  const channels = Math.max(1, ...[...training, ...validation].map((s) => s.files.length));
+  const header = ['part', 'type', 'x', 'y', 'z', 'signal_file', ...(channels > 1 ? ['background_file'] : [])];
+  const rows = [header.join(',')];
+  for (const [part, samples] of [['training', training], ['validation', validation]] as const) {
+    for (const sample of samples) {
+      rows.push([part, sample.label === 1 ? 'cell' : 'no_cell', sample.position.x, sample.position.y, sample.position.z, ...sample.files].map(csvField).join(','));
+    }
+  }
+  return `${rows.join('\n')}\n`;
 }
 
 /**

@@ -18,6 +18,8 @@ Subcommands (each prints one JSON document on stdout; logs go to stderr):
   save     --depth N --channels C --seed S --out-dir D [--cubes CH0.tif ...]
   predict  --depth N --channels C --weights FILE --cubes CH0.tif ... [--weights-summary]
   inspect  --file F
+  train    --depth N --channels C --cubes CH0.tif ... --labels 0|1 ... --epochs E
+           [--start FILE | --seed S] [--learning-rate LR] [--save-dir D]
 
 Run with the venv made by scripts/python-env.sh, e.g.
   .venv/bin/python test/python/keras_peer.py describe --depth 18 --channels 2
@@ -167,7 +169,7 @@ def import_keras():
     return keras
 
 
-def build(depth: int, channels: int):
+def build(depth: int, channels: int, learning_rate: float | None = None):
     """cellfinder's own network, exactly as cellfinder_train builds it.
 
     cellfinder.core.classify.resnet.build_model(
@@ -188,7 +190,8 @@ def build(depth: int, channels: int):
     # automatic names ("input_layer", not "input_layer_1") as a first one.
     keras.backend.clear_session()
     t0 = time.perf_counter()
-    model = build_model(shape=(*NETWORK_INPUT_YXZ, channels), network_depth=f"{depth}-layer")
+    rate = {} if learning_rate is None else {"learning_rate": learning_rate}
+    model = build_model(shape=(*NETWORK_INPUT_YXZ, channels), network_depth=f"{depth}-layer", **rate)
     log(f"built resnet{depth} ({channels} channel(s)) in {time.perf_counter() - t0:.1f} s")
     return model
 
@@ -836,6 +839,62 @@ def cmd_predict(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_train(args) -> int:
+    """Keras' training loop on cellfinder's network, started the way
+    cellfinder_train starts it (cellfinder main, core/classify/tools.py):
+
+    * no --start: a new model (build_model with --learning-rate), weights
+      seeded by deterministic_weights();
+    * --start X.keras (--trained-model): keras.models.load_model, which
+      restores the compiled Adam with its iterations, moments and learning rate;
+    * --start X.weights.h5 (--continue-training --model-weights):
+      build_model, then model.optimizer.build(trainable variables), then
+      load_weights, which restores the optimiser state the file carries.
+
+    Then model.fit on the cubes as one full batch per epoch, unshuffled and
+    not augmented (cellfinder's loader with --no-augment; with one batch the
+    order inside it does not matter), and the per-epoch loss and accuracy
+    Keras logs. Saves model.keras and model.weights.h5 into --save-dir.
+    """
+    keras = import_keras()
+    if len(args.labels) != len(args.cubes):
+        raise SystemExit("--labels needs one 0/1 label per cube")
+    x, _ = read_cubes(args.cubes, args.channels)
+    y = keras.utils.to_categorical(np.array(args.labels), 2)
+    start = Path(args.start) if args.start else None
+    if start is None:
+        model = build(args.depth, args.channels, args.learning_rate)
+        set_weights_in_order(model, deterministic_weights(model, args.seed, args.depth))
+    elif start.name.endswith(".keras"):
+        keras.backend.clear_session()
+        model = keras.models.load_model(start)
+    else:
+        model = build(args.depth, args.channels, args.learning_rate)
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(start)
+    optimizer = model.optimizer
+    before = {"iterations": int(optimizer.iterations), "learning_rate": float(optimizer.learning_rate)}
+    t0 = time.perf_counter()
+    history = model.fit(x, y, batch_size=len(x), epochs=args.epochs, shuffle=False, verbose=0).history
+    result = {
+        "start": str(start) if start else None,
+        "optimizer_before": before,
+        "optimizer_after": {"iterations": int(optimizer.iterations), "learning_rate": float(optimizer.learning_rate), "variables": len(optimizer.variables)},
+        "loss": [float(v) for v in history["loss"]],
+        "accuracy": [float(v) for v in history["accuracy"]],
+        "fit_seconds": round(time.perf_counter() - t0, 3),
+    }
+    if args.save_dir:
+        out = Path(args.save_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save(out / "model.keras")
+        model.save_weights(out / "model.weights.h5")
+        result["saved"] = {"keras": str(out / "model.keras"), "weights_h5": str(out / "model.weights.h5")}
+    result["ok"] = True
+    emit(result)
+    return 0
+
+
 def cmd_inspect(args) -> int:
     path = Path(args.file)
     if not path.exists():
@@ -869,6 +928,17 @@ def main(argv=None) -> int:
     p.add_argument("--cubes", nargs="+", required=True, help="Ch0 cube TIFFs (Ch1 found beside each)")
     p.add_argument("--weights-summary", action="store_true", help="also print sum and sha256 of every loaded variable")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train", help="Keras' fit on cellfinder's network, started as cellfinder_train starts it")
+    net(p)
+    p.add_argument("--cubes", nargs="+", required=True, help="Ch0 cube TIFFs (Ch1 found beside each)")
+    p.add_argument("--labels", nargs="+", type=int, choices=(0, 1), required=True, help="1 = cell, 0 = non-cell, per cube")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--start", help="a .keras (as --trained-model) or .weights.h5 (as --continue-training --model-weights)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the new model's weights (without --start)")
+    p.add_argument("--learning-rate", type=float, default=0.0001, help="cellfinder_train's --learning-rate")
+    p.add_argument("--save-dir")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("inspect", help="HDF5 tree of a .weights.h5 / legacy .h5, or the members of a .keras zip")
     p.add_argument("--file", required=True)

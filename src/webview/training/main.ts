@@ -7,7 +7,7 @@ import '@vscode-elements/elements/dist/vscode-badge/index.js';
 import '@vscode-elements/elements/dist/vscode-button/index.js';
 import '@vscode-elements/elements/dist/vscode-progress-bar/index.js';
 import { Chart, Legend, LinearScale, LineController, LineElement, PointElement, Tooltip } from 'chart.js';
-import type { TrainingEvent } from '../../training/events';
+import { describeRunStart, type TrainingEvent } from '../../training/events';
 import type { Evaluation } from '../../training/inference';
 import type { RunStatus } from '../../training/runs';
 import { connectToHost, element, showBusy, showError } from '../bridge';
@@ -133,7 +133,14 @@ function render(): void {
   const gpuNote = started?.gpu && !started.gpu.used ? ` (GPU not used: ${started.gpu.reason})` : '';
   element('run-backend').textContent = started ? `on ${started.backend}${gpuNote}` : '';
   element('model').textContent = started ? `ResNet-${started.model.depth}, ${started.model.channels} channel(s), ${started.model.parameters.toLocaleString('en')} parameters` : 'starting…';
-  element('samples').textContent = started ? `${started.samples.training} / ${started.samples.validation} (${started.samples.cells} cells, ${started.samples.nonCells} non-cells)` : '–';
+  const split = started?.split;
+  element('samples').textContent = !started
+    ? '–'
+    : split
+      ? `${started.samples.training} (${split.training.cells} cells, ${split.training.nonCells} non-cells) / ${started.samples.validation} (${split.validation.cells}, ${split.validation.nonCells})`
+      : `${started.samples.training} / ${started.samples.validation} (${started.samples.cells} cells, ${started.samples.nonCells} non-cells)`;
+  element('samples').title = split ? `Each cube's part: ${split.file}` : '';
+  element('start').textContent = started?.start ? describeRunStart(started.start) : '–';
   const warnings = element('warnings');
   warnings.hidden = !started?.warnings?.length;
   warnings.textContent = (started?.warnings ?? []).map((warning) => `Warning: ${warning}`).join('\n');
