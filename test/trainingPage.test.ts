@@ -76,6 +76,10 @@ test('training panel follows a real run live; Cancel leaves a checkpoint, Resume
   // Streamed: batch points reach the chart while the run goes on.
   await ui.page.waitForFunction(() => Number(document.getElementById('loss-chart')?.dataset.points) > 0, undefined, { timeout: 240_000 });
   assert.match((await ui.page.textContent('#model')) ?? '', /^ResNet-18, 2 channel\(s\), [\d,]+ parameters$/);
+  // Where the run starts from, and each part's cubes per class (the split file names each cube).
+  assert.match((await ui.page.textContent('#start')) ?? '', /^Starts from new weights \(cellfinder's initialisation\), a fresh Adam, learning rate [\d.e-]+ \(--learning-rate\)$/);
+  assert.match((await ui.page.textContent('#samples')) ?? '', /^\d+ \(\d+ cells, \d+ non-cells\) \/ \d+ \(\d+, \d+\)$/);
+  assert.match((await ui.page.getAttribute('#samples', 'title')) ?? '', /training-split\.csv$/);
   await ui.page.waitForFunction(() => document.querySelectorAll('#epochs tbody tr').length >= 1, undefined, { timeout: 240_000 });
   await ui.page.click('#cancel');
   await status(ui, 'cancelled');

@@ -4,6 +4,7 @@
  * cellfinder's build_model, started as cellfinder_train starts it, then
  * `fit`), on real cubes, augmentation off, one full batch per epoch:
  *
+ * - from the same new weights, our run and Keras' take the same steps;
  * - from a Keras checkpoint (.keras, and .weights.h5 as --continue-training
  *   --model-weights) our run restores Adam's iterations, moments and learning
  *   rate, and its losses follow Keras' within float32 noise;
@@ -97,23 +98,31 @@ test('continuing from a cellfinder checkpoint restores Adam as Keras does and fo
   const data = await comparisonDataset(root);
   const cubes = data.cubes.length;
 
-  // The checkpoint: 3 epochs of Keras from cellfinder's network at learning rate 0.001.
-  const checkpoint = kerasTrain(data, 3, ['--learning-rate', '0.001', '--seed', '1', '--save-dir', path.join(root, 'keras-3')]);
+  // New seeded weights, saved by Keras before any step (compiled with cellfinder's default learning rate, 0.0005, no moments yet).
+  const initial = path.join(root, 'initial');
+  peer(['save', '--depth', '18', '--channels', '2', '--seed', '1', '--out-dir', initial]);
+  // Keras trains 3 epochs from them (load_model: a fresh Adam at the compiled rate): the checkpoint.
+  const checkpoint = kerasTrain(data, 3, ['--start', path.join(initial, 'model.keras'), '--save-dir', path.join(root, 'keras-3')]);
+  assert.equal(checkpoint.optimizer_before.iterations, 0);
   assert.equal(checkpoint.optimizer_after.iterations, 3);
   const saved = checkpoint.saved as { keras: string; weights_h5: string };
+  const fromNew = await ourTrain(data.yaml, path.join(root, 'ours-new'), cubes, 3, ['--trained-model', path.join(initial, 'model.keras')]);
+  assert.deepEqual(startedOf(fromNew).start?.optimizer, { state: 'fresh' });
+  assert.equal(Math.fround(startedOf(fromNew).start?.learningRate as number), Math.fround(0.0005));
+  assertFollows(lossesOf(fromNew), checkpoint.loss, 'trained from new weights');
 
   // Keras continues (load_model restores the optimiser; its learning rate wins over --learning-rate).
   const kerasContinued = kerasTrain(data, 2, ['--start', saved.keras, '--learning-rate', '0.05']);
   assert.equal(kerasContinued.optimizer_before.iterations, 3);
-  assert.ok(Math.abs(kerasContinued.optimizer_before.learning_rate - 0.001) < 1e-9);
+  assert.equal(Math.fround(kerasContinued.optimizer_before.learning_rate), Math.fround(0.0005));
 
   const fromKeras = await ourTrain(data.yaml, path.join(root, 'ours-from-keras'), cubes, 2, ['--trained-model', saved.keras, '--save-weights']);
   assertFollows(lossesOf(fromKeras), kerasContinued.loss, 'continued from model.keras');
   const started = startedOf(fromKeras);
   assert.deepEqual(started.start?.optimizer, { state: 'restored', from: saved.keras, iterations: 3 });
   assert.equal(started.start?.learningRateFrom, 'model file');
-  assert.equal(Math.fround(started.start?.learningRate as number), Math.fround(0.001));
-  assert.match((started.warnings ?? []).join('\n'), /learning rate is 0\.001, restored with the optimiser state of .*model\.keras, not --learning-rate 0\.05/);
+  assert.equal(Math.fround(started.start?.learningRate as number), Math.fround(0.0005));
+  assert.match((started.warnings ?? []).join('\n'), /learning rate is 0\.0005, from the optimiser saved in .*model\.keras, not --learning-rate 0\.05/);
 
   const fromWeights = await ourTrain(data.yaml, path.join(root, 'ours-from-weights'), cubes, 2, ['--continue-training', '--model-weights', saved.weights_h5]);
   assert.deepEqual(startedOf(fromWeights).start?.optimizer, { state: 'restored', from: saved.weights_h5, iterations: 3 });
@@ -133,6 +142,7 @@ test('continuing from a cellfinder checkpoint restores Adam as Keras does and fo
   assert.equal(kerasFromOurs.optimizer_before.iterations, 5);
   const oursAgain = await ourTrain(data.yaml, path.join(root, 'ours-again'), cubes, 2, ['--continue-training', '--model-weights', ourWeights]);
   assertFollows(lossesOf(oursAgain), kerasFromOurs.loss, 'continued from our model.weights.h5');
+  t.diagnostic(`losses from new weights: Keras ${checkpoint.loss.map((l) => l.toFixed(5)).join(', ')}; ours ${lossesOf(fromNew).map((l) => l.toFixed(5)).join(', ')}`);
   t.diagnostic(`losses continued from model.keras: Keras ${kerasContinued.loss.map((l) => l.toFixed(5)).join(', ')}; ours ${lossesOf(fromKeras).map((l) => l.toFixed(5)).join(', ')}; fresh Adam ${lossesOf(fresh).map((l) => l.toFixed(5)).join(', ')}`);
   t.diagnostic(`continued from our .weights.h5: Keras ${kerasFromOurs.loss.map((l) => l.toFixed(5)).join(', ')}; ours ${lossesOf(oursAgain).map((l) => l.toFixed(5)).join(', ')}`);
 });

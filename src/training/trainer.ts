@@ -143,19 +143,19 @@ export async function train(
     assignLoaded(tf, spec, weights, optimizer, loaded);
   } else {
     const start = startFrom ? await readModelFile(startFrom, { depth: config.networkDepth, channels }) : undefined;
-    const restored = start && !config.freshOptimizer ? restorableOptimizer(start) : undefined;
-    // The restored learning rate becomes the run's base rate, so the schedule and a resume build on it as cellfinder's callbacks do.
-    if (restored) config = { ...config, learningRate: restored.learningRate };
+    const saved = start && !config.freshOptimizer ? savedOptimizer(start) : undefined;
+    // The saved learning rate becomes the run's base rate, so the schedule and a resume build on it as cellfinder's callbacks do.
+    if (saved) config = { ...config, learningRate: saved.learningRate };
     state.config = config;
     state.start = {
       modelFile: start?.file,
-      optimizer: restored ? { state: 'restored', from: restored.file, iterations: restored.iterations } : { state: 'fresh' },
+      optimizer: start && saved?.iterations !== undefined ? { state: 'restored', from: start.file, iterations: saved.iterations } : { state: 'fresh' },
       learningRate: config.learningRate,
-      learningRateFrom: restored ? 'model file' : 'option',
+      learningRateFrom: saved ? 'model file' : 'option',
     };
     optimizer = new KerasAdam(tf, learningRateForEpoch(config, state.epoch));
     optimizer.build(trainable);
-    if (start) assignLoaded(tf, spec, weights, restored ? optimizer : undefined, start);
+    if (start) assignLoaded(tf, spec, weights, saved?.iterations !== undefined ? optimizer : undefined, start);
   }
 
   emit({
@@ -386,20 +386,23 @@ function trainingWarnings(samples: readonly Sample[], start: RunStart | undefine
     warnings.push(`the training data holds only ${has} (${samples.length}), no ${lacks}: the network will learn to call everything a ${has === 'cells' ? 'cell' : 'non-cell'}. Add a dataset with ${lacks} (training.yaml type ${lacks === 'cells' ? 'cell' : 'no_cell'})`);
   }
   if (start?.learningRateFrom === 'model file' && start.learningRate !== requestedLearningRate) {
-    warnings.push(`the learning rate is ${shortestFloat32(start.learningRate)}, restored with the optimiser state of ${start.modelFile}, not --learning-rate ${requestedLearningRate} (as cellfinder does). Add --fresh-optimizer to start a fresh Adam at ${requestedLearningRate}`);
+    warnings.push(`the learning rate is ${shortestFloat32(start.learningRate)}, from the optimiser saved in ${start.modelFile}, not --learning-rate ${requestedLearningRate} (as cellfinder does). Add --fresh-optimizer to start a fresh Adam at ${requestedLearningRate}`);
   }
   return warnings.length ? warnings : undefined;
 }
 
 /**
- * The optimiser state a model file hands on, as Keras restores it: only a
- * complete one (iterations, learning rate, both moments of every trainable
- * weight); Keras skips a partial one and starts fresh.
+ * What of a model file's optimiser Keras carries on: a complete state
+ * (iterations, learning rate, both moments of every trainable weight) is
+ * restored; from a partial one (saved before any step) Keras keeps only the
+ * learning rate a .keras was compiled with, and nothing of a .weights.h5.
+ * `iterations` is there when the state is restored.
  */
-function restorableOptimizer(loaded: LoadedModel): { file: string; iterations: number; learningRate: number } | undefined {
+function savedOptimizer(loaded: LoadedModel): { learningRate: number; iterations?: number } | undefined {
   const optimizer = loaded.optimizer;
-  if (!optimizer || optimizer.slots.size === 0) return undefined;
-  return { file: loaded.file, iterations: optimizer.iterations, learningRate: optimizer.learningRate };
+  if (!optimizer) return undefined;
+  if (optimizer.slots.size > 0) return { learningRate: optimizer.learningRate, iterations: optimizer.iterations };
+  return loaded.format === 'keras' ? { learningRate: optimizer.learningRate } : undefined;
 }
 
 function classCounts(samples: readonly Sample[]): ClassCounts {
