@@ -138,7 +138,7 @@ function describeEvent(event: TrainingEvent): string | undefined {
         ? `training ${event.split.training.cells} cells + ${event.split.training.nonCells} non-cells, validation ${event.split.validation.cells} + ${event.split.validation.nonCells} (each cube's part: ${event.split.file})`
         : `${event.samples.training} training / ${event.samples.validation} validation cubes (${event.samples.cells} cells, ${event.samples.nonCells} non-cells)`;
       const start = event.start ? `\n  ${describeRunStart(event.start)}` : '';
-      return `Training ResNet-${event.model.depth} (${event.model.channels} channel(s), ${event.model.parameters.toLocaleString('en')} parameters) on ${event.backend}: ${split}${event.resumedAtEpoch !== undefined ? `, resumed at epoch ${event.resumedAtEpoch + 1}` : ''}${start}${gpu ? `\n  ${gpu}` : ''}${warnings}`;
+      return `Training ResNet-${event.model.depth} (${event.model.channels} channel(s), ${event.model.parameters.toLocaleString('en')} parameters) on ${event.backend}: ${split}${event.resumedAtEpoch !== undefined ? `, resumed at epoch ${event.resumedAtEpoch + 1} (optimiser at iteration ${event.resumedAtIteration})` : ''}${start}${gpu ? `\n  ${gpu}` : ''}${warnings}`;
     }
     case 'epoch':
       return `epoch ${event.epoch + 1}/${event.epochs}: loss ${event.loss.toFixed(4)} accuracy ${event.accuracy.toFixed(4)}${event.valLoss === undefined ? '' : ` val_loss ${event.valLoss.toFixed(4)} val_accuracy ${(event.valAccuracy as number).toFixed(4)}`} (${event.seconds.toFixed(1)} s)`;

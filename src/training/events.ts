@@ -19,7 +19,9 @@ export type TrainingEvent =
       samples: { training: number; validation: number; cells: number; nonCells: number };
       epochs: number;
       resumedAtEpoch?: number;
-      /** The model file, optimiser state and learning rate the run starts from (absent in runs logged before it was recorded). */
+      /** The optimiser's step count a resumed run goes on from (its own state, from the output folder's .resume/). */
+      resumedAtIteration?: number;
+      /** The model file, optimiser state and learning rate the run started from, also when resumed (absent in runs logged before it was recorded). */
       start?: RunStart;
       /** The split file and each part's cubes per class. */
       split?: { file: string; training: ClassCounts; validation: ClassCounts };

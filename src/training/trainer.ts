@@ -111,7 +111,6 @@ export async function train(
     state = await readResumeState(resumeFile);
     config = state.config;
     loaded = await readModelFile(resumeModel, { depth: config.networkDepth });
-    if (state.start) state.start = { ...state.start, optimizer: { state: 'restored', from: resumeModel, iterations: loaded.optimizer?.iterations ?? 0 } };
   } else {
     state = { config, epoch: 0, batchesDone: 0, trainingIndices: [], validationIndices: [], history: [] };
   }
@@ -166,6 +165,7 @@ export async function train(
     samples: { training: training.length, validation: validation.length, cells: samples.filter((s) => s.label === 1).length, nonCells: samples.filter((s) => s.label === 0).length },
     epochs: config.epochs,
     resumedAtEpoch: resume ? state.epoch : undefined,
+    resumedAtIteration: resume ? optimizer.iterations : undefined,
     start: state.start,
     split: { file: splitFile, training: classCounts(training), validation: classCounts(validation) },
     warnings: trainingWarnings(samples, state.start, requestedLearningRate),

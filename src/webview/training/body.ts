@@ -16,7 +16,7 @@ export const TRAINING_BODY = `
 <section class="summary-grid" aria-label="Run summary">
   <div><span>Model</span><strong id="model"></strong></div>
   <div><span>Cubes (train / validation)</span><strong id="samples"></strong></div>
-  <div class="wide"><span>Starts from</span><strong id="start"></strong></div>
+  <div class="wide"><span>Starting point</span><strong id="start"></strong></div>
   <div><span>Epoch</span><strong id="epoch"></strong></div>
   <div><span>Elapsed</span><strong id="elapsed"></strong></div>
   <div><span>Remaining (estimate)</span><strong id="eta"></strong></div>

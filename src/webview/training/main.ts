@@ -7,7 +7,7 @@ import '@vscode-elements/elements/dist/vscode-badge/index.js';
 import '@vscode-elements/elements/dist/vscode-button/index.js';
 import '@vscode-elements/elements/dist/vscode-progress-bar/index.js';
 import { Chart, Legend, LinearScale, LineController, LineElement, PointElement, Tooltip } from 'chart.js';
-import { describeRunStart, type TrainingEvent } from '../../training/events';
+import { type ClassCounts, describeRunStart, type TrainingEvent } from '../../training/events';
 import type { Evaluation } from '../../training/inference';
 import type { RunStatus } from '../../training/runs';
 import { connectToHost, element, showBusy, showError } from '../bridge';
@@ -16,6 +16,9 @@ import type { HostToTraining, TrainingToHost } from '../protocol';
 Chart.register(LineController, LineElement, PointElement, LinearScale, Legend, Tooltip);
 
 type EpochEvent = Extract<TrainingEvent, { type: 'epoch' }>;
+
+const counted = (n: number, one: string, many: string) => `${n} ${n === 1 ? one : many}`;
+const classes = (counts: ClassCounts) => `${counted(counts.cells, 'cell', 'cells')}, ${counted(counts.nonCells, 'non-cell', 'non-cells')}`;
 type Point = { x: number; y: number };
 
 let events: TrainingEvent[] = [];
@@ -137,10 +140,11 @@ function render(): void {
   element('samples').textContent = !started
     ? '–'
     : split
-      ? `${started.samples.training} (${split.training.cells} cells, ${split.training.nonCells} non-cells) / ${started.samples.validation} (${split.validation.cells}, ${split.validation.nonCells})`
+      ? `${started.samples.training} (${classes(split.training)}) / ${started.samples.validation ? `${started.samples.validation} (${classes(split.validation)})` : 'none'}`
       : `${started.samples.training} / ${started.samples.validation} (${started.samples.cells} cells, ${started.samples.nonCells} non-cells)`;
   element('samples').title = split ? `Each cube's part: ${split.file}` : '';
-  element('start').textContent = started?.start ? describeRunStart(started.start) : '–';
+  const resumed = started?.resumedAtEpoch !== undefined ? `; resumed at epoch ${started.resumedAtEpoch + 1} with its optimiser at iteration ${started.resumedAtIteration}` : '';
+  element('start').textContent = started?.start ? `${describeRunStart(started.start)}${resumed}` : '–';
   const warnings = element('warnings');
   warnings.hidden = !started?.warnings?.length;
   warnings.textContent = (started?.warnings ?? []).map((warning) => `Warning: ${warning}`).join('\n');
