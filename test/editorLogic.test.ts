@@ -151,6 +151,21 @@ test('candidate order: most uncertain first, predicted cells first, file order',
   assert.deepEqual(orderCandidates(candidates, 'predicted-cells-first'), [3, 1, 2, 0]);
 });
 
+test('candidate order ranks the sure ends too, by the log-odds classify writes, where p(cell) has rounded to 1 or 0', () => {
+  // p(cell) of float32 softmax: 1 - 2^-24 for every log-odds over about 17; 0 below about -103.
+  const saturated = 0.9999999403953552;
+  const candidates = [
+    { id: 0, position: { x: 0, y: 0, z: 0 }, prediction: { label: 'cell' as const, cellProbability: saturated, cellLogOdds: 35.2 } },
+    { id: 1, position: { x: 1, y: 0, z: 0 }, prediction: { label: 'cell' as const, cellProbability: saturated, cellLogOdds: 17.1 } },
+    { id: 2, position: { x: 2, y: 0, z: 0 }, prediction: { label: 'no_cell' as const, cellProbability: 0, cellLogOdds: -120.5 } },
+    { id: 3, position: { x: 3, y: 0, z: 0 }, prediction: { label: 'no_cell' as const, cellProbability: 1e-12, cellLogOdds: -27.6 } },
+    // Recorded before log-odds were kept: taken from p(cell).
+    { id: 4, position: { x: 4, y: 0, z: 0 }, prediction: { label: 'cell' as const, cellProbability: 0.9 } },
+  ];
+  assert.deepEqual(orderCandidates(candidates, 'uncertain-first'), [4, 1, 3, 0, 2]);
+  assert.deepEqual(orderCandidates(candidates, 'predicted-cells-first'), [0, 1, 4, 3, 2]);
+});
+
 test('decisions keep statuses and balance in memory; a reopened session rebuilt from the dataset agrees after every step', async (t) => {
   const root = scratch(t);
   const csv = path.join(scratch(t), 'classified_points.csv');
