@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
+import { classifyArgs } from '../src/controllers/cliProcess';
 import { TrainingDataset } from '../src/core/dataset';
 import { CANDIDATE_SET_FILE, LabellingSession, loadCandidateSet, orderCandidates, saveCandidateSet, type CandidateSet } from '../src/core/labelling';
 import { scanWorkspace } from '../src/core/workspaceScan';
@@ -15,6 +16,7 @@ import { DataFileError } from '../src/core/errors';
 import { EVENTS_FILE } from '../src/core/runFiles';
 import type { TrainingEvent } from '../src/training/events';
 import { RunFollower, runStatus, summarizeRun } from '../src/training/runs';
+import { TRAIN_CONFIG_FILE, TRAIN_DEFAULTS } from '../src/training/trainConfig';
 import { SAMPLE, scratch } from './helpers';
 
 const SET: CandidateSet = {
@@ -228,4 +230,20 @@ test('a decision reads no folder and no log, so its cost does not grow with the 
   assert.deepEqual(session.balance().withoutPrediction, { cells: 2500, nonCells: 2502 });
   assert.equal(session.status(b.id), 'skip');
   await session.close();
+});
+
+test('the editor classifies a model as its run trained it: --normalize-channels from the run\'s training-config.json, else cellfinder\'s default', async (t) => {
+  const root = scratch(t);
+  const run = path.join(root, 'run');
+  await fs.mkdir(run);
+  await fs.writeFile(path.join(run, TRAIN_CONFIG_FILE), JSON.stringify({ ...TRAIN_DEFAULTS, yamlFiles: [], outputDir: run, normalizeChannels: true }));
+  const request = { points: SET.points, signal: SET.signal, background: SET.background, voxelSizes: SET.voxelSizes, outputDir: path.join(root, 'out') };
+  const normalised = await classifyArgs({ ...request, model: path.join(run, 'model-epoch.02.keras') });
+  assert.ok(normalised.args.includes('--normalize-channels'));
+  assert.match(normalised.note ?? '', /channels normalised \(--normalize-channels\), as the model's run trained/);
+  const elsewhere = await classifyArgs({ ...request, model: path.join(root, 'resnet50_tv.h5'), cacheOf: root });
+  assert.ok(!elsewhere.args.includes('--normalize-channels'));
+  assert.equal(elsewhere.note, undefined);
+  assert.deepEqual(elsewhere.args.slice(0, 3), ['classify', '--model-weights', path.join(root, 'resnet50_tv.h5')]);
+  assert.deepEqual(elsewhere.args.slice(-2), ['--cache', root]);
 });
