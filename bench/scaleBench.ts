@@ -17,6 +17,7 @@ import { cubeFileName, encodeCube, CUBE_VOXELS, type Point3 } from '../src/core/
 import { TrainingDataset } from '../src/core/dataset';
 import { cutCube, extractCubes, planExtraction, type ExtractionPlan } from '../src/core/extraction';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { channelStatistics, sampledPlanes } from '../src/core/channelStatistics';
 import { cacheCandidates, LabellingSession, saveCandidateSet, type Candidate } from '../src/core/labelling';
 import { loadTensorFlow } from '../src/engine/backend';
 import { writeKerasModel } from '../src/training/modelFiles';
@@ -269,15 +270,30 @@ async function pageStep(work: string): Promise<void> {
 /**
  * classify on the 5,000 candidates with a ResNet-18 (random weights: speed
  * only), in its own process as the editor runs it: cutting the cubes from the
- * volumes, then re-predicting from the cache the sweep step filled.
+ * volumes, then re-predicting from the cache the sweep step filled, then with
+ * --normalize-channels (whose channel statistics are also timed alone).
  */
 async function classifyStep(work: string): Promise<void> {
+  const [signal, background] = await openChannels(path.join(work, 'signal'), path.join(work, 'background'));
+  for (const volume of [signal, background]) {
+    const start = process.hrtime.bigint();
+    await channelStatistics(volume);
+    const seconds = since(start) / 1000;
+    const planes = sampledPlanes(volume.shape[0]).length;
+    const mb = (planes * volume.shape[1] * volume.shape[2] * 2) / 1e6;
+    report(`channel statistics of ${path.basename(volume.source)} for --normalize-channels: ${planes} of its ${volume.shape[0]} planes, as cellfinder samples them (in this process)`, `${seconds.toFixed(1)} s (${(mb / seconds).toFixed(0)} MB/s of ${mb.toFixed(0)} MB)`);
+    await volume.close();
+  }
   const model = path.join(work, 'resnet18.keras');
   const tf = (await loadTensorFlow()).tf;
   const spec = resnetSpec(18, 2);
   await writeKerasModel(model, spec, initialWeights(tf, spec, 1), undefined, { overwrite: true });
   const cli = path.resolve(__dirname, '..', '..', 'bin', 'cellfinder-retrain.js');
-  for (const [how, extra] of [['cubes cut from the volumes', []], ['cubes read from the cache (re-predicting after retraining)', ['--cache', path.join(work, 'swept')]]] as const) {
+  for (const [how, extra] of [
+    ['cubes cut from the volumes', []],
+    ['cubes read from the cache (re-predicting after retraining)', ['--cache', path.join(work, 'swept')]],
+    ['cubes cut from the volumes, --normalize-channels (statistics included)', ['--normalize-channels']],
+  ] as const) {
     const output = path.join(work, 'classified');
     rmSync(output, { recursive: true, force: true });
     const start = process.hrtime.bigint();

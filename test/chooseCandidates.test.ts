@@ -45,19 +45,22 @@ test('with probabilities: half predicted cells, half predicted non-cells, most u
   const points = detection(20_000);
   const random = seededRandom(9);
   const next = () => random.next();
-  const probabilities = new Map(points.map((p) => [positionKey(p), next()]));
+  const probabilities = new Map(points.map((p) => {
+    const cell = next();
+    return [positionKey(p), { cell, logOdds: Math.log(cell / (1 - cell)) }];
+  }));
   const chosen = chooseCandidates(points, { count: 2000, probabilities });
   const cells = chosen.filter((p) => p.type === 2);
   assert.equal(cells.length, 1000);
-  assert.ok(cells.every((p) => (p.cellProbability as number) > 0.5));
+  assert.ok(cells.every((p) => (p.probabilities?.cell as number) > 0.5));
   const chosenKeys = new Set(chosen.map(positionKey));
-  const margin = (p: { x: number; y: number; z: number }) => Math.abs((probabilities.get(positionKey(p)) as number) - 0.5);
+  const margin = (p: { x: number; y: number; z: number }) => Math.abs((probabilities.get(positionKey(p))?.cell as number) - 0.5);
   const worstChosen = Math.max(...cells.map(margin));
-  const bestLeft = Math.min(...points.filter((p) => !chosenKeys.has(positionKey(p)) && (probabilities.get(positionKey(p)) as number) > 0.5).map(margin));
+  const bestLeft = Math.min(...points.filter((p) => !chosenKeys.has(positionKey(p)) && (probabilities.get(positionKey(p))?.cell as number) > 0.5).map(margin));
   assert.ok(worstChosen <= bestLeft, 'no predicted cell left out is more uncertain than one chosen');
 
   // Few predicted cells: all of them, the rest non-cells.
-  const mostlyNot = new Map(points.map((p, i) => [positionKey(p), i < 300 ? 0.9 : 0.1]));
+  const mostlyNot = new Map(points.map((p, i) => [positionKey(p), i < 300 ? { cell: 0.9, logOdds: Math.log(9) } : { cell: 0.1, logOdds: -Math.log(9) }]));
   const lopsided = chooseCandidates(points, { count: 2000, probabilities: mostlyNot });
   assert.deepEqual([lopsided.filter((p) => p.type === 2).length, lopsided.filter((p) => p.type === 1).length], [300, 1700]);
 });
@@ -81,6 +84,13 @@ test('choose on the CLI: only candidates with a full cube, an XML and probabilit
   io.out = '';
   assert.equal(await run(['choose', '--points', points, '-n', '6', '--probabilities', csv, '--signal', path.join(SAMPLE, 'signal'), '--voxel-sizes', '5', '2', '2', '-o', withModel]), 0, io.err);
   assert.match(io.out, /Chose 6 of 13 candidates: 3 predicted cells and 3 predicted non-cells, most uncertain first/);
+  // The chosen set's CSV has classify's columns, the log-odds taken from p(cell) of this older file.
+  const chosenCsv = (await fs.readFile(path.join(dir, 'uncertain.classified_points.csv'), 'utf8')).split('\n');
+  assert.equal(chosenCsv[0], 'x,y,z,type,cell_probability,cell_log_odds');
+  for (const row of chosenCsv.slice(1, -1)) {
+    const [, , , , p, logOdds] = row.split(',').map(Number);
+    assert.ok(Math.abs(logOdds - Math.log(p / (1 - p))) < 1e-12, row);
+  }
   const session = await LabellingSession.open({ points: withModel, predictions: path.join(dir, 'uncertain.classified_points.csv'), signal: path.join(SAMPLE, 'signal'), background: path.join(SAMPLE, 'background'), voxelSizes: [5, 2, 2] }, path.join(dir, 'dataset'));
   assert.equal(session.candidates.length, 6);
   assert.ok(session.candidates.every((c) => c.prediction?.cellProbability !== undefined));

@@ -9,7 +9,11 @@ import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
+import { writeCellCounterXml } from '../src/core/cellCounterXml';
+import { encodeStack } from '../src/core/tiffWriter';
+import { openVolume } from '../src/core/volume';
 import { PARTIAL_RESULTS } from '../src/training/inference';
+import { TRAIN_CONFIG_FILE } from '../src/training/trainConfig';
 import { writeKerasModel } from '../src/training/modelFiles';
 import { initialWeights, resnetSpec } from '../src/training/resnet';
 import { REPO_ROOT, SAMPLE, scratch } from './helpers';
@@ -78,4 +82,39 @@ test('classify stopped by kill -9 or Ctrl-C continues where it stopped and write
   assert.equal(fresh.status, 0, fresh.stderr);
   assert.doesNotMatch(fresh.stderr, /continued an interrupted run/);
   assert.equal(await fs.readFile(path.join(other, 'classified_points.csv'), 'utf8'), expectedCsv);
+});
+
+test('classify --normalize-channels with an empty background channel: exit 1, the error names the volume and the fix; the model\'s run says how it was trained', { timeout: 5 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const runFolder = path.join(root, 'run');
+  await fs.mkdir(runFolder);
+  const model = path.join(runFolder, 'model.keras');
+  const spec = resnetSpec(18, 2);
+  await writeKerasModel(model, spec, initialWeights(tf, spec, 3));
+  await fs.writeFile(path.join(runFolder, TRAIN_CONFIG_FILE), JSON.stringify({ normalizeChannels: true }));
+  const [depth, height, width] = [30, 120, 120];
+  const background = path.join(root, 'background.tif');
+  await fs.writeFile(background, encodeStack(new Uint16Array(depth * height * width), depth, height, width));
+  // Real signal: the sample's planes, cropped to the same shape.
+  const signalPlanes = new Uint16Array(depth * height * width);
+  const sample = await openVolume(path.join(SAMPLE, 'signal'));
+  for (let z = 0; z < depth; z++) {
+    const plane = await sample.readRows(z % sample.shape[0], 500, 500 + height);
+    for (let y = 0; y < height; y++) signalPlanes.set(plane.subarray(y * sample.shape[2] + 300, y * sample.shape[2] + 300 + width) as Uint16Array, (z * height + y) * width);
+  }
+  await sample.close();
+  const signal = path.join(root, 'signal.tif');
+  await fs.writeFile(signal, encodeStack(signalPlanes, depth, height, width));
+  const points = path.join(root, 'points.xml');
+  await writeCellCounterXml(points, [{ x: 60, y: 60, z: 15, type: 1 }]);
+  const args = ['classify', '--trained-model', model, '--signal', signal, '--background', background, '--points', points, '--network-depth', '18', '-o', path.join(root, 'out')];
+
+  const normalised = spawnSync(process.execPath, [CLI, ...args, '--normalize-channels'], { encoding: 'utf8' });
+  assert.equal(normalised.status, 1, normalised.stderr);
+  assert.match(normalised.stderr, /background\.tif: has the same value \(0\) in every voxel of the 30 plane\(s\) sampled for --normalize-channels.*standard deviation is 0.*classify without --normalize-channels/);
+  assert.doesNotMatch(normalised.stderr, /warning: .* was trained/);
+
+  const plain = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+  assert.equal(plain.status, 0, plain.stderr);
+  assert.match(plain.stderr, /warning: .*model\.keras was trained with --normalize-channels \(its run's training-config\.json\): add --normalize-channels to classify as it was trained/);
 });

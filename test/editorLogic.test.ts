@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
+import { classifyArgs } from '../src/controllers/cliProcess';
 import { TrainingDataset } from '../src/core/dataset';
 import { CANDIDATE_SET_FILE, LabellingSession, loadCandidateSet, orderCandidates, saveCandidateSet, type CandidateSet } from '../src/core/labelling';
 import { scanWorkspace } from '../src/core/workspaceScan';
@@ -15,6 +16,7 @@ import { DataFileError } from '../src/core/errors';
 import { EVENTS_FILE } from '../src/core/runFiles';
 import type { TrainingEvent } from '../src/training/events';
 import { RunFollower, runStatus, summarizeRun } from '../src/training/runs';
+import { TRAIN_CONFIG_FILE, TRAIN_DEFAULTS } from '../src/training/trainConfig';
 import { SAMPLE, scratch } from './helpers';
 
 const SET: CandidateSet = {
@@ -151,6 +153,21 @@ test('candidate order: most uncertain first, predicted cells first, file order',
   assert.deepEqual(orderCandidates(candidates, 'predicted-cells-first'), [3, 1, 2, 0]);
 });
 
+test('candidate order ranks the sure ends too, by the log-odds classify writes, where p(cell) has rounded to 1 or 0', () => {
+  // p(cell) of float32 softmax: 1 - 2^-24 for every log-odds over about 17; 0 below about -103.
+  const saturated = 0.9999999403953552;
+  const candidates = [
+    { id: 0, position: { x: 0, y: 0, z: 0 }, prediction: { label: 'cell' as const, cellProbability: saturated, cellLogOdds: 35.2 } },
+    { id: 1, position: { x: 1, y: 0, z: 0 }, prediction: { label: 'cell' as const, cellProbability: saturated, cellLogOdds: 17.1 } },
+    { id: 2, position: { x: 2, y: 0, z: 0 }, prediction: { label: 'no_cell' as const, cellProbability: 0, cellLogOdds: -120.5 } },
+    { id: 3, position: { x: 3, y: 0, z: 0 }, prediction: { label: 'no_cell' as const, cellProbability: 1e-12, cellLogOdds: -27.6 } },
+    // Recorded before log-odds were kept: taken from p(cell).
+    { id: 4, position: { x: 4, y: 0, z: 0 }, prediction: { label: 'cell' as const, cellProbability: 0.9 } },
+  ];
+  assert.deepEqual(orderCandidates(candidates, 'uncertain-first'), [4, 1, 3, 0, 2]);
+  assert.deepEqual(orderCandidates(candidates, 'predicted-cells-first'), [0, 1, 4, 3, 2]);
+});
+
 test('decisions keep statuses and balance in memory; a reopened session rebuilt from the dataset agrees after every step', async (t) => {
   const root = scratch(t);
   const csv = path.join(scratch(t), 'classified_points.csv');
@@ -213,4 +230,20 @@ test('a decision reads no folder and no log, so its cost does not grow with the 
   assert.deepEqual(session.balance().withoutPrediction, { cells: 2500, nonCells: 2502 });
   assert.equal(session.status(b.id), 'skip');
   await session.close();
+});
+
+test('the editor classifies a model as its run trained it: --normalize-channels from the run\'s training-config.json, else cellfinder\'s default', async (t) => {
+  const root = scratch(t);
+  const run = path.join(root, 'run');
+  await fs.mkdir(run);
+  await fs.writeFile(path.join(run, TRAIN_CONFIG_FILE), JSON.stringify({ ...TRAIN_DEFAULTS, yamlFiles: [], outputDir: run, normalizeChannels: true }));
+  const request = { points: SET.points, signal: SET.signal, background: SET.background, voxelSizes: SET.voxelSizes, outputDir: path.join(root, 'out') };
+  const normalised = await classifyArgs({ ...request, model: path.join(run, 'model-epoch.02.keras') });
+  assert.ok(normalised.args.includes('--normalize-channels'));
+  assert.match(normalised.note ?? '', /channels normalised \(--normalize-channels\), as the model's run trained/);
+  const elsewhere = await classifyArgs({ ...request, model: path.join(root, 'resnet50_tv.h5'), cacheOf: root });
+  assert.ok(!elsewhere.args.includes('--normalize-channels'));
+  assert.equal(elsewhere.note, undefined);
+  assert.deepEqual(elsewhere.args.slice(0, 3), ['classify', '--model-weights', path.join(root, 'resnet50_tv.h5')]);
+  assert.deepEqual(elsewhere.args.slice(-2), ['--cache', root]);
 });

@@ -6,17 +6,23 @@
  * (c) a Keras-2-layout .h5 (cellfinder's pre-trained resnet50_tv.h5 layout) loads.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
+import { writeCellCounterXml } from '../src/core/cellCounterXml';
+import { channelStatistics, sampledPlanes } from '../src/core/channelStatistics';
+import { openVolume } from '../src/core/volume';
 import { KerasAdam } from '../src/training/adam';
 import { loadNetwork } from '../src/training/inference';
 import { kerasModelConfig } from '../src/training/kerasConfig';
 import { readModelFile, writeKerasModel, writeKerasWeights, describeModelFile } from '../src/training/modelFiles';
-import { resnetSpec, weightKey } from '../src/training/resnet';
-import { REPO_ROOT, SAMPLE, scratch } from './helpers';
+import { initialWeights, resnetSpec, weightKey } from '../src/training/resnet';
+import { RESCALED_FIXTURES, REPO_ROOT, SAMPLE, scratch } from './helpers';
 import { kerasCellProbabilities, ourCellProbabilities, peer, PEER_CUBES, PEER_PYTHON } from './kerasPeer';
+
+const CLI = path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js');
 
 test('Keras 3 <-> us: .weights.h5, .keras and Keras-2 .h5 load both ways with the same predictions on real cubes', { timeout: 15 * 60_000 }, async (t) => {
   assert.ok(existsSync(PEER_PYTHON), 'the peer venv is missing: run scripts/python-env.sh (npm test runs it)');
@@ -109,3 +115,92 @@ test('a model of the wrong depth or channels, or a file that is no model: an err
   await assert.rejects(describeModelFile(notModel), /notes.keras: is not a Keras model or weights file/);
   tf.dispose([...weights.values()]);
 });
+
+/** One JSON result of test/python/cellfinder_normalisation.py. */
+function cellfinderStatistics(volumes: string[]): Array<{ mean: number; std: number; planes: number }> {
+  const run = spawnSync(PEER_PYTHON, [path.join(REPO_ROOT, 'test', 'python', 'cellfinder_normalisation.py'), 'stats', ...volumes], { encoding: 'utf8', maxBuffer: 16 * 2 ** 20 });
+  assert.equal(run.status, 0, run.stderr);
+  return JSON.parse(run.stdout);
+}
+
+test('classify --normalize-channels: cellfinder\'s own channel statistics (sampled planes) and normalisation, then Keras, give our p(cell) and log-odds', { timeout: 15 * 60_000 }, async (t) => {
+  assert.ok(existsSync(PEER_PYTHON), 'the peer venv is missing: run scripts/python-env.sh (npm test runs it)');
+  await tf.setBackend('cpu');
+  const dir = scratch(t);
+  const signal = path.join(SAMPLE, 'signal');
+  const background = path.join(SAMPLE, 'background');
+
+  // Statistics: every plane of the sample's 26; and every 2nd of a 120-plane volume (a list cycling through the sample's planes).
+  const planes = (await fs.readdir(signal)).filter((name) => name.endsWith('.tif')).sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+  const longList = path.join(dir, 'long.txt');
+  await fs.writeFile(longList, Array.from({ length: 120 }, (_, z) => path.join(signal, planes[(z * 7) % planes.length])).join('\n'));
+  const expected = cellfinderStatistics([signal, background, longList]);
+  const ours = [];
+  for (const source of [signal, background, longList]) {
+    const volume = await openVolume(source);
+    ours.push(await channelStatistics(volume));
+    await volume.close();
+  }
+  ours.forEach((stats, i) => {
+    assert.ok(Math.abs(stats.mean - expected[i].mean) <= 1e-12 * expected[i].mean, `mean ${i}: ours ${stats.mean}, cellfinder ${expected[i].mean}`);
+    assert.ok(Math.abs(stats.std - expected[i].std) <= 1e-12 * expected[i].std, `std ${i}: ours ${stats.std}, cellfinder ${expected[i].std}`);
+  });
+  assert.equal(sampledPlanes(120).length, 60);
+  assert.notEqual(ours[2].mean, (await channelStatisticsOfAll(longList)).mean, 'the 120-plane volume is sampled, not read whole');
+
+  // A network whose logits are far apart, so that some candidates saturate p(cell) in float32.
+  const spec = resnetSpec(18, 2);
+  const weights = initialWeights(tf, spec, 11);
+  const kernel = weights.get(weightKey('fully_connected', 'kernel')) as tf.Variable;
+  kernel.assign(tf.mul(kernel, 40));
+  const model = path.join(dir, 'wide.weights.h5');
+  await writeKerasWeights(model, spec, weights);
+  tf.dispose([...weights.values()]);
+
+  // cellfinder's own cubes of the same points: unscaled (5, 1, 1 µm), and rescaled from (7.25, 2, 2) µm.
+  for (const [set, voxelSizes] of [['z5_y1_x1', undefined], ['z7.25_y2_x2', ['7.25', '2', '2']]] as const) {
+    const fixture = JSON.parse(await fs.readFile(path.join(RESCALED_FIXTURES, set, 'points.json'), 'utf8')) as { points: Array<{ x: number; y: number; z: number; extracted: boolean; files?: string[] }> };
+    const extracted = fixture.points.filter((p) => p.extracted);
+    const points = path.join(dir, `${set}.xml`);
+    await writeCellCounterXml(points, extracted.map(({ x, y, z }) => ({ x, y, z, type: 1 })));
+    const output = path.join(dir, set);
+    const args = ['classify', '--model-weights', model, '--network-depth', '18', '--signal', signal, '--background', background, '--points', points, '-o', output, '--normalize-channels', '--json'];
+    const run = spawnSync(process.execPath, [CLI, ...args, ...(voxelSizes ? ['--voxel-sizes', ...voxelSizes] : [])], { encoding: 'utf8' });
+    assert.equal(run.status, 0, run.stderr);
+    assert.match(run.stderr, /channel statistics of .*signal \(planes\): 26\/26/);
+    const report = JSON.parse(run.stdout) as { channelStatistics: Array<{ mean: number; std: number }> };
+    assert.deepEqual(report.channelStatistics, ours.slice(0, 2));
+
+    const keras = peer(['predict', '--depth', '18', '--channels', '2', '--weights', model, '--normalise-by', signal, background, '--cubes', ...extracted.map((p) => path.join(RESCALED_FIXTURES, set, (p.files as string[])[0]))]);
+    const kerasCubes = keras.cubes ?? [];
+    assert.equal(kerasCubes.length, extracted.length);
+    const rows = (await fs.readFile(path.join(output, 'classified_points.csv'), 'utf8')).trim().split('\n');
+    assert.equal(rows[0], 'x,y,z,type,cell_probability,cell_log_odds');
+    assert.equal(rows.length - 1, extracted.length, `${set}: every point cellfinder extracted is classified`);
+    let worst = 0;
+    rows.slice(1).forEach((row, i) => {
+      const [, , , type, cell, logOdds] = row.split(',').map(Number);
+      const { probabilities, logits } = kerasCubes[i];
+      worst = Math.max(worst, Math.abs(cell - probabilities[1]));
+      assert.ok(Math.abs(cell - probabilities[1]) <= 8.5e-6, `${set} ${row}: Keras ${probabilities}`);
+      assert.equal(type, probabilities[1] > probabilities[0] ? 2 : 1);
+      // The log-odds keep ranking where p(cell) is 1 - 2^-24 (log-odds over 17) and p(non-cell) 0 (over 87).
+      assert.ok(Math.abs(logOdds - (logits[1] - logits[0])) <= 1e-4 * Math.max(1, Math.abs(logits[1] - logits[0])), `${set} ${row}: Keras logits ${logits}`);
+    });
+    t.diagnostic(`${set}: ${extracted.length} candidates, max |ours - Keras| = ${worst.toExponential(2)}; log-odds ${kerasCubes.map((c) => (c.logits[1] - c.logits[0]).toFixed(1)).join(' ')}`);
+  }
+});
+
+/** Mean of every plane of `source` (what sampling must differ from). */
+async function channelStatisticsOfAll(source: string): Promise<{ mean: number }> {
+  const volume = await openVolume(source);
+  let sum = 0;
+  let count = 0;
+  for (let z = 0; z < volume.shape[0]; z++) {
+    const plane = await volume.readPlane(z);
+    for (let i = 0; i < plane.length; i++) sum += plane[i];
+    count += plane.length;
+  }
+  await volume.close();
+  return { mean: sum / count };
+}

@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { NetworkDepth } from '../src/training/resnet';
-import { loadNetwork, predictCellProbabilities } from '../src/training/inference';
+import { loadNetwork, predict } from '../src/training/inference';
 import { assembleBatch, planBatch } from '../src/training/trainingData';
 import { REPO_ROOT, SAMPLE } from './helpers';
 
@@ -29,7 +29,10 @@ export interface PeerPrediction {
   load_error?: string;
   checks?: Record<string, unknown>;
   predictions?: { cubes: Array<{ probabilities: [number, number] }> };
-  cubes?: Array<{ probabilities: [number, number] }>;
+  /** Softmax outputs and, in float64, the logits before it. */
+  cubes?: Array<{ probabilities: [number, number]; logits: [number, number] }>;
+  /** With --normalise-by: cellfinder's statistics of each volume. */
+  channel_statistics?: Array<{ mean: number; std: number }>;
 }
 
 /** Runs keras_peer.py with `args`; fails the test if it exits non-zero. */
@@ -51,5 +54,5 @@ export async function ourCellProbabilities(file: string, depth: NetworkDepth, ch
   const network = await loadNetwork(tf, file, depth, channels);
   const samples = PEER_CUBES.map((ch0) => ({ files: channels === 2 ? [ch0, ch0.replace(/Ch0\.tif$/, 'Ch1.tif')] : [ch0], label: 0 as const, position: { x: 0, y: 0, z: 0 } }));
   const batch = await assembleBatch(planBatch(samples, { channels, normalise: false }));
-  return Array.from(predictCellProbabilities(tf, network, batch.inputs, batch.size, channels));
+  return Array.from(predict(tf, network, batch.inputs, batch.size, channels).probabilities.filter((_, i) => i % 2 === 1));
 }

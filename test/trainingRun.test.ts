@@ -17,7 +17,7 @@ import { readCube } from '../src/core/cube';
 import { SPLIT_FILE } from '../src/core/runFiles';
 import { DataFileError } from '../src/core/errors';
 import { readModelFile } from '../src/training/modelFiles';
-import { TRAIN_DEFAULTS, type TrainConfig } from '../src/training/trainConfig';
+import { runConfigOf, TRAIN_DEFAULTS, type TrainConfig } from '../src/training/trainConfig';
 import { checkpointName } from '../src/training/trainer';
 import { REPO_ROOT, SAMPLE, scratch, tinyDataset } from './helpers';
 
@@ -121,8 +121,12 @@ test('cancel stops at a batch boundary with a resumable checkpoint; resume conti
   assert.equal(points.length, 13);
   assert.ok(points.every((p) => p.type === 1 || p.type === 2));
   const rows = (await fs.readFile(path.join(classified, 'classified_points.csv'), 'utf8')).trim().split('\n');
-  assert.equal(rows[0], 'x,y,z,type,cell_probability');
-  assert.ok(rows.slice(1).every((row) => { const p = Number(row.split(',')[4]); return p >= 0 && p <= 1 && (p > 0.5) === (row.split(',')[3] === '2'); }));
+  assert.equal(rows[0], 'x,y,z,type,cell_probability,cell_log_odds');
+  for (const row of rows.slice(1)) {
+    const [, , , type, p, logOdds] = row.split(',').map(Number);
+    // p(cell) is the softmax of the log-odds, to float32 precision.
+    assert.ok(p >= 0 && p <= 1 && (p > 0.5) === (type === 2) && Math.abs(p - 1 / (1 + Math.exp(-logOdds))) < 1e-6, row);
+  }
   out = '';
   assert.equal(await main(['evaluate', '--trained-model', finished.modelFile, '--compare', finished.modelFile, '-y', path.join(root, 'training.yaml'), '--json'], io), 0);
   const evaluations = JSON.parse(out) as Array<{ samples: number; confusion: number[][] }>;
@@ -184,6 +188,9 @@ test('a corrupt cube file ends the run with the error it gives when read here, t
   const cli = spawnSync(process.execPath, [path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js'), 'train', '-y', yaml, '-o', path.join(root, 'cli-out'), '--network-depth', '18', '--batch-size', '2', '--test-fraction', '0', '--seed', '1'], { encoding: 'utf8' });
   assert.equal(cli.status, 1, cli.stderr);
   assert.ok(cli.stderr.split('\n').includes(`error: ${expected.message}`), cli.stderr);
+  // What the run was started with is kept beside its models, as the editor keeps it (classify reads --normalize-channels there).
+  const recorded = await runConfigOf(path.join(root, 'cli-out', 'model.keras'));
+  assert.deepEqual([recorded?.yamlFiles, recorded?.networkDepth, recorded?.batchSize, recorded?.seed, recorded?.normalizeChannels], [[path.resolve(yaml)], 18, 2, 1, false]);
 });
 
 test('--continue-training with no model named starts from cellfinder\'s pre-trained file, and says where it must be', async (t) => {

@@ -55,9 +55,14 @@ working directory, so run it from the dataset folder (see README).
             --resume <output-dir>  --device auto|gpu|cpu  --json (events as JSON lines)
   classify --trained-model|--model-weights <file> --signal <planes> [--background <planes>]
            --points <xml> -o <dir> [--voxel-sizes Z Y X] [--batch-size 32] [--device D]
-           [--cache <dataset>]
+           [--cache <dataset>] [--normalize-channels]
       One pass through the volume; Ctrl-C stops after the batch in progress, and
       the same command (also after a crash) classifies only what is left.
+      Writes classified_points.xml (cellfinder's) and classified_points.csv
+      (x,y,z,type,cell_probability,non_cell_probability).
+      --normalize-channels: as cellfinder, each channel's cubes become
+      (x - mean) / std, with the mean and std of every int(planes/50)-th plane
+      of that volume; for models trained with --normalize-channels.
       --cache: the cubes the dataset's candidate cache holds for these
       candidates (see cache) are read from it, not cut again: re-predicting a
       labelling set after retraining takes one sequential read.
@@ -265,7 +270,7 @@ async function chooseCommand(argv: readonly string[], io: Io): Promise<number> {
   if (chosen.length === 0) throw new DataFileError(probabilitiesFile ?? one(flags, 'points', true), 'gives no candidate to choose (no probabilities for these points?)', 'Give the classified_points.csv of a classify run on these same points');
   const written = await writeChosen(path.resolve(output), chosen);
   for (const warning of written.warnings) io.err(`warning: ${warning}`);
-  const cells = chosen.filter((p) => p.cellProbability !== undefined && p.type === 2).length;
+  const cells = chosen.filter((p) => p.probabilities !== undefined && p.type === 2).length;
   const how = probabilitiesFile ? `${cells} predicted cells and ${chosen.length - cells} predicted non-cells, most uncertain first` : `spread evenly over the volume (seed ${seed})`;
   if (flags.has('json')) io.out(JSON.stringify({ ...written, chosen: chosen.length, of: points.length, predictedCells: probabilitiesFile ? cells : undefined }));
   else {

@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import { writeFileAtomic } from '../core/atomicFile';
 import { describeDevice, loadTensorFlow, type TensorFlowRuntime } from '../engine/backend';
 import { fixCpuMaxPool3dGrad } from '../engine/cpuMaxPool3dGradFix';
 import { describeCudaScan } from '../engine/cudaLibraries';
@@ -22,7 +23,7 @@ import { openRunLog } from '../training/runLog';
 import { classifyCandidates, evaluateModel, loadNetwork, PARTIAL_RESULTS, type Evaluation } from '../training/inference';
 import { readModelFile } from '../training/modelFiles';
 import { isNetworkDepth, type NetworkDepth } from '../training/resnet';
-import { TRAIN_DEFAULTS, type TrainConfig } from '../training/trainConfig';
+import { runConfigOf, TRAIN_CONFIG_FILE, TRAIN_DEFAULTS, type TrainConfig } from '../training/trainConfig';
 import { loadSamples } from '../training/trainingData';
 import { RESUME_FOLDER, train } from '../training/trainer';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
@@ -177,6 +178,8 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
   process.once('SIGTERM', stop);
   try {
     const logEvent = openRunLog(path.resolve(config.outputDir), resumeDir ? 'resume' : 'train');
+    // Kept beside the run's models, as the editor keeps it: what they were trained with (e.g. --normalize-channels) is then known where they are used.
+    if (!resumeDir) await writeFileAtomic(path.join(config.outputDir, TRAIN_CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`, { overwrite: true });
     const emit = (event: TrainingEvent) => {
       logEvent(event);
       if (json) io.out(JSON.stringify(event));
@@ -218,6 +221,7 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
     { name: 'batch-size', values: 1 },
     { name: 'device', values: 1 },
     { name: 'cache', values: 1 },
+    { name: 'normalize-channels', values: 0 },
   ]);
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   for (const required of ['signal', 'points', 'output-dir']) if (!flags.has(required)) throw new UsageError(`--${required} is required`);
@@ -225,6 +229,12 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
   // 32: at 64 ResNet-18 inference took 2.4 GB (at 4000x5000, 5,000 candidates) for 4% more speed.
   const batchSize = number(flags, 'batch-size', 32, (n) => Number.isInteger(n) && n > 0, 'a positive integer');
   const { runtime, network } = await networkFor(flags, flags.has('background') ? 2 : 1);
+  const normalizeChannels = flags.has('normalize-channels');
+  // As cellfinder, normalising is what the flag says; but a model classified otherwise than it was trained gives meaningless probabilities.
+  const trainedNormalised = (await runConfigOf(network.file))?.normalizeChannels;
+  if (trainedNormalised !== undefined && trainedNormalised !== normalizeChannels) {
+    io.err(`warning: ${network.file} was trained ${trainedNormalised ? 'with' : 'without'} --normalize-channels (its run's ${TRAIN_CONFIG_FILE}): ${trainedNormalised ? 'add' : 'leave out'} --normalize-channels to classify as it was trained`);
+  }
   const outputDir = path.resolve(flags.get('output-dir')![0]);
   const stopping = stopOnSignals(io, 'Stopping after the current batch; what is classified is kept, and the same command continues from there...');
   let report;
@@ -239,6 +249,8 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
       onProgress: progressPrinter(io, 'classifying'),
       abortSignal: stopping.signal,
       cacheOf: flags.get('cache')?.[0],
+      normalizeChannels,
+      onStatisticsProgress: statisticsProgress(io),
     });
   } catch (error) {
     if (!stopping.signal.aborted) throw error;
@@ -249,6 +261,7 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
   }
   if (report.resumed) io.err(`continued an interrupted run: ${report.resumed} candidate(s) were already classified`);
   if (flags.has('cache')) io.err(`${report.fromCache} cube(s) read from the candidate cache of ${flags.get('cache')![0]}, the rest cut from the volumes`);
+  report.channelStatistics?.forEach(({ mean, std }, channel) => io.err(`${channel === 0 ? 'signal' : 'background'} normalised with mean ${mean}, std ${std}`));
   if (flags.has('json')) io.out(JSON.stringify({ ...report, classified: undefined, count: report.classified.length }, null, 2));
   else {
     io.out(`Classified ${report.classified.length} candidates with ${network.file} on ${runtime.backend}: ${report.cells} cells, ${report.nonCells} non-cells`);
@@ -257,6 +270,15 @@ export async function classifyCommand(argv: readonly string[], io: Io): Promise<
     if (report.skipped.length) io.out(`  ${report.skipped.length} candidate(s) too near the edge were not classified (cellfinder drops them too)`);
   }
   return 0;
+}
+
+/** "channel statistics of <volume>: planes/planes", one progress line per volume and percent. */
+function statisticsProgress(io: Io): (volume: string, planesDone: number, planes: number) => void {
+  const printers = new Map<string, (done: number, total: number) => void>();
+  return (volume, planesDone, planes) => {
+    if (!printers.has(volume)) printers.set(volume, progressPrinter(io, `channel statistics of ${volume} (planes)`));
+    printers.get(volume)?.(planesDone, planes);
+  };
 }
 
 function formatEvaluation(e: Evaluation): string[] {

@@ -5,7 +5,9 @@
  * host.
  */
 import { spawn } from 'node:child_process';
+import type { VoxelSizes } from '../core/extraction';
 import { DEVICE_ENV, type DeviceChoice } from '../engine/gpuEnvironment';
+import { runConfigOf, TRAIN_CONFIG_FILE } from '../training/trainConfig';
 
 export interface CliLocation {
   nodePath: string;
@@ -39,4 +41,32 @@ export function runCliJson<T>(cli: CliLocation, args: readonly string[], onStder
       }
     });
   });
+}
+
+export interface ClassifyRequest {
+  model: string;
+  points: string;
+  signal: string;
+  background?: string;
+  voxelSizes?: VoxelSizes | null;
+  outputDir: string;
+  /** A dataset whose candidate cache may hold these candidates' cubes (classify --cache). */
+  cacheOf?: string;
+}
+
+/**
+ * The `classify` arguments for the editor's classify and predict commands.
+ * A model's own file does not say whether it was trained on normalised
+ * channels; its run's settings do, and then it is classified the same way
+ * (`note` says so, for the user). Otherwise cellfinder's default: off.
+ */
+export async function classifyArgs(request: ClassifyRequest): Promise<{ args: string[]; note?: string }> {
+  const { model } = request;
+  const args = ['classify', model.endsWith('.keras') ? '--trained-model' : '--model-weights', model, '--signal', request.signal, '--points', request.points, '-o', request.outputDir];
+  if (request.background) args.push('--background', request.background);
+  if (request.voxelSizes) args.push('--voxel-sizes', ...request.voxelSizes.map(String));
+  if (request.cacheOf) args.push('--cache', request.cacheOf);
+  if (!(await runConfigOf(model))?.normalizeChannels) return { args };
+  args.push('--normalize-channels');
+  return { args, note: `channels normalised (--normalize-channels), as the model's run trained (its ${TRAIN_CONFIG_FILE})` };
 }

@@ -15,15 +15,50 @@ import { seededRandom, type Random } from './random';
 
 export const DEFAULT_CHOSEN = 2000;
 
+/**
+ * What classify gives a candidate: p(cell) as the network's softmax has it,
+ * and the log-odds of cell, ln(p(cell) / p(non-cell)), from the network's
+ * logits (their difference). The log-odds rank candidates at both ends, where
+ * the probabilities cannot: p(cell) rounds to 1 - 2^-24 in float32 beyond
+ * log-odds of about 17, and p(non-cell) to 0 beyond about 87 (103 with
+ * subnormals, which TensorFlow flushes). |log-odds| is how sure the network
+ * is; the sign is its call.
+ */
+export interface Probabilities {
+  cell: number;
+  logOdds: number;
+}
+
+/** ln(p / (1 - p)): the log-odds that a file with only p(cell) gives (exact only where p is not near 0 or 1). */
+export function logOddsOfProbability(p: number): number {
+  return Math.log(p) - Math.log1p(-p);
+}
+
 export interface ChooseOptions {
   count: number;
-  /** cell probability by position (x, y, z), from classify; omitted: spread over the volume. */
-  probabilities?: ReadonlyMap<string, number>;
+  /** Probabilities by position (x, y, z), from classify; omitted: spread over the volume. */
+  probabilities?: ReadonlyMap<string, Probabilities>;
   seed?: number;
 }
 
 export interface ChosenCandidate extends CellCounterPoint {
-  cellProbability?: number;
+  probabilities?: Probabilities;
+}
+
+/** A candidate as classify wrote it: type 2 = predicted cell, 1 = predicted non-cell, and its probabilities. */
+export interface ClassifiedCandidate extends CellCounterPoint {
+  probabilities: Probabilities;
+}
+
+/**
+ * classify's classified_points.csv header. Readers find columns by name, and
+ * columns are only ever added at the end, so older readers still read it.
+ */
+export const CLASSIFIED_CSV_HEADER = 'x,y,z,type,cell_probability,cell_log_odds';
+
+/** The classified_points.csv of `points`, in their order. */
+export function classifiedCsv(points: readonly ClassifiedCandidate[]): string {
+  return `${[CLASSIFIED_CSV_HEADER, ...points.map((p) => `${p.x},${p.y},${p.z},${p.type},${p.probabilities.cell},${p.probabilities.logOdds}`)].join('\n')}\n`;
 }
 
 /** The low 10 bits of v, spread to every third bit (bit i to bit 3i). */
@@ -61,20 +96,25 @@ export function chooseCandidates(points: readonly CellCounterPoint[], options: C
   const random = seededRandom(options.seed ?? 1);
   if (!options.probabilities) return spreadEvenly(points, count, random).map((point) => ({ ...point }));
   const withProbability = points.flatMap((point) => {
-    const cellProbability = options.probabilities?.get(positionKey(point));
-    return cellProbability === undefined ? [] : [{ ...point, type: cellProbability > 0.5 ? 2 : 1, cellProbability }];
+    const probabilities = options.probabilities?.get(positionKey(point));
+    return probabilities === undefined ? [] : [{ ...point, type: probabilities.cell > 0.5 ? 2 : 1, probabilities, certainty: Math.abs(probabilities.logOdds) }];
   });
-  const uncertainFirst = (list: ChosenCandidate[]) => list.sort((a, b) => Math.abs((a.cellProbability as number) - 0.5) - Math.abs((b.cellProbability as number) - 0.5));
+  const uncertainFirst = (list: typeof withProbability) => list.sort((a, b) => a.certainty - b.certainty);
   const cells = uncertainFirst(withProbability.filter((p) => p.type === 2));
   const nonCells = uncertainFirst(withProbability.filter((p) => p.type === 1));
   const wanted = Math.min(count, withProbability.length);
   // Half each; a side with too few gives its share to the other.
   const fromCells = Math.min(cells.length, Math.max(Math.ceil(wanted / 2), wanted - nonCells.length));
-  return [...cells.slice(0, fromCells), ...nonCells.slice(0, wanted - fromCells)];
+  return [...cells.slice(0, fromCells), ...nonCells.slice(0, wanted - fromCells)].map(({ certainty, ...chosen }) => chosen);
 }
 
-/** classify's classified_points.csv (x,y,z,type,cell_probability) as probabilities by position. */
-export async function readProbabilities(file: string): Promise<Map<string, number>> {
+/**
+ * classify's classified_points.csv as probabilities by position: columns
+ * found by name (x, y, z, cell_probability, and cell_log_odds; a file from
+ * before cell_log_odds was written gets them from p(cell), which ties the
+ * candidates whose p(cell) rounded to 1).
+ */
+export async function readProbabilities(file: string): Promise<Map<string, Probabilities>> {
   let text: string;
   try {
     text = await fs.readFile(file, 'utf8');
@@ -83,13 +123,13 @@ export async function readProbabilities(file: string): Promise<Map<string, numbe
   }
   const [header, ...rows] = text.split(/\r?\n/).filter((line) => line.trim() !== '');
   const columns = (header ?? '').split(',');
-  const [xi, yi, zi, pi] = ['x', 'y', 'z', 'cell_probability'].map((name) => columns.indexOf(name));
+  const [xi, yi, zi, pi, li] = ['x', 'y', 'z', 'cell_probability', 'cell_log_odds'].map((name) => columns.indexOf(name));
   if ([xi, yi, zi, pi].some((i) => i < 0)) throw new DataFileError(file, 'has no x, y, z and cell_probability columns', 'Give the classified_points.csv that classify wrote');
-  const probabilities = new Map<string, number>();
+  const probabilities = new Map<string, Probabilities>();
   for (const [line, row] of rows.entries()) {
     const cells = row.split(',').map(Number);
-    if ([xi, yi, zi, pi].some((i) => !Number.isFinite(cells[i]))) throw new DataFileError(file, `line ${line + 2} is not numbers: "${row}"`, 'Re-run classify to rewrite the file');
-    probabilities.set(positionKey({ x: cells[xi], y: cells[yi], z: cells[zi] }), cells[pi]);
+    if ([xi, yi, zi, pi, li].some((i) => i >= 0 && !Number.isFinite(cells[i]))) throw new DataFileError(file, `line ${line + 2} is not numbers: "${row}"`, 'Re-run classify to rewrite the file');
+    probabilities.set(positionKey({ x: cells[xi], y: cells[yi], z: cells[zi] }), { cell: cells[pi], logOdds: li < 0 ? logOddsOfProbability(cells[pi]) : cells[li] });
   }
   return probabilities;
 }
@@ -102,9 +142,9 @@ export async function readProbabilities(file: string): Promise<Map<string, numbe
  */
 export async function writeChosen(xmlFile: string, chosen: readonly ChosenCandidate[]): Promise<{ xmlFile: string; probabilitiesFile?: string; warnings: string[] }> {
   const warnings = await writeCellCounterXml(xmlFile, chosen.map(({ x, y, z, type }) => ({ x, y, z, type })), { overwrite: true });
-  if (!chosen.some((p) => p.cellProbability !== undefined)) return { xmlFile, warnings };
+  const classified = chosen.filter((p): p is ClassifiedCandidate => p.probabilities !== undefined);
+  if (classified.length === 0) return { xmlFile, warnings };
   const probabilitiesFile = xmlFile.replace(/\.xml$/i, '') + '.classified_points.csv';
-  const rows = ['x,y,z,type,cell_probability', ...chosen.map((p) => `${p.x},${p.y},${p.z},${p.type},${p.cellProbability}`)];
-  await writeFileAtomic(probabilitiesFile, `${rows.join('\n')}\n`, { overwrite: true });
+  await writeFileAtomic(probabilitiesFile, classifiedCsv(classified), { overwrite: true });
   return { xmlFile, probabilitiesFile, warnings };
 }

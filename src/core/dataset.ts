@@ -27,6 +27,8 @@ export interface Prediction {
   label: CubeLabel;
   /** Probability the network gave the cell class (absent when only the predicted type is known, as in cellfinder's classified XML). */
   cellProbability?: number;
+  /** ln(p(cell) / p(non-cell)) from the network's logits: ranks where the probabilities round to 0 or 1 (see Probabilities). */
+  cellLogOdds?: number;
   model?: string;
 }
 

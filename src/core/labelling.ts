@@ -14,7 +14,7 @@ import { readCellCounterXml, type CellCounterPoint } from './cellCounterXml';
 import { pointFromCubeFileName, type Point3 } from './cube';
 import { CELLS_FOLDER, NON_CELLS_FOLDER, positionKey, TrainingDataset, type Prediction, type ProvenanceRecord } from './dataset';
 import { CandidateCache } from './candidateCache';
-import { readProbabilities } from './chooseCandidates';
+import { logOddsOfProbability, readProbabilities } from './chooseCandidates';
 import { contextWindow, cutContext, type CandidateContext } from './candidateContext';
 import { DataFileError } from './errors';
 import { LabelState, recordedPredictions, type BalanceCounts } from './labelState';
@@ -114,10 +114,10 @@ export type { CandidateContext } from './candidateContext';
 /** Cubes kept after the page asked for them (200 kB a channel), so a decision saves the cube shown without reading it again. */
 const RECENT_CUBES = 16;
 
-/** Reads `classified_points.csv` (x,y,z,type,cell_probability) into predictions by position. */
+/** Reads `classified_points.csv` into predictions by position. */
 async function readPredictionsCsv(file: string): Promise<Map<string, Prediction>> {
   const predictions = new Map<string, Prediction>();
-  for (const [key, cellProbability] of await readProbabilities(file)) predictions.set(key, { label: cellProbability > 0.5 ? 'cell' : 'no_cell', cellProbability, model: file });
+  for (const [key, p] of await readProbabilities(file)) predictions.set(key, { label: p.cell > 0.5 ? 'cell' : 'no_cell', cellProbability: p.cell, cellLogOdds: p.logOdds, model: file });
   return predictions;
 }
 
@@ -137,25 +137,27 @@ function predictionFromType(point: CellCounterPoint): Prediction | undefined {
   return undefined;
 }
 
-/** How sure the prediction is: 0 at p = 0.5, 1 at p = 0 or 1. Unknown probabilities count as sure. */
-function certainty(candidate: Candidate): number {
-  const p = candidate.prediction?.cellProbability;
-  return p === undefined ? 1 : Math.abs(p - 0.5) * 2;
+/**
+ * The prediction's log-odds of cell (see Probabilities): 0 for an even call
+ * and for no prediction; a predicted type without a probability counts as
+ * sure, and one without log-odds (recorded before they were kept) takes them
+ * from p(cell).
+ */
+function logOdds(candidate: Candidate): number {
+  const p = candidate.prediction;
+  if (!p) return 0;
+  if (p.cellProbability === undefined) return p.label === 'cell' ? Infinity : -Infinity;
+  return p.cellLogOdds ?? logOddsOfProbability(p.cellProbability);
 }
 
 export function orderCandidates(candidates: readonly Candidate[], order: CandidateOrder): number[] {
   const ids = candidates.map((c) => c.id);
   const byId = new Map(candidates.map((c) => [c.id, c]));
   const get = (id: number) => byId.get(id) as Candidate;
-  if (order === 'uncertain-first') return ids.sort((a, b) => certainty(get(a)) - certainty(get(b)) || a - b);
-  if (order === 'predicted-cells-first') {
-    const score = (id: number) => {
-      const p = get(id).prediction;
-      if (!p) return 0.5;
-      return p.cellProbability ?? (p.label === 'cell' ? 1 : 0);
-    };
-    return ids.sort((a, b) => score(b) - score(a) || a - b);
-  }
+  // Unknown probabilities count as sure: without a prediction, a candidate comes after those the model was unsure of.
+  const certainty = (id: number) => (get(id).prediction?.cellProbability === undefined ? Infinity : Math.abs(logOdds(get(id))));
+  if (order === 'uncertain-first') return ids.sort((a, b) => certainty(a) - certainty(b) || a - b);
+  if (order === 'predicted-cells-first') return ids.sort((a, b) => logOdds(get(b)) - logOdds(get(a)) || a - b);
   return ids;
 }
 

@@ -6,7 +6,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { LabellingController } from '../controllers/labellingController';
-import { runCliJson } from '../controllers/cliProcess';
+import { classifyArgs, runCliJson } from '../controllers/cliProcess';
 import { DEFAULT_CHOSEN } from '../core/chooseCandidates';
 import { CACHE_SWEEP_MIN_CANDIDATES, LabellingSession, loadCandidateSet, saveCandidateSet, type CandidateSet } from '../core/labelling';
 import { percentile } from '../webview/render';
@@ -186,10 +186,8 @@ export class LabellingPanels {
     if (!model) return undefined;
     const outputDir = path.join(datasetRoot, 'predictions', path.basename(model).replace(/\.(weights\.h5|keras|h5)$/, ''));
     // The cubes the cache sweep cut are read from the cache, not cut again.
-    const args = ['classify', model.endsWith('.keras') ? '--trained-model' : '--model-weights', model, '--signal', set.signal, '--points', set.points, '-o', outputDir, '--cache', datasetRoot];
-    if (set.background) args.push('--background', set.background);
-    if (set.voxelSizes) args.push('--voxel-sizes', ...set.voxelSizes.map(String));
-    const report = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Cellfinder: predicting with ${path.basename(model)}`, cancellable: true }, (progress, token) => {
+    const { args, note } = await classifyArgs({ model, ...set, outputDir, cacheOf: datasetRoot });
+    const report = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Cellfinder: predicting with ${path.basename(model)}${note ? `, ${note}` : ''}`, cancellable: true }, (progress, token) => {
       const abort = new AbortController();
       token.onCancellationRequested(() => abort.abort());
       return runCliJson<{ probabilitiesFile: string }>(cliLocation(this.context), args, (line) => progress.report({ message: line }), abort.signal);

@@ -8,13 +8,13 @@
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { runCliJson } from '../controllers/cliProcess';
+import { classifyArgs, runCliJson } from '../controllers/cliProcess';
 import { TrainingController } from '../controllers/trainingController';
 import { EVENTS_FILE } from '../core/runFiles';
 import type { Evaluation } from '../training/inference';
 import type { NetworkDepth } from '../training/resnet';
 import { readRun, RunFollower, startWorker, summarizeRun, type RunRecord } from '../training/runs';
-import { TRAIN_DEFAULTS, type TrainConfig } from '../training/trainConfig';
+import { runConfigOf, TRAIN_CONFIG_FILE, TRAIN_DEFAULTS, type TrainConfig } from '../training/trainConfig';
 import { pretrainedWeightsPath } from '../training/trainer';
 import { TRAINING_BODY } from '../webview/training/body';
 import type { TrainingToHost } from '../webview/protocol';
@@ -104,7 +104,7 @@ export class Training {
     };
     await this.context.workspaceState.update(LAST_RUN_KEY, { yamlFiles, networkDepth: depth, epochs, batchSize, learningRate });
     await fs.mkdir(outputDir, { recursive: true });
-    const configFile = path.join(outputDir, 'training-config.json');
+    const configFile = path.join(outputDir, TRAIN_CONFIG_FILE);
     await fs.writeFile(configFile, `${JSON.stringify(config, null, 2)}\n`);
     await startWorker({ nodePath: nodePath(), workerScript: workerScript(this.context), mode: 'train', target: configFile, outputDir, device: trainingDevice() });
     this.show(outputDir);
@@ -206,10 +206,8 @@ export class Training {
     const voxelSizes = await askVoxelSizes();
     if (voxelSizes === undefined) return;
     const outputDir = path.join(path.dirname(points), `classified-${path.basename(file).replace(/\.(weights\.h5|keras|h5)$/, '')}`);
-    const args = ['classify', file.endsWith('.keras') ? '--trained-model' : '--model-weights', file, '--signal', signal, '--points', points, '-o', outputDir];
-    if (background) args.push('--background', background);
-    if (voxelSizes) args.push('--voxel-sizes', ...voxelSizes.map(String));
-    const report = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Cellfinder: classifying candidates', cancellable: true }, (progress, token) => {
+    const { args, note } = await classifyArgs({ model: file, points, signal, background, voxelSizes, outputDir });
+    const report = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Cellfinder: classifying candidates${note ? `, ${note}` : ''}`, cancellable: true }, (progress, token) => {
       const abort = new AbortController();
       token.onCancellationRequested(() => abort.abort());
       return runCliJson<{ xmlFile: string; cells: number; nonCells: number }>(cliLocation(this.context), args, (line) => progress.report({ message: line }), abort.signal);
@@ -221,12 +219,14 @@ export class Training {
   /** Evaluates the run's model on its training data, optionally beside another model. */
   private async evaluate(run: RunRecord): Promise<Evaluation[] | undefined> {
     if (!run.modelFile) throw new Error('the run has not written a model yet');
-    const config = JSON.parse(await fs.readFile(path.join(run.outputDir, 'training-config.json'), 'utf8').catch(() => '{}')) as Partial<TrainConfig>;
+    const config = (run.modelFile && (await runConfigOf(run.modelFile))) || {};
     const yamlFiles = config.yamlFiles?.length ? config.yamlFiles : [await pickFile('Labelled training.yaml to evaluate on', { 'training.yaml': ['yaml', 'yml'] })].filter((f): f is string => Boolean(f));
     if (!yamlFiles.length) return undefined;
     const others = this.index.models().flatMap((item) => (item.kind === 'model' && item.file !== run.modelFile ? [{ label: path.basename(item.file), description: vscode.workspace.asRelativePath(item.file), file: item.file }] : []));
     const compare = others.length ? await vscode.window.showQuickPick([{ label: 'This model only', description: '', file: '' }, ...others], { title: 'Compare with another model?' }) : undefined;
     const args = ['evaluate', '--trained-model', run.modelFile, '-y', ...yamlFiles];
+    // Evaluated on its cubes as it was trained on them.
+    if (config.normalizeChannels) args.push('--normalize-channels');
     if (compare?.file) args.push('--compare', compare.file);
     return runCliJson<Evaluation[]>(cliLocation(this.context), args);
   }

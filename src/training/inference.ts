@@ -1,8 +1,10 @@
 /**
  * Classification with a trained network: candidates + volumes -> cellfinder's
  * classified Cell Counter XML (type 2 = cell, 1 = non-cell, as cellfinder
- * writes it) plus a sidecar with every probability (cellfinder discards them;
- * users need them to find the uncertain candidates). And evaluation of a
+ * writes it) plus a sidecar with each candidate's p(cell) and log-odds
+ * (cellfinder discards them; users need them to find the uncertain
+ * candidates), optionally with cellfinder's channel normalisation
+ * (--normalize-channels, see channelStatistics.ts). And evaluation of a
  * model on a labelled dataset.
  */
 import { readFile, rm } from 'node:fs/promises';
@@ -11,6 +13,8 @@ import type * as tfType from '@tensorflow/tfjs';
 import { appendLineDurably, makeFolder, writeFileAtomic } from '../core/atomicFile';
 import { readCellCounterXml, writeCellCounterXml, type CellCounterPoint } from '../core/cellCounterXml';
 import { CandidateCache } from '../core/candidateCache';
+import { classifiedCsv, type ClassifiedCandidate } from '../core/chooseCandidates';
+import { channelStatistics, normaliseChannel, type ChannelStatistics } from '../core/channelStatistics';
 import { CUBE_SHAPE } from '../core/cube';
 import { DataFileError } from '../core/errors';
 import { bandRows, extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from '../core/extraction';
@@ -41,12 +45,17 @@ export async function loadNetwork(tf: typeof tfType, file: string, depth: Networ
   return { spec, weights, file };
 }
 
-/** Probability of "cell" for each cube of a (batch, y, x, z, channels) input. */
-export function predictCellProbabilities(tf: typeof tfType, network: LoadedNetwork, inputs: Float32Array, count: number, channels: number): Float32Array {
+/**
+ * The network's output for each cube of a (batch, y, x, z, channels) input:
+ * the softmax and the logits before it, each (count, 2) flat, index 0
+ * non-cell, 1 cell (cellfinder's order). The logits' difference is the
+ * log-odds of cell, which the softmax's float32 rounding loses at both ends.
+ */
+export function predict(tf: typeof tfType, network: LoadedNetwork, inputs: Float32Array, count: number, channels: number): { probabilities: Float32Array; logits: Float32Array } {
   return tf.tidy(() => {
     const x = tf.tensor5d(inputs, [count, CUBE_SHAPE.height, CUBE_SHAPE.width, CUBE_SHAPE.depth, channels]);
-    const { probabilities } = forward(tf, network.spec, network.weights, x, false);
-    return probabilities.slice([0, 1], [count, 1]).reshape([count]).dataSync() as Float32Array;
+    const { probabilities, logits } = forward(tf, network.spec, network.weights, x, false);
+    return { probabilities: probabilities.dataSync() as Float32Array, logits: logits.dataSync() as Float32Array };
   });
 }
 
@@ -67,16 +76,20 @@ export interface ClassifyOptions {
    * cutting them, one sequential read), the rest are cut from the volumes.
    */
   cacheOf?: string;
+  /**
+   * cellfinder's --normalize-channels: each channel's cubes become
+   * (x - mean) / std with the statistics of that volume's sampled planes.
+   */
+  normalizeChannels?: boolean;
+  /** Planes of a volume's statistics read so far (with --normalize-channels, before any candidate). */
+  onStatisticsProgress?: (volume: string, planesDone: number, planes: number) => void;
 }
 
-export interface ClassifiedPoint extends CellCounterPoint {
-  cellProbability: number;
-}
 
 export interface ClassifyReport {
   xmlFile: string;
   probabilitiesFile: string;
-  classified: ClassifiedPoint[];
+  classified: ClassifiedCandidate[];
   skipped: SkippedPoint<CellCounterPoint>[];
   cells: number;
   nonCells: number;
@@ -84,7 +97,10 @@ export interface ClassifyReport {
   resumed: number;
   /** Candidates whose cubes were read from the dataset's candidate cache instead of cut from the volumes. */
   fromCache: number;
+  /** With --normalize-channels: each volume's statistics, signal first. */
+  channelStatistics?: ChannelStatistics[];
 }
+
 
 /**
  * Results are appended here batch by batch (flushed), so a run that is
@@ -120,26 +136,40 @@ export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwo
       throw new DataFileError(options.outputDir, `cannot be created (${error.message})`, 'Choose an output folder you can write to');
     });
     const partialFile = path.join(options.outputDir, PARTIAL_RESULTS);
-    const identity = `# ${JSON.stringify({ model: path.resolve(network.file), points: path.resolve(options.points), signal: path.resolve(options.signal), background: options.background && path.resolve(options.background), voxelSizes: options.voxelSizes ?? null })}`;
+    const normalizeChannels = Boolean(options.normalizeChannels);
+    const identity = `# ${JSON.stringify({ model: path.resolve(network.file), points: path.resolve(options.points), signal: path.resolve(options.signal), background: options.background && path.resolve(options.background), voxelSizes: options.voxelSizes ?? null, normalizeChannels })}`;
     const done = await readPartialResults(partialFile, identity);
     const resumed = done.size;
     const total = plan.extractable.length;
     const todo = { ...plan, extractable: plan.extractable.filter((entry) => !done.has(entry.index)) };
+    // Read before any cube is classified (as cellfinder does), and only when there is a cube left to classify.
+    const statistics: ChannelStatistics[] | undefined = normalizeChannels ? [] : undefined;
+    if (statistics && todo.extractable.length > 0) {
+      for (const volume of volumes) {
+        statistics.push(await channelStatistics(volume, { signal: options.abortSignal, onProgress: (planesDone, planes) => options.onStatisticsProgress?.(volume.source, planesDone, planes) }));
+      }
+    }
     options.onProgress?.(done.size, total);
     const voxels = CUBE_SHAPE.depth * CUBE_SHAPE.height * CUBE_SHAPE.width;
     let pending: Array<{ point: CellCounterPoint; index: number; channels: Float32Array[] }> = [];
     const flush = async () => {
       const inputs = new Float32Array(pending.length * voxels * channels);
       pending.forEach((cube, index) => {
-        for (let c = 0; c < channels; c++) packChannel(inputs, index, c, channels, toNetworkOrder(cube.channels[c]));
+        for (let c = 0; c < channels; c++) {
+          const data = toNetworkOrder(cube.channels[c]);
+          if (statistics) normaliseChannel(data, statistics[c].mean, statistics[c].std);
+          packChannel(inputs, index, c, channels, data);
+        }
       });
-      const probabilities = predictCellProbabilities(tf, network, inputs, pending.length, channels);
+      const { probabilities, logits } = predict(tf, network, inputs, pending.length, channels);
       const rows = pending.map((cube, index) => {
-        const p = probabilities[index];
-        // Prediction type = argmax + 1: index 1 (cell) wins only above one half, as argmax picks the first on a tie.
-        const result: ClassifiedPoint = { ...cube.point, type: p > 1 - p ? 2 : 1, cellProbability: p };
+        const cell = probabilities[2 * index + 1];
+        // The difference of two float32 logits, exact in a double.
+        const logOdds = logits[2 * index + 1] - logits[2 * index];
+        // Prediction type = argmax + 1 of the softmax: cell wins only when strictly larger, as argmax picks the first on a tie.
+        const result: ClassifiedCandidate = { ...cube.point, type: cell > probabilities[2 * index] ? 2 : 1, probabilities: { cell, logOdds } };
         done.set(cube.index, result);
-        return `${cube.index},${result.x},${result.y},${result.z},${result.type},${p}`;
+        return `${cube.index},${result.x},${result.y},${result.z},${result.type},${cell},${logOdds}`;
       });
       await appendLineDurably(partialFile, `${done.size === rows.length ? `${identity}\n` : ''}${rows.join('\n')}`);
       options.onProgress?.(done.size, total);
@@ -170,18 +200,27 @@ export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwo
     const xmlFile = path.join(options.outputDir, 'classified_points.xml');
     const probabilitiesFile = path.join(options.outputDir, 'classified_points.csv');
     await writeCellCounterXml(xmlFile, classified.map(({ x, y, z, type }) => ({ x, y, z, type })), { overwrite: true });
-    const rows = ['x,y,z,type,cell_probability', ...classified.map((p) => `${p.x},${p.y},${p.z},${p.type},${p.cellProbability}`)];
-    await writeFileAtomic(probabilitiesFile, `${rows.join('\n')}\n`, { overwrite: true });
+    await writeFileAtomic(probabilitiesFile, classifiedCsv(classified), { overwrite: true });
     await rm(partialFile, { force: true });
-    return { xmlFile, probabilitiesFile, classified, skipped: plan.skipped, cells: classified.filter((p) => p.type === 2).length, nonCells: classified.filter((p) => p.type === 1).length, resumed, fromCache: cached.length };
+    return {
+      xmlFile,
+      probabilitiesFile,
+      classified,
+      skipped: plan.skipped,
+      cells: classified.filter((p) => p.type === 2).length,
+      nonCells: classified.filter((p) => p.type === 1).length,
+      resumed,
+      fromCache: cached.length,
+      channelStatistics: statistics,
+    };
   } finally {
     await Promise.all(volumes.map((v) => v.close()));
   }
 }
 
 /** The results of an interrupted run of the same classification, by point index; empty when there are none (or of another). */
-async function readPartialResults(file: string, identity: string): Promise<Map<number, ClassifiedPoint>> {
-  const results = new Map<number, ClassifiedPoint>();
+async function readPartialResults(file: string, identity: string): Promise<Map<number, ClassifiedCandidate>> {
+  const results = new Map<number, ClassifiedCandidate>();
   const text = await readFile(file, 'utf8').catch(() => '');
   const [first, ...lines] = text.split('\n');
   if (first !== identity) {
@@ -191,9 +230,9 @@ async function readPartialResults(file: string, identity: string): Promise<Map<n
   for (const line of lines) {
     const values = line.split(',').map(Number);
     // A line cut short by a kill is left out (and classified again).
-    if (values.length !== 6 || values.some((v) => !Number.isFinite(v))) continue;
-    const [index, x, y, z, type, cellProbability] = values;
-    results.set(index, { x, y, z, type, cellProbability });
+    if (values.length !== 7 || values.some((v) => !Number.isFinite(v))) continue;
+    const [index, x, y, z, type, cell, logOdds] = values;
+    results.set(index, { x, y, z, type, probabilities: { cell, logOdds } });
   }
   return results;
 }
@@ -225,9 +264,9 @@ export async function evaluateModel(
   try {
     let planned = 0;
     for await (const batch of batchThread.inOrder(plans)) {
-      const probabilities = predictCellProbabilities(tf, network, batch.inputs, batch.size, channels);
+      const { probabilities } = predict(tf, network, batch.inputs, batch.size, channels);
       plans[planned++].samples.forEach((sample, i) => {
-        confusion[sample.label][probabilities[i] > 0.5 ? 1 : 0]++;
+        confusion[sample.label][probabilities[2 * i + 1] > probabilities[2 * i] ? 1 : 0]++;
       });
     }
   } finally {

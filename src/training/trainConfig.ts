@@ -2,6 +2,8 @@
  * What a training run needs, with cellfinder_train's option names, meanings
  * and defaults (`core/train/train_yaml.py`), plus our optional improvements.
  */
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
 import type { AffineMode } from './augment';
 import type { NetworkDepth } from './resnet';
 
@@ -51,7 +53,11 @@ export interface TrainConfig {
   lrSchedule: number[];
   /** --lr-multiplier (default 0.1) */
   lrMultiplier: number;
-  /** --normalize-channels: (x - mean) / std per channel with the YAML's statistics. */
+  /**
+   * --normalize-channels: (x - mean) / std per channel with the YAML's
+   * statistics. A model trained so must classify with --normalize-channels
+   * too (its run's TRAIN_CONFIG_FILE says so).
+   */
   normalizeChannels: boolean;
   /** Ours: makes the split, the epoch order and the augmentation reproducible. */
   seed?: number;
@@ -87,4 +93,26 @@ export const TRAIN_DEFAULTS: Omit<TrainConfig, 'yamlFiles' | 'outputDir'> = {
 /** cellfinder's schedule: at each listed (0-based) epoch, multiply the current rate. */
 export function learningRateForEpoch(config: Pick<TrainConfig, 'learningRate' | 'lrSchedule' | 'lrMultiplier'>, epoch: number): number {
   return config.lrSchedule.filter((at) => at <= epoch).reduce((rate) => rate * config.lrMultiplier, config.learningRate);
+}
+
+/**
+ * The run's settings, written into its output folder as it starts (by the
+ * editor and by the CLI's train), so that what a model was trained with is
+ * known when it is used: cellfinder's model files do not record it.
+ */
+export const TRAIN_CONFIG_FILE = 'training-config.json';
+
+/**
+ * The settings of the run that wrote `modelFile` (its model or a checkpoint,
+ * in the run's folder), or undefined when that folder has none: a model from
+ * cellfinder or elsewhere, or a CLI run from before the file was written.
+ */
+export async function runConfigOf(modelFile: string): Promise<Partial<TrainConfig> | undefined> {
+  const text = await fs.readFile(path.join(path.dirname(modelFile), TRAIN_CONFIG_FILE), 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  try {
+    return JSON.parse(text) as Partial<TrainConfig>;
+  } catch {
+    return undefined;
+  }
 }

@@ -3,6 +3,7 @@
  * cellfinder_train reads them, split into training and validation sets and
  * served as network-ready batches (batch, y, x, z, channels).
  */
+import { normaliseChannel } from '../core/channelStatistics';
 import { CUBE_SHAPE, readCube, type Point3 } from '../core/cube';
 import { exists } from '../core/atomicFile';
 import { summarizeTrainingYaml } from '../core/dataset';
@@ -194,7 +195,7 @@ export async function assembleBatch(plan: BatchPlan): Promise<Batch> {
       const data = toNetworkOrder(cube.data);
       if (plan.normalise && sample.normalisation) {
         const [mean, std] = sample.normalisation[channel];
-        for (let i = 0; i < data.length; i++) data[i] = (data[i] - mean) / std;
+        normaliseChannel(data, mean, std);
       }
       return data;
     });

@@ -17,6 +17,8 @@ Subcommands (each prints one JSON document on stdout; logs go to stderr):
   describe --depth N --channels C
   save     --depth N --channels C --seed S --out-dir D [--cubes CH0.tif ...]
   predict  --depth N --channels C --weights FILE --cubes CH0.tif ... [--weights-summary]
+           [--normalise-by SIGNAL_VOLUME [BACKGROUND_VOLUME]]  (cellfinder's
+           --normalize-channels: see cellfinder_normalisation.py)
   inspect  --file F
   train    --depth N --channels C --cubes CH0.tif ... --labels 0|1 ... --epochs E
            [--start FILE | --seed S] [--learning-rate LR] [--save-dir D]
@@ -505,12 +507,23 @@ def read_cubes(ch0_paths: list[str], channels: int) -> tuple[np.ndarray, list[di
     return np.stack(batch, axis=0), files
 
 
-def run_predict(model, cubes: list[str], channels: int) -> dict:
+def run_predict(model, cubes: list[str], channels: int, normalise_by: list[str] | None = None) -> dict:
     """Softmax outputs of `model.predict` plus the logits (the
     fully_connected layer before its softmax, from final_average_pool's
-    output, in float64), which stay comparable when softmax saturates."""
+    output, in float64), which stay comparable when softmax saturates.
+    With `normalise_by` (a volume per channel), the cubes are normalised
+    first with those volumes' statistics, as cellfinder's classification
+    does with normalize_channels=True."""
     keras = import_keras()
     x, files = read_cubes(cubes, channels)
+    statistics = None
+    if normalise_by:
+        from cellfinder_normalisation import channel_statistics, normalise_cubes
+
+        if len(normalise_by) != channels:
+            raise SystemExit(f"--normalise-by takes one volume per channel ({channels})")
+        statistics = [channel_statistics(Path(v)) for v in normalise_by]
+        normalise_cubes(x, [(s["mean"], s["std"]) for s in statistics])
     t0 = time.perf_counter()
     probs = np.asarray(model.predict(x, batch_size=len(x), verbose=0))
     seconds = time.perf_counter() - t0
@@ -533,6 +546,7 @@ def run_predict(model, cubes: list[str], channels: int) -> dict:
         "input_shape": list(x.shape),
         "output": "probabilities = softmax; index 0 = non-cell (type 1), index 1 = cell (type 2)",
         "predict_seconds": round(seconds, 3),
+        "channel_statistics": statistics,
         "cubes": out,
     }
 
@@ -830,7 +844,7 @@ def cmd_predict(args) -> int:
         result["ok"] = False
         emit(result)
         return 1
-    result.update(run_predict(model, args.cubes, args.channels))
+    result.update(run_predict(model, args.cubes, args.channels, args.normalise_by))
     if args.weights_summary:
         result["weights_summary"] = weights_summary(model)
     result["total_seconds"] = round(time.perf_counter() - t_all, 3)
@@ -927,6 +941,7 @@ def main(argv=None) -> int:
     p.add_argument("--weights", required=True, help=".weights.h5, legacy .h5 or .keras")
     p.add_argument("--cubes", nargs="+", required=True, help="Ch0 cube TIFFs (Ch1 found beside each)")
     p.add_argument("--weights-summary", action="store_true", help="also print sum and sha256 of every loaded variable")
+    p.add_argument("--normalise-by", nargs="+", help="normalise the cubes with these volumes' statistics (signal, then background), as cellfinder's --normalize-channels")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("train", help="Keras' fit on cellfinder's network, started as cellfinder_train starts it")
