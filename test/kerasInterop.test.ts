@@ -116,14 +116,14 @@ test('a model of the wrong depth or channels, or a file that is no model: an err
   tf.dispose([...weights.values()]);
 });
 
-/** One JSON result of test/python/cellfinder_normalisation.py. */
+/** cellfinder's channel statistics, from test/python/cellfinder_normalisation.py. */
 function cellfinderStatistics(volumes: string[]): Array<{ mean: number; std: number; planes: number }> {
   const run = spawnSync(PEER_PYTHON, [path.join(REPO_ROOT, 'test', 'python', 'cellfinder_normalisation.py'), 'stats', ...volumes], { encoding: 'utf8', maxBuffer: 16 * 2 ** 20 });
   assert.equal(run.status, 0, run.stderr);
   return JSON.parse(run.stdout);
 }
 
-test('classify --normalize-channels: cellfinder\'s own channel statistics (sampled planes) and normalisation, then Keras, give our p(cell) and log-odds', { timeout: 15 * 60_000 }, async (t) => {
+test('classify --normalize-channels: cellfinder\'s channel statistics (sampled planes, float64 numpy) and normalisation, then Keras, give our p(cell) and log-odds', { timeout: 15 * 60_000 }, async (t) => {
   assert.ok(existsSync(PEER_PYTHON), 'the peer venv is missing: run scripts/python-env.sh (npm test runs it)');
   await tf.setBackend('cpu');
   const dir = scratch(t);

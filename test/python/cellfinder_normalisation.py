@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
-"""cellfinder's own channel normalisation, for checking ours.
+"""cellfinder's channel normalisation, written out in numpy, for checking ours.
 
-Statistics: cellfinder's ``dataset_mean_std`` (``core/tools/image_processing.py``
-at cellfinder 5aa244a, the 1.11 line; see test/fixtures/cellfinder-main),
-compiled from that file's source and run on the whole volume as a numpy
-array, with cellfinder's default of 50 sampling planes, exactly as
-``cellfinder.core.classify.classify.main(normalize_channels=True)`` calls it.
-Its ``get_data_converter`` is compiled from the installed cellfinder's
-``core/tools/tools.py`` (that module imports torch, which this venv lacks).
+cellfinder's classification with ``normalize_channels=True`` (its main
+branch, the 1.11 line; cellfinder 1.10.1, the newest on PyPI and the one in
+this venv, has no such option) normalises each channel by
+``dataset_mean_std(volume, 50)`` (``core/tools/image_processing.py``):
 
-Cubes: ``CuboidArrayDataset.get_points_data``'s in-place
-``data[..., c] -= mean; data[..., c] /= std`` on float32 data (numpy 2 keeps
-a Python float scalar's operation in float32, as torch does).
+* planes: every plane when there are at most 50, else every
+  ``int(n / 50)``-th plane from plane 0;
+* values converted to float64 unscaled (``get_data_converter``: an integer
+  type that float64 holds is cast, not scaled);
+* the mean and the sample standard deviation (n - 1) of all their voxels,
+  which its plane-by-plane Welford merge computes exactly.
+
+This module computes the same numbers directly in float64 numpy, written
+here from that description (not cellfinder's code). Cubes: cellfinder's
+dataset does ``data[..., c] -= mean; data[..., c] /= std`` on float32 data
+in place (numpy 2 keeps a Python float scalar's operation in float32, as
+torch does).
 
   stats VOLUME...     one JSON line: [{"volume", "mean", "std", "planes"}, ...]
 
@@ -21,56 +27,21 @@ plane files, as brainglobe-utils reads them. Exit status 0 ok, 2 usage error.
 
 from __future__ import annotations
 
-import ast
 import json
 import sys
-import types
-from functools import partial
 from pathlib import Path
-from typing import Callable, Type
 
 import numpy as np
 import tifffile
-import tqdm
 from natsort import natsorted
 
-import cellfinder
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MAIN_IMAGE_PROCESSING = REPO_ROOT / "test" / "fixtures" / "cellfinder-main" / "image_processing.py"
 # cellfinder's default normalization_n_sampling_planes (classify.main, napari).
 SAMPLING_PLANES = 50
-CONVERTER_FUNCTIONS = (
-    "get_max_possible_int_value",
-    "get_min_possible_int_value",
-    "_unchanged",
-    "_float_to_float_scale_down",
-    "_int_to_float_scale_down",
-    "_to_float_unscaled",
-    "get_data_converter",
-)
 
 
-def _compile_functions(source: Path, names: tuple[str, ...], namespace: dict) -> dict:
-    """Executes only the module-level `def`s named, from cellfinder's source, in `namespace`."""
-    tree = ast.parse(source.read_text(), filename=str(source))
-    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
-    missing = set(names) - {n.name for n in nodes}
-    if missing:
-        raise RuntimeError(f"{source}: no def {', '.join(sorted(missing))}")
-    exec(compile(ast.Module(body=nodes, type_ignores=[]), str(source), "exec"), namespace)
-    return namespace
-
-
-def cellfinder_dataset_mean_std() -> Callable:
-    tools = _compile_functions(
-        Path(cellfinder.__file__).parent / "core" / "tools" / "tools.py",
-        CONVERTER_FUNCTIONS,
-        {"np": np, "partial": partial, "Type": Type, "Callable": Callable},
-    )
-    # `types.array` is only its parameter's annotation (numpy or dask array).
-    namespace = {"np": np, "tqdm": tqdm, "types": types.SimpleNamespace(array=np.ndarray), "get_data_converter": tools["get_data_converter"]}
-    return _compile_functions(MAIN_IMAGE_PROCESSING, ("dataset_mean_std",), namespace)["dataset_mean_std"]
+def sampled_planes(planes: int) -> range:
+    step = 1 if planes <= SAMPLING_PLANES else int(planes / SAMPLING_PLANES)
+    return range(0, planes, step)
 
 
 def plane_files(volume: Path) -> list[Path]:
@@ -82,14 +53,10 @@ def plane_files(volume: Path) -> list[Path]:
     raise SystemExit(f"{volume}: give a folder of .tif planes or a .txt list of them")
 
 
-def read_volume(volume: Path) -> np.ndarray:
-    return np.stack([tifffile.imread(p) for p in plane_files(volume)], axis=0)
-
-
 def channel_statistics(volume: Path) -> dict:
-    data = read_volume(volume)
-    mean, std = cellfinder_dataset_mean_std()(data, SAMPLING_PLANES, show_progress=False)
-    return {"volume": str(volume), "mean": mean, "std": std, "planes": int(data.shape[0])}
+    files = plane_files(volume)
+    values = np.concatenate([tifffile.imread(files[i]).astype(np.float64).ravel() for i in sampled_planes(len(files))])
+    return {"volume": str(volume), "mean": float(values.mean()), "std": float(values.std(ddof=1)), "planes": len(files)}
 
 
 def normalise_cubes(batch: np.ndarray, statistics: list[tuple[float, float]]) -> np.ndarray:
