@@ -11,15 +11,21 @@
  * tfjs ops vs 57 ms fused; ReLU gradient 93 ms (tfjs' Step is six ops) vs
  * 9 ms for TensorFlow's ReluGrad.
  *
- * Batch normalisation over z of (batch, y, x, z, channels) is TensorFlow's
- * FusedBatchNormV3 on the free reshape (batch*y*x, z, channels, 1) in NCHW
- * order: "C" is then z, the axis cellfinder normalises over.
+ * Batch normalisation over z of (batch, y, x, z, channels) applies each z's
+ * scale and shift with TensorFlow's FusedBatchNormV3 in inference form (NHWC
+ * on the free reshape (batch, y, x, z*channels), each z's values repeated
+ * over the channels): one pass instead of tfjs' multiply and add: 64 -> 15
+ * ms on (64, 25, 25, 12, 64), side by side in one process.
  *
- * In inference, the same op in NHWC on the free reshape (batch, y, x,
- * z*channels), with each z's scale and shift repeated over the channels:
- * one pass instead of tfjs' multiply and add: 64 -> 15 ms on (64, 25, 25,
- * 12, 64), side by side in one process (NCHW would be slower than the
- * multiply and add there).
+ * In training, the batch statistics and the gradient's sums are not
+ * FusedBatchNormV3's and FusedBatchNormGradV3's own: those sum the up to
+ * 640,000 values per z (conv1, batch 16) one after another in float32, and
+ * were off by up to 2e-4 (variance) and 1e-4 (gamma's gradient), relative,
+ * which made the gradients of the layers before them 1000x less accurate
+ * than a careful float32 computation (test/gradientAccuracy.test.ts). Here
+ * every such sum is a matrix product with a row of ones (oneDNN accumulates
+ * in blocks, as accurate as a pairwise sum) over (batch*y*x, z*channels),
+ * then a sum over the channels; the variance is two-pass.
  *
  * The callers (../training/resnet.ts) use these kernels when the active backend has
  * them and the plain tfjs ops otherwise; the gradient checks and the
@@ -31,8 +37,6 @@ type Tf = typeof tfType;
 
 const NATIVE_RELU = 'CellfinderNativeRelu';
 const NATIVE_RELU_GRAD = 'CellfinderNativeReluGrad';
-const NATIVE_BATCH_NORM_TRAINING = 'CellfinderNativeBatchNormTraining';
-const NATIVE_BATCH_NORM_GRAD = 'CellfinderNativeBatchNormGrad';
 const NATIVE_BATCH_NORM_INFERENCE = 'CellfinderNativeBatchNormInference';
 const NATIVE_ADAM = 'CellfinderNativeKerasAdam';
 
@@ -55,12 +59,12 @@ function float32Attrs(binding: NodeBackend['binding'], names: string[]): OpAttr[
   return names.map((name) => ({ name, type: binding.TF_ATTR_TYPE, value: binding.TF_FLOAT }));
 }
 
-function batchNormAttrs(binding: NodeBackend['binding'], epsilon: number, layout: 'training' | 'inference' = 'training'): OpAttr[] {
+function batchNormInferenceAttrs(binding: NodeBackend['binding'], epsilon: number): OpAttr[] {
   return [
     ...float32Attrs(binding, ['T', 'U']),
     { name: 'epsilon', type: binding.TF_ATTR_FLOAT, value: epsilon },
-    { name: 'data_format', type: binding.TF_ATTR_STRING, value: layout === 'training' ? 'NCHW' : 'NHWC' },
-    { name: 'is_training', type: binding.TF_ATTR_BOOL, value: layout === 'training' },
+    { name: 'data_format', type: binding.TF_ATTR_STRING, value: 'NHWC' },
+    { name: 'is_training', type: binding.TF_ATTR_BOOL, value: false },
   ];
 }
 
@@ -79,25 +83,9 @@ export function registerNativeKernels(tf: Tf, backendName: string): void {
     gradFunc: (dy, saved) => ({ x: () => tf.engine().runKernel(NATIVE_RELU_GRAD, { dy: dy as tfType.Tensor, y: saved[0] }) as tfType.Tensor }),
   });
 
-  // Outputs: y, batch mean, batch variance (Bessel-corrected, as TensorFlow
-  // defines it), and three reserve spaces the gradient op takes back. With
-  // is_training and exponential_avg_factor 1 the estimated mean and variance
-  // inputs are unused and may be empty.
-  register(NATIVE_BATCH_NORM_TRAINING, (backend, { x, scale, offset }, { epsilon }) => {
-    const empty = tf.tensor1d([], 'float32');
-    try {
-      const attrs = [...batchNormAttrs(backend.binding, epsilon as number), { name: 'exponential_avg_factor', type: backend.binding.TF_ATTR_FLOAT, value: 1 }];
-      return backend.executeMultipleOutputs('FusedBatchNormV3', attrs, [x, scale, offset, empty, empty], 6);
-    } finally {
-      empty.dispose();
-    }
-  });
-  register(NATIVE_BATCH_NORM_GRAD, (backend, { dy, x, scale, reserve1, reserve2, reserve3 }, { epsilon }) =>
-    firstOutputs(tf, backend.executeMultipleOutputs('FusedBatchNormGradV3', batchNormAttrs(backend.binding, epsilon as number), [dy, x, scale, reserve1, reserve2, reserve3], 5), 3),
-  );
   // y = (x - mean) * rsqrt(variance + epsilon) * scale + offset, per channel.
   register(NATIVE_BATCH_NORM_INFERENCE, (backend, { x, scale, offset, mean, variance }, { epsilon }) =>
-    firstOutputs(tf, backend.executeMultipleOutputs('FusedBatchNormV3', batchNormAttrs(backend.binding, epsilon as number, 'inference'), [x, scale, offset, mean, variance], 6), 1)[0],
+    firstOutputs(tf, backend.executeMultipleOutputs('FusedBatchNormV3', batchNormInferenceAttrs(backend.binding, epsilon as number), [x, scale, offset, mean, variance], 6), 1)[0],
   );
   register(NATIVE_ADAM, (backend, inputs) => kerasAdam(tf, backend, inputs));
 }
@@ -157,41 +145,6 @@ export function nativeRelu<T extends tfType.Tensor>(tf: Tf, x: T): T {
   return tf.engine().runKernel(NATIVE_RELU, { x }) as T;
 }
 
-/** (batch, y, x, z, channels) viewed as FusedBatchNorm's NCHW with z as "C". */
-function asNchw(tf: Tf, x: tfType.Tensor5D): tfType.Tensor4D {
-  const [batch, height, width, depth, channels] = x.shape;
-  return tf.reshape(x, [batch * height * width, depth, channels, 1]);
-}
-
-/**
- * Training-mode batch normalisation over z (axis 3) with the batch's
- * statistics, differentiated by FusedBatchNormGradV3. Returns the batch mean
- * and biased variance (Keras' moving averages use the biased one), which the
- * caller disposes.
- */
-export function nativeBatchNormTraining(tf: Tf, input: tfType.Tensor5D, gamma: tfType.Tensor1D, beta: tfType.Tensor1D, epsilon: number): { output: tfType.Tensor5D; mean: tfType.Tensor1D; variance: tfType.Tensor1D } {
-  const count = input.size / input.shape[3];
-  let mean: tfType.Tensor1D | undefined;
-  let variance: tfType.Tensor1D | undefined;
-  const normalise = tf.customGrad(((x: tfType.Tensor5D, scale: tfType.Tensor1D, offset: tfType.Tensor1D, save: tfType.GradSaveFunc) => {
-    const x4 = asNchw(tf, x);
-    const [y, batchMean, unbiased, ...reserve] = tf.engine().runKernel(NATIVE_BATCH_NORM_TRAINING, { x: x4, scale, offset }, { epsilon }) as tfType.Tensor[];
-    mean = tf.keep(batchMean) as tfType.Tensor1D;
-    variance = tf.keep(tf.mul(unbiased, (count - 1) / count)) as tfType.Tensor1D;
-    save([x4, scale, ...reserve]);
-    return {
-      value: tf.reshape(y, x.shape),
-      gradFunc: (dy: tfType.Tensor, saved: tfType.Tensor[]) => {
-        const [savedX, savedScale, reserve1, reserve2, reserve3] = saved;
-        const [dx, dScale, dOffset] = tf.engine().runKernel(NATIVE_BATCH_NORM_GRAD, { dy: tf.reshape(dy, savedX.shape), x: savedX, scale: savedScale, reserve1, reserve2, reserve3 }, { epsilon }) as tfType.Tensor[];
-        return [tf.reshape(dx, dy.shape), dScale, dOffset];
-      },
-    };
-  }) as unknown as Parameters<typeof tf.customGrad>[0]);
-  const output = normalise(input, gamma, beta) as tfType.Tensor5D;
-  return { output, mean: mean as tfType.Tensor1D, variance: variance as tfType.Tensor1D };
-}
-
 /**
  * Inference-mode batch normalisation over z (axis 3) with the moving
  * statistics, as Keras computes it; forward only (inference never
@@ -228,4 +181,62 @@ export interface AdamScalars {
 /** Keras' Adam update of one variable; returns the new variable, momentum and velocity values. */
 export function nativeKerasAdam(tf: Tf, variable: tfType.Tensor, momentum: tfType.Tensor, velocity: tfType.Tensor, gradient: tfType.Tensor, scalars: AdamScalars): [tfType.Tensor, tfType.Tensor, tfType.Tensor] {
   return tf.engine().runKernel(NATIVE_ADAM, { variable, momentum, velocity, gradient, ...scalars }) as [tfType.Tensor, tfType.Tensor, tfType.Tensor];
+}
+
+/** Each z's value repeated over the channels, as a (1, z * channels) row in (z, channel) memory order. */
+function perColumn(tf: Tf, values: tfType.Tensor1D, channels: number): tfType.Tensor2D {
+  return tf.reshape(tf.tile(tf.reshape(values, [values.shape[0], 1]), [1, channels]), [1, values.shape[0] * channels]);
+}
+
+/** Sums over (batch, y, x, channels) per z of a (rows, z * channels) matrix: the column sums as ones x matrix, then the channels. */
+function sumPerZ(tf: Tf, ones: tfType.Tensor2D, matrix: tfType.Tensor2D, depth: number): tfType.Tensor1D {
+  return tf.sum(tf.reshape(tf.matMul(ones, matrix), [depth, matrix.shape[1] / depth]), 1);
+}
+
+/**
+ * Training-mode batch normalisation over z (axis 3) with the batch's
+ * statistics, with its gradient written out (dx = gamma rstd (dy - mean dy -
+ * xhat mean(dy xhat))); every sum over a z slice as sumPerZ (see the top of
+ * this file). Returns the batch mean and biased variance (Keras' moving
+ * averages use the biased one), which the caller disposes.
+ */
+export function nativeBatchNormTraining(tf: Tf, input: tfType.Tensor5D, gamma: tfType.Tensor1D, beta: tfType.Tensor1D, epsilon: number): { output: tfType.Tensor5D; mean: tfType.Tensor1D; variance: tfType.Tensor1D } {
+  const [batch, height, width, depth, channels] = input.shape;
+  const rows = batch * height * width;
+  const count = rows * channels;
+  let mean: tfType.Tensor1D | undefined;
+  let variance: tfType.Tensor1D | undefined;
+  const normalise = tf.customGrad(((x: tfType.Tensor5D, scale: tfType.Tensor1D, offset: tfType.Tensor1D, save: tfType.GradSaveFunc) => {
+    const ones = tf.ones([1, rows]) as tfType.Tensor2D;
+    const matrix = tf.reshape(x, [rows, depth * channels]) as tfType.Tensor2D;
+    mean = tf.keep(tf.div(sumPerZ(tf, ones, matrix, depth), count)) as tfType.Tensor1D;
+    const centred = tf.sub(matrix, perColumn(tf, mean, channels)) as tfType.Tensor2D;
+    variance = tf.keep(tf.div(sumPerZ(tf, ones, tf.square(centred), depth), count)) as tfType.Tensor1D;
+    // The centred values are kept for the gradient instead of x (the same memory): it needs them, not x.
+    save([centred, scale, variance, ones]);
+    const column = (values: tfType.Tensor1D) => tf.reshape(perColumn(tf, values, channels), [depth * channels]);
+    const y = tf.engine().runKernel(
+      NATIVE_BATCH_NORM_INFERENCE,
+      { x: tf.reshape(centred, [batch, height, width, depth * channels]), scale: column(scale), offset: column(offset), mean: tf.zeros([depth * channels]), variance: column(variance) },
+      { epsilon },
+    ) as tfType.Tensor;
+    return {
+      value: tf.reshape(y, x.shape),
+      gradFunc: (dy: tfType.Tensor, saved: tfType.Tensor[]) => {
+        const [savedCentred, savedScale, savedVariance, savedOnes] = saved as [tfType.Tensor2D, tfType.Tensor1D, tfType.Tensor1D, tfType.Tensor2D];
+        const dyMatrix = tf.reshape(dy, savedCentred.shape) as tfType.Tensor2D;
+        const rstd = tf.rsqrt(tf.add(savedVariance, epsilon));
+        const sumDy = sumPerZ(tf, savedOnes, dyMatrix, depth);
+        const sumDyCentred = sumPerZ(tf, savedOnes, tf.mul(dyMatrix, savedCentred), depth);
+        const a = tf.mul(savedScale, rstd) as tfType.Tensor1D;
+        // dx = a dy + b centred + k per z, with a = gamma rstd, b = -a rstd^2 mean(dy centred), k = -a mean(dy).
+        const b = tf.neg(tf.div(tf.mul(tf.mul(a, tf.square(rstd)), sumDyCentred), count)) as tfType.Tensor1D;
+        const k = tf.neg(tf.div(tf.mul(a, sumDy), count)) as tfType.Tensor1D;
+        const dx = tf.add(tf.add(tf.mul(dyMatrix, perColumn(tf, a, channels)), tf.mul(savedCentred, perColumn(tf, b, channels))), perColumn(tf, k, channels));
+        return [tf.reshape(dx, dy.shape), tf.mul(sumDyCentred, rstd), sumDy];
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  const output = normalise(input, gamma, beta) as tfType.Tensor5D;
+  return { output, mean: mean as tfType.Tensor1D, variance: variance as tfType.Tensor1D };
 }
