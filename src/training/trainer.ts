@@ -9,8 +9,9 @@
  * the .keras with `keras.models.load_model`, and `--model-weights` builds the
  * optimiser before `load_weights` (cellfinder's `_set_model_weights`), so in
  * both the file's learning rate wins over `--learning-rate`. A file without
- * complete optimiser state (legacy .h5, a weights file saved before any
- * step) starts a fresh Adam, as Keras then does. `--fresh-optimizer` (ours)
+ * complete optimiser state (legacy .h5, a file saved before any step)
+ * starts a fresh Adam, as Keras then does (a .keras at the learning rate it
+ * was compiled with). `--fresh-optimizer` (ours)
  * starts a fresh Adam at `--learning-rate` from the file's weights.
  *
  * The split into training and validation cubes is written to the run folder
