@@ -23,6 +23,8 @@ import { childEnvironment, DEVICE_ENV, isDeviceChoice } from '../engine/gpuEnvir
 import { OutOfMemoryError } from '../training/outOfMemory';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
 import { progressPrinter, stopOnSignals } from './progress';
+import { SlurmError } from '../cluster/slurm';
+import { cancelCommand, runsCommand } from './clusterCommands';
 import { classifyCommand, engineCommand, evaluateCommand, runInChild, trainCommand } from './trainCommands';
 
 const USAGE = `cellfinder-retrain: build and check cellfinder training data
@@ -53,6 +55,18 @@ working directory, so run it from the dataset folder (see README).
       ours: --seed N  --stratified-split  --balanced  --augment-parity
             --keep-checkpoints N (the N lowest val_loss; default: every epoch's)
             --resume <output-dir>  --device auto|gpu|cpu  --json (events as JSON lines)
+      --slurm [--partition P] [--gres gpu:1] [--cpus N] [--mem 32G] [--time 12:00:00]
+              [--account A] [--sbatch-line "--qos=long"]...
+          Submit the same command as a SLURM job (sbatch) instead of running it
+          here: it prints the job id; the job writes the same events and outputs
+          into -o. With --resume <dir>: resubmit an interrupted run. The job gets
+          SIGUSR2 5 minutes before its time limit and stops there resumably.
+  runs [folder...] [--json]
+      The training runs under the folders (default: here): status, epoch, and
+      for SLURM runs their job's state (pending: Resources, running on node X).
+  cancel <run-dir>
+      Stop a run (its SLURM job, or its process here) after the current batch,
+      with a resumable checkpoint; continue it with train --resume.
   classify --trained-model|--model-weights <file> --signal <planes> [--background <planes>]
            --points <xml> -o <dir> [--voxel-sizes Z Y X] [--batch-size 32] [--device D]
            [--cache <dataset>] [--normalize-channels]
@@ -133,6 +147,10 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         return await trainCommand(rest, io);
       case 'classify':
         return await classifyCommand(rest, io);
+      case 'runs':
+        return await runsCommand(rest, io);
+      case 'cancel':
+        return await cancelCommand(rest, io);
       case 'evaluate':
         return await evaluateCommand(rest, io);
       case 'engine':
@@ -151,7 +169,7 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
       io.err(`error: ${error.message}\n\n${USAGE}`);
       return 2;
     }
-    if (error instanceof DataFileError || error instanceof OutOfMemoryError) {
+    if (error instanceof DataFileError || error instanceof OutOfMemoryError || error instanceof SlurmError) {
       io.err(`error: ${error.message}`);
       return 1;
     }

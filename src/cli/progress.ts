@@ -1,4 +1,8 @@
-/** Progress lines of long CLI jobs, on stderr, and stopping them with Ctrl-C or SIGTERM. */
+/** Progress lines of long CLI jobs, on stderr, and stopping them with Ctrl-C, SIGTERM or SLURM's time-limit warning. */
+import { TIME_LIMIT_SIGNAL } from '../cluster/slurm';
+
+/** Signals that stop a job after the batch in flight, resumably: Ctrl-C, kill or scancel (SIGTERM), SLURM's warning before the time limit. */
+export const STOP_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', `SIG${TIME_LIMIT_SIGNAL}`];
 
 /**
  * "label: done/total (percent), about N s left", at most once per percent;
@@ -20,7 +24,7 @@ export function progressPrinter(io: { err: (text: string) => void }, label: stri
 }
 
 /**
- * An AbortSignal that Ctrl-C or SIGTERM fires, saying `message` at once;
+ * An AbortSignal that any of STOP_SIGNALS fires, saying `message` at once;
  * `release` removes the handlers when the job is over.
  */
 export function stopOnSignals(io: { err: (text: string) => void }, message: string): { signal: AbortSignal; release: () => void } {
@@ -29,13 +33,11 @@ export function stopOnSignals(io: { err: (text: string) => void }, message: stri
     abort.abort();
     io.err(message);
   };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  for (const signal of STOP_SIGNALS) process.once(signal, stop);
   return {
     signal: abort.signal,
     release: () => {
-      process.removeListener('SIGINT', stop);
-      process.removeListener('SIGTERM', stop);
+      for (const signal of STOP_SIGNALS) process.removeListener(signal, stop);
     },
   };
 }

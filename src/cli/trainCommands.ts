@@ -27,7 +27,8 @@ import { runConfigOf, TRAIN_CONFIG_FILE, TRAIN_DEFAULTS, type TrainConfig } from
 import { loadSamples } from '../training/trainingData';
 import { RESUME_FOLDER, train } from '../training/trainer';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
-import { progressPrinter, stopOnSignals } from './progress';
+import { SLURM_FLAGS, slurmRequestFrom, submitTrainJob } from './clusterCommands';
+import { progressPrinter, STOP_SIGNALS, stopOnSignals } from './progress';
 
 export interface Io {
   out: (text: string) => void;
@@ -160,13 +161,15 @@ function describeEvent(event: TrainingEvent): string | undefined {
 }
 
 export async function trainCommand(argv: readonly string[], io: Io): Promise<number> {
-  const { flags, positionals } = parseArgs(argv, TRAIN_FLAGS);
+  const { flags, positionals } = parseArgs(argv, [...TRAIN_FLAGS, ...SLURM_FLAGS]);
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   const resumeDir = flags.get('resume')?.[0];
   const json = flags.has('json');
   // Usage errors before TensorFlow loads (seconds).
   const config: TrainConfig = resumeDir ? { ...TRAIN_DEFAULTS, yamlFiles: [], outputDir: path.resolve(resumeDir) } : trainConfigFromFlags(flags);
   if (resumeDir && !existsSync(path.join(resumeDir, RESUME_FOLDER, 'state.json'))) throw new UsageError(`${resumeDir} holds no interrupted run to resume`);
+  const slurm = slurmRequestFrom(flags);
+  if (slurm) return submitTrainJob(argv, slurm, config.outputDir, resumeDir ? 'resume' : 'train', { node: process.execPath, entry: cliEntry() }, json, io);
   const runtime = await loadTensorFlow(deviceFrom(flags));
   if (runtime.notNative) io.err(`note: training on ${runtime.backend}: ${runtime.notNative}`);
   let cancelled = false;
@@ -174,8 +177,7 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
     cancelled = true;
     io.err('Stopping after the current batch (a resumable checkpoint is written)...');
   };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  for (const signal of STOP_SIGNALS) process.once(signal, stop);
   try {
     const logEvent = openRunLog(path.resolve(config.outputDir), resumeDir ? 'resume' : 'train');
     // Kept beside the run's models, as the editor keeps it: what they were trained with (e.g. --normalize-channels) is then known where they are used.
@@ -198,8 +200,7 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
       throw error;
     }
   } finally {
-    process.removeListener('SIGINT', stop);
-    process.removeListener('SIGTERM', stop);
+    for (const signal of STOP_SIGNALS) process.removeListener(signal, stop);
   }
 }
 
@@ -480,8 +481,9 @@ export function cliEntry(): string {
 
 /**
  * Runs a command of this CLI in a child process with `env` (its output goes
- * to `io`); resolves with its exit code. SIGTERM to this process is passed
- * on; SIGINT from a terminal reaches the child by itself (same process group).
+ * to `io`); resolves with its exit code. SIGTERM and SLURM's time-limit
+ * warning (sent to this process only) are passed on; SIGINT from a terminal
+ * reaches the child by itself (same process group).
  */
 export function runInChild(argv: readonly string[], env: NodeJS.ProcessEnv, io: Io): Promise<number> {
   return new Promise((resolve) => {
@@ -497,12 +499,13 @@ export function runInChild(argv: readonly string[], env: NodeJS.ProcessEnv, io: 
     };
     relay(child.stdout, io.out);
     relay(child.stderr, io.err);
-    const terminate = () => child.kill('SIGTERM');
+    const passOn = (signal: NodeJS.Signals) => child.kill(signal);
+    const passed = STOP_SIGNALS.filter((signal) => signal !== 'SIGINT');
     const ignoreInterrupt = () => undefined;
-    process.on('SIGTERM', terminate);
+    for (const signal of passed) process.on(signal, passOn);
     process.on('SIGINT', ignoreInterrupt);
     child.on('close', (code, signal) => {
-      process.removeListener('SIGTERM', terminate);
+      for (const signal of passed) process.removeListener(signal, passOn);
       process.removeListener('SIGINT', ignoreInterrupt);
       resolve(code ?? (signal ? 128 : 1));
     });

@@ -9,3 +9,6 @@ export const EVENTS_FILE = 'training-events.jsonl';
 
 /** Which cubes the run trains on and which it holds out for validation, one CSV row per cube. */
 export const SPLIT_FILE = 'training-split.csv';
+
+/** The SLURM jobs submitted for the run, one JSON line per submission: a queued run has this before its events. */
+export const SLURM_JOBS_FILE = 'slurm-jobs.jsonl';

@@ -1,12 +1,13 @@
 /**
  * What a workspace holds for cellfinder: training datasets (a training.yaml,
  * or cells/ + non_cells/ folders without one), model files, and training runs
- * (output folders with a training-events.jsonl). Found by walking the
+ * (output folders with a training-events.jsonl, or the record of a SLURM
+ * job not started yet). Found by walking the
  * folders, for the editor's sidebar; no VS Code here.
  */
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { EVENTS_FILE } from './runFiles';
+import { EVENTS_FILE, SLURM_JOBS_FILE } from './runFiles';
 import { CELLS_FOLDER, NON_CELLS_FOLDER, TRAINING_YAML, TRASH_FOLDER } from './dataset';
 
 export interface FoundDataset {
@@ -51,7 +52,7 @@ export async function scanWorkspace(roots: readonly string[], options: ScanOptio
     const subfolders = entries.filter((e) => e.isDirectory()).map((e) => e.name);
     if (names.has(TRAINING_YAML)) contents.datasets.push({ root: folder, yamlFile: path.join(folder, TRAINING_YAML) });
     else if (subfolders.includes(CELLS_FOLDER) && subfolders.includes(NON_CELLS_FOLDER)) contents.datasets.push({ root: folder });
-    if (names.has(EVENTS_FILE)) contents.runs.push(folder);
+    if (names.has(EVENTS_FILE) || names.has(SLURM_JOBS_FILE)) contents.runs.push(folder);
     for (const entry of entries) {
       if (entry.isFile() && MODEL_EXTENSIONS.some((ext) => entry.name.endsWith(ext))) contents.models.push(path.join(folder, entry.name));
     }
