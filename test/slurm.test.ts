@@ -1,0 +1,200 @@
+/**
+ * Training as SLURM jobs against a real SLURM: the one-node cluster of
+ * scripts/slurm-local.sh on this machine (started here when it is not
+ * running, and stopped again after). The CLI is run as a user runs it
+ * (bin/cellfinder-retrain.js); the run is followed through its events file
+ * with the same follower the editor uses.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, promises as fs, symlinkSync } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, test } from 'node:test';
+import { readJobRecords, SLURM_SCRIPT_FILE } from '../src/cluster/slurm';
+import { SLURM_JOBS_FILE } from '../src/core/runFiles';
+import type { TrainingEvent } from '../src/training/events';
+import { readModelFile } from '../src/training/modelFiles';
+import { RESUME_FOLDER } from '../src/training/trainer';
+import { RunFollower } from '../src/training/runs';
+import { REPO_ROOT, scratch, tinyDataset } from './helpers';
+
+const CLI = path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js');
+const SLURM_SCRIPT = path.join(REPO_ROOT, 'scripts', 'slurm-local.sh');
+let startedHere = false;
+
+before(() => {
+  if (spawnSync('bash', [SLURM_SCRIPT, 'status']).status === 0) return;
+  const start = spawnSync('bash', [SLURM_SCRIPT, 'start'], { encoding: 'utf8' });
+  assert.equal(start.status, 0, `the test cluster did not start: ${start.stderr}`);
+  startedHere = true;
+});
+
+after(() => {
+  if (startedHere) spawnSync('bash', [SLURM_SCRIPT, 'stop']);
+});
+
+function cli(args: string[], env: NodeJS.ProcessEnv = process.env) {
+  const result = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env });
+  return { code: result.status, out: result.stdout, err: result.stderr };
+}
+
+/** `train --slurm`; returns the job id it printed. */
+function submit(args: string[]): string {
+  const result = cli(['train', ...args, '--slurm']);
+  assert.equal(result.code, 0, result.err);
+  const jobId = /^Submitted SLURM job (\d+): /.exec(result.out)?.[1];
+  assert.ok(jobId, result.out);
+  return jobId;
+}
+
+function scontrolShowJob(jobId: string): string {
+  return spawnSync('scontrol', ['show', 'job', '-o', jobId], { encoding: 'utf8' }).stdout;
+}
+
+/** The run's events as the editor gets them (RunFollower); waitFor fails with the job's state and stderr when the event does not come. */
+async function follow(t: { after(fn: () => void): void }, runDir: string) {
+  const events: TrainingEvent[] = [];
+  let changed = () => undefined as void;
+  const follower = new RunFollower(runDir, (batch) => {
+    events.push(...batch);
+    changed();
+  });
+  await follower.start();
+  t.after(() => follower.close());
+  return {
+    events,
+    async waitFor<K extends TrainingEvent['type']>(type: K, match: (event: Extract<TrainingEvent, { type: K }>) => boolean = () => true, seconds = 300): Promise<Extract<TrainingEvent, { type: K }>> {
+      const deadline = Date.now() + seconds * 1000;
+      for (;;) {
+        await follower.caughtUp();
+        const found = events.find((e): e is Extract<TrainingEvent, { type: K }> => e.type === type && match(e as Extract<TrainingEvent, { type: K }>));
+        if (found) return found;
+        if (Date.now() > deadline) {
+          const jobs = await readJobRecords(runDir);
+          const errors = await Promise.all(jobs.map((job) => fs.readFile(path.join(runDir, `slurm-${job.jobId}.err`), 'utf8').catch(() => '(none)')));
+          assert.fail(`no ${type} event within ${seconds} s; jobs: ${jobs.map((job) => scontrolShowJob(job.jobId)).join('\n')}\nstderr: ${errors.map((e) => e.slice(-1500)).join('\n')}\nlast events: ${JSON.stringify(events.slice(-3))}`);
+        }
+        // The follower watches the folder; this wait only bounds how long a missed notification could delay us.
+        await new Promise<void>((resolve) => {
+          changed = resolve;
+          setTimeout(resolve, 1000);
+        });
+      }
+    },
+  };
+}
+
+const TINY_RUN = ['--network-depth', '18', '--batch-size', '1', '--test-fraction', '0.25', '--seed', '7', '--no-save-checkpoints'];
+
+test('train --slurm runs the same training as a job: the request reaches SLURM, the events are followed to the end, runs shows the job; a second job for a run in progress is refused', { timeout: 10 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  // 8 cubes, 3 epochs: long enough to still be running when asked about below.
+  const yaml = await tinyDataset(root, 2);
+  const runDir = path.join(root, 'run');
+  const jobId = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '3', '--cpus', '1', '--mem', '2G', '--time', '20', '--sbatch-line', '#SBATCH --comment=cfr-slurm-test']);
+  // What was asked for is what SLURM holds (scontrol knows the job for minutes after it ends).
+  const job = scontrolShowJob(jobId);
+  for (const expected of ['JobName=cellfinder-train', 'Partition=cpu', 'TimeLimit=00:20:00', 'NumCPUs=1', 'mem=2G', 'Comment=cfr-slurm-test', `StdOut=${runDir}/slurm-${jobId}.out`, `WorkDir=${process.cwd()}`]) assert.ok(job.includes(expected), `${expected} in ${job}`);
+  const script = await fs.readFile(path.join(runDir, SLURM_SCRIPT_FILE), 'utf8');
+  assert.match(script, /^#SBATCH --signal=B:USR2@300$/m);
+  assert.match(script, new RegExp(`^exec ${process.execPath} ${CLI} train -y ${yaml} -o ${runDir} --network-depth 18 .* --epochs 3$`, 'm'), 'the job runs our CLI with the arguments of a local run, without the SLURM options');
+
+  const run = await follow(t, runDir);
+  const started = await run.waitFor('started');
+  assert.deepEqual(started.model, { depth: 18, channels: 2, layers: 88, parameters: 33152674 });
+  // While the job runs, runs says so, and another job writing into the same run is refused, naming the one there.
+  const listed = cli(['runs', root]);
+  assert.equal(listed.code, 0, listed.err);
+  assert.match(listed.out, new RegExp(`^${runDir}: running.* \\| SLURM job ${jobId}: running on node \\S+$`, 'm'));
+  const again = cli(['train', '-y', yaml, '-o', runDir, ...TINY_RUN, '--slurm']);
+  assert.equal(again.code, 1);
+  assert.match(again.err, new RegExp(`^error: job ${jobId} of ${runDir} is running on node \\S+\\. Wait for it, or stop it first \\(cellfinder-retrain cancel ${runDir}\\)`, 'm'));
+  assert.equal((await readJobRecords(runDir)).length, 1);
+
+  const finished = await run.waitFor('finished');
+  assert.deepEqual(finished.history.map((h) => h.epoch), [0, 1, 2]);
+  assert.equal(finished.modelFile, path.join(runDir, 'model.keras'));
+  assert.deepEqual(run.events.filter((e) => e.type === 'epoch').map((e) => (e as { epoch: number }).epoch), [0, 1, 2]);
+  // SLURM's own output file holds what the CLI prints for a local run.
+  assert.match(await fs.readFile(path.join(runDir, `slurm-${jobId}.out`), 'utf8'), /^Finished: .*model\.keras$/m);
+  const json = cli(['runs', runDir, '--json']);
+  const [record] = JSON.parse(json.out) as Array<{ status: string; job: { jobId: string; mode: string } }>;
+  assert.deepEqual([record.status, record.job.jobId, record.job.mode], ['finished', jobId, 'train']);
+});
+
+test('cancel stops a running job mid-epoch with a resumable checkpoint; train --resume --slurm resubmits it and it finishes with the full epoch count', { timeout: 10 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  // 16 cubes: 12 training batches of one per epoch, so the cancel lands mid-epoch.
+  const yaml = await tinyDataset(root, 4);
+  const runDir = path.join(root, 'run');
+  const firstJob = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '3']);
+  const run = await follow(t, runDir);
+  await run.waitFor('batch', (e) => e.epoch === 1 && e.batch === 2);
+  const cancel = cli(['cancel', runDir]);
+  assert.equal(cancel.code, 0, cancel.err);
+  assert.equal(cancel.out.trim(), `job ${firstJob} told to stop after the current batch (a resumable checkpoint is written)`);
+  const cancelled = await run.waitFor('cancelled');
+  assert.equal(cancelled.epoch, 1);
+  assert.ok(cancelled.batch >= 2 && cancelled.batch < 11, `stopped within the epoch, at batch ${cancelled.batch}`);
+  assert.ok(existsSync(path.join(runDir, RESUME_FOLDER, 'state.json')));
+  // The job ends by itself once the checkpoint is written; runs then offers the resume.
+  for (let i = 0; i < 60 && / \| SLURM job \d+: (running|completing)/.test(cli(['runs', runDir]).out); i++) await new Promise((resolve) => setTimeout(resolve, 1000));
+  assert.match(cli(['runs', runDir]).out, new RegExp(`^${runDir}: cancelled, epoch 1/3, val_accuracy [\\d.]+, resumable \\| SLURM job ${firstJob}: (failed|completed)`, 'm'));
+
+  const secondJob = submit(['--resume', runDir]);
+  assert.notEqual(secondJob, firstJob);
+  const resumed = await run.waitFor('started', (e) => e.resumedAtEpoch !== undefined);
+  assert.equal(resumed.resumedAtEpoch, 1);
+  assert.equal(resumed.resumedAtIteration, 12 + cancelled.batch);
+  const finished = await run.waitFor('finished');
+  assert.deepEqual(finished.history.map((h) => h.epoch), [0, 1, 2]);
+  // Every batch trained exactly once over the two jobs.
+  assert.equal((await readModelFile(finished.modelFile)).optimizer?.iterations, 36);
+  assert.deepEqual((await readJobRecords(runDir)).map((job) => [job.jobId, job.mode]), [[firstJob, 'train'], [secondJob, 'resume']]);
+  assert.ok(!existsSync(path.join(runDir, RESUME_FOLDER)), 'the resume state is removed when the run finishes');
+});
+
+test('bad requests are refused before anything is queued, each saying what is wrong and what to do; a run whose squeue is missing is still listed', { timeout: 5 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const yaml = await tinyDataset(root);
+  const runDir = path.join(root, 'run');
+  const args = ['train', '-y', yaml, '-o', runDir, ...TINY_RUN, '--slurm'];
+
+  const unknownPartition = cli([...args, '--partition', 'gpu-nope']);
+  assert.equal(unknownPartition.code, 1);
+  assert.equal(unknownPartition.err.trim(), 'error: unknown partition "gpu-nope": this cluster\'s partitions are cpu (default). Give one of them with --partition, or leave --partition out for the default');
+  assert.ok(!existsSync(runDir), 'nothing is written for a refused request');
+
+  // sbatch's own refusal, in its words: this cluster has no GPUs.
+  const refused = cli([...args, '--gres', 'gpu:1']);
+  assert.equal(refused.code, 1);
+  assert.match(refused.err, new RegExp(`^error: sbatch refused the job: Invalid generic resource \\(gres\\) specification.*\\. Change what it names and submit again \\(the script it was given: ${runDir}/${SLURM_SCRIPT_FILE}\\)$`, 'm'));
+  assert.ok(!existsSync(path.join(runDir, SLURM_JOBS_FILE)), 'no job is recorded');
+
+  for (const [bad, message] of [
+    [['--mem', '32 GB'], 'memory "32 GB" is not a size sbatch takes. Give a number with an optional unit K, M, G or T, e.g. --mem 32G'],
+    [['--time', 'noon'], 'time limit "noon" is not one sbatch takes. Give minutes, HH:MM:SS or D-HH:MM:SS, e.g. --time 12:00:00'],
+    [['--sbatch-line', 'module load cuda'], 'extra sbatch line "module load cuda" is not an sbatch option. Give options such as --qos=long or "#SBATCH --constraint=a100", one per line'],
+  ] as const) {
+    const result = cli([...args, ...bad]);
+    assert.deepEqual([result.code, result.err.trim()], [1, `error: ${message}`]);
+  }
+  const stray = cli(['train', '-y', yaml, '-o', runDir, '--partition', 'cpu']);
+  assert.equal(stray.code, 2);
+  assert.match(stray.err, /^error: --partition is an option of a SLURM job: add --slurm, or leave it out to run on this machine/);
+
+  // Without SLURM's commands on PATH (only node is there): submitting says which is missing; a SLURM run is still listed from its events.
+  const bin = path.join(root, 'bin');
+  await fs.mkdir(bin);
+  symlinkSync(process.execPath, path.join(bin, 'node'));
+  const noSlurm = { ...process.env, PATH: bin };
+  const missing = cli(args, noSlurm);
+  assert.equal(missing.code, 1);
+  assert.match(missing.err, new RegExp(`^error: sbatch is not on PATH \\(${bin}\\)\\. SLURM's commands must be found on this machine`, 'm'));
+  const jobId = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '1']);
+  const run = await follow(t, runDir);
+  await run.waitFor('finished');
+  const listed = cli(['runs', runDir], noSlurm);
+  assert.equal(listed.code, 0, listed.err);
+  assert.match(listed.out, new RegExp(`^${runDir}: finished, epoch 1/1, val_accuracy [\\d.]+ \\| SLURM job ${jobId}: state unknown \\(squeue is not on PATH`, 'm'));
+});
