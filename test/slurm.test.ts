@@ -198,3 +198,18 @@ test('bad requests are refused before anything is queued, each saying what is wr
   assert.equal(listed.code, 0, listed.err);
   assert.match(listed.out, new RegExp(`^${runDir}: finished, epoch 1/1, val_accuracy [\\d.]+ \\| SLURM job ${jobId}: state unknown \\(squeue is not on PATH`, 'm'));
 });
+
+test('a queued run is listed before it writes anything, with why it waits; cancelling it removes it from the queue, leaving the run folder as it was', { timeout: 2 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const yaml = await tinyDataset(root);
+  const runDir = path.join(root, 'run');
+  // Held: it stays pending whatever the cluster's load.
+  const jobId = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '1', '--sbatch-line', '--hold']);
+  assert.equal(cli(['runs', root]).out.trim(), `${runDir}: not started | SLURM job ${jobId}: pending: JobHeldUser`);
+  const before = (await fs.readdir(runDir)).sort();
+  const cancel = cli(['cancel', runDir]);
+  assert.equal(cancel.out.trim(), `job ${jobId} removed from the queue before it started`);
+  assert.match(cli(['runs', root]).out, new RegExp(`^${runDir}: not started \\| SLURM job ${jobId}: cancelled`, 'm'));
+  assert.deepEqual((await fs.readdir(runDir)).sort(), before);
+  assert.deepEqual(before, [SLURM_SCRIPT_FILE, SLURM_JOBS_FILE]);
+});

@@ -11,6 +11,8 @@ export interface FlagSpec {
   short?: string;
   /** Number of values: 0 = switch, 1 = one value, '+' = one or more. */
   values: 0 | 1 | 3 | '+';
+  /** One value taken as it is, even when it starts with '-' or holds commas: an option for another program (sbatch). */
+  verbatim?: boolean;
 }
 
 export interface ParsedArgs {
@@ -35,6 +37,12 @@ export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[]): 
     if (spec.values === 0) {
       if (inline !== undefined) throw new UsageError(`${rawName} takes no value`);
       flags.set(spec.name, []);
+      continue;
+    }
+    if (spec.verbatim) {
+      const value = inline ?? argv[++i];
+      if (value === undefined) throw new UsageError(`${rawName} needs a value`);
+      flags.set(spec.name, [...(flags.get(spec.name) ?? []), value]);
       continue;
     }
     const values: string[] = inline !== undefined ? inline.split(',') : [];

@@ -25,7 +25,7 @@ export const SLURM_FLAGS: FlagSpec[] = [
   { name: 'mem', values: 1 },
   { name: 'time', values: 1 },
   { name: 'account', values: 1 },
-  { name: 'sbatch-line', values: 1 },
+  { name: 'sbatch-line', values: 1, verbatim: true },
 ];
 
 /** What the job asks SLURM for; undefined without --slurm (then the SLURM options are a usage error). */

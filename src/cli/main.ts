@@ -56,7 +56,7 @@ working directory, so run it from the dataset folder (see README).
             --keep-checkpoints N (the N lowest val_loss; default: every epoch's)
             --resume <output-dir>  --device auto|gpu|cpu  --json (events as JSON lines)
       --slurm [--partition P] [--gres gpu:1] [--cpus N] [--mem 32G] [--time 12:00:00]
-              [--account A] [--sbatch-line "--qos=long"]...
+              [--account A] [--sbatch-line --qos=long]...
           Submit the same command as a SLURM job (sbatch) instead of running it
           here: it prints the job id; the job writes the same events and outputs
           into -o. With --resume <dir>: resubmit an interrupted run. The job gets
