@@ -213,3 +213,19 @@ test('a queued run is listed before it writes anything, with why it waits; cance
   assert.deepEqual((await fs.readdir(runDir)).sort(), before);
   assert.deepEqual(before, [SLURM_SCRIPT_FILE, SLURM_JOBS_FILE]);
 });
+
+test('near its time limit a job gets SLURM\'s warning signal and stops by itself with a resumable checkpoint, before SLURM would kill it', { timeout: 5 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const yaml = await tinyDataset(root, 4);
+  const runDir = path.join(root, 'run');
+  // 2 minutes: the warning comes at half of it (SLURM may send it up to a minute early); 50 epochs would take several minutes.
+  const jobId = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '50', '--time', '2']);
+  assert.match(await fs.readFile(path.join(runDir, SLURM_SCRIPT_FILE), 'utf8'), /^#SBATCH --signal=B:USR2@60$/m);
+  const run = await follow(t, runDir);
+  const cancelled = await run.waitFor('cancelled', () => true, 150);
+  assert.ok(cancelled.epoch < 49, `stopped at epoch ${cancelled.epoch + 1} of 50`);
+  assert.ok(existsSync(path.join(runDir, RESUME_FOLDER, 'state.json')));
+  for (let i = 0; i < 60 && / \| SLURM job \d+: (running|completing)/.test(cli(['runs', runDir]).out); i++) await new Promise((resolve) => setTimeout(resolve, 1000));
+  // It ended by itself (exit 3, as a cancelled run here), not killed at the limit (TIMEOUT).
+  assert.match(cli(['runs', runDir]).out, new RegExp(`^${runDir}: cancelled, epoch \\d+/50, val_accuracy [\\d.]+, resumable \\| SLURM job ${jobId}: failed on node \\S+ \\(NonZeroExitCode\\)$`, 'm'));
+});

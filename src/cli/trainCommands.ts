@@ -170,15 +170,16 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
   if (resumeDir && !existsSync(path.join(resumeDir, RESUME_FOLDER, 'state.json'))) throw new UsageError(`${resumeDir} holds no interrupted run to resume`);
   const slurm = slurmRequestFrom(flags);
   if (slurm) return submitTrainJob(argv, slurm, config.outputDir, resumeDir ? 'resume' : 'train', { node: process.execPath, entry: cliEntry() }, json, io);
-  const runtime = await loadTensorFlow(deviceFrom(flags));
-  if (runtime.notNative) io.err(`note: training on ${runtime.backend}: ${runtime.notNative}`);
   let cancelled = false;
   const stop = () => {
     cancelled = true;
     io.err('Stopping after the current batch (a resumable checkpoint is written)...');
   };
+  // Before TensorFlow loads (seconds): SLURM's time-limit warning may come that early, and SIGUSR2's default is to end the process.
   for (const signal of STOP_SIGNALS) process.once(signal, stop);
   try {
+    const runtime = await loadTensorFlow(deviceFrom(flags));
+    if (runtime.notNative) io.err(`note: training on ${runtime.backend}: ${runtime.notNative}`);
     const logEvent = openRunLog(path.resolve(config.outputDir), resumeDir ? 'resume' : 'train');
     // Kept beside the run's models, as the editor keeps it: what they were trained with (e.g. --normalize-channels) is then known where they are used.
     if (!resumeDir) await writeFileAtomic(path.join(config.outputDir, TRAIN_CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`, { overwrite: true });

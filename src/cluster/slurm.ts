@@ -47,7 +47,20 @@ export interface SlurmRequest {
  */
 export const TIME_LIMIT_SIGNAL = 'USR2';
 /** Time for the batch in flight and the checkpoint (ResNet-50 with its optimiser: 550 MB) on a network filesystem. */
-export const TIME_LIMIT_WARNING_SECONDS = 300;
+const TIME_LIMIT_WARNING_SECONDS = 300;
+
+/** sbatch's --time (minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in seconds. */
+export function timeLimitSeconds(time: string): number {
+  const [days, clock] = time.includes('-') ? [Number(time.split('-')[0]), time.split('-')[1]] : [0, time];
+  const parts = clock.split(':').map(Number);
+  const [hours, minutes, seconds] = time.includes('-') ? [parts[0], parts[1] ?? 0, parts[2] ?? 0] : parts.length === 3 ? parts : [0, parts[0], parts[1] ?? 0];
+  return ((days * 24 + hours) * 60 + minutes) * 60 + seconds;
+}
+
+/** When the warning comes before the end: TIME_LIMIT_WARNING_SECONDS, or half of a shorter time limit, so a short job trains first. */
+export function warningSeconds(request: SlurmRequest): number {
+  return request.time ? Math.min(TIME_LIMIT_WARNING_SECONDS, Math.floor(timeLimitSeconds(request.time) / 2)) : TIME_LIMIT_WARNING_SECONDS;
+}
 /** The batch script of the run's latest submission, kept for the record. */
 export const SLURM_SCRIPT_FILE = 'slurm-job.sh';
 
@@ -121,7 +134,7 @@ export function batchScript(spec: JobSpec): string {
     `--chdir=${sbatchValue(spec.workDir)}`,
     `--output=${sbatchValue(path.join(spec.runDir, 'slurm-%j.out'))}`,
     `--error=${sbatchValue(path.join(spec.runDir, 'slurm-%j.err'))}`,
-    `--signal=B:${TIME_LIMIT_SIGNAL}@${TIME_LIMIT_WARNING_SECONDS}`,
+    `--signal=B:${TIME_LIMIT_SIGNAL}@${warningSeconds(spec.request)}`,
     ...sbatchOptions(spec.request),
   ];
   return ['#!/bin/bash', '# Submitted by cellfinder-retrain: the same command as a run on this machine, its events in the run folder.', ...directives.map((d) => `#SBATCH ${d}`), `exec ${spec.command.map(shellQuote).join(' ')}`, ''].join('\n');
