@@ -195,7 +195,6 @@ function one(flags: Map<string, string[]>, name: string, required = false): stri
   return value;
 }
 
-
 async function extractCommand(argv: readonly string[], io: Io): Promise<number> {
   const { flags, positionals } = parseArgs(argv, EXTRACT_FLAGS);
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
