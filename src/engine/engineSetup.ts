@@ -719,10 +719,10 @@ class Setup {
   /** `npm pack` (or the given tarball), integrity-checked, unpacked; google-protobuf into its node_modules. */
   private async fetchTfjsNode(downloads: string, packageDir: string): Promise<void> {
     const { name, integrity } = TFJS_NODE_PACKAGES[this.variant];
-    this.progress('tfjs-node', `fetching ${name}@${TFJS_NODE_VERSION} from the npm registry`);
+    this.progress('tfjs-node', this.options.tfjsNodeTarball ? `unpacking ${this.options.tfjsNodeTarball}` : `fetching ${name}@${TFJS_NODE_VERSION} from the npm registry`);
     const tfjsNode = await this.npmPack(`${name}@${TFJS_NODE_VERSION}`, integrity, downloads, this.options.tfjsNodeTarball);
     await this.untar(tfjsNode, packageDir);
-    this.progress('tfjs-node', `fetching google-protobuf@${GOOGLE_PROTOBUF_VERSION}`, 0.5);
+    this.progress('tfjs-node', this.options.googleProtobufTarball ? `unpacking ${this.options.googleProtobufTarball}` : `fetching google-protobuf@${GOOGLE_PROTOBUF_VERSION}`, 0.5);
     const protobuf = await this.npmPack(`google-protobuf@${GOOGLE_PROTOBUF_VERSION}`, GOOGLE_PROTOBUF_INTEGRITY, downloads, this.options.googleProtobufTarball);
     await this.untar(protobuf, path.join(packageDir, 'node_modules', 'google-protobuf'));
     this.progress('tfjs-node', 'tfjs-node sources ready', 1);
@@ -908,7 +908,8 @@ class Setup {
       ],
       {
         cwd: packageDir,
-        env: { ...this.env, ...tools.node.env, npm_config_offline: 'true', CXXFLAGS: `${this.env.CXXFLAGS ?? ''} -include '${compat}'`.trim() },
+        // node-gyp takes npm_config_nodedir over --nodedir: both name the folder chosen.
+        env: { ...this.env, ...tools.node.env, npm_config_offline: 'true', npm_config_nodedir: nodeDir, CXXFLAGS: `${this.env.CXXFLAGS ?? ''} -include '${compat}'`.trim() },
         onLine: (line) => {
           if (/^\s*CXX\(target\)/.test(line)) this.progress('build', `compiling (${++compiled} of 2 sources)`, compiled / 3);
           if (/SOLINK_MODULE/.test(line)) this.progress('build', 'linking', 0.8);
@@ -935,7 +936,7 @@ class Setup {
     const local = findNodeHeaders(this.env);
     if (local) return local;
     const spec = `node-api-headers@${NODE_API_HEADERS_VERSION}`;
-    this.progress('build', `no Node.js headers here: fetching ${spec} from the npm registry`);
+    this.progress('build', this.options.nodeApiHeadersTarball ? `no Node.js headers here: using ${this.options.nodeApiHeadersTarball}` : `no Node.js headers here: fetching ${spec} from the npm registry`);
     const tarball = await this.npmPack(spec, NODE_API_HEADERS_INTEGRITY, downloads, this.options.nodeApiHeadersTarball);
     const unpacked = path.join(folder, 'package');
     await this.untar(tarball, unpacked);
