@@ -2,12 +2,13 @@
  * Where the native TensorFlow engine lives on disk, which versions it is
  * built from, and the manifest that says a build is complete.
  *
- * The engine is `@tensorflow/tfjs-node`'s native addon, compiled on the
- * user's machine against the TensorFlow C library shipped inside PyPI's
- * `tensorflow-cpu` wheel (tfjs-node's own installer downloads libtensorflow
- * from storage.googleapis.com, which many sites cannot reach). It is cached
- * outside the repository and outside node_modules, so `npm ci` never removes
- * it:
+ * The engine is `@tensorflow/tfjs-node`'s native addon on the TensorFlow C
+ * library shipped inside PyPI's `tensorflow-cpu` wheel (tfjs-node's own
+ * installer downloads libtensorflow from storage.googleapis.com, which many
+ * sites cannot reach). The addon is the one this package ships
+ * (prebuilds/<platform>-<arch>/, compiled in our build), or compiled on the
+ * user's machine when that does not fit. It is cached outside the repository
+ * and outside node_modules, so `npm ci` never removes it:
  *
  *   <root>/                                  CELLFINDER_RETRAIN_ENGINE_DIR, else
  *                                            $XDG_CACHE_HOME/cellfinder-retrain/engine,
@@ -20,7 +21,7 @@
  *         dist/                              tfjs-node's JS (backend + kernels)
  *         deps/lib/                          libtensorflow_cc.so.2, libtensorflow_framework.so.2 + link names
  *         deps/include/                      the C API headers the addon needs
- *         lib/napi-v8/tfjs_binding.node      the addon (RUNPATH $ORIGIN/../../deps/lib)
+ *         lib/napi-v8/tfjs_binding.node      the addon, shipped or compiled (RUNPATH $ORIGIN/../../deps/lib)
  *         node_modules/google-protobuf/      the one runtime dependency its JS needs
  *
  * The GPU engine (`cellfinder-retrain engine setup --gpu`) is the same addon

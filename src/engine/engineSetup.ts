@@ -1,18 +1,26 @@
 /**
- * `cellfinder-retrain engine setup`: builds the native TensorFlow engine
- * (tfjs-node 4.22's addon on TensorFlow's C library) into a cache folder,
- * without ever contacting storage.googleapis.com or nodejs.org. Only the npm
- * registry (for tfjs-node's sources) and the Python package index (for the
- * TensorFlow wheel, unless one is given or installed) are used.
+ * `cellfinder-retrain engine setup`: puts the native TensorFlow engine
+ * (tfjs-node 4.22's N-API addon on TensorFlow's C library) into a cache
+ * folder, without ever contacting storage.googleapis.com or nodejs.org. Only
+ * the npm registry (for tfjs-node's JavaScript, unless its tarballs are
+ * given) and the Python package index (for the TensorFlow wheel, unless one
+ * is given or installed) are used; with the wheel and tarballs given it runs
+ * offline.
  *
  * Steps, each reported through `onProgress`:
- *   1. check:      platform, python3, C++ compiler, make, Node headers, node-gyp, disk space
- *   2. tfjs-node:  `npm pack @tensorflow/tfjs-node@4.22.0` (+ google-protobuf), integrity-checked, unpacked
+ *   1. check:      the addon the package ships (prebuilds/linux-x64, see shippedAddon.ts)
+ *                  fits this version; if not (or `compile`), python3, a C++ compiler, make
+ *                  and node-gyp are there. Python and pip only when downloading.
+ *   2. tfjs-node:  `npm pack @tensorflow/tfjs-node@4.22.0` (+ google-protobuf) or the given
+ *                  tarballs, integrity-checked, unpacked
  *   3. tensorflow: the wheel (given, or `pip download`ed, hash-pinned) or an installed
  *                  Python TensorFlow; its two shared libraries (stripped of their static
- *                  symbol tables when extracted: 850 -> 635 MB) and the ~16 C API headers
- *                  the addon includes go to tfjs-node/deps/, where its binding.gyp looks
- *   4. build:      node-gyp against the local Node headers (N-API 8, offline)
+ *                  symbol tables when `strip` is there: 850 -> 635 MB) and the ~16 C API
+ *                  headers the addon includes go to tfjs-node/deps/, where its binding.gyp looks
+ *   4. build:      the shipped addon is copied in; otherwise, or when it does not load
+ *                  with this TensorFlow, node-gyp compiles it (N-API 8, offline) against
+ *                  the local Node headers, or node-api-headers from npm where there are
+ *                  none (VS Code's Electron, distributions' node packages)
  *   5. verify:     a separate Node process loads the addon with all symbols bound
  *                  (LD_BIND_NOW) and reports TensorFlow's version
  * The build happens in a temporary folder that is renamed into place at the end
@@ -21,13 +29,16 @@
  * manifest and returns at once. The downloaded wheel (274 MB) is deleted after a
  * successful build unless keepDownloads; the npm tarballs (0.3 MB) are kept.
  *
- * Disk: 635 MB for the engine; 1.3 GB free needed while the wheel is unpacked.
- * Time on 2 cores: about 20 s (pip download 3-4 s at 70 MB/s, extraction and strip
- * 5-9 s, compile and link 8-11 s). The linker maps the 790 MB library: peak
- * memory about 0.9 GB during linking, ~100 MB otherwise.
+ * Disk: 635 MB for the engine (855 MB without `strip`); 1.3 GB free needed while
+ * the wheel is unpacked. Time on 2 cores with the shipped addon: 3-9 s after the
+ * download (pip 3-4 s at 70 MB/s), nearly all of it unpacking the libraries;
+ * compiling adds 8-20 s and peaks at about 0.9 GB of memory while linking.
  *
  * `variant: 'gpu'` builds the GPU engine the same way from the `tensorflow`
- * wheel (CUDA 12 build) and @tensorflow/tfjs-node-gpu's tarball, and first
+ * wheel (CUDA 12 build) and @tensorflow/tfjs-node-gpu's tarball, with the same
+ * shipped addon (the two tarballs' binding sources and the two wheels' C API
+ * headers are identical, and the addon finds either wheel's libraries by
+ * their common sonames), and first
  * finds the CUDA libraries it needs (see cudaLibraries.ts): named folders or
  * wheels, a Python environment's nvidia-* packages, the system's, or the
  * pinned nvidia-* wheels (1.5 GB download, 2.3 GB unpacked into
