@@ -374,8 +374,9 @@ async function engineBuildAddonCommand(argv: readonly string[], io: Io): Promise
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   try {
     const built = await buildShippedAddon({ wheel: flags.get('wheel')?.[0], workDir: flags.get('work-dir')?.[0], force: flags.has('force'), onProgress: (message) => io.err(message) });
-    const newest = built.stamp.requires.map(({ file, versions }) => `${versions[versions.length - 1]} (${file})`).join(', ');
-    io.out(`${built.alreadyBuilt ? 'Up to date' : 'Built'}: ${built.file} for N-API ${built.stamp.napiBuildVersion}, TensorFlow ${built.stamp.tensorflowVersion}'s C API; newest symbol versions it needs: ${newest}`);
+    // Versions come sorted within each family (GLIBC_2.2.5 before GLIBC_2.14): the last of a family is its newest.
+    const newest = new Map(built.stamp.requires.flatMap(({ versions }) => versions.map((version) => [version.split('_')[0], version] as const)));
+    io.out(`${built.alreadyBuilt ? 'Up to date' : 'Built'}: ${built.file} for N-API ${built.stamp.napiBuildVersion}, TensorFlow ${built.stamp.tensorflowVersion}'s C API; newest symbol versions it needs: ${[...newest.values()].join(', ')}`);
     return 0;
   } catch (error) {
     if (error instanceof EngineSetupError) {
