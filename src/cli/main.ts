@@ -23,7 +23,7 @@ import { childEnvironment, DEVICE_ENV, isDeviceChoice } from '../engine/gpuEnvir
 import { OutOfMemoryError } from '../training/outOfMemory';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
 import { progressPrinter, stopOnSignals } from './progress';
-import { classifyCommand, engineCommand, evaluateCommand, RELAYED_ENV, runInChild, trainCommand } from './trainCommands';
+import { classifyCommand, engineCommand, evaluateCommand, exitWithParent, RELAYED_ENV, runInChild, trainCommand } from './trainCommands';
 
 const USAGE = `cellfinder-retrain: build and check cellfinder training data
 
@@ -187,6 +187,7 @@ export async function runCommandLine(argv: readonly string[]): Promise<number> {
   if ((TENSORFLOW_COMMANDS.has(argv[0]) || TENSORFLOW_COMMANDS.has(`${argv[0]} ${argv[1]}`)) && isDeviceChoice(device)) {
     if (!process.env[RELAYED_ENV]) return runInChild(argv, childEnvironment(process.env, device), defaultIo);
   }
+  if (process.env[RELAYED_ENV]) exitWithParent();
   return main(argv);
 }
 

@@ -487,17 +487,22 @@ export function cliEntry(): string {
 
 /** Set in a child that runInChild started: its stderr is already relayed without TensorFlow's INFO lines. */
 export const RELAYED_ENV = 'CELLFINDER_RETRAIN_RELAYED';
+const FORWARDED_SIGNALS: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 /**
  * Runs a command of this CLI in a child process with `env` (its output goes
  * to `io`, stderr without TensorFlow's INFO lines: see tensorflowLog.ts);
- * resolves with its exit code. SIGTERM to this process is passed on; SIGINT
- * from a terminal reaches the child by itself (same process group).
+ * resolves with its exit code. The child has a session of its own, so a
+ * terminal's Ctrl-C reaches this process only, and every SIGINT, SIGTERM or
+ * SIGHUP this process gets (from a terminal, `kill`, the editor) is passed
+ * on exactly once: the child stops as the command itself would. Killed
+ * outright (SIGKILL), this process cannot pass anything on: the child then
+ * ends itself (exitWithParent).
  */
 export function runInChild(argv: readonly string[], env: NodeJS.ProcessEnv, io: Io): Promise<number> {
   const childEnv = { ...withTensorFlowLogLevel(env), [RELAYED_ENV]: '1' };
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cliEntry(), ...argv], { env: childEnv, stdio: ['inherit', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [cliEntry(), ...argv], { env: childEnv, stdio: ['inherit', 'pipe', 'pipe'], detached: true });
     const relay = (stream: NodeJS.ReadableStream, write: (text: string) => void) => {
       let pending = '';
       stream.on('data', (chunk: Buffer) => {
@@ -511,14 +516,22 @@ export function runInChild(argv: readonly string[], env: NodeJS.ProcessEnv, io: 
     relay(child.stderr, (line) => {
       if (!isHiddenTensorFlowLine(line, childEnv)) io.err(line);
     });
-    const terminate = () => child.kill('SIGTERM');
-    const ignoreInterrupt = () => undefined;
-    process.on('SIGTERM', terminate);
-    process.on('SIGINT', ignoreInterrupt);
+    const forward = (signal: NodeJS.Signals) => child.kill(signal);
+    for (const signal of FORWARDED_SIGNALS) process.on(signal, forward);
     child.on('close', (code, signal) => {
-      process.removeListener('SIGTERM', terminate);
-      process.removeListener('SIGINT', ignoreInterrupt);
+      for (const forwarded of FORWARDED_SIGNALS) process.removeListener(forwarded, forward);
       resolve(code ?? (signal ? 128 : 1));
     });
   });
+}
+
+/**
+ * In a child of runInChild: when its parent is gone (killed with SIGKILL, so
+ * nothing was passed on), end at once too, as the command the user killed.
+ */
+export function exitWithParent(): void {
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) process.kill(process.pid, 'SIGKILL');
+  }, 100).unref();
 }
