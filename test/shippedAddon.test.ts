@@ -4,8 +4,9 @@
  * than TensorFlow's wheel (manylinux_2_27); the real set-up with it runs with
  * no compiler, make, Python, npm or Node.js headers, offline; compiling
  * stays as a fallback that works without Node's headers (node-api-headers);
- * and TensorFlow's INFO lines stay off the terminal while its warnings
- * reach it. The wheel and npm tarballs come from build:addon's work folder,
+ * TensorFlow's INFO lines stay off the terminal while its warnings reach it,
+ * through the child process the CLI runs such commands in, which ends with
+ * its parent. The wheel and npm tarballs come from build:addon's work folder,
  * where its compile left them.
  */
 import assert from 'node:assert/strict';
@@ -128,6 +129,41 @@ test("TensorFlow's INFO lines stay off the CLI's stderr; its warnings reach it, 
   const verbose = await runCli(['engine', 'check'], { ...env, TF_CPP_MIN_LOG_LEVEL: '0' });
   assert.equal(verbose.status, 0, verbose.stderr);
   assert.match(verbose.stderr, /^I\d{4} .*This TensorFlow binary is optimized/m);
+});
+
+/** The processes whose parent is `pid` (from /proc/<pid>/stat). */
+async function childrenOf(pid: number): Promise<number[]> {
+  const children: number[] = [];
+  for (const entry of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = await fs.readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
+    // pid (comm) state ppid ...: comm may hold spaces, so read after its closing parenthesis.
+    if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(entry));
+  }
+  return children;
+}
+
+test('the relayed child that loads TensorFlow ends with its parent when that is killed with SIGKILL', { skip: SKIP, timeout: 60_000 }, async () => {
+  const env: NodeJS.ProcessEnv = { ...process.env, CELLFINDER_RETRAIN_ENGINE_DIR: ROOT };
+  delete env.CELLFINDER_RETRAIN_RELAYED;
+  const parent = spawn(process.execPath, [CLI, 'engine', 'check'], { env, stdio: 'ignore' });
+  let children: number[] = [];
+  for (let i = 0; i < 100 && children.length === 0; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    children = await childrenOf(parent.pid as number);
+  }
+  assert.equal(children.length, 1, 'engine check runs in one child process');
+  parent.kill('SIGKILL');
+  // Gone, or a zombie waiting for whoever adopted it.
+  const alive = () => {
+    try {
+      return !/^\S+ \(.*\) Z/.test(readFileSync(`/proc/${children[0]}/stat`, 'utf8'));
+    } catch {
+      return false;
+    }
+  };
+  for (let i = 0; i < 40 && alive(); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(alive(), false, `process ${children[0]} still runs 2 s after its parent was killed`);
 });
 
 test('compile fallback: without Node.js headers, node-gyp builds the addon against node-api-headers from npm, within manylinux_2_27 too', { skip: SKIP, timeout: 10 * 60_000 }, async (t) => {
