@@ -47,7 +47,8 @@ export async function buildShippedAddon(options: BuildAddonOptions = {}): Promis
     if (stamp && intact && stamp.tfjsNodeVersion === TFJS_NODE_VERSION && stamp.napiBuildVersion === NAPI_BUILD_VERSION) return { file, stamp, alreadyBuilt: true };
   }
   const workDir = path.resolve(options.workDir ?? path.join(packageRoot(), 'build', 'addon-engine'));
-  const result = await setupEngine({ compile: true, force: true, keepDownloads: true, root: workDir, wheel: options.wheel, env: options.env, onProgress: (progress) => options.onProgress?.(progress.message) });
+  // Always against the pinned wheel's headers unless one is given: never a Python TensorFlow that happens to be installed.
+  const result = await setupEngine({ compile: true, force: true, keepDownloads: true, root: workDir, source: options.wheel ? 'wheel' : 'download', wheel: options.wheel, env: options.env, onProgress: (progress) => options.onProgress?.(progress.message) });
   const engine = readEngine(result.engineDir);
   if (!engine.ok) throw new Error(`the compiling set-up in ${workDir} left no complete engine: ${engine.reason}`);
   const compiled = path.join(result.engineDir, engine.manifest.addon);
