@@ -13,9 +13,11 @@
  * written to STDERR" (which is printed before the first such line, whatever
  * its level, so it says nothing itself). A process that loads TensorFlow
  * therefore runs as a child whose stderr is relayed without those lines
- * (cli/main.ts, runInChild); a warning ("W0000 ...") or error ("E0000 ...")
- * passes. The log keeps everything when the user asks for INFO with
- * TF_CPP_MIN_LOG_LEVEL=0.
+ * (cli/main.ts starts every command that loads TensorFlow so, through
+ * runInChild in cli/trainCommands.ts); a warning ("W0000 ...") or error
+ * ("E0000 ...") passes. Everything passes when the user asks for INFO with
+ * TF_CPP_MIN_LOG_LEVEL=0. The training worker the editor starts writes
+ * straight into its run's worker.log, where the oneDNN line stays.
  */
 
 export const TF_LOG_LEVEL_ENV = 'TF_CPP_MIN_LOG_LEVEL';
