@@ -1,5 +1,5 @@
 /** Shared paths and scratch folders for the tests. */
-import { mkdtempSync, promises as fs, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, promises as fs, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { zipSync } from 'fflate';
@@ -56,4 +56,19 @@ export function fakeWheel(options: { metadata?: boolean; distribution?: string }
   const distribution = options.distribution ?? 'tensorflow-cpu';
   if (options.metadata ?? true) files[`${distribution.replace(/-/g, '_')}-2.99.0.dist-info/METADATA`] = text(`Metadata-Version: 2.1\nName: ${distribution}\nVersion: 2.99.0\n`);
   return zipSync(files);
+}
+
+/**
+ * A PATH folder holding only `commands` (symlinks to where this PATH has
+ * them), for running set-up as on a machine without a compiler, make,
+ * Python or npm: /usr/bin has them all next to node.
+ */
+export function pathWithOnly(t: { after(fn: () => void): void }, commands: string[]): string {
+  const folder = scratch(t, 'cfr-path-');
+  for (const command of commands) {
+    const found = (process.env.PATH ?? '').split(path.delimiter).map((dir) => path.join(dir, command)).find((file) => existsSync(file));
+    if (!found) throw new Error(`${command} is not on PATH`);
+    symlinkSync(found, path.join(folder, command));
+  }
+  return folder;
 }

@@ -25,7 +25,7 @@ import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type Fla
 import { progressPrinter, stopOnSignals } from './progress';
 import { SlurmError } from '../cluster/slurm';
 import { cancelCommand, runsCommand } from './clusterCommands';
-import { classifyCommand, engineCommand, evaluateCommand, runInChild, trainCommand } from './trainCommands';
+import { classifyCommand, engineCommand, evaluateCommand, exitWithParent, RELAYED_ENV, runInChild, trainCommand } from './trainCommands';
 
 const USAGE = `cellfinder-retrain: build and check cellfinder training data
 
@@ -82,9 +82,16 @@ working directory, so run it from the dataset folder (see README).
       labelling set after retraining takes one sequential read.
   evaluate --trained-model <file> [--compare <file>] -y <training.yaml>... [--device D]
   engine setup [--wheel <tensorflow wheel>] [--from-python] [--python <python3>] [--force]
-      Build the native engine (TensorFlow's C library from PyPI's tensorflow-cpu
-      wheel, a wheel you give, or your Python TensorFlow) once, offline after
-      that, then check its gradients. About 20 s and 640 MB.
+               [--tfjs-node-tarball <tgz>] [--google-protobuf-tarball <tgz>] [--compile]
+      Set up the native engine (TensorFlow's C library from PyPI's tensorflow-cpu
+      wheel, a wheel you give, or your Python TensorFlow, with the TensorFlow
+      addon this package ships) once, offline after that, then check its
+      gradients. About 15 s and 640 MB. With the wheel and the npm tarballs
+      given (npm pack @tensorflow/tfjs-node@4.22.0 google-protobuf@3.21.4) it
+      needs no network. --compile builds the addon here instead (a C++
+      compiler, make, python3; Node's headers, else node-api-headers from npm
+      or --node-api-headers-tarball); set-up does so itself when the shipped
+      addon does not fit.
   engine setup --gpu [--wheel <tensorflow wheel>] [--from-python] [--cuda-libs <dir>...]
                [--skip-driver-check] [--force]
       The GPU engine: TensorFlow's CUDA 12 build (the tensorflow wheel, 570 MB),
@@ -94,6 +101,9 @@ working directory, so run it from the dataset folder (see README).
       unless --skip-driver-check.
   engine check [--engine cpu|gpu]
       Gradient checks and a one-batch fit against the pure-JavaScript engine.
+  engine build-addon [--wheel <tensorflow-cpu wheel>] [--work-dir <dir>] [--force]
+      For packagers (npm run build:addon): compile the addon shipped in
+      prebuilds/linux-x64 and check it needs nothing newer than manylinux_2_27.
   engine status [--json]
       Which engines are set up, the NVIDIA driver, CUDA libraries and GPU found,
       and exactly why the GPU is not used.
@@ -182,10 +192,11 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
 const TENSORFLOW_COMMANDS = new Set(['train', 'classify', 'evaluate', 'demo', 'engine check', 'engine bench']);
 
 /**
- * The process entry (bin/cellfinder-retrain.js). A command that may run on the
- * GPU engine needs its CUDA libraries on LD_LIBRARY_PATH, which the dynamic
- * loader reads only at start: when that is missing, the command runs in a
- * child process started with it.
+ * The process entry (bin/cellfinder-retrain.js). A command that loads
+ * TensorFlow runs in a child process: one that may run on the GPU engine
+ * needs its CUDA libraries on LD_LIBRARY_PATH, which the dynamic loader reads
+ * only at start, and TensorFlow writes INFO lines at load that only a relay
+ * of its stderr can hold back (engine/tensorflowLog.ts).
  */
 export async function runCommandLine(argv: readonly string[]): Promise<number> {
   // Output piped into a reader that stops early (`| head -1`): the work goes on, its output is dropped.
@@ -197,9 +208,9 @@ export async function runCommandLine(argv: readonly string[]): Promise<number> {
   const flag = argv.findIndex((arg) => arg === '--device' || arg.startsWith('--device='));
   const device = flag < 0 ? process.env[DEVICE_ENV] || 'auto' : argv[flag].includes('=') ? argv[flag].slice('--device='.length) : argv[flag + 1];
   if ((TENSORFLOW_COMMANDS.has(argv[0]) || TENSORFLOW_COMMANDS.has(`${argv[0]} ${argv[1]}`)) && isDeviceChoice(device)) {
-    const env = childEnvironment(process.env, device);
-    if (env.LD_LIBRARY_PATH !== process.env.LD_LIBRARY_PATH) return runInChild(argv, env, defaultIo);
+    if (!process.env[RELAYED_ENV]) return runInChild(argv, childEnvironment(process.env, device), defaultIo);
   }
+  if (process.env[RELAYED_ENV]) exitWithParent();
   return main(argv);
 }
 
@@ -212,7 +223,6 @@ function one(flags: Map<string, string[]>, name: string, required = false): stri
   if (required && value === undefined) throw new UsageError(`--${name} is required`);
   return value;
 }
-
 
 async function extractCommand(argv: readonly string[], io: Io): Promise<number> {
   const { flags, positionals } = parseArgs(argv, EXTRACT_FLAGS);

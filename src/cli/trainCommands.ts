@@ -14,8 +14,10 @@ import type { EngineVariant } from '../engine/engineLayout';
 import { EngineSetupError, type EngineSetupResult, setupEngine } from '../engine/engineSetup';
 import { childEnvironment, DEVICE_CHOICES, type DeviceChoice, isDeviceChoice } from '../engine/gpuEnvironment';
 import { inspectGpu, type GpuInspection, readGpuLog } from '../engine/gpuProbe';
+import { isHiddenTensorFlowLine, withTensorFlowLogLevel } from '../engine/tensorflowLog';
 import { compareTinyFits, formatGradientChecks, runGradientChecks, tinyModelFit } from '../training/gradientCheck';
 import { engineStatus, loadNativeBackend, NATIVE_BACKEND_NAME } from '../engine/nativeBackend';
+import { buildShippedAddon } from '../engine/shippedAddon';
 import { benchModel } from '../training/modelSpeed';
 import { OutOfMemoryError } from '../training/outOfMemory';
 import { describeRunStart, type TrainingEvent } from '../training/events';
@@ -333,8 +335,10 @@ export async function engineCommand(argv: readonly string[], io: Io): Promise<nu
       return engineStatusCommand(rest, io);
     case 'bench':
       return engineBenchCommand(rest, io);
+    case 'build-addon':
+      return engineBuildAddonCommand(rest, io);
     default:
-      throw new UsageError(`unknown engine command "${sub ?? ''}" (setup, check, status, bench)`);
+      throw new UsageError(`unknown engine command "${sub ?? ''}" (setup, check, status, bench, build-addon)`);
   }
 }
 
@@ -346,6 +350,10 @@ async function engineSetupCommand(argv: readonly string[], io: Io): Promise<numb
     { name: 'python', values: 1 },
     { name: 'cuda-libs', values: '+' },
     { name: 'skip-driver-check', values: 0 },
+    { name: 'compile', values: 0 },
+    { name: 'tfjs-node-tarball', values: 1 },
+    { name: 'google-protobuf-tarball', values: 1 },
+    { name: 'node-api-headers-tarball', values: 1 },
     { name: 'force', values: 0 },
     { name: 'json', values: 0 },
   ]);
@@ -361,6 +369,10 @@ async function engineSetupCommand(argv: readonly string[], io: Io): Promise<numb
       python: flags.get('python')?.[0],
       cudaLibs: flags.get('cuda-libs'),
       skipDriverCheck: flags.has('skip-driver-check'),
+      compile: flags.has('compile'),
+      tfjsNodeTarball: flags.get('tfjs-node-tarball')?.[0],
+      googleProtobufTarball: flags.get('google-protobuf-tarball')?.[0],
+      nodeApiHeadersTarball: flags.get('node-api-headers-tarball')?.[0],
       force: flags.has('force'),
       onProgress: (progress) => io.err(progress.message),
     });
@@ -380,6 +392,29 @@ async function engineSetupCommand(argv: readonly string[], io: Io): Promise<numb
   // Prove it: the gradient checks of every op the network uses and a one-batch fit, on the engine just
   // built, in a new process (only a process started with the GPU engine's library path can load it).
   return runInChild(['engine', 'check', '--engine', variant], childEnvironment(process.env, variant === 'gpu' ? 'gpu' : 'cpu'), io);
+}
+
+/** For packagers: compiles the addon shipped in prebuilds/ (see shippedAddon.ts). */
+async function engineBuildAddonCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parseArgs(argv, [
+    { name: 'wheel', values: 1 },
+    { name: 'work-dir', values: 1 },
+    { name: 'force', values: 0 },
+  ]);
+  if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+  try {
+    const built = await buildShippedAddon({ wheel: flags.get('wheel')?.[0], workDir: flags.get('work-dir')?.[0], force: flags.has('force'), onProgress: (message) => io.err(message) });
+    // Versions come sorted within each family (GLIBC_2.2.5 before GLIBC_2.14): the last of a family is its newest.
+    const newest = new Map(built.stamp.requires.flatMap(({ versions }) => versions.map((version) => [version.split('_')[0], version] as const)));
+    io.out(`${built.alreadyBuilt ? 'Up to date' : 'Built'}: ${built.file} for N-API ${built.stamp.napiBuildVersion}, TensorFlow ${built.stamp.tensorflowVersion}'s C API; newest symbol versions it needs: ${[...newest.values()].join(', ')}`);
+    return 0;
+  } catch (error) {
+    if (error instanceof EngineSetupError) {
+      io.err(`error: ${error.message}${error.logFile ? ` (log: ${error.logFile})` : ''}`);
+      return 1;
+    }
+    throw error;
+  }
 }
 
 /**
@@ -480,15 +515,25 @@ export function cliEntry(): string {
   return candidates.find((file) => existsSync(file)) ?? candidates[0];
 }
 
+/** Set in a child that runInChild started: its stderr is already relayed without TensorFlow's INFO lines. */
+export const RELAYED_ENV = 'CELLFINDER_RETRAIN_RELAYED';
+const FORWARDED_SIGNALS: readonly NodeJS.Signals[] = [...STOP_SIGNALS, 'SIGHUP'];
+
 /**
  * Runs a command of this CLI in a child process with `env` (its output goes
- * to `io`); resolves with its exit code. SIGTERM and SLURM's time-limit
- * warning (sent to this process only) are passed on; SIGINT from a terminal
- * reaches the child by itself (same process group).
+ * to `io`, stderr without TensorFlow's INFO lines: see tensorflowLog.ts);
+ * resolves with its exit code. The child has a session of its own, so a
+ * terminal's Ctrl-C reaches this process only, and every SIGINT, SIGTERM,
+ * SIGHUP or SLURM's time-limit warning this process gets (from a terminal,
+ * `kill`, the editor, scancel, SLURM) is passed
+ * on exactly once: the child stops as the command itself would. Killed
+ * outright (SIGKILL), this process cannot pass anything on: the child then
+ * ends itself (exitWithParent).
  */
 export function runInChild(argv: readonly string[], env: NodeJS.ProcessEnv, io: Io): Promise<number> {
+  const childEnv = { ...withTensorFlowLogLevel(env), [RELAYED_ENV]: '1' };
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cliEntry(), ...argv], { env, stdio: ['inherit', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [cliEntry(), ...argv], { env: childEnv, stdio: ['inherit', 'pipe', 'pipe'], detached: true });
     const relay = (stream: NodeJS.ReadableStream, write: (text: string) => void) => {
       let pending = '';
       stream.on('data', (chunk: Buffer) => {
@@ -499,16 +544,25 @@ export function runInChild(argv: readonly string[], env: NodeJS.ProcessEnv, io: 
       stream.on('end', () => pending && write(pending));
     };
     relay(child.stdout, io.out);
-    relay(child.stderr, io.err);
-    const passOn = (signal: NodeJS.Signals) => child.kill(signal);
-    const passed = STOP_SIGNALS.filter((signal) => signal !== 'SIGINT');
-    const ignoreInterrupt = () => undefined;
-    for (const signal of passed) process.on(signal, passOn);
-    process.on('SIGINT', ignoreInterrupt);
+    relay(child.stderr, (line) => {
+      if (!isHiddenTensorFlowLine(line, childEnv)) io.err(line);
+    });
+    const forward = (signal: NodeJS.Signals) => child.kill(signal);
+    for (const signal of FORWARDED_SIGNALS) process.on(signal, forward);
     child.on('close', (code, signal) => {
-      for (const signal of passed) process.removeListener(signal, passOn);
-      process.removeListener('SIGINT', ignoreInterrupt);
+      for (const forwarded of FORWARDED_SIGNALS) process.removeListener(forwarded, forward);
       resolve(code ?? (signal ? 128 : 1));
     });
   });
+}
+
+/**
+ * In a child of runInChild: when its parent is gone (killed with SIGKILL, so
+ * nothing was passed on), end at once too, as the command the user killed.
+ */
+export function exitWithParent(): void {
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) process.kill(process.pid, 'SIGKILL');
+  }, 100).unref();
 }

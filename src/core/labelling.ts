@@ -110,7 +110,6 @@ export interface CandidateCube {
 
 export type { CandidateContext } from './candidateContext';
 
-
 /** Cubes kept after the page asked for them (200 kB a channel), so a decision saves the cube shown without reading it again. */
 const RECENT_CUBES = 16;
 

@@ -71,7 +71,19 @@ export class Training {
     if (epochs === undefined) return;
     const batchSize = await askNumber('Batch size', last.batchSize ?? setting('training.batchSize', TRAIN_DEFAULTS.batchSize), (n) => Number.isInteger(n) && n > 0);
     if (batchSize === undefined) return;
-    const learningRate = await askNumber('Learning rate', last.learningRate ?? setting('training.learningRate', TRAIN_DEFAULTS.learningRate), (n) => n > 0);
+    const fromFile = Boolean(start.trainedModel || start.modelWeights);
+    const optimizer = fromFile
+      ? await vscode.window.showQuickPick(
+          [
+            { label: 'Continue its optimiser', description: 'Adam\'s steps and learning rate saved in the file, as cellfinder continues (a fresh Adam when the file has none)', fresh: false },
+            { label: 'Fresh optimiser', description: 'Adam from step 0 at the learning rate you give next (--fresh-optimizer)', fresh: true },
+          ],
+          { title: 'Optimiser' },
+        )
+      : { fresh: true };
+    if (!optimizer) return;
+    const rateTitle = optimizer.fresh ? 'Learning rate' : 'Learning rate (used only when the file holds no optimiser state)';
+    const learningRate = await askNumber(rateTitle, last.learningRate ?? setting('training.learningRate', TRAIN_DEFAULTS.learningRate), (n) => n > 0);
     if (learningRate === undefined) return;
     const augment = await vscode.window.showQuickPick(
       [
@@ -98,7 +110,8 @@ export class Training {
       testFraction: setting('training.testFraction', TRAIN_DEFAULTS.testFraction),
       trainedModel: start.trainedModel,
       modelWeights: start.modelWeights,
-      continueTraining: Boolean(start.trainedModel || start.modelWeights),
+      continueTraining: fromFile,
+      freshOptimizer: fromFile && optimizer.fresh,
       saveProgress: true,
       keepCheckpoints: setting('training.keepCheckpoints', 0) || undefined,
     };

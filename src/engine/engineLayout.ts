@@ -2,12 +2,13 @@
  * Where the native TensorFlow engine lives on disk, which versions it is
  * built from, and the manifest that says a build is complete.
  *
- * The engine is `@tensorflow/tfjs-node`'s native addon, compiled on the
- * user's machine against the TensorFlow C library shipped inside PyPI's
- * `tensorflow-cpu` wheel (tfjs-node's own installer downloads libtensorflow
- * from storage.googleapis.com, which many sites cannot reach). It is cached
- * outside the repository and outside node_modules, so `npm ci` never removes
- * it:
+ * The engine is `@tensorflow/tfjs-node`'s native addon on the TensorFlow C
+ * library shipped inside PyPI's `tensorflow-cpu` wheel (tfjs-node's own
+ * installer downloads libtensorflow from storage.googleapis.com, which many
+ * sites cannot reach). The addon is the one this package ships
+ * (prebuilds/<platform>-<arch>/, compiled in our build), or compiled on the
+ * user's machine when that does not fit. It is cached outside the repository
+ * and outside node_modules, so `npm ci` never removes it:
  *
  *   <root>/                                  CELLFINDER_RETRAIN_ENGINE_DIR, else
  *                                            $XDG_CACHE_HOME/cellfinder-retrain/engine,
@@ -20,7 +21,7 @@
  *         dist/                              tfjs-node's JS (backend + kernels)
  *         deps/lib/                          libtensorflow_cc.so.2, libtensorflow_framework.so.2 + link names
  *         deps/include/                      the C API headers the addon needs
- *         lib/napi-v8/tfjs_binding.node      the addon (RUNPATH $ORIGIN/../../deps/lib)
+ *         lib/napi-v8/tfjs_binding.node      the addon, shipped or compiled (RUNPATH $ORIGIN/../../deps/lib)
  *         node_modules/google-protobuf/      the one runtime dependency its JS needs
  *
  * The GPU engine (`cellfinder-retrain engine setup --gpu`) is the same addon
@@ -99,6 +100,54 @@ export const PINNED_WHEELS: Record<EngineVariant, typeof PINNED_TENSORFLOW | typ
 /** N-API version the addon is compiled for: the highest tfjs-node's package.json lists. */
 export const NAPI_BUILD_VERSION = 8;
 
+/**
+ * The addon we compile in our own build and ship (VSIX and npm package), so
+ * that set-up needs no compiler: prebuilds/<platform>-<arch>/ in the package,
+ * beside tfjs_binding.json, which says what it was built from. N-API keeps it
+ * valid for every Node.js and Electron with N-API 8; it links TensorFlow's
+ * two libraries by soname only, so it serves the CPU and the GPU engine alike
+ * (tfjs-node and tfjs-node-gpu 4.22 ship identical binding sources), and
+ * needs no glibc or libstdc++ newer than TensorFlow's wheel does
+ * (manylinux_2_27, checked when it is built: elfVersions.ts).
+ */
+export const SHIPPED_ADDON_FOLDER = 'prebuilds';
+export const SHIPPED_ADDON_FILE = 'tfjs_binding.node';
+export const SHIPPED_ADDON_STAMP = 'tfjs_binding.json';
+
+/** tfjs_binding.json: what the shipped addon is, to tell whether it fits this version. */
+export interface ShippedAddonStamp {
+  tfjsNodeVersion: string;
+  napiBuildVersion: number;
+  /** The TensorFlow whose C API headers it was compiled with. */
+  tensorflowVersion: string;
+  sha256: string;
+  /** The build machine's compiler and glibc, and the symbol versions the addon requires of each library. */
+  compiler: string;
+  glibc: string;
+  requires: Array<{ file: string; versions: string[] }>;
+  builtAt: string;
+}
+
+/**
+ * The package's own folder (the one with its package.json), from the bundle
+ * (dist/) or the compiled sources (out/src/engine/).
+ */
+export function packageRoot(): string {
+  for (let folder = __dirname; ; folder = path.dirname(folder)) {
+    try {
+      if ((JSON.parse(readFileSync(path.join(folder, 'package.json'), 'utf8')) as { name?: string }).name === 'cellfinder-retrain') return folder;
+    } catch {
+      // no package.json here
+    }
+    if (path.dirname(folder) === folder) return path.resolve(__dirname, '..');
+  }
+}
+
+/** Where this platform's shipped addon is (whether or not the package has one). */
+export function shippedAddonFolder(platform = process.platform, arch = process.arch): string {
+  return path.join(packageRoot(), SHIPPED_ADDON_FOLDER, `${platform}-${arch}`);
+}
+
 /** The two shared libraries the addon links, as named inside the wheel (tensorflow/<name>). */
 export const TF_LIBRARIES = ['libtensorflow_cc.so.2', 'libtensorflow_framework.so.2'] as const;
 
@@ -146,6 +195,8 @@ export interface EngineManifest {
   libraryDir: string;
   /** GPU engines only. */
   cuda?: CudaLibrarySet;
+  /** Whether the addon is the shipped one or was compiled here (absent in manifests of engines that were all compiled). */
+  addonBuild?: { kind: 'shipped' | 'compiled'; from: string };
   builtAt: string;
   /** Seconds per setup step and bytes on disk, for the record. */
   timings: Record<string, number>;

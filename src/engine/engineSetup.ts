@@ -1,18 +1,26 @@
 /**
- * `cellfinder-retrain engine setup`: builds the native TensorFlow engine
- * (tfjs-node 4.22's addon on TensorFlow's C library) into a cache folder,
- * without ever contacting storage.googleapis.com or nodejs.org. Only the npm
- * registry (for tfjs-node's sources) and the Python package index (for the
- * TensorFlow wheel, unless one is given or installed) are used.
+ * `cellfinder-retrain engine setup`: puts the native TensorFlow engine
+ * (tfjs-node 4.22's N-API addon on TensorFlow's C library) into a cache
+ * folder, without ever contacting storage.googleapis.com or nodejs.org. Only
+ * the npm registry (for tfjs-node's JavaScript, unless its tarballs are
+ * given) and the Python package index (for the TensorFlow wheel, unless one
+ * is given or installed) are used; with the wheel and tarballs given it runs
+ * offline.
  *
  * Steps, each reported through `onProgress`:
- *   1. check:      platform, python3, C++ compiler, make, Node headers, node-gyp, disk space
- *   2. tfjs-node:  `npm pack @tensorflow/tfjs-node@4.22.0` (+ google-protobuf), integrity-checked, unpacked
+ *   1. check:      the addon the package ships (prebuilds/linux-x64, see shippedAddon.ts)
+ *                  fits this version; if not (or `compile`), python3, a C++ compiler, make
+ *                  and node-gyp are there. Python and pip only when downloading.
+ *   2. tfjs-node:  `npm pack @tensorflow/tfjs-node@4.22.0` (+ google-protobuf) or the given
+ *                  tarballs, integrity-checked, unpacked
  *   3. tensorflow: the wheel (given, or `pip download`ed, hash-pinned) or an installed
  *                  Python TensorFlow; its two shared libraries (stripped of their static
- *                  symbol tables when extracted: 850 -> 635 MB) and the ~16 C API headers
- *                  the addon includes go to tfjs-node/deps/, where its binding.gyp looks
- *   4. build:      node-gyp against the local Node headers (N-API 8, offline)
+ *                  symbol tables when `strip` is there: 850 -> 635 MB) and the ~16 C API
+ *                  headers the addon includes go to tfjs-node/deps/, where its binding.gyp looks
+ *   4. build:      the shipped addon is copied in; otherwise, or when it does not load
+ *                  with this TensorFlow, node-gyp compiles it (N-API 8, offline) against
+ *                  the local Node headers, or node-api-headers from npm where there are
+ *                  none (VS Code's Electron, distributions' node packages)
  *   5. verify:     a separate Node process loads the addon with all symbols bound
  *                  (LD_BIND_NOW) and reports TensorFlow's version
  * The build happens in a temporary folder that is renamed into place at the end
@@ -21,13 +29,16 @@
  * manifest and returns at once. The downloaded wheel (274 MB) is deleted after a
  * successful build unless keepDownloads; the npm tarballs (0.3 MB) are kept.
  *
- * Disk: 635 MB for the engine; 1.3 GB free needed while the wheel is unpacked.
- * Time on 2 cores: about 20 s (pip download 3-4 s at 70 MB/s, extraction and strip
- * 5-9 s, compile and link 8-11 s). The linker maps the 790 MB library: peak
- * memory about 0.9 GB during linking, ~100 MB otherwise.
+ * Disk: 635 MB for the engine (855 MB without `strip`); 1.3 GB free needed while
+ * the wheel is unpacked. Time on 2 cores with the shipped addon: 3-9 s after the
+ * download (pip 3-4 s at 70 MB/s), nearly all of it unpacking the libraries;
+ * compiling adds 8-20 s and peaks at about 0.9 GB of memory while linking.
  *
  * `variant: 'gpu'` builds the GPU engine the same way from the `tensorflow`
- * wheel (CUDA 12 build) and @tensorflow/tfjs-node-gpu's tarball, and first
+ * wheel (CUDA 12 build) and @tensorflow/tfjs-node-gpu's tarball, with the same
+ * shipped addon (the two tarballs' binding sources and the two wheels' C API
+ * headers are identical, and the addon finds either wheel's libraries by
+ * their common sonames), and first
  * finds the CUDA libraries it needs (see cudaLibraries.ts): named folders or
  * wheels, a Python environment's nvidia-* packages, the system's, or the
  * pinned nvidia-* wheels (1.5 GB download, 2.3 GB unpacked into
@@ -59,6 +70,10 @@ import {
   readActiveEngine,
   readActiveFile,
   readEngine,
+  SHIPPED_ADDON_FILE,
+  SHIPPED_ADDON_STAMP,
+  shippedAddonFolder,
+  type ShippedAddonStamp,
   TF_LIBRARIES,
   TFJS_NODE_PACKAGES,
   TFJS_NODE_VERSION,
@@ -95,6 +110,10 @@ export interface EngineSetupOptions {
   /** Pre-fetched npm tarballs, for machines without the npm registry. */
   tfjsNodeTarball?: string;
   googleProtobufTarball?: string;
+  /** node-api-headers' tarball, for compiling without Node.js's headers and without the npm registry. */
+  nodeApiHeadersTarball?: string;
+  /** Compile the addon here (node-gyp and a C++ compiler) even when the package ships one that fits. */
+  compile?: boolean;
   /** Rebuild even when a complete engine exists. */
   force?: boolean;
   /** Keep the downloaded wheels (270 MB; for the GPU engine 570 MB + 1.5 GB) after a successful setup. */
@@ -122,6 +141,8 @@ export interface EngineSetupResult {
   downloadedBytes: number;
   /** Bytes the engine folder takes (hard links from a Python install counted in full). */
   diskBytes: number;
+  /** The shipped addon, or one compiled in this set-up. */
+  addonBuild?: EngineManifest['addonBuild'];
   logFile?: string;
 }
 
@@ -135,7 +156,6 @@ export type SetupErrorCode =
   | 'BAD_WHEEL'
   | 'NO_COMPILER'
   | 'NO_MAKE'
-  | 'NO_NODE_HEADERS'
   | 'NO_NODE_GYP'
   | 'NO_NPM'
   | 'NPM_FAILED'
@@ -290,7 +310,7 @@ class Setup {
 
   installedResult(engineDir: string, manifest: EngineManifest): EngineSetupResult {
     this.options.onProgress?.({ step: 'done', message: `${this.variant === 'gpu' ? 'GPU' : 'native'} engine already set up (TensorFlow ${manifest.tensorflowVersion})`, fraction: 1 });
-    return { variant: this.variant, engineDir, alreadyInstalled: true, tensorflowVersion: manifest.tensorflowVersion, source: manifest.source, cuda: manifest.cuda, timings: {}, downloadedBytes: 0, diskBytes: manifest.diskBytes };
+    return { variant: this.variant, engineDir, alreadyInstalled: true, tensorflowVersion: manifest.tensorflowVersion, source: manifest.source, cuda: manifest.cuda, timings: {}, downloadedBytes: 0, diskBytes: manifest.diskBytes, addonBuild: manifest.addonBuild };
   }
 
   /** Runs a tool, streaming its output lines to the log; never rejects on a non-zero exit. */
@@ -333,8 +353,10 @@ class Setup {
     // A given wheel is checked first: a wrong path should not wait for the tool checks.
     const givenWheel = requested === 'wheel' ? path.resolve(this.options.wheel as string) : undefined;
     const givenVersion = givenWheel ? (await this.inspectWheel(givenWheel)).version : undefined;
-    this.progress('check', 'checking the build tools');
-    const tools = await this.time('check', () => this.checkTools(python));
+    this.progress('check', 'looking for the shipped TensorFlow addon');
+    const shipped = this.options.compile ? undefined : await this.findShippedAddon();
+    // Without a shipped addon the build tools are needed: checked before any download.
+    let tools = shipped ? undefined : await this.time('check', () => this.checkBuildTools(python));
     this.checkCancelled();
 
     // Decide the source and learn the TensorFlow version (it names the engine folder).
@@ -356,6 +378,7 @@ class Setup {
       );
     }
     if (source === 'auto') source = installed?.version && isTestedVersion(installed.version) ? 'python' : 'download';
+    if (source === 'download') await this.checkPip(python, [pinned], path.join(this.root, 'downloads'));
     let wheelFile: string | undefined;
     let tfVersion: string;
     if (source === 'wheel') {
@@ -407,9 +430,32 @@ class Setup {
     const cuda = cudaPlan ? await this.time('cuda', () => this.installCudaLibraries(cudaPlan, downloads)) : undefined;
     this.checkCancelled();
 
-    await this.time('build', () => this.build(packageDir, tools, python));
-    this.checkCancelled();
-    const verified = await this.time('verify', () => this.verify(path.join(packageDir, 'lib', `napi-v${NAPI_BUILD_VERSION}`, 'tfjs_binding.node'), cuda));
+    const addon = path.join(packageDir, 'lib', `napi-v${NAPI_BUILD_VERSION}`, SHIPPED_ADDON_FILE);
+    let verified: Awaited<ReturnType<Setup['verify']>> | undefined;
+    let addonBuild: EngineManifest['addonBuild'];
+    if (shipped) {
+      this.progress('build', `using the shipped TensorFlow addon (${shipped.file}, compiled for N-API ${NAPI_BUILD_VERSION} with TensorFlow ${shipped.stamp.tensorflowVersion}'s C API)`);
+      await fs.mkdir(path.dirname(addon), { recursive: true });
+      await fs.copyFile(shipped.file, addon);
+      this.progress('build', 'shipped addon in place', 1);
+      try {
+        verified = await this.time('verify', () => this.verify(addon, cuda));
+        addonBuild = { kind: 'shipped', from: shipped.file };
+      } catch (error) {
+        if (!(error instanceof EngineSetupError) || error.code !== 'VERIFY_FAILED') throw error;
+        // E.g. a Python TensorFlow whose C API lacks a function the addon binds: one compiled against its own headers may load.
+        this.line(`the shipped addon does not load with TensorFlow ${tfVersion} (${error.problem}); compiling one instead`);
+        tools = await this.checkBuildTools(python).catch((missing: unknown) => {
+          throw missing instanceof EngineSetupError ? new EngineSetupError(missing.code, `the shipped TensorFlow addon does not load here (${error.problem}), and compiling one needs what is missing: ${missing.problem}`, missing.fix) : missing;
+        });
+      }
+    }
+    if (!verified) {
+      await this.time('build', () => this.build(packageDir, tools as BuildTools, python, downloads));
+      this.checkCancelled();
+      verified = await this.time('verify', () => this.verify(addon, cuda));
+      addonBuild = { kind: 'compiled', from: (tools as BuildTools).compiler };
+    }
 
     const manifest: EngineManifest = {
       formatVersion: 1,
@@ -424,6 +470,7 @@ class Setup {
       packageDir: 'tfjs-node',
       libraryDir: path.posix.join('tfjs-node', 'deps', 'lib'),
       cuda,
+      addonBuild,
       builtAt: new Date().toISOString(),
       timings: { ...this.timings, total: Math.round((performance.now() - started) / 10) / 100 },
       diskBytes: await diskUsage(work),
@@ -453,6 +500,7 @@ class Setup {
       timings: manifest.timings,
       downloadedBytes: this.downloadedBytes,
       diskBytes: manifest.diskBytes,
+      addonBuild,
       logFile: this.logFile,
     };
   }
@@ -526,36 +574,61 @@ class Setup {
     return { source: plan.source, libraryPath: folders, versions: scan.versions };
   }
 
-  /** Fails early, before any download, when a tool the build needs is missing. */
-  private async checkTools(python: string): Promise<{ nodeGyp: string; nodeDir: string; node: NodeCommand }> {
+  /**
+   * The addon this package ships for this platform, when it fits this version
+   * (tfjs-node and N-API version) and is intact; otherwise why not, in the log.
+   */
+  private async findShippedAddon(): Promise<{ file: string; stamp: ShippedAddonStamp } | undefined> {
+    const folder = shippedAddonFolder();
+    const file = path.join(folder, SHIPPED_ADDON_FILE);
+    let stamp: ShippedAddonStamp;
+    try {
+      stamp = JSON.parse(await fs.readFile(path.join(folder, SHIPPED_ADDON_STAMP), 'utf8')) as ShippedAddonStamp;
+    } catch {
+      this.line(`no shipped addon for ${process.platform}-${process.arch} in ${folder}; compiling one`);
+      return undefined;
+    }
+    if (stamp.tfjsNodeVersion !== TFJS_NODE_VERSION || stamp.napiBuildVersion !== NAPI_BUILD_VERSION) {
+      this.line(`the shipped addon in ${folder} is tfjs-node ${stamp.tfjsNodeVersion} for N-API ${stamp.napiBuildVersion}, this version needs ${TFJS_NODE_VERSION} for N-API ${NAPI_BUILD_VERSION}; compiling one`);
+      return undefined;
+    }
+    if (!existsSync(file) || (await sha256Of(file)) !== stamp.sha256) {
+      this.line(`the shipped addon ${file} is missing or damaged (not the SHA-256 its stamp names); compiling one`);
+      return undefined;
+    }
+    this.line(`shipped addon: ${file} (compiled with ${stamp.compiler}, glibc ${stamp.glibc}, against TensorFlow ${stamp.tensorflowVersion}'s headers)`);
+    return { file, stamp };
+  }
+
+  /** Before a download: Python with pip, unless the wheels are already there. */
+  private async checkPip(python: string, wheels: readonly PinnedWheel[], downloads: string): Promise<void> {
+    if (wheels.every((w) => existsSync(path.join(downloads, w.fileName)) && statSync(path.join(downloads, w.fileName)).size === w.bytes)) return;
+    const elsewhere = `download ${wheels.map((w) => w.fileName).join(', ')} from PyPI on another machine and pass ${wheels[0].pipName.startsWith('nvidia') ? 'their folder with --cuda-libs' : 'it with --wheel'}`;
     const py = await this.exec(python, ['--version']);
     if (py.missing || py.code !== 0) {
-      throw new EngineSetupError(
-        'NO_PYTHON',
-        `Python 3 was not found (${python})`,
-        'The build needs it (node-gyp runs on Python, and pip fetches TensorFlow). Install python3 (Debian/Ubuntu: sudo apt install python3 python3-pip) or pass --python /path/to/python3',
-      );
+      throw new EngineSetupError('NO_PYTHON', `Python 3 was not found (${python}); set-up downloads TensorFlow with its pip`, `Install python3 and pip (Debian/Ubuntu: sudo apt install python3 python3-pip) or pass --python /path/to/python3; or ${elsewhere}`);
+    }
+    const pip = await this.exec(python, ['-m', 'pip', '--version']);
+    if (pip.code !== 0) throw new EngineSetupError('NO_PIP', `pip is not available for ${python}`, `Install it (Debian/Ubuntu: sudo apt install python3-pip), or ${elsewhere}`);
+  }
+
+  /** Compiling the addon: checked before any download when there is no shipped one, else only when it does not load. */
+  private async checkBuildTools(python: string): Promise<BuildTools> {
+    const py = await this.exec(python, ['--version']);
+    if (py.missing || py.code !== 0) {
+      throw new EngineSetupError('NO_PYTHON', `Python 3 was not found (${python})`, 'Compiling the addon needs it (node-gyp runs on Python). Install python3 (Debian/Ubuntu: sudo apt install python3) or pass --python /path/to/python3');
     }
     const cxx = this.env.CXX || 'g++';
     const compiler = await this.exec(cxx, ['--version']);
     if (compiler.missing || compiler.code !== 0) {
-      throw new EngineSetupError('NO_COMPILER', `no C++ compiler was found (${cxx})`, 'Install one: Debian/Ubuntu: sudo apt install build-essential; Fedora: sudo dnf install gcc-c++ make; or set CXX');
+      throw new EngineSetupError('NO_COMPILER', `no C++ compiler was found (${cxx}) to compile the TensorFlow addon`, 'Install one: Debian/Ubuntu: sudo apt install build-essential; Fedora: sudo dnf install gcc-c++ make; or set CXX');
     }
     const make = await this.exec('make', ['--version']);
     if (make.missing || make.code !== 0) {
       throw new EngineSetupError('NO_MAKE', '`make` was not found', 'Install it: Debian/Ubuntu: sudo apt install build-essential (or make); Fedora: sudo dnf install make');
     }
-    const node = nodeCommand(this.env);
-    const nodeDir = findNodeHeaders(this.env);
-    if (!nodeDir) {
-      throw new EngineSetupError(
-        'NO_NODE_HEADERS',
-        "Node.js's C headers (include/node/node_api.h and common.gypi) were not found next to the node executable, in /usr or /usr/local",
-        'Official Node.js builds (nodejs.org, nvm, NodeSource) include them; for Debian/Ubuntu\'s own nodejs install libnode-dev. Or set CELLFINDER_RETRAIN_NODEDIR to the folder that holds include/node',
-      );
-    }
     const nodeGyp = await this.findNodeGyp();
-    return { nodeGyp, nodeDir, node };
+    return { nodeGyp, node: nodeCommand(this.env), compiler: compiler.output.split('\n')[0].trim() };
   }
 
   /** node-gyp: npm ships one (npm config get node-gyp); an explicit npm_config_node_gyp wins. */
@@ -657,10 +730,10 @@ class Setup {
   /** `npm pack` (or the given tarball), integrity-checked, unpacked; google-protobuf into its node_modules. */
   private async fetchTfjsNode(downloads: string, packageDir: string): Promise<void> {
     const { name, integrity } = TFJS_NODE_PACKAGES[this.variant];
-    this.progress('tfjs-node', `fetching ${name}@${TFJS_NODE_VERSION} from the npm registry`);
+    this.progress('tfjs-node', this.options.tfjsNodeTarball ? `unpacking ${this.options.tfjsNodeTarball}` : `fetching ${name}@${TFJS_NODE_VERSION} from the npm registry`);
     const tfjsNode = await this.npmPack(`${name}@${TFJS_NODE_VERSION}`, integrity, downloads, this.options.tfjsNodeTarball);
     await this.untar(tfjsNode, packageDir);
-    this.progress('tfjs-node', `fetching google-protobuf@${GOOGLE_PROTOBUF_VERSION}`, 0.5);
+    this.progress('tfjs-node', this.options.googleProtobufTarball ? `unpacking ${this.options.googleProtobufTarball}` : `fetching google-protobuf@${GOOGLE_PROTOBUF_VERSION}`, 0.5);
     const protobuf = await this.npmPack(`google-protobuf@${GOOGLE_PROTOBUF_VERSION}`, GOOGLE_PROTOBUF_INTEGRITY, downloads, this.options.googleProtobufTarball);
     await this.untar(protobuf, path.join(packageDir, 'node_modules', 'google-protobuf'));
     this.progress('tfjs-node', 'tfjs-node sources ready', 1);
@@ -706,14 +779,7 @@ class Setup {
       else needed.push(w);
     }
     if (needed.length === 0) return files;
-    const pip = await this.exec(this.options.python ?? 'python3', ['-m', 'pip', '--version']);
-    if (pip.code !== 0) {
-      throw new EngineSetupError(
-        'NO_PIP',
-        `pip is not available for ${this.options.python ?? 'python3'}`,
-        `Install it (Debian/Ubuntu: sudo apt install python3-pip), or download ${needed.map((w) => w.fileName).join(', ')} from PyPI on another machine and pass ${this.variant === 'gpu' && needed[0].pipName.startsWith('nvidia') ? 'their folder with --cuda-libs' : 'it with --wheel'}`,
-      );
-    }
+    await this.checkPip(this.options.python ?? 'python3', needed, downloads);
     const total = needed.reduce((sum, w) => sum + w.bytes, 0);
     const specs = needed.map((w) => `${w.pipName}==${w.version}`);
     const what = needed.length === 1 ? specs[0] : `${needed.length} wheels (${needed.map((w) => w.pipName).join(', ')})`;
@@ -821,9 +887,20 @@ class Setup {
     this.progress('tensorflow', 'TensorFlow libraries in place', 1);
   }
 
-  /** node-gyp with tfjs-node's binding.gyp; the variables node-pre-gyp would normally pass are given by hand. */
-  private async build(packageDir: string, tools: { nodeGyp: string; nodeDir: string; node: NodeCommand }, python: string): Promise<void> {
-    this.progress('build', `compiling the TensorFlow addon (node-gyp, headers from ${tools.nodeDir})`);
+  /**
+   * node-gyp with tfjs-node's binding.gyp; the variables node-pre-gyp would
+   * normally pass are given by hand. The same build makes the addon we ship
+   * (`engine build-addon`), so it keeps within TensorFlow's manylinux_2_27
+   * (see LIBSTDCXX_COMPAT).
+   */
+  private async build(packageDir: string, tools: BuildTools, python: string, downloads: string): Promise<void> {
+    // Node's headers and the compatibility header, outside build/ (node-gyp rebuild empties that first).
+    const support = path.join(packageDir, 'build-support');
+    const nodeDir = await this.nodeHeaders(path.join(support, 'node'), downloads);
+    const compat = path.join(support, 'libstdcxx_compat.h');
+    await fs.mkdir(support, { recursive: true });
+    await fs.writeFile(compat, LIBSTDCXX_COMPAT);
+    this.progress('build', `compiling the TensorFlow addon (node-gyp, ${tools.compiler}, headers from ${nodeDir})`);
     const modulePath = path.join(packageDir, 'lib', `napi-v${NAPI_BUILD_VERSION}`);
     let compiled = 0;
     const result = await this.exec(
@@ -831,7 +908,7 @@ class Setup {
       [
         tools.nodeGyp,
         'rebuild',
-        `--nodedir=${tools.nodeDir}`,
+        `--nodedir=${nodeDir}`,
         // Keeps node-gyp away from ~/.cache/node-gyp and from nodejs.org.
         `--devdir=${path.join(packageDir, 'build', 'devdir')}`,
         `--python=${python}`,
@@ -842,7 +919,8 @@ class Setup {
       ],
       {
         cwd: packageDir,
-        env: { ...this.env, ...tools.node.env, npm_config_offline: 'true' },
+        // node-gyp takes npm_config_nodedir over --nodedir: both name the folder chosen.
+        env: { ...this.env, ...tools.node.env, npm_config_offline: 'true', npm_config_nodedir: nodeDir, CXXFLAGS: `${this.env.CXXFLAGS ?? ''} -include '${compat}'`.trim() },
         onLine: (line) => {
           if (/^\s*CXX\(target\)/.test(line)) this.progress('build', `compiling (${++compiled} of 2 sources)`, compiled / 3);
           if (/SOLINK_MODULE/.test(line)) this.progress('build', 'linking', 0.8);
@@ -855,7 +933,29 @@ class Setup {
     }
     // Only the .node in lib/ is used; the object files and Makefiles are not.
     await fs.rm(path.join(packageDir, 'build'), { recursive: true, force: true });
+    await fs.rm(support, { recursive: true, force: true });
     this.progress('build', 'addon built', 1);
+  }
+
+  /**
+   * A --nodedir for node-gyp: this machine's Node.js headers when it has them,
+   * else (VS Code's Electron, distributions' node packages without headers)
+   * the N-API headers from the node-api-headers npm package, with a minimal
+   * common.gypi: an N-API addon needs nothing else of Node's.
+   */
+  private async nodeHeaders(folder: string, downloads: string): Promise<string> {
+    const local = findNodeHeaders(this.env);
+    if (local) return local;
+    const spec = `node-api-headers@${NODE_API_HEADERS_VERSION}`;
+    this.progress('build', this.options.nodeApiHeadersTarball ? `no Node.js headers here: using ${this.options.nodeApiHeadersTarball}` : `no Node.js headers here: fetching ${spec} from the npm registry`);
+    const tarball = await this.npmPack(spec, NODE_API_HEADERS_INTEGRITY, downloads, this.options.nodeApiHeadersTarball);
+    const unpacked = path.join(folder, 'package');
+    await this.untar(tarball, unpacked);
+    const include = path.join(folder, 'include', 'node');
+    await fs.mkdir(include, { recursive: true });
+    for (const name of await fs.readdir(path.join(unpacked, 'include'))) await fs.copyFile(path.join(unpacked, 'include', name), path.join(include, name));
+    await fs.writeFile(path.join(include, 'common.gypi'), N_API_COMMON_GYPI);
+    return folder;
   }
 
   /**
@@ -883,6 +983,57 @@ class Setup {
     return { version, gpu };
   }
 }
+
+/** What compiling the addon runs. */
+interface BuildTools {
+  nodeGyp: string;
+  node: NodeCommand;
+  /** The compiler's --version line, for the manifest. */
+  compiler: string;
+}
+
+/** The N-API headers used when Node.js's own are missing (`npm view node-api-headers@1.9.0 dist.integrity`). */
+const NODE_API_HEADERS_VERSION = '1.9.0';
+const NODE_API_HEADERS_INTEGRITY = 'sha512-2oNILP4jXwRB4ywnYKjVk1YyJ96n2D4EOVJO6S3oYZ5PtbJrw3Yt9TpAuX3nBLMuzn74rnfGQrv13pS9vC+YiA==';
+
+/**
+ * node-gyp includes the nodedir's common.gypi in every build; Node's own sets
+ * its compiler flags. These are the ones of Node 20's that matter for an
+ * N-API addon (optimised, position-independent, threads, C++17 without
+ * exceptions or RTTI, as tfjs-node is built).
+ */
+const N_API_COMMON_GYPI = `${JSON.stringify(
+  {
+    target_defaults: {
+      default_configuration: 'Release',
+      configurations: { Release: { cflags: ['-O3'] }, Debug: { cflags: ['-g', '-O0'] } },
+      cflags: ['-fPIC', '-pthread', '-fno-omit-frame-pointer', '-Wall', '-Wextra', '-Wno-unused-parameter'],
+      cflags_cc: ['-fno-rtti', '-fno-exceptions', '-std=gnu++17'],
+      ldflags: ['-pthread'],
+    },
+  },
+  null,
+  2,
+)}\n`;
+
+/**
+ * Included before every source of the addon (-include). GCC 11 and newer's
+ * std::allocator calls std::__throw_bad_array_new_length(), which only
+ * libstdc++ 3.4.29 (GCC 11) exports: an addon compiled with Debian 12's GCC 12
+ * would not load on the glibc 2.27 / GCC 7-8 systems TensorFlow's
+ * manylinux_2_27 wheel supports (their libstdc++ stops at GLIBCXX_3.4.24/25).
+ * This hidden inline definition keeps the call inside the addon and throws
+ * std::bad_alloc instead, as allocators did before GCC 11 (the addon is built
+ * without exceptions, so either ends the process, as an allocation of more
+ * than the address space would). Linking libstdc++ statically instead would
+ * pull in glibc 2.32-2.36 symbols (checked: __libc_single_threaded and others).
+ */
+const LIBSTDCXX_COMPAT = `// cellfinder-retrain: keeps the addon within GLIBCXX_3.4.24 (see engineSetup.ts).
+namespace std {
+void __throw_bad_alloc() __attribute__((__noreturn__));
+__attribute__((__noreturn__, __visibility__("hidden"))) inline void __throw_bad_array_new_length() { __throw_bad_alloc(); }
+}
+`;
 
 /** Where the GPU engine's CUDA libraries will come from (see planCudaLibraries). */
 interface CudaPlan {
@@ -953,7 +1104,11 @@ function nodeCommand(env: NodeJS.ProcessEnv): NodeCommand {
  * the Node version, so any local Node 18+ install's headers do.
  */
 export function findNodeHeaders(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const candidates: Array<string | undefined> = [env.CELLFINDER_RETRAIN_NODEDIR, env.npm_config_nodedir];
+  const hasHeaders = (dir: string | undefined) => Boolean(dir) && existsSync(path.join(dir as string, 'include', 'node', 'node_api.h')) && existsSync(path.join(dir as string, 'include', 'node', 'common.gypi'));
+  // A folder named explicitly is the only one looked at: without headers there, node-api-headers are used.
+  const named = env.CELLFINDER_RETRAIN_NODEDIR || env.npm_config_nodedir;
+  if (named) return hasHeaders(named) ? named : undefined;
+  const candidates: Array<string | undefined> = [];
   const prefixOf = (executable: string) => path.dirname(path.dirname(realpathSync(executable)));
   if (!process.versions.electron) candidates.push(prefixOf(process.execPath));
   const nodeOnPath = which('node', env);
@@ -963,7 +1118,7 @@ export function findNodeHeaders(env: NodeJS.ProcessEnv = process.env): string | 
   for (const cache of [path.join(homedir(), '.cache', 'node-gyp'), path.join(homedir(), '.node-gyp')]) {
     candidates.push(path.join(cache, process.versions.node));
   }
-  return candidates.find((dir) => dir && existsSync(path.join(dir, 'include', 'node', 'node_api.h')) && existsSync(path.join(dir, 'include', 'node', 'common.gypi')));
+  return candidates.find(hasHeaders);
 }
 
 function which(command: string, env: NodeJS.ProcessEnv): string | undefined {
@@ -1026,7 +1181,7 @@ async function hashOf(file: string, algorithm: 'sha256' | 'sha512'): Promise<Buf
   for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
   return hash.digest();
 }
-const sha256Of = async (file: string) => (await hashOf(file, 'sha256')).toString('hex');
+export const sha256Of = async (file: string) => (await hashOf(file, 'sha256')).toString('hex');
 /** npm's Subresource Integrity string. */
 const sriOf = async (file: string) => `sha512-${(await hashOf(file, 'sha512')).toString('base64')}`;
 

@@ -11,6 +11,7 @@
  */
 import * as path from 'node:path';
 import { type EngineManifest, engineRoot, readActiveEngine } from './engineLayout';
+import { withTensorFlowLogLevel } from './tensorflowLog';
 
 /** `auto`: the GPU when it can be used, else the CPU, saying why; `gpu`: the same, but not being able to is reported as a problem; `cpu`: never the GPU. */
 export type DeviceChoice = 'auto' | 'gpu' | 'cpu';
@@ -36,12 +37,13 @@ export function missingLibraryPath(manifest: EngineManifest, env: NodeJS.Process
 
 /**
  * The environment for a child process that may train or classify: `device`
- * recorded for it, and, when a GPU engine is set up and the device may be the
+ * recorded for it, TensorFlow's INFO lines hidden from its start (unless the
+ * user set TF_CPP_MIN_LOG_LEVEL), and, when a GPU engine is set up and the device may be the
  * GPU, its CUDA library folders in front of LD_LIBRARY_PATH. `env` itself is
  * not changed.
  */
 export function childEnvironment(env: NodeJS.ProcessEnv, device: DeviceChoice, root: string = engineRoot(env)): NodeJS.ProcessEnv {
-  const child: NodeJS.ProcessEnv = { ...env, [DEVICE_ENV]: device };
+  const child: NodeJS.ProcessEnv = { ...withTensorFlowLogLevel(env), [DEVICE_ENV]: device };
   if (device === 'cpu') return child;
   const gpu = readActiveEngine(root, 'gpu');
   if (!gpu.ok) return child;

@@ -33,6 +33,7 @@ import type * as tfType from '@tensorflow/tfjs';
 import { type EngineManifest, engineRoot, type EngineVariant, readActiveEngine, TFJS_NODE_VERSION } from './engineLayout';
 import { missingLibraryPath } from './gpuEnvironment';
 import { registerNativeKernels } from './nativeKernels';
+import { TF_LOG_LEVEL, TF_LOG_LEVEL_ENV } from './tensorflowLog';
 
 export const NATIVE_BACKEND_NAME = 'tensorflow';
 /** Set to 0 to keep the native engine from loading (e.g. to compare numbers with the JS engine). */
@@ -103,8 +104,8 @@ export async function loadNativeBackend(tf: typeof tfType, options: LoadOptions 
     if (unreachable.length > 0) return fail(`this process was started without the GPU engine's CUDA libraries on LD_LIBRARY_PATH (${unreachable.join(', ')}); run it through cellfinder-retrain or the editor, which set it`);
     const packageDir = path.join(engineDir, manifest.packageDir);
     const addonPath = path.join(engineDir, manifest.addon);
-    // TensorFlow's informational start-up lines (CPU features) unless the user asked for them.
-    process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
+    // TensorFlow's INFO lines (CPU features) unless the user asked for them; warnings and errors stay (see tensorflowLog.ts).
+    process.env[TF_LOG_LEVEL_ENV] ??= TF_LOG_LEVEL;
     // TensorFlow otherwise takes nearly all GPU memory at start: a second process (classifying during a
     // run, a benchmark beside it) could not start, and running out would not tell what the model needs.
     if (variant === 'gpu') process.env.TF_FORCE_GPU_ALLOW_GROWTH ??= 'true';

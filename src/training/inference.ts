@@ -85,7 +85,6 @@ export interface ClassifyOptions {
   onStatisticsProgress?: (volume: string, planesDone: number, planes: number) => void;
 }
 
-
 export interface ClassifyReport {
   xmlFile: string;
   probabilitiesFile: string;
@@ -100,7 +99,6 @@ export interface ClassifyReport {
   /** With --normalize-channels: each volume's statistics, signal first. */
   channelStatistics?: ChannelStatistics[];
 }
-
 
 /**
  * Results are appended here batch by batch (flushed), so a run that is
