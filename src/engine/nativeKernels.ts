@@ -27,9 +27,13 @@
  * in blocks, as accurate as a pairwise sum) over (batch*y*x, z*channels),
  * then a sum over the channels; the variance is two-pass. The gradient's
  * b centred + k runs as the inference kernel too, and each layer's per-z
- * values are tiled for the channels in one op. A whole training step, in
- * one process alternating with the FusedBatchNormV3/GradV3 version: ResNet-18
- * about 15% faster (that one transposed to NCHW), ResNet-50 within 2%.
+ * values are tiled for the channels in one op. Cost, forward + gradient,
+ * in one process alternating with the FusedBatchNormV3/GradV3 version
+ * (which transposed to NCHW): conv1's (16, 25, 25, 12, 64) 91 -> 64 ms, but
+ * the small layers of units 3-5 about 1.5 ms slower each, being ~60 small
+ * ops where that was ~15 (about 25 us each, whatever the size): a ResNet-18
+ * step about as fast, a ResNet-50 step 0-13% slower (median of six
+ * alternating runs +4%). Fewer ops per layer is what is left to gain.
  *
  * The callers (../training/resnet.ts) use these kernels when the active backend has
  * them and the plain tfjs ops otherwise; the gradient checks and the
