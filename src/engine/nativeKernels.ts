@@ -25,7 +25,15 @@
  * than a careful float32 computation (test/gradientAccuracy.test.ts). Here
  * every such sum is a matrix product with a row of ones (oneDNN accumulates
  * in blocks, as accurate as a pairwise sum) over (batch*y*x, z*channels),
- * then a sum over the channels; the variance is two-pass.
+ * then a sum over the channels; the variance is two-pass. The gradient's
+ * b centred + k runs as the inference kernel too, and each layer's per-z
+ * values are tiled for the channels in one op. Cost, forward + gradient,
+ * in one process alternating with the FusedBatchNormV3/GradV3 version
+ * (which transposed to NCHW): conv1's (16, 25, 25, 12, 64) 91 -> 64 ms, but
+ * the small layers of units 3-5 about 1.5 ms slower each, being ~60 small
+ * ops where that was ~15 (about 25 us each, whatever the size): a ResNet-18
+ * step about as fast, a ResNet-50 step 0-13% slower (median of six
+ * alternating runs +4%). Fewer ops per layer is what is left to gain.
  *
  * The callers (../training/resnet.ts) use these kernels when the active backend has
  * them and the plain tfjs ops otherwise; the gradient checks and the
@@ -158,10 +166,7 @@ export function nativeBatchNormInference(
 ): tfType.Tensor5D {
   const [batch, height, width, depth, channels] = input.shape;
   return tf.tidy(() => {
-    // Each z's value once per channel, in the order (z, channel) has in
-    // memory; the four parameters in one tile (each op has a fixed cost).
-    const stacked = tf.stack([parameters.gamma, parameters.beta, parameters.movingMean, parameters.movingVariance]);
-    const [scale, offset, mean, variance] = tf.unstack(tf.reshape(tf.tile(tf.reshape(stacked, [4, depth, 1]), [1, 1, channels]), [4, depth * channels]));
+    const [scale, offset, mean, variance] = perColumn(tf, [parameters.gamma, parameters.beta, parameters.movingMean, parameters.movingVariance], channels);
     const x = tf.reshape(input, [batch, height, width, depth * channels]);
     const y = tf.engine().runKernel(NATIVE_BATCH_NORM_INFERENCE, { x, scale, offset, mean, variance }, { epsilon }) as tfType.Tensor4D;
     return tf.reshape(y, input.shape);
@@ -183,9 +188,10 @@ export function nativeKerasAdam(tf: Tf, variable: tfType.Tensor, momentum: tfTyp
   return tf.engine().runKernel(NATIVE_ADAM, { variable, momentum, velocity, gradient, ...scalars }) as [tfType.Tensor, tfType.Tensor, tfType.Tensor];
 }
 
-/** Each z's value repeated over the channels, as a (1, z * channels) row in (z, channel) memory order. */
-function perColumn(tf: Tf, values: tfType.Tensor1D, channels: number): tfType.Tensor2D {
-  return tf.reshape(tf.tile(tf.reshape(values, [values.shape[0], 1]), [1, channels]), [1, values.shape[0] * channels]);
+/** Each z's value of each of `values` repeated over the channels, as (z * channels) rows in (z, channel) memory order; one tile for all (each op has a fixed cost). */
+function perColumn(tf: Tf, values: tfType.Tensor1D[], channels: number): tfType.Tensor1D[] {
+  const depth = values[0].shape[0];
+  return tf.unstack(tf.reshape(tf.tile(tf.reshape(tf.stack(values), [values.length, depth, 1]), [1, 1, channels]), [values.length, depth * channels])) as tfType.Tensor1D[];
 }
 
 /** Sums over (batch, y, x, channels) per z of a (rows, z * channels) matrix: the column sums as ones x matrix, then the channels. */
@@ -210,14 +216,14 @@ export function nativeBatchNormTraining(tf: Tf, input: tfType.Tensor5D, gamma: t
     const ones = tf.ones([1, rows]) as tfType.Tensor2D;
     const matrix = tf.reshape(x, [rows, depth * channels]) as tfType.Tensor2D;
     mean = tf.keep(tf.div(sumPerZ(tf, ones, matrix, depth), count)) as tfType.Tensor1D;
-    const centred = tf.sub(matrix, perColumn(tf, mean, channels)) as tfType.Tensor2D;
+    const centred = tf.sub(matrix, perColumn(tf, [mean], channels)[0]) as tfType.Tensor2D;
     variance = tf.keep(tf.div(sumPerZ(tf, ones, tf.square(centred), depth), count)) as tfType.Tensor1D;
     // The centred values are kept for the gradient instead of x (the same memory): it needs them, not x.
     save([centred, scale, variance, ones]);
-    const column = (values: tfType.Tensor1D) => tf.reshape(perColumn(tf, values, channels), [depth * channels]);
+    const [scaleColumn, offsetColumn, varianceColumn] = perColumn(tf, [scale, offset, variance as tfType.Tensor1D], channels);
     const y = tf.engine().runKernel(
       NATIVE_BATCH_NORM_INFERENCE,
-      { x: tf.reshape(centred, [batch, height, width, depth * channels]), scale: column(scale), offset: column(offset), mean: tf.zeros([depth * channels]), variance: column(variance) },
+      { x: tf.reshape(centred, [batch, height, width, depth * channels]), scale: scaleColumn, offset: offsetColumn, mean: tf.zeros([depth * channels]), variance: varianceColumn },
       { epsilon },
     ) as tfType.Tensor;
     return {
@@ -232,7 +238,16 @@ export function nativeBatchNormTraining(tf: Tf, input: tfType.Tensor5D, gamma: t
         // dx = a dy + b centred + k per z, with a = gamma rstd, b = -a rstd^2 mean(dy centred), k = -a mean(dy).
         const b = tf.neg(tf.div(tf.mul(tf.mul(a, tf.square(rstd)), sumDyCentred), count)) as tfType.Tensor1D;
         const k = tf.neg(tf.div(tf.mul(a, sumDy), count)) as tfType.Tensor1D;
-        const dx = tf.add(tf.add(tf.mul(dyMatrix, perColumn(tf, a, channels)), tf.mul(savedCentred, perColumn(tf, b, channels))), perColumn(tf, k, channels));
+        const [aColumn, bColumn, kColumn] = perColumn(tf, [a, b, k], channels);
+        // b centred + k in one pass, as the inference kernel with mean 0 and
+        // variance 1 - epsilon (rsqrt(variance + epsilon) is then 1 to a
+        // float32 rounding) instead of a multiply and an add.
+        const shifted = tf.engine().runKernel(
+          NATIVE_BATCH_NORM_INFERENCE,
+          { x: tf.reshape(savedCentred, [batch, height, width, depth * channels]), scale: bColumn, offset: kColumn, mean: tf.zeros([depth * channels]), variance: tf.fill([depth * channels], 1 - epsilon) },
+          { epsilon },
+        ) as tfType.Tensor;
+        const dx = tf.add(tf.mul(dyMatrix, aColumn), tf.reshape(shifted, dyMatrix.shape));
         return [tf.reshape(dx, dy.shape), tf.mul(sumDyCentred, rstd), sumDy];
       },
     };

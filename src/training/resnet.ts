@@ -247,7 +247,9 @@ export interface BatchNormStatistics {
  * Runs the network on `input` (batch, y, x, z, channels) and returns the
  * softmax probabilities (batch, 2): index 0 non-cell, 1 cell. In training
  * mode batch normalisation uses the batch's statistics (biased variance, as
- * Keras) and returns them for the moving-average update.
+ * Keras) and returns them for the moving-average update. `observe`, if
+ * given, sees every layer's output as it is made (the tensor is freed with
+ * the rest of the pass: read it there).
  */
 export function forward(
   tf: typeof tfType,
@@ -255,6 +257,7 @@ export function forward(
   weights: Weights,
   input: tfType.Tensor5D,
   training: boolean,
+  observe?: (layer: LayerSpec, output: tfType.Tensor) => void,
 ): { probabilities: tfType.Tensor2D; logits: tfType.Tensor2D; statistics: BatchNormStatistics[] } {
   const outputs = new Map<string, tfType.Tensor>();
   const statistics: BatchNormStatistics[] = [];
@@ -313,6 +316,7 @@ export function forward(
         break;
     }
     outputs.set(layer.name, output);
+    observe?.(layer, output);
   }
   const probabilities = outputs.get('fully_connected') as tfType.Tensor2D;
   return { probabilities, logits: logits as tfType.Tensor2D, statistics };
