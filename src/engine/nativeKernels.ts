@@ -31,9 +31,10 @@
  * in one process alternating with the FusedBatchNormV3/GradV3 version
  * (which transposed to NCHW): conv1's (16, 25, 25, 12, 64) 91 -> 64 ms, but
  * the small layers of units 3-5 about 1.5 ms slower each, being ~60 small
- * ops where that was ~15 (about 25 us each, whatever the size): a ResNet-18
- * step about as fast, a ResNet-50 step 0-13% slower (median of six
- * alternating runs +4%). Fewer ops per layer is what is left to gain.
+ * ops where that was ~15 (about 25 us each, whatever the size). Whole
+ * steps alternating in one process on a quiet machine: a ResNet-18 step 6%
+ * slower, a ResNet-50 step 10-13% slower. Fewer ops per layer is what is
+ * left to gain.
  *
  * The callers (../training/resnet.ts) use these kernels when the active backend has
  * them and the plain tfjs ops otherwise; the gradient checks and the
