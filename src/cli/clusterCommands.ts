@@ -26,6 +26,7 @@ export const SLURM_FLAGS: FlagSpec[] = [
   { name: 'time', values: 1 },
   { name: 'account', values: 1 },
   { name: 'sbatch-line', values: 1, verbatim: true },
+  { name: 'requeue', values: 0 },
 ];
 
 /** What the job asks SLURM for; undefined without --slurm (then the SLURM options are a usage error). */
@@ -45,6 +46,7 @@ export function slurmRequestFrom(flags: Map<string, string[]>): SlurmRequest | u
     time: flags.get('time')?.[0],
     account: flags.get('account')?.[0],
     extraLines: flags.get('sbatch-line'),
+    requeue: flags.has('requeue'),
   };
 }
 

@@ -53,14 +53,18 @@ working directory, so run it from the dataset folder (see README).
       --save-progress  --lr-schedule E...  --lr-multiplier (0.1)
       --normalize-channels
       ours: --seed N  --stratified-split  --balanced  --augment-parity
+            --fresh-optimizer (from a model file: its weights, a new Adam at
+            --learning-rate; without it the file's Adam and rate go on)
             --keep-checkpoints N (the N lowest val_loss; default: every epoch's)
             --resume <output-dir>  --device auto|gpu|cpu  --json (events as JSON lines)
       --slurm [--partition P] [--gres gpu:1] [--cpus N] [--mem 32G] [--time 12:00:00]
-              [--account A] [--sbatch-line --qos=long]...
+              [--account A] [--sbatch-line --qos=long]... [--requeue]
           Submit the same command as a SLURM job (sbatch) instead of running it
           here: it prints the job id; the job writes the same events and outputs
           into -o. With --resume <dir>: resubmit an interrupted run. The job gets
-          SIGUSR2 5 minutes before its time limit and stops there resumably.
+          SIGUSR2 5 minutes before its time limit and stops there resumably;
+          with --requeue SLURM may requeue it, and it requeues itself there:
+          each start resumes the run.
   runs [folder...] [--json]
       The training runs under the folders (default: here): status, epoch, and
       for SLURM runs their job's state (pending: Resources, running on node X).

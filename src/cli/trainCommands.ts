@@ -29,6 +29,7 @@ import { runConfigOf, TRAIN_CONFIG_FILE, TRAIN_DEFAULTS, type TrainConfig } from
 import { loadSamples } from '../training/trainingData';
 import { RESUME_FOLDER, train } from '../training/trainer';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
+import { REQUEUE_ENV, requeueJob, TIME_LIMIT_SIGNAL } from '../cluster/slurm';
 import { SLURM_FLAGS, slurmRequestFrom, submitTrainJob } from './clusterCommands';
 import { progressPrinter, STOP_SIGNALS, stopOnSignals } from './progress';
 
@@ -165,16 +166,19 @@ function describeEvent(event: TrainingEvent): string | undefined {
 export async function trainCommand(argv: readonly string[], io: Io): Promise<number> {
   const { flags, positionals } = parseArgs(argv, [...TRAIN_FLAGS, ...SLURM_FLAGS]);
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
-  const resumeDir = flags.get('resume')?.[0];
   const json = flags.has('json');
   // Usage errors before TensorFlow loads (seconds).
-  const config: TrainConfig = resumeDir ? { ...TRAIN_DEFAULTS, yamlFiles: [], outputDir: path.resolve(resumeDir) } : trainConfigFromFlags(flags);
+  const requested = flags.has('resume') ? undefined : trainConfigFromFlags(flags);
+  const resumeDir = flags.get('resume')?.[0] ?? (requested && requeuedRun(requested.outputDir, io));
+  const config: TrainConfig = resumeDir ? { ...TRAIN_DEFAULTS, yamlFiles: [], outputDir: path.resolve(resumeDir) } : (requested as TrainConfig);
   if (resumeDir && !existsSync(path.join(resumeDir, RESUME_FOLDER, 'state.json'))) throw new UsageError(`${resumeDir} holds no interrupted run to resume`);
   const slurm = slurmRequestFrom(flags);
   if (slurm) return submitTrainJob(argv, slurm, config.outputDir, resumeDir ? 'resume' : 'train', { node: process.execPath, entry: cliEntry() }, json, io);
   let cancelled = false;
-  const stop = () => {
+  let stoppedBy: NodeJS.Signals | undefined;
+  const stop = (signal: NodeJS.Signals) => {
     cancelled = true;
+    stoppedBy ??= signal;
     io.err('Stopping after the current batch (a resumable checkpoint is written)...');
   };
   // Before TensorFlow loads (seconds): SLURM's time-limit warning may come that early, and SIGUSR2's default is to end the process.
@@ -195,6 +199,10 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
     };
     try {
       const result = await train(runtime.tf, runtime, config, emit, { cancelRequested: () => cancelled }, Boolean(resumeDir));
+      if (result.status === 'cancelled' && stoppedBy === `SIG${TIME_LIMIT_SIGNAL}` && process.env[REQUEUE_ENV] === '1' && process.env.SLURM_JOB_ID) {
+        await requeueJob(process.env.SLURM_JOB_ID);
+        io.err(`Time limit near: job ${process.env.SLURM_JOB_ID} requeued; it resumes the run when it starts again`);
+      }
       return result.status === 'finished' ? 0 : 3;
     } catch (error) {
       // The run's log says why it ended, for the editor's Runs view; the CLI reports the error itself.
@@ -205,6 +213,19 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
   } finally {
     for (const signal of STOP_SIGNALS) process.removeListener(signal, stop);
   }
+}
+
+/**
+ * A SLURM job that SLURM requeued (preemption, node failure, scontrol
+ * requeue; only with --requeue) runs its batch script again, so the same
+ * `train` command: it resumes the run its first start left a checkpoint of,
+ * instead of starting that run over. The output folder when it does.
+ */
+function requeuedRun(outputDir: string, io: Io): string | undefined {
+  const restarts = Number(process.env.SLURM_RESTART_COUNT ?? 0);
+  if (!(restarts > 0) || !existsSync(path.join(outputDir, RESUME_FOLDER, 'state.json'))) return undefined;
+  io.err(`SLURM restarted job ${process.env.SLURM_JOB_ID ?? ''} (restart ${restarts}): resuming ${outputDir} from its last checkpoint`);
+  return outputDir;
 }
 
 async function networkFor(flags: Map<string, string[]>, channels: number) {

@@ -37,6 +37,8 @@ export interface SlurmRequest {
   account?: string;
   /** Further sbatch options, one per line, with or without the `#SBATCH` in front. */
   extraLines?: string[];
+  /** --requeue: SLURM may requeue the job (preemption, node failure, scontrol requeue); the CLI then resumes the run. */
+  requeue?: boolean;
 }
 
 /**
@@ -63,6 +65,8 @@ export function warningSeconds(request: SlurmRequest): number {
 }
 /** The batch script of the run's latest submission, kept for the record. */
 export const SLURM_SCRIPT_FILE = 'slurm-job.sh';
+/** Set by the batch script of a job submitted with --requeue: at the time-limit warning the run requeues its own job. */
+export const REQUEUE_ENV = 'CELLFINDER_RETRAIN_SLURM_REQUEUE';
 
 export interface JobRecord {
   jobId: string;
@@ -113,6 +117,7 @@ export function sbatchOptions(request: SlurmRequest): string[] {
     options.push(`--time=${request.time}`);
   }
   if (request.account) options.push(`--account=${sbatchValue(request.account)}`);
+  if (request.requeue) options.push('--requeue');
   for (const line of request.extraLines ?? []) {
     const option = line.trim().replace(/^#SBATCH\s+/, '');
     if (option === '') continue;
@@ -137,7 +142,8 @@ export function batchScript(spec: JobSpec): string {
     `--signal=B:${TIME_LIMIT_SIGNAL}@${warningSeconds(spec.request)}`,
     ...sbatchOptions(spec.request),
   ];
-  return ['#!/bin/bash', '# Submitted by cellfinder-retrain: the same command as a run on this machine, its events in the run folder.', ...directives.map((d) => `#SBATCH ${d}`), `exec ${spec.command.map(shellQuote).join(' ')}`, ''].join('\n');
+  const requeue = spec.request.requeue ? [`export ${REQUEUE_ENV}=1`] : [];
+  return ['#!/bin/bash', '# Submitted by cellfinder-retrain: the same command as a run on this machine, its events in the run folder.', ...directives.map((d) => `#SBATCH ${d}`), ...requeue, `exec ${spec.command.map(shellQuote).join(' ')}`, ''].join('\n');
 }
 
 interface CommandResult {
@@ -273,6 +279,16 @@ export function describeJobState(state: JobState | undefined): string {
  * then ends by itself; a pending job has done nothing yet and is simply
  * removed from the queue. Returns what was done, for the user.
  */
+/**
+ * Puts the job this process runs in back in the queue (scontrol requeue):
+ * after the time-limit warning a --requeue run has written its checkpoint,
+ * and the job's next start resumes it with a new time limit.
+ */
+export async function requeueJob(jobId: string): Promise<void> {
+  const result = await runSlurmCommand('scontrol', ['requeue', jobId]);
+  if (result.code !== 0) throw new SlurmError(`scontrol could not requeue job ${jobId}: ${slurmSaid(result)}`, 'The run stopped with a resumable checkpoint: resubmit it with cellfinder-retrain train --resume <run folder> --slurm');
+}
+
 export async function cancelJob(jobId: string): Promise<string> {
   const state = await jobState(jobId);
   if (!jobIsActive(state)) return `job ${jobId} is ${describeJobState(state)}: nothing to cancel`;
