@@ -158,18 +158,19 @@ export async function train(
     if (start) assignLoaded(tf, spec, weights, saved?.iterations !== undefined ? optimizer : undefined, start);
   }
 
+  const allCubes = classCounts(samples);
   emit({
     type: 'started',
     backend: engine.backend,
     gpu: engine.gpu,
     model: { depth: config.networkDepth, channels, layers: spec.layers.length, parameters: parameterCount(spec) },
-    samples: { training: training.length, validation: validation.length, cells: samples.filter((s) => s.label === 1).length, nonCells: samples.filter((s) => s.label === 0).length },
+    samples: { training: training.length, validation: validation.length, ...allCubes },
     epochs: config.epochs,
     resumedAtEpoch: resume ? state.epoch : undefined,
     resumedAtIteration: resume ? optimizer.iterations : undefined,
     start: state.start,
     split: { file: splitFile, training: classCounts(training), validation: classCounts(validation) },
-    warnings: trainingWarnings(samples, state.start, requestedLearningRate),
+    warnings: trainingWarnings(allCubes, state.start, requestedLearningRate),
   });
 
   const random = config.seed === undefined ? randomFor(undefined) : seededRandom(config.seed + 1000003 * (state.epoch + 1) + state.batchesDone);
@@ -379,12 +380,11 @@ function trainStep(
 }
 
 /** What a run goes ahead with but is likely a mistake. */
-function trainingWarnings(samples: readonly Sample[], start: RunStart | undefined, requestedLearningRate: number): string[] | undefined {
+function trainingWarnings({ cells, nonCells }: ClassCounts, start: RunStart | undefined, requestedLearningRate: number): string[] | undefined {
   const warnings: string[] = [];
-  const cells = samples.filter((s) => s.label === 1).length;
-  if (cells === 0 || cells === samples.length) {
+  if (cells === 0 || nonCells === 0) {
     const [has, lacks] = cells === 0 ? ['non-cells', 'cells'] : ['cells', 'non-cells'];
-    warnings.push(`the training data holds only ${has} (${samples.length}), no ${lacks}: the network will learn to call everything a ${has === 'cells' ? 'cell' : 'non-cell'}. Add a dataset with ${lacks} (training.yaml type ${lacks === 'cells' ? 'cell' : 'no_cell'})`);
+    warnings.push(`the training data holds only ${has} (${cells + nonCells}), no ${lacks}: the network will learn to call everything a ${has === 'cells' ? 'cell' : 'non-cell'}. Add a dataset with ${lacks} (training.yaml type ${lacks === 'cells' ? 'cell' : 'no_cell'})`);
   }
   if (start?.learningRateFrom === 'model file' && start.learningRate !== requestedLearningRate) {
     warnings.push(`the learning rate is ${shortestFloat32(start.learningRate)}, from the optimiser saved in ${start.modelFile}, not --learning-rate ${requestedLearningRate} (as cellfinder does). Add --fresh-optimizer to start a fresh Adam at ${requestedLearningRate}`);
