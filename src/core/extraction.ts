@@ -8,7 +8,7 @@ import { CUBE_SHAPE, NETWORK_VOXEL_SIZES, type Point3 } from './cube';
 import { DataFileError } from './errors';
 import { resizeTrilinear, type Shape3 } from './rescale';
 import { bytesPerPixel, type PixelArray } from './tiff';
-import type { Volume } from './volume';
+import { RowBuffers, type Volume } from './volume';
 
 export type VoxelSizes = readonly [number, number, number];
 
@@ -254,19 +254,27 @@ export async function* extractCubes<P extends Point3>(plan: ExtractionPlan<P>, c
 
 /**
  * The cube of one point, read alone: only the rows of its cuboid, from each
- * of its planes. For labelling in any order, where neighbouring points share
- * no planes worth keeping; equal to what `extractCubes` gives for the point.
+ * of its planes, into `buffers` (a caller that cuts cube after cube keeps its
+ * own between calls). For labelling in any order, where neighbouring points
+ * share no planes worth keeping; equal to what `extractCubes` gives for the
+ * point.
  */
-export async function cutCube(point: Point3, channels: readonly Volume[], dataVoxelSizes?: VoxelSizes): Promise<Float32Array[]> {
+export async function cutCube(point: Point3, channels: readonly Volume[], dataVoxelSizes?: VoxelSizes, buffers = new RowBuffers(channels.length)): Promise<Float32Array[]> {
   const plan = planExtraction({ points: [point], channels, dataVoxelSizes });
   const [entry] = plan.extractable;
   if (!entry) throw new Error(`point x=${point.x} y=${point.y} z=${point.z} has no full cube inside the volume (${plan.skipped[0]?.reason})`);
   const { bounds } = entry;
   return Promise.all(
     channels.map(async (volume) => {
-      const rows: PixelArray[] = [];
-      for (let z = bounds.z[0]; z < bounds.z[1]; z++) rows.push(await volume.readRows(z, bounds.y[0], bounds.y[1]));
-      return networkCube(plan, bounds, (z) => rows[z - bounds.z[0]], bounds.y[0]);
+      const cuboid = cuboidFor(plan);
+      // Each plane's rows are copied out before the next plane is read into the same buffer.
+      let rows: PixelArray | undefined;
+      for (let z = bounds.z[0]; z < bounds.z[1]; z++) {
+        rows = await volume.readRows(z, bounds.y[0], bounds.y[1], (rows?.buffer as ArrayBuffer | undefined) ?? buffers.take());
+        copyCuboidPlane(plan, bounds, cuboid, z - bounds.z[0], rows, bounds.y[0]);
+      }
+      if (rows) buffers.give(rows);
+      return toNetworkCube(plan, cuboid);
     }),
   );
 }
@@ -277,22 +285,37 @@ export async function cutCube(point: Point3, channels: readonly Volume[], dataVo
  * Written into `into` when given (a cache record), else into a new array.
  */
 export function networkCube(plan: ExtractionPlan<Point3>, bounds: CuboidBounds, rowsOf: (z: number) => PixelArray, firstRow: number, into?: Float32Array): Float32Array {
-  const [depth, height, width] = plan.cuboid;
-  const volumeWidth = plan.volumeShape[2];
+  const cuboid = cuboidFor(plan, into);
+  for (let dz = 0; dz < plan.cuboid[0]; dz++) copyCuboidPlane(plan, bounds, cuboid, dz, rowsOf(bounds.z[0] + dz), firstRow);
+  return toNetworkCube(plan, cuboid, into);
+}
+
+function resizedForNetwork(plan: ExtractionPlan<Point3>): boolean {
   const network: Shape3 = [CUBE_SHAPE.depth, CUBE_SHAPE.height, CUBE_SHAPE.width];
-  const resized = plan.cuboid.some((size, axis) => size !== network[axis]);
-  const cuboid = into && !resized ? into : new Float32Array(depth * height * width);
-  for (let dz = 0; dz < depth; dz++) {
-    const plane = rowsOf(bounds.z[0] + dz);
-    for (let dy = 0; dy < height; dy++) {
-      const from = (bounds.y[0] + dy - firstRow) * volumeWidth + bounds.x[0];
-      const to = (dz * height + dy) * width;
-      // A loop, not set(subarray()): a cube is 1,000 rows, and a view per row is garbage the collector then spends longer on than the copy.
-      for (let x = 0; x < width; x++) cuboid[to + x] = plane[from + x];
-    }
+  return plan.cuboid.some((size, axis) => size !== network[axis]);
+}
+
+/** Where a cuboid is gathered: `into` itself when no resizing follows. */
+function cuboidFor(plan: ExtractionPlan<Point3>, into?: Float32Array): Float32Array {
+  return into && !resizedForNetwork(plan) ? into : new Float32Array(plan.cuboid[0] * plan.cuboid[1] * plan.cuboid[2]);
+}
+
+/** Copies the cuboid's rows of its plane `dz` out of `plane` (rows from `firstRow` on, the volume's full width). */
+function copyCuboidPlane(plan: ExtractionPlan<Point3>, bounds: CuboidBounds, cuboid: Float32Array, dz: number, plane: PixelArray, firstRow: number): void {
+  const [, height, width] = plan.cuboid;
+  const volumeWidth = plan.volumeShape[2];
+  for (let dy = 0; dy < height; dy++) {
+    const from = (bounds.y[0] + dy - firstRow) * volumeWidth + bounds.x[0];
+    const to = (dz * height + dy) * width;
+    // A loop, not set(subarray()): a cube is 1,000 rows, and a view per row is garbage the collector then spends longer on than the copy.
+    for (let x = 0; x < width; x++) cuboid[to + x] = plane[from + x];
   }
-  if (!resized) return cuboid;
-  const cube = resizeTrilinear(cuboid, plan.cuboid, network);
+}
+
+/** The gathered cuboid as the network's cube, resized when the voxel sizes differ from the network's (into `into` when given). */
+function toNetworkCube(plan: ExtractionPlan<Point3>, cuboid: Float32Array, into?: Float32Array): Float32Array {
+  if (!resizedForNetwork(plan)) return cuboid;
+  const cube = resizeTrilinear(cuboid, plan.cuboid, [CUBE_SHAPE.depth, CUBE_SHAPE.height, CUBE_SHAPE.width]);
   if (!into) return cube;
   into.set(cube);
   return into;

@@ -20,7 +20,7 @@ import { DataFileError } from './errors';
 import { LabelState, recordedPredictions, type BalanceCounts } from './labelState';
 import { cutCube, planExtraction, type SkippedPoint, type VoxelSizes } from './extraction';
 import type { CubeLabel } from './trainingYaml';
-import { openChannels, type Volume } from './volume';
+import { openChannels, RowBuffers, type Volume } from './volume';
 
 /** What the user labels: candidate points and the volumes they sit in. */
 export interface CandidateSet {
@@ -190,6 +190,8 @@ export class LabellingSession {
   ) {}
 
   private readonly recentCubes = new Map<number, Promise<CandidateCube>>();
+  /** Buffers the rows of cubes and contexts read from the planes are read into, again and again. */
+  private readonly rowBuffers = new RowBuffers();
 
   /** The session over `candidates`, its state read from the dataset now. */
   private static async over(
@@ -293,7 +295,7 @@ export class LabellingSession {
         if (!set) return { id, channels: await this.dataset.readCube(candidate.position) };
         // From the cache when the sweep has cut it; else from the planes, ahead of the sweep.
         const cached = await this.cached(id, (cache) => cache.readCube(id));
-        return { id, channels: cached ?? (await cutCube(candidate.position, this.volumes, set.voxelSizes)) };
+        return { id, channels: cached ?? (await cutCube(candidate.position, this.volumes, set.voxelSizes, this.rowBuffers)) };
       })();
       cube.catch(() => this.recentCubes.delete(id));
     } else this.recentCubes.delete(id);
@@ -311,7 +313,14 @@ export class LabellingSession {
     if (cached) return cached;
     const plan = planExtraction({ points: [position], channels: this.volumes, dataVoxelSizes: this.set.voxelSizes });
     const window = contextWindow(position, plan.cuboid, plan.volumeShape);
-    const channels = await Promise.all(this.volumes.map(async (volume) => Float32Array.from(cutContext(window, await volume.readRows(window.z, window.y0, window.y0 + window.height), window.y0, plan.volumeShape[2]))));
+    const channels = await Promise.all(
+      this.volumes.map(async (volume) => {
+        const rows = await volume.readRows(window.z, window.y0, window.y0 + window.height, this.rowBuffers.take());
+        const region = Float32Array.from(cutContext(window, rows, window.y0, plan.volumeShape[2]));
+        this.rowBuffers.give(rows);
+        return region;
+      }),
+    );
     return { id, ...window, channels };
   }
 

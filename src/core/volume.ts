@@ -30,6 +30,30 @@ export interface Volume {
   close(): Promise<void>;
 }
 
+/**
+ * Row buffers handed back after use, to be read into again (`readRows`'
+ * `reuse`). A labelling session reads a cube's and a context's rows for every
+ * candidate, all day: fresh buffers for them (5 MB a candidate on 5000-pixel
+ * rows) kept the collector in full collections, whose steps then delayed the
+ * decisions saved between reads.
+ */
+export class RowBuffers {
+  private readonly free: ArrayBuffer[] = [];
+
+  /** At most `kept` buffers are held (a few cubes' and contexts' rows in flight at once). */
+  constructor(private readonly kept = 8) {}
+
+  /** A buffer to read into, if one was handed back; `readRows` allocates when it is too small. */
+  take(): ArrayBuffer | undefined {
+    return this.free.pop();
+  }
+
+  /** Hands back the buffer of rows that nothing refers to any more. */
+  give(rows: PixelArray): void {
+    if (this.free.length < this.kept) this.free.push(rows.buffer as ArrayBuffer);
+  }
+}
+
 export async function openVolume(source: string): Promise<Volume> {
   let stat;
   try {
