@@ -11,11 +11,16 @@ import { existsSync, promises as fs, symlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, test } from 'node:test';
 import { readJobRecords, SLURM_SCRIPT_FILE } from '../src/cluster/slurm';
+import { runCliJson, slurmArgs } from '../src/controllers/cliProcess';
+import { engineRoot, readActiveEngine } from '../src/engine/engineLayout';
+import { TrainingController } from '../src/controllers/trainingController';
+import { TRAIN_CONFIG_FILE, TRAIN_DEFAULTS, type TrainConfig } from '../src/training/trainConfig';
+import type { HostToTraining } from '../src/webview/protocol';
 import { SLURM_JOBS_FILE } from '../src/core/runFiles';
 import type { TrainingEvent } from '../src/training/events';
 import { readModelFile } from '../src/training/modelFiles';
 import { RESUME_FOLDER } from '../src/training/trainer';
-import { RunFollower } from '../src/training/runs';
+import { RunFollower, type RunRecord } from '../src/training/runs';
 import { REPO_ROOT, scratch, tinyDataset } from './helpers';
 
 const CLI = path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js');
@@ -127,7 +132,7 @@ test('cancel stops a running job mid-epoch with a resumable checkpoint; train --
   // 16 cubes: 12 training batches of one per epoch, so the cancel lands mid-epoch.
   const yaml = await tinyDataset(root, 4);
   const runDir = path.join(root, 'run');
-  const firstJob = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '3']);
+  const firstJob = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '3', '--time', '30']);
   const run = await follow(t, runDir);
   await run.waitFor('batch', (e) => e.epoch === 1 && e.batch === 2);
   const cancel = cli(['cancel', runDir]);
@@ -143,6 +148,8 @@ test('cancel stops a running job mid-epoch with a resumable checkpoint; train --
 
   const secondJob = submit(['--resume', runDir]);
   assert.notEqual(secondJob, firstJob);
+  // Resubmitted without SLURM options (as the editor's Resume does), it asks for what the first job asked for.
+  assert.match(scontrolShowJob(secondJob), /TimeLimit=00:30:00/);
   const resumed = await run.waitFor('started', (e) => e.resumedAtEpoch !== undefined);
   assert.equal(resumed.resumedAtEpoch, 1);
   assert.equal(resumed.resumedAtIteration, 12 + cancelled.batch);
@@ -268,4 +275,75 @@ test('with --requeue, a job near its time limit stops with a checkpoint, requeue
   // One job throughout: requeued, not resubmitted.
   assert.deepEqual((await readJobRecords(runDir)).map((job) => job.jobId), [jobId]);
   assert.match(await fs.readFile(path.join(runDir, `slurm-${jobId}.err`), 'utf8'), /SLURM restarted job \d+ \(restart \d+\): resuming/);
+});
+
+test('the editor\'s path: Retrain Network\'s settings file submitted with train --config --slurm; the training panel\'s controller shows the queue state, follows the job to the end, and its Cancel takes a queued job off the queue', { timeout: 6 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const yaml = await tinyDataset(root);
+  const cliLocation = { nodePath: process.execPath, cliScript: CLI, device: 'cpu' as const };
+  /** Writes the run's settings as Retrain Network does and submits them held (pending whatever the cluster's load). */
+  const submitHeld = async (name: string) => {
+    const runDir = path.join(root, name);
+    const config: TrainConfig = { ...TRAIN_DEFAULTS, yamlFiles: [yaml], outputDir: runDir, networkDepth: 18, batchSize: 1, epochs: 2, testFraction: 0.25, seed: 7, saveCheckpoints: false };
+    await fs.mkdir(runDir);
+    await fs.writeFile(path.join(runDir, TRAIN_CONFIG_FILE), JSON.stringify(config));
+    const request = { time: '20', extraLines: ['--hold'] };
+    const { jobId } = await runCliJson<{ jobId: string }>(cliLocation, ['train', '--config', path.join(runDir, TRAIN_CONFIG_FILE), ...slurmArgs(request)]);
+    assert.deepEqual((await readJobRecords(runDir)).map((job) => job.request), [{ ...request, requeue: false }]);
+    return { runDir, jobId };
+  };
+  /** The panel's host side, as the editor makes it; the messages it would post to the page. */
+  const panel = async (runDir: string) => {
+    const messages: HostToTraining[] = [];
+    const statuses: RunRecord['status'][] = [];
+    const controller = new TrainingController(runDir, (message) => messages.push(message), {
+      resume: async () => undefined,
+      classify: async () => undefined,
+      evaluate: async () => undefined,
+      revealOutput: () => undefined,
+      onStatus: (run) => statuses.push(run.status),
+    });
+    t.after(() => controller.dispose());
+    await controller.handle({ type: 'ready' });
+    return { controller, messages, statuses, jobTexts: () => messages.flatMap((m) => (m.type === 'job' && m.text ? [m.text] : [])) };
+  };
+
+  const finishing = await submitHeld('run');
+  const followed = await panel(finishing.runDir);
+  assert.deepEqual(followed.jobTexts(), [`SLURM job ${finishing.jobId}: pending: JobHeldUser`]);
+  const shown = followed.messages.find((m): m is Extract<HostToTraining, { type: 'run' }> => m.type === 'run');
+  assert.equal(shown?.run.status, 'running', 'a queued run counts as going on: Cancel applies to it');
+  assert.equal(spawnSync('scontrol', ['release', finishing.jobId]).status, 0);
+  const deadline = Date.now() + 4 * 60_000;
+  while (followed.controller.run().status === 'running' && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 1000));
+  assert.equal(followed.controller.run().status, 'finished', JSON.stringify(followed.messages.filter((m) => m.type !== 'events').slice(-5)));
+  assert.ok(followed.messages.some((m) => m.type === 'events' && m.events.some((e) => e.type === 'epoch')), 'the epochs reached the page');
+  assert.deepEqual(followed.statuses.at(-1), 'finished');
+
+  const queued = await submitHeld('queued');
+  const cancelling = await panel(queued.runDir);
+  await cancelling.controller.handle({ type: 'cancel' });
+  assert.ok(cancelling.messages.some((m) => m.type === 'busy' && m.message === `job ${queued.jobId} removed from the queue before it started`), JSON.stringify(cancelling.messages));
+  assert.match(cancelling.jobTexts().at(-1) ?? '', new RegExp(`^SLURM job ${queued.jobId}: cancelled`));
+  assert.notEqual(cancelling.controller.run().status, 'running');
+});
+
+test('a job on a node where the login node\'s engine does not load fails at its start, saying why in the run\'s log, instead of training on the slow engine', { timeout: 3 * 60_000 }, async (t) => {
+  // CI sets the native engine up before the tests (npm run test:all); without it no engine is required of a job.
+  if (!readActiveEngine(engineRoot()).ok) return t.skip('the native engine is not set up on this machine (cellfinder-retrain engine setup)');
+  const root = scratch(t);
+  const yaml = await tinyDataset(root);
+  const runDir = path.join(root, 'run');
+  // The node sees no engine where the login node has it: as when the engine sits in a home folder the nodes do not mount.
+  const jobId = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '1', '--sbatch-line', '--export=ALL,CELLFINDER_RETRAIN_ENGINE_DIR=/nonexistent/engine']);
+  const script = await fs.readFile(path.join(runDir, SLURM_SCRIPT_FILE), 'utf8');
+  assert.match(script, /^export CELLFINDER_RETRAIN_REQUIRED_ENGINE="\$\{CELLFINDER_RETRAIN_REQUIRED_ENGINE:-native\}"$/m);
+  assert.ok(script.includes(`export CELLFINDER_RETRAIN_ENGINE_DIR="\${CELLFINDER_RETRAIN_ENGINE_DIR:-${engineRoot()}}"`), script);
+  const run = await follow(t, runDir);
+  const failed = await run.waitFor('error', () => true, 120);
+  assert.match(failed.message, /^stopped at the start on node \S+: the native engine does not load here \(no native engine is set up in \/nonexistent\/engine[^)]*\), so training would run on the pure-JavaScript engine, many times slower$/);
+  assert.match(failed.fix ?? '', /^Set the engine up on a path every node sees \(CELLFINDER_RETRAIN_ENGINE_DIR=<shared folder> cellfinder-retrain engine setup on the login node\)/);
+  assert.ok(!run.events.some((e) => e.type === 'batch'), 'nothing was trained');
+  for (let i = 0; i < 30 && / \| SLURM job \d+: (running|completing)/.test(cli(['runs', runDir]).out); i++) await new Promise((resolve) => setTimeout(resolve, 1000));
+  assert.match(cli(['runs', runDir]).out, new RegExp(`^${runDir}: failed \\| SLURM job ${jobId}: failed`, 'm'));
 });

@@ -6,10 +6,12 @@
  */
 import * as path from 'node:path';
 import { EVENTS_FILE } from '../core/runFiles';
+import { REQUIRED_ENGINE_ENV, type RequiredEngine } from '../engine/backend';
+import { engineRoot, ENGINE_DIR_ENV, readActiveEngine } from '../engine/engineLayout';
 import { scanWorkspace } from '../core/workspaceScan';
-import { cancelJob, describeJobState, jobIsActive, jobState, readJobRecords, SlurmError, submitJob, type JobRecord, type JobState, type SlurmRequest } from '../cluster/slurm';
+import { cancelRunOrJob, describeJob, latestJob, readRunWithJob, type RunWithJob } from '../cluster/clusterRuns';
+import { describeJobState, jobIsActive, SlurmError, submitJob, type JobRecord, type SlurmRequest } from '../cluster/slurm';
 import type { TrainingEvent } from '../training/events';
-import { cancelRun, readRun, summarizeRun, type RunRecord } from '../training/runs';
 import { parseArgs, UsageError, type FlagSpec } from './args';
 
 interface Io {
@@ -50,6 +52,25 @@ export function slurmRequestFrom(flags: Map<string, string[]>): SlurmRequest | u
   };
 }
 
+/**
+ * The engine a job runs on: the one set up on this (login) node, found by
+ * its folder (put it on the shared filesystem with CELLFINDER_RETRAIN_ENGINE_DIR
+ * before `engine setup`, so the nodes see it), and required when it is set up
+ * here: the GPU engine for a job given GPUs, else the native one.
+ */
+function jobEngine(request: SlurmRequest): Record<string, string> {
+  const root = engineRoot();
+  const environment: Record<string, string> = { [ENGINE_DIR_ENV]: root };
+  const gpus = /(^|,)gpu\b/.test(request.gres ?? '');
+  const required: RequiredEngine | undefined = gpus && readActiveEngine(root, 'gpu').ok ? 'gpu' : readActiveEngine(root, 'cpu').ok || readActiveEngine(root, 'gpu').ok ? 'native' : undefined;
+  if (required) environment[REQUIRED_ENGINE_ENV] = required;
+  return environment;
+}
+
+function asksForAnything(request: SlurmRequest): boolean {
+  return Object.values(request).some((value) => (Array.isArray(value) ? value.length > 0 : value !== undefined && value !== false));
+}
+
 /** `argv` without the SLURM options (each takes one value, inline or next): the command the job runs. */
 function withoutSlurmFlags(argv: readonly string[]): string[] {
   const kept: string[] = [];
@@ -59,12 +80,6 @@ function withoutSlurmFlags(argv: readonly string[]): string[] {
     else if (flag.values === 1 && !argv[i].includes('=')) i++;
   }
   return kept;
-}
-
-/** The run's latest job and its state; a job of the run still queued or running refuses a second one. */
-async function latestJob(runDir: string): Promise<{ job: JobRecord; state: JobState | undefined } | undefined> {
-  const job = (await readJobRecords(runDir)).at(-1);
-  return job && { job, state: await jobState(job.jobId) };
 }
 
 /**
@@ -77,7 +92,9 @@ export async function submitTrainJob(argv: readonly string[], request: SlurmRequ
   if (latest && jobIsActive(latest.state)) {
     throw new SlurmError(`job ${latest.job.jobId} of ${runDir} is ${describeJobState(latest.state)}`, `Wait for it, or stop it first (cellfinder-retrain cancel ${runDir}), then submit again`);
   }
-  const record = await submitJob({ name: `cellfinder-${mode}`, runDir, workDir: process.cwd(), command: [cli.node, cli.entry, 'train', ...withoutSlurmFlags(argv)], request }, mode);
+  // Resubmitted without SLURM options (the editor's Resume, or `--resume DIR --slurm`), a run asks for what its last job asked for.
+  const asked = mode === 'resume' && latest && !asksForAnything(request) ? (latest.job.request ?? request) : request;
+  const record = await submitJob({ name: `cellfinder-${mode}`, runDir, workDir: process.cwd(), command: [cli.node, cli.entry, 'train', ...withoutSlurmFlags(argv)], request: asked, environment: jobEngine(asked) }, mode);
   if (json) io.out(JSON.stringify({ jobId: record.jobId, mode, runDir, events: path.join(runDir, EVENTS_FILE) }));
   else {
     io.out(`Submitted SLURM job ${record.jobId}: ${mode === 'resume' ? 'resuming' : 'training'} ${runDir}`);
@@ -87,36 +104,11 @@ export async function submitTrainJob(argv: readonly string[], request: SlurmRequ
   return 0;
 }
 
-interface RunListing {
-  run: RunRecord;
-  job?: JobRecord;
-  jobState?: JobState;
-  /** Why the job's state is not known (squeue missing, the cluster not answering). */
-  jobStateProblem?: string;
-}
-
-/**
- * A run as its events say, and for a SLURM run its latest job's state: the
- * job, not a process id (which names a process on the job's node), says
- * whether the run still goes on.
- */
-async function listRun(runDir: string): Promise<RunListing> {
-  const run = await readRun(runDir);
-  let latest;
-  try {
-    latest = await latestJob(runDir);
-  } catch (error) {
-    if (!(error instanceof SlurmError)) throw error;
-    return { run, job: (await readJobRecords(runDir)).at(-1), jobStateProblem: error.message };
-  }
-  if (!latest) return { run };
-  return { run: summarizeRun(runDir, run.events, () => jobIsActive(latest.state)), job: latest.job, jobState: latest.state };
-}
-
-function describeRun({ run, job, jobState: state, jobStateProblem }: RunListing): string {
+function describeRun(listing: RunWithJob): string {
+  const { run } = listing;
   const epoch = run.events.filter((e): e is Extract<TrainingEvent, { type: 'epoch' }> => e.type === 'epoch').at(-1);
   const parts = [run.events.length ? run.status : 'not started', epoch && `epoch ${epoch.epoch + 1}/${epoch.epochs}`, run.valAccuracy !== undefined && `val_accuracy ${run.valAccuracy.toFixed(4)}`, run.resumable && 'resumable'];
-  const jobText = job && `SLURM job ${job.jobId}: ${jobStateProblem ? `state unknown (${jobStateProblem})` : describeJobState(state)}`;
+  const jobText = describeJob(listing);
   return `${run.outputDir}: ${parts.filter(Boolean).join(', ')}${jobText ? ` | ${jobText}` : ''}`;
 }
 
@@ -125,7 +117,7 @@ export async function runsCommand(argv: readonly string[], io: Io): Promise<numb
   const { flags, positionals } = parseArgs(argv, [{ name: 'json', values: 0 }]);
   const roots = (positionals.length ? positionals : ['.']).map((folder) => path.resolve(folder));
   const listings = [];
-  for (const runDir of (await scanWorkspace(roots)).runs) listings.push(await listRun(runDir));
+  for (const runDir of (await scanWorkspace(roots)).runs) listings.push(await readRunWithJob(runDir));
   if (flags.has('json')) {
     io.out(JSON.stringify(listings.map(({ run, job, jobState: state, jobStateProblem }) => ({ ...run, events: undefined, job, jobState: state, jobStateProblem })), null, 2));
     return 0;
@@ -139,18 +131,6 @@ export async function runsCommand(argv: readonly string[], io: Io): Promise<numb
 export async function cancelCommand(argv: readonly string[], io: Io): Promise<number> {
   const { positionals } = parseArgs(argv, []);
   if (positionals.length !== 1) throw new UsageError('cancel takes one run folder');
-  const runDir = path.resolve(positionals[0]);
-  const job = (await readJobRecords(runDir)).at(-1);
-  if (job) {
-    io.out(await cancelJob(job.jobId));
-    return 0;
-  }
-  const run = await readRun(runDir);
-  if (run.status !== 'running' || run.pid === undefined) {
-    io.out(`${runDir} is not running (${run.events.length ? run.status : 'no run there'}): nothing to cancel`);
-    return 0;
-  }
-  cancelRun(run.pid);
-  io.out(`run ${runDir} (process ${run.pid}) told to stop after the current batch (a resumable checkpoint is written)`);
+  io.out(await cancelRunOrJob(path.resolve(positionals[0])));
   return 0;
 }

@@ -57,11 +57,14 @@ working directory, so run it from the dataset folder (see README).
             --learning-rate; without it the file's Adam and rate go on)
             --keep-checkpoints N (the N lowest val_loss; default: every epoch's)
             --resume <output-dir>  --device auto|gpu|cpu  --json (events as JSON lines)
+            --config <train-config.json> (a run's whole settings, as the editor
+            writes them, instead of -y, -o and the options above)
       --slurm [--partition P] [--gres gpu:1] [--cpus N] [--mem 32G] [--time 12:00:00]
               [--account A] [--sbatch-line --qos=long]... [--requeue]
           Submit the same command as a SLURM job (sbatch) instead of running it
           here: it prints the job id; the job writes the same events and outputs
-          into -o. With --resume <dir>: resubmit an interrupted run. The job gets
+          into -o. With --resume <dir>: resubmit an interrupted run (without SLURM
+          options it asks for what its last job asked for). The job gets
           SIGUSR2 5 minutes before its time limit and stops there resumably;
           with --requeue SLURM may requeue it, and it requeues itself there:
           each start resumes the run.

@@ -3,14 +3,15 @@
  * meanings and defaults, so a user's scripts carry over.
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { writeFileAtomic } from '../core/atomicFile';
-import { describeDevice, loadTensorFlow, type TensorFlowRuntime } from '../engine/backend';
+import { DataFileError } from '../core/errors';
+import { describeDevice, loadTensorFlow, missingRequiredEngine, REQUIRED_ENGINE_ENV, type TensorFlowRuntime } from '../engine/backend';
 import { fixCpuMaxPool3dGrad } from '../engine/cpuMaxPool3dGradFix';
 import { describeCudaScan } from '../engine/cudaLibraries';
-import type { EngineVariant } from '../engine/engineLayout';
+import { ENGINE_DIR_ENV, type EngineVariant } from '../engine/engineLayout';
 import { EngineSetupError, type EngineSetupResult, setupEngine } from '../engine/engineSetup';
 import { childEnvironment, DEVICE_CHOICES, type DeviceChoice, isDeviceChoice } from '../engine/gpuEnvironment';
 import { inspectGpu, type GpuInspection, readGpuLog } from '../engine/gpuProbe';
@@ -64,6 +65,7 @@ const TRAIN_FLAGS: FlagSpec[] = [
   { name: 'stratified-split', values: 0 },
   { name: 'balanced', values: 0 },
   { name: 'resume', values: 1 },
+  { name: 'config', values: 1 },
   { name: 'device', values: 1 },
   { name: 'json', values: 0 },
 ];
@@ -93,6 +95,29 @@ function number(flags: Map<string, string[]>, name: string, fallback: number, ch
 export function depthFrom(flags: Map<string, string[]>, fallback: NetworkDepth): NetworkDepth {
   const depth = number(flags, 'network-depth', fallback, (n) => isNetworkDepth(n), 'one of 18, 34, 50, 101, 152');
   return depth as NetworkDepth;
+}
+
+/** Options that go with --config: how and where to run it, not what to train. */
+const BESIDE_CONFIG = new Set(['config', 'device', 'json']);
+
+/**
+ * `--config FILE`: a run's whole settings as the editor writes them (its
+ * train-config.json), so the editor submits its runs to SLURM through this
+ * command as a user would.
+ */
+function trainConfigFromFile(file: string, flags: Map<string, string[]>): TrainConfig {
+  const beside = TRAIN_FLAGS.find((flag) => !BESIDE_CONFIG.has(flag.name) && flags.has(flag.name));
+  if (beside) throw new UsageError(`--config holds the run's settings: put --${beside.name} in ${file}, or leave --config out`);
+  let parsed: Partial<TrainConfig>;
+  try {
+    parsed = JSON.parse(readFileSync(file, 'utf8')) as Partial<TrainConfig>;
+  } catch (error) {
+    throw new DataFileError(file, `cannot be read as a run's settings (${(error as Error).message})`, 'Give the train-config.json the editor wrote, or -y and -o instead of --config');
+  }
+  if (!Array.isArray(parsed.yamlFiles) || parsed.yamlFiles.length === 0 || typeof parsed.outputDir !== 'string') {
+    throw new DataFileError(file, 'does not name the training data (yamlFiles) and the output folder (outputDir)', 'Give the train-config.json the editor wrote, or -y and -o instead of --config');
+  }
+  return { ...TRAIN_DEFAULTS, ...parsed, yamlFiles: parsed.yamlFiles.map((yaml) => path.resolve(path.dirname(file), yaml)), outputDir: path.resolve(path.dirname(file), parsed.outputDir) };
 }
 
 export function trainConfigFromFlags(flags: Map<string, string[]>): TrainConfig {
@@ -168,7 +193,8 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   const json = flags.has('json');
   // Usage errors before TensorFlow loads (seconds).
-  const requested = flags.has('resume') ? undefined : trainConfigFromFlags(flags);
+  const configFile = flags.get('config')?.[0];
+  const requested = flags.has('resume') ? undefined : configFile ? trainConfigFromFile(configFile, flags) : trainConfigFromFlags(flags);
   const resumeDir = flags.get('resume')?.[0] ?? (requested && requeuedRun(requested.outputDir, io));
   const config: TrainConfig = resumeDir ? { ...TRAIN_DEFAULTS, yamlFiles: [], outputDir: path.resolve(resumeDir) } : (requested as TrainConfig);
   if (resumeDir && !existsSync(path.join(resumeDir, RESUME_FOLDER, 'state.json'))) throw new UsageError(`${resumeDir} holds no interrupted run to resume`);
@@ -187,6 +213,14 @@ export async function trainCommand(argv: readonly string[], io: Io): Promise<num
     const runtime = await loadTensorFlow(deviceFrom(flags));
     if (runtime.notNative) io.err(`note: training on ${runtime.backend}: ${runtime.notNative}`);
     const logEvent = openRunLog(path.resolve(config.outputDir), resumeDir ? 'resume' : 'train');
+    const missingEngine = missingRequiredEngine(runtime);
+    if (missingEngine) {
+      // A SLURM job on a node without the engine its login node has: said at once in the run's log (the editor's panel), not after hours of slow training.
+      const node = process.env.SLURMD_NODENAME ? ` on node ${process.env.SLURMD_NODENAME}` : '';
+      const fix = `Set the engine up on a path every node sees (${ENGINE_DIR_ENV}=<shared folder> cellfinder-retrain engine setup${process.env[REQUIRED_ENGINE_ENV] === 'gpu' ? ' --gpu' : ''} on the login node), or submit to a partition whose nodes have what it needs`;
+      logEvent({ type: 'error', message: `stopped at the start${node}: ${missingEngine}`, fix });
+      throw new Error(`stopped at the start${node}: ${missingEngine}. ${fix}`);
+    }
     // Kept beside the run's models, as the editor keeps it: what they were trained with (e.g. --normalize-channels) is then known where they are used.
     if (!resumeDir) await writeFileAtomic(path.join(config.outputDir, TRAIN_CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`, { overwrite: true });
     const emit = (event: TrainingEvent) => {

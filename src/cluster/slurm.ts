@@ -74,6 +74,8 @@ export interface JobRecord {
   mode: 'train' | 'resume';
   /** ms since epoch. */
   submittedAt: number;
+  /** What the job asked SLURM for (absent in records written before it was kept): a resubmission asks for it again. */
+  request?: SlurmRequest;
 }
 
 export interface JobSpec {
@@ -86,6 +88,8 @@ export interface JobSpec {
   /** The program and its arguments (our CLI), run in place of the batch shell. */
   command: readonly string[];
   request: SlurmRequest;
+  /** Set for the command unless the job's environment (sbatch's --export) already sets them. */
+  environment?: Readonly<Record<string, string>>;
 }
 
 /** `'it''s'`-style quoting: the one form the shell takes literally, whatever the text. */
@@ -143,7 +147,8 @@ export function batchScript(spec: JobSpec): string {
     ...sbatchOptions(spec.request),
   ];
   const requeue = spec.request.requeue ? [`export ${REQUEUE_ENV}=1`] : [];
-  return ['#!/bin/bash', '# Submitted by cellfinder-retrain: the same command as a run on this machine, its events in the run folder.', ...directives.map((d) => `#SBATCH ${d}`), ...requeue, `exec ${spec.command.map(shellQuote).join(' ')}`, ''].join('\n');
+  const environment = Object.entries(spec.environment ?? {}).map(([name, value]) => `export ${name}="\${${name}:-${value.replace(/["\\$`]/g, '\\$&')}}"`);
+  return ['#!/bin/bash', '# Submitted by cellfinder-retrain: the same command as a run on this machine, its events in the run folder.', ...directives.map((d) => `#SBATCH ${d}`), ...requeue, ...environment, `exec ${spec.command.map(shellQuote).join(' ')}`, ''].join('\n');
 }
 
 interface CommandResult {
@@ -219,7 +224,7 @@ export async function submitJob(spec: JobSpec, mode: JobRecord['mode']): Promise
   if (result.code !== 0 || !/^\d+$/.test(jobId)) {
     throw new SlurmError(`sbatch refused the job: ${slurmSaid(result)}`, `Change what it names and submit again (the script it was given: ${scriptFile})`);
   }
-  const record: JobRecord = { jobId, mode, submittedAt: Date.now() };
+  const record: JobRecord = { jobId, mode, submittedAt: Date.now(), request: spec.request };
   await appendLineDurably(path.join(spec.runDir, SLURM_JOBS_FILE), JSON.stringify(record));
   return record;
 }

@@ -5,6 +5,7 @@
  * host.
  */
 import { spawn } from 'node:child_process';
+import type { SlurmRequest } from '../cluster/slurm';
 import type { VoxelSizes } from '../core/extraction';
 import { DEVICE_ENV, type DeviceChoice } from '../engine/gpuEnvironment';
 import { runConfigOf, TRAIN_CONFIG_FILE } from '../training/trainConfig';
@@ -69,4 +70,21 @@ export async function classifyArgs(request: ClassifyRequest): Promise<{ args: st
   if (!(await runConfigOf(model))?.normalizeChannels) return { args };
   args.push('--normalize-channels');
   return { args, note: `channels normalised (--normalize-channels), as the model's run trained (its ${TRAIN_CONFIG_FILE})` };
+}
+
+/** The CLI's SLURM options for `request` (what `train --slurm` reads back into it). */
+export function slurmArgs(request: SlurmRequest): string[] {
+  const args = ['--slurm'];
+  const valued: Array<[string, string | number | undefined]> = [
+    ['--partition', request.partition],
+    ['--gres', request.gres],
+    ['--cpus', request.cpus],
+    ['--mem', request.mem],
+    ['--time', request.time],
+    ['--account', request.account],
+  ];
+  for (const [flag, value] of valued) if (value !== undefined && value !== '') args.push(flag, String(value));
+  for (const line of request.extraLines ?? []) args.push(`--sbatch-line=${line}`);
+  if (request.requeue) args.push('--requeue');
+  return args;
 }

@@ -6,11 +6,15 @@
  */
 import * as path from 'node:path';
 import type { Evaluation } from '../training/inference';
-import { cancelRun, readRun, RunFollower, summarizeRun, type RunRecord } from '../training/runs';
+import { cancelRunOrJob, describeJob, summarizeRunWithJob } from '../cluster/clusterRuns';
+import { jobState, readJobRecords, SlurmError, type JobRecord, type JobState } from '../cluster/slurm';
+import { readRun, RunFollower, summarizeRun, type RunRecord } from '../training/runs';
 import type { TrainingEvent } from '../training/events';
 import { dispatchMessage, type HostToTraining, type MessageHandlers, type TrainingToHost } from '../webview/protocol';
 
 const LIVENESS_CHECK_MS = 3000;
+/** squeue is asked less often than a local process is checked: a cluster's controller serves every user. */
+const JOB_CHECK_MS = 10_000;
 
 export interface TrainingControllerActions {
   resume(run: RunRecord): Promise<void>;
@@ -28,6 +32,10 @@ export class TrainingController {
   private readonly handlers: MessageHandlers<TrainingToHost>;
   private lastStatus: RunRecord['status'] | undefined;
   private liveness: ReturnType<typeof setInterval> | undefined;
+  private jobChecks: ReturnType<typeof setInterval> | undefined;
+  /** The run's latest SLURM job and its last known state; no job for a run on this machine. */
+  private job: JobRecord | undefined;
+  private jobStateNow: JobState | undefined;
 
   constructor(
     readonly outputDir: string,
@@ -36,11 +44,9 @@ export class TrainingController {
   ) {
     this.handlers = {
       ready: () => this.attach(),
-      cancel: () => {
-        const run = this.run();
-        if (run.pid === undefined) throw new Error('the run is not running');
-        cancelRun(run.pid);
-        this.post({ type: 'busy', message: 'Stopping after the current batch…' });
+      cancel: async () => {
+        this.post({ type: 'busy', message: await cancelRunOrJob(this.outputDir) });
+        await this.checkJob();
       },
       resume: () => this.actions.resume(this.run()),
       classify: () => this.actions.classify(this.run()),
@@ -59,7 +65,31 @@ export class TrainingController {
 
   /** The run as its log says now. */
   run(): RunRecord {
-    return summarizeRun(this.outputDir, this.events);
+    return this.job ? summarizeRunWithJob(this.outputDir, this.events, this.jobStateNow) : summarizeRun(this.outputDir, this.events);
+  }
+
+  /** Asks SLURM about the run's latest job (a Resume submits a new one) and shows its state; sends the run's status when that changed. */
+  private async checkJob(): Promise<void> {
+    this.job = (await readJobRecords(this.outputDir)).at(-1);
+    if (!this.job) return;
+    let jobStateProblem: string | undefined;
+    try {
+      this.jobStateNow = await jobState(this.job.jobId);
+    } catch (error) {
+      if (!(error instanceof SlurmError)) throw error;
+      jobStateProblem = error.problem;
+    }
+    this.post({ type: 'job', text: describeJob({ job: this.job, jobState: this.jobStateNow, jobStateProblem }) });
+    this.sendStatusIfChanged();
+  }
+
+  private sendStatusIfChanged(): void {
+    const run = this.run();
+    if (run.status === this.lastStatus) return;
+    this.lastStatus = run.status;
+    this.post({ type: 'events', events: [], status: run.status, resumable: run.resumable });
+    if (run.status !== 'running') this.post({ type: 'busy', message: undefined });
+    this.actions.onStatus?.(run);
   }
 
   async handle(message: TrainingToHost): Promise<void> {
@@ -88,16 +118,17 @@ export class TrainingController {
     });
     await this.follower.start();
     sentWhole = true;
-    // A killed process writes nothing more: notice it by checking, while the run is running, that its process lives.
+    // A killed process writes nothing more: notice it by checking, while the run is running, that its process lives;
+    // for a SLURM run, by asking SLURM about its job (queued, running on a node, gone).
     clearInterval(this.liveness);
+    clearInterval(this.jobChecks);
+    await this.checkJob();
     this.liveness = setInterval(() => {
-      if (this.lastStatus !== 'running') return;
-      const run = this.run();
-      if (run.status === 'running') return;
-      this.lastStatus = run.status;
-      this.post({ type: 'events', events: [], status: run.status, resumable: run.resumable });
-      this.actions.onStatus?.(run);
+      if (this.lastStatus === 'running' && !this.job) this.sendStatusIfChanged();
     }, LIVENESS_CHECK_MS);
+    this.jobChecks = setInterval(() => {
+      if (this.job) void this.checkJob().catch((error: Error) => this.post({ type: 'error', message: error.message }));
+    }, JOB_CHECK_MS);
     const run = this.run();
     this.lastStatus = run.status;
     this.post({ type: 'run', run: { name: path.basename(this.outputDir), outputDir: this.outputDir, status: run.status, resumable: run.resumable || record.resumable, events: this.events } });
@@ -110,6 +141,7 @@ export class TrainingController {
 
   dispose(): void {
     clearInterval(this.liveness);
+    clearInterval(this.jobChecks);
     this.follower?.close();
   }
 }

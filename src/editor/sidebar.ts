@@ -8,8 +8,12 @@ import * as vscode from 'vscode';
 import { summarizeTrainingYaml, type ValidationProblem } from '../core/dataset';
 import { scanWorkspace, type FoundDataset, type WorkspaceContents } from '../core/workspaceScan';
 import { describeModelFile, type ModelDescription } from '../training/modelFiles';
-import { readRun, type RunRecord } from '../training/runs';
+import { describeJob, readRunWithJob, type RunWithJob } from '../cluster/clusterRuns';
+import { jobIsActive } from '../cluster/slurm';
+import type { RunRecord } from '../training/runs';
 
+/** How often SLURM is asked about runs whose job is queued or running. */
+const JOB_REFRESH_MS = 15_000;
 /** At most one rescan per this interval while files keep changing (a training run appends to its log several times a second). */
 const REFRESH_INTERVAL_MS = 500;
 
@@ -20,12 +24,12 @@ export type SidebarItem =
   | { kind: 'problem'; problem: ValidationProblem; severity: 'problem' | 'warning' }
   | { kind: 'model'; file: string; run?: RunRecord; description?: ModelDescription | { error: string } }
   | { kind: 'checkpoints'; folder: string; models: SidebarItem[] }
-  | { kind: 'run'; run: RunRecord };
+  | { kind: 'run'; run: RunRecord; /** Its SLURM job's state, for a run submitted to SLURM. */ job?: string };
 
 /** The scan and what was read for each item, shared by the three views. */
 export class WorkspaceIndex implements vscode.Disposable {
   private contents: WorkspaceContents = { datasets: [], models: [], runs: [] };
-  private runs = new Map<string, RunRecord>();
+  private runs = new Map<string, RunWithJob>();
   private datasetItems: SidebarItem[] = [];
   /** What each model file holds, read once per version of the file (its size and time). */
   private readonly modelDescriptions = new Map<string, { version: string; description: ModelDescription | { error: string } }>();
@@ -34,6 +38,7 @@ export class WorkspaceIndex implements vscode.Disposable {
   private readonly changed = new vscode.EventEmitter<void>();
   readonly onDidChange = this.changed.event;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  private jobTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshPending = false;
   private refreshRunning = false;
   private lastRefreshStart = 0;
@@ -47,6 +52,7 @@ export class WorkspaceIndex implements vscode.Disposable {
 
   dispose(): void {
     clearTimeout(this.timer);
+    clearTimeout(this.jobTimer);
     this.watcher.dispose();
     this.changed.dispose();
   }
@@ -84,7 +90,10 @@ export class WorkspaceIndex implements vscode.Disposable {
   async refresh(): Promise<void> {
     const roots = (vscode.workspace.workspaceFolders ?? []).map((folder) => folder.uri.fsPath);
     this.contents = await scanWorkspace(roots);
-    this.runs = new Map(await Promise.all(this.contents.runs.map(async (run) => [run, await readRun(run)] as const)));
+    this.runs = new Map(await Promise.all(this.contents.runs.map(async (run) => [run, await readRunWithJob(run)] as const)));
+    // A queued job writes nothing the watcher would see: while a SLURM run's job is active, SLURM is asked again.
+    clearTimeout(this.jobTimer);
+    if ([...this.runs.values()].some((run) => jobIsActive(run.jobState))) this.jobTimer = setTimeout(() => this.refreshSoon(), JOB_REFRESH_MS);
     this.datasetItems = await Promise.all(
       this.contents.datasets.map(async (dataset): Promise<SidebarItem> => {
         if (!dataset.yamlFile) return { kind: 'dataset', dataset, error: 'no training.yaml: cellfinder_train needs one (use "Create Training Dataset" on this folder)' };
@@ -137,11 +146,16 @@ export class WorkspaceIndex implements vscode.Disposable {
   }
 
   private modelItem(file: string): SidebarItem {
-    return { kind: 'model', file, run: this.runs.get(path.dirname(file)), description: this.modelDescriptions.get(file)?.description };
+    return { kind: 'model', file, run: this.runs.get(path.dirname(file))?.run, description: this.modelDescriptions.get(file)?.description };
   }
 
   runItems(): SidebarItem[] {
-    return [...this.runs.values()].sort((a, b) => (b.startedAt ?? 0) - (a.startedAt ?? 0)).map((run) => ({ kind: 'run', run }));
+    return [...this.runs.values()].sort((a, b) => (b.run.startedAt ?? 0) - (a.run.startedAt ?? 0)).map((listing) => ({ kind: 'run', run: listing.run, job: describeJob(listing) }));
+  }
+
+  /** The run and its SLURM job as last read; undefined for a folder not (yet) scanned. */
+  runWithJob(outputDir: string): RunWithJob | undefined {
+    return this.runs.get(outputDir);
   }
 }
 
@@ -198,8 +212,8 @@ export function treeItem(item: SidebarItem, validation: ReadonlyMap<string, Vali
       const run = item.run;
       const tree = new vscode.TreeItem(path.basename(run.outputDir), vscode.TreeItemCollapsibleState.None);
       const epochs = run.events.filter((e) => e.type === 'epoch').length;
-      tree.description = `${run.status} · ${epochs} epoch(s)${run.valAccuracy !== undefined ? ` · val. accuracy ${percent(run.valAccuracy)}` : ''}`;
-      tree.tooltip = run.outputDir;
+      tree.description = `${run.status} · ${epochs} epoch(s)${run.valAccuracy !== undefined ? ` · val. accuracy ${percent(run.valAccuracy)}` : ''}${item.job ? ` · ${item.job}` : ''}`;
+      tree.tooltip = item.job ? `${run.outputDir}\n${item.job}` : run.outputDir;
       tree.iconPath = new vscode.ThemeIcon(RUN_ICONS[run.status]);
       tree.contextValue = `run-${run.status}${run.resumable ? '-resumable' : ''}`;
       tree.command = { command: 'cellfinder.openRun', title: 'Open Training Panel', arguments: [item] };

@@ -8,12 +8,14 @@
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { classifyArgs, runCliJson } from '../controllers/cliProcess';
+import { cancelRunOrJob, summarizeRunWithJob } from '../cluster/clusterRuns';
+import { readJobRecords } from '../cluster/slurm';
+import { classifyArgs, runCliJson, slurmArgs } from '../controllers/cliProcess';
 import { TrainingController } from '../controllers/trainingController';
 import { EVENTS_FILE } from '../core/runFiles';
 import type { Evaluation } from '../training/inference';
 import type { NetworkDepth } from '../training/resnet';
-import { readRun, RunFollower, startWorker, summarizeRun, type RunRecord } from '../training/runs';
+import { RunFollower, startWorker, summarizeRun, type RunRecord } from '../training/runs';
 import { runConfigOf, TRAIN_CONFIG_FILE, TRAIN_DEFAULTS, type TrainConfig } from '../training/trainConfig';
 import { pretrainedWeightsPath } from '../training/trainer';
 import { TRAINING_BODY } from '../webview/training/body';
@@ -21,16 +23,21 @@ import type { TrainingToHost } from '../webview/protocol';
 import { askVoxelSizes, pickFile, pickVolume } from './pickers';
 import { cliLocation, nodePath, requireTrust, setting, trainingDevice, workerScript } from './settings';
 import type { WorkspaceIndex } from './sidebar';
+import { askSlurmRequest, canSubmitToSlurm } from './slurmForm';
 import { loadPage } from './webviewPanel';
 
 export const TRAINING_VIEW_TYPE = 'cellfinder.training';
 const LAST_RUN_KEY = 'cellfinder.lastTrainConfig';
+const LAST_PLACE_KEY = 'cellfinder.lastTrainedOnSlurm';
 const DEPTHS: NetworkDepth[] = [18, 34, 50, 101, 152];
 
 export class Training {
   private readonly panels = new Map<string, vscode.WebviewPanel>();
   private readonly statusBar = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Left, 20);
   private followed: RunFollower | undefined;
+  private followedEvents: RunRecord['events'] = [];
+  /** Jobs submitted from this window, until the Runs view has asked SLURM about them (a queued job writes nothing yet). */
+  private readonly submittedJobs = new Map<string, string>();
 
   constructor(
     private readonly context: vscode.ExtensionContext,
@@ -54,6 +61,8 @@ export class Training {
     index.onDidChange(() => {
       const running = index.runItems().find((item) => item.kind === 'run' && item.run.status === 'running');
       if (running?.kind === 'run' && this.followed?.outputDir !== running.run.outputDir) this.follow(running.run.outputDir);
+      // A SLURM job's state changes without a new event (queued, started, gone): the Runs view has just asked.
+      else if (this.followed) this.showProgress(this.summarize(this.followed.outputDir, this.followedEvents));
     });
   }
 
@@ -97,6 +106,8 @@ export class Training {
     const defaultOutput = path.join(path.dirname(path.dirname(yamlFiles[0])), 'runs', `run-${stamp}`);
     const outputDir = await vscode.window.showInputBox({ title: 'Output folder for the run', value: defaultOutput, validateInput: (v) => (existsSync(path.join(v, EVENTS_FILE)) ? 'A run already wrote there: choose a new folder' : undefined) });
     if (!outputDir) return;
+    const slurm = await this.pickPlace();
+    if (slurm === null) return;
 
     const config: TrainConfig = {
       ...TRAIN_DEFAULTS,
@@ -119,15 +130,41 @@ export class Training {
     await fs.mkdir(outputDir, { recursive: true });
     const configFile = path.join(outputDir, TRAIN_CONFIG_FILE);
     await fs.writeFile(configFile, `${JSON.stringify(config, null, 2)}\n`);
-    await startWorker({ nodePath: nodePath(), workerScript: workerScript(this.context), mode: 'train', target: configFile, outputDir, device: trainingDevice() });
+    if (slurm) await this.submit(outputDir, ['train', '--config', configFile, ...slurmArgs(slurm)]);
+    else await startWorker({ nodePath: nodePath(), workerScript: workerScript(this.context), mode: 'train', target: configFile, outputDir, device: trainingDevice() });
     this.show(outputDir);
     this.follow(outputDir);
     this.index.refreshSoon();
   }
 
+  /**
+   * Where the run trains: this machine, or (where sbatch is on PATH, as on a
+   * cluster's login node) a SLURM job with what the form asks for. Undefined
+   * for this machine, null when the user gave up.
+   */
+  private async pickPlace() {
+    if (!(await canSubmitToSlurm())) return undefined;
+    const here = { label: 'This machine', description: 'a background process here', slurm: false };
+    const cluster = { label: 'Submit to SLURM', description: 'a job on the cluster, followed here like a local run', slurm: true };
+    const lastOnSlurm = this.context.workspaceState.get<boolean>(LAST_PLACE_KEY, false);
+    const picked = await vscode.window.showQuickPick(lastOnSlurm ? [cluster, here] : [here, cluster], { title: 'Where to train' });
+    if (!picked) return null;
+    await this.context.workspaceState.update(LAST_PLACE_KEY, picked.slurm);
+    return picked.slurm ? ((await askSlurmRequest()) ?? null) : undefined;
+  }
+
+  /** Submits the run as a SLURM job through the CLI (`train ... --slurm`), as a user would from a terminal. */
+  private async submit(outputDir: string, args: string[]): Promise<void> {
+    const { jobId } = await runCliJson<{ jobId: string }>(cliLocation(this.context), args);
+    this.submittedJobs.set(outputDir, jobId);
+    void vscode.window.showInformationMessage(`Cellfinder: submitted SLURM job ${jobId} for ${path.basename(outputDir)}; its panel follows it`);
+  }
+
   async resume(outputDir: string): Promise<void> {
     requireTrust('Training');
-    await startWorker({ nodePath: nodePath(), workerScript: workerScript(this.context), mode: 'resume', target: outputDir, outputDir, device: trainingDevice() });
+    // A SLURM run is resubmitted, asking for what its last job asked for.
+    if ((await readJobRecords(outputDir)).length) await this.submit(outputDir, ['train', '--resume', outputDir, '--slurm']);
+    else await startWorker({ nodePath: nodePath(), workerScript: workerScript(this.context), mode: 'resume', target: outputDir, outputDir, device: trainingDevice() });
     this.follow(outputDir);
     this.index.refreshSoon();
   }
@@ -158,23 +195,33 @@ export class Training {
     });
   }
 
-  /** Cancels a running run (SIGTERM: the worker stops after the current batch with a checkpoint). */
+  /** Cancels a running run (its process or its SLURM job stops after the current batch with a checkpoint). */
   async cancel(outputDir: string): Promise<void> {
-    const run = await readRun(outputDir);
-    if (run.pid !== undefined) process.kill(run.pid, 'SIGTERM');
+    void vscode.window.showInformationMessage(`Cellfinder: ${await cancelRunOrJob(outputDir)}`);
+    this.index.refreshSoon();
+  }
+
+  /** The run's status: a SLURM run's by its job as last asked (one just submitted counts as queued). */
+  private summarize(outputDir: string, events: RunRecord['events']): RunRecord {
+    const listing = this.index.runWithJob(outputDir);
+    if (listing?.job) return summarizeRunWithJob(outputDir, events, listing.jobState);
+    const submitted = this.submittedJobs.get(outputDir);
+    return submitted ? summarizeRunWithJob(outputDir, events, { jobId: submitted, state: 'PENDING' }) : summarizeRun(outputDir, events);
   }
 
   /** Shows the run's progress in the status bar until it ends, then offers the next step. */
   private follow(outputDir: string): void {
     this.followed?.close();
     const events: RunRecord['events'] = [];
+    this.followedEvents = events;
     const follower = new RunFollower(outputDir, (more) => {
       // The follower already holds every event: no need to read the whole log again per batch.
       events.push(...more);
-      this.showProgress(summarizeRun(outputDir, events));
+      this.showProgress(this.summarize(outputDir, events));
     });
     this.followed = follower;
-    void follower.start();
+    // A queued job has no events yet: its state shows at once.
+    void follower.start().then(() => this.followed === follower && this.showProgress(this.summarize(outputDir, events)));
   }
 
   private showProgress(run: RunRecord): void {
@@ -183,7 +230,9 @@ export class Training {
       const batch = [...run.events].reverse().find((e) => e.type === 'batch');
       const started = run.events.find((e) => e.type === 'started');
       const epochs = started?.type === 'started' ? started.epochs : undefined;
-      this.statusBar.text = batch?.type === 'batch' ? `$(sync~spin) Cellfinder: epoch ${batch.epoch + 1}/${epochs ?? '?'} · ${Math.round((100 * batch.batch) / batch.batches)}%` : '$(sync~spin) Cellfinder: starting training…';
+      const job = this.index.runItems().find((item) => item.kind === 'run' && item.run.outputDir === run.outputDir);
+      const waiting = job?.kind === 'run' && job.job ? job.job : this.submittedJobs.has(run.outputDir) ? `SLURM job ${this.submittedJobs.get(run.outputDir)} submitted` : 'starting training…';
+      this.statusBar.text = batch?.type === 'batch' ? `$(sync~spin) Cellfinder: epoch ${batch.epoch + 1}/${epochs ?? '?'} · ${Math.round((100 * batch.batch) / batch.batches)}%` : `$(sync~spin) Cellfinder: ${waiting}`;
       this.statusBar.tooltip = `Training ${name}: click to open its panel`;
       this.statusBar.command = { command: 'cellfinder.openRun', title: 'Open', arguments: [{ kind: 'run', run }] };
       this.statusBar.show();

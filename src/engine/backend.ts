@@ -35,6 +35,24 @@ export interface TensorFlowRuntime {
   gpu?: GpuUse;
 }
 
+/**
+ * Set in a SLURM job's environment when the login node that submitted it had
+ * the native engine set up ('native'), and had the GPU engine for a job given
+ * GPUs ('gpu'): a job on a node where that engine does not load then fails at
+ * its start, saying why, instead of training for hours on the pure-JavaScript
+ * engine or on the CPU.
+ */
+export const REQUIRED_ENGINE_ENV = 'CELLFINDER_RETRAIN_REQUIRED_ENGINE';
+export type RequiredEngine = 'native' | 'gpu';
+
+/** Why `runtime` is not the engine the environment requires; undefined when it is (or none is required). */
+export function missingRequiredEngine(runtime: Omit<TensorFlowRuntime, 'tf'>, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const required = env[REQUIRED_ENGINE_ENV] as RequiredEngine | undefined;
+  if (required === 'native' && runtime.notNative) return `the native engine does not load here (${runtime.notNative}), so training would run on the pure-JavaScript engine, many times slower`;
+  if (required === 'gpu' && !runtime.gpu?.used) return `the GPU engine does not use a GPU here (${runtime.gpu?.reason ?? runtime.notNative ?? 'no GPU engine'}), so training would run on the CPU`;
+  return undefined;
+}
+
 // tfjs prints "install our node backend" at the first tensor on its
 // JavaScript backend (which every engine uses for small constants), also when
 // the native engine runs; the engine in use is reported by each command.

@@ -152,8 +152,11 @@ export function shippedAddonFolder(platform = process.platform, arch = process.a
 export const TF_LIBRARIES = ['libtensorflow_cc.so.2', 'libtensorflow_framework.so.2'] as const;
 
 /** The folder holding all engines (see the module comment). */
+/** Where the engines are, when not in the user's cache: e.g. a shared filesystem every cluster node sees. */
+export const ENGINE_DIR_ENV = 'CELLFINDER_RETRAIN_ENGINE_DIR';
+
 export function engineRoot(env: NodeJS.ProcessEnv = process.env): string {
-  const override = env.CELLFINDER_RETRAIN_ENGINE_DIR;
+  const override = env[ENGINE_DIR_ENV];
   if (override) return path.resolve(override);
   const cache = env.XDG_CACHE_HOME && path.isAbsolute(env.XDG_CACHE_HOME) ? env.XDG_CACHE_HOME : path.join(homedir(), '.cache');
   return path.join(cache, 'cellfinder-retrain', 'engine');

@@ -95,6 +95,8 @@ export type HostToTraining =
   | { type: 'run'; run: RunView }
   | { type: 'events'; events: TrainingEvent[]; status: RunStatus; resumable: boolean }
   | { type: 'evaluation'; results: Evaluation[] }
+  /** Where a SLURM run's job stands ("SLURM job 12: pending: Resources"); none for a run on this machine. */
+  | { type: 'job'; text: string | undefined }
   | { type: 'error'; message: string }
   | { type: 'busy'; message: string | undefined };
 

@@ -21,6 +21,7 @@ export const TRAINING_BODY = `
   <div><span>Elapsed</span><strong id="elapsed"></strong></div>
   <div><span>Remaining (estimate)</span><strong id="eta"></strong></div>
   <div><span>Output</span><strong id="output"></strong></div>
+  <div class="wide" id="job-row" hidden><span>Cluster</span><strong id="job"></strong></div>
 </section>
 <vscode-progress-bar id="epoch-progress" value="0" max="1" aria-label="Progress of the current epoch"></vscode-progress-bar>
 <section class="charts">

@@ -53,6 +53,10 @@ const host = connectToHost<TrainingToHost, HostToTraining, PanelState>({
     render();
   },
   evaluation: ({ results }) => showEvaluation(results),
+  job: ({ text }) => {
+    element('job-row').hidden = text === undefined;
+    element('job').textContent = text ?? '';
+  },
   busy: ({ message }) => showBusy(message),
   error: ({ message }) => showError(message),
 });
