@@ -164,7 +164,7 @@ function validationSection(validation: ValidationMetrics | undefined): string[] 
   return lines;
 }
 
-function documentation(name: string, depth: number, channels: number, validation: ValidationMetrics | undefined, testCount: number): string {
+function documentation(name: string, depth: number, channels: number, normalised: boolean, validation: ValidationMetrics | undefined, testCount: number): string {
   return [
     `# ${name}`,
     '',
@@ -173,7 +173,7 @@ function documentation(name: string, depth: number, channels: number, validation
     '',
     '## Input and output',
     '',
-    `- Input \`cubes\`: (batch, y, x, z, channel) = (B, ${CUBE_SHAPE.height}, ${CUBE_SHAPE.width}, ${CUBE_SHAPE.depth}, ${channels}), float32, voxels of (${NETWORK_VOXEL_SIZES[1]}, ${NETWORK_VOXEL_SIZES[2]}, ${NETWORK_VOXEL_SIZES[0]}) µm, channels ${channels === 2 ? '[signal, background]' : '[signal]'}; raw intensities, as cellfinder cuts its cubes (rescaled to these voxel sizes).`,
+    `- Input \`cubes\`: (batch, y, x, z, channel) = (B, ${CUBE_SHAPE.height}, ${CUBE_SHAPE.width}, ${CUBE_SHAPE.depth}, ${channels}), float32, voxels of (${NETWORK_VOXEL_SIZES[1]}, ${NETWORK_VOXEL_SIZES[2]}, ${NETWORK_VOXEL_SIZES[0]}) µm, channels ${channels === 2 ? '[signal, background]' : '[signal]'}, as cellfinder cuts its cubes (rescaled to these voxel sizes); ${normalised ? 'each channel normalised, (x - mean) / std with its volume\'s statistics, as the model was trained with --normalize-channels' : 'raw intensities, not normalised'}.`,
     '- Output `probabilities`: (batch, channel) softmax [non_cell, cell]; cellfinder calls a candidate a cell when p(cell) > p(non_cell).',
     '',
     `The test tensors are ${testCount} labelled cubes of the model's own training dataset; the cover shows them (maximum projection along z, signal then background).`,
@@ -244,7 +244,7 @@ export async function exportForBioimageio(tf: typeof tfType, modelFile: string, 
   };
   const files: Array<[string, Uint8Array | string]> = [
     [RDF_FILE, stringify(rdf)],
-    [DOCUMENTATION_FILE, documentation(name, depth, channels, options.validation, batch.size)],
+    [DOCUMENTATION_FILE, documentation(name, depth, channels, Boolean(options.normalise), options.validation, batch.size)],
     [COVER_FILE, encodeGreyPng(cover.pixels, cover.width, cover.height)],
     [TEST_INPUT_FILE, testInput],
     [TEST_OUTPUT_FILE, testOutput],
