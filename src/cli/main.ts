@@ -25,6 +25,7 @@ import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type Fla
 import { progressPrinter, stopOnSignals } from './progress';
 import { SlurmError } from '../cluster/slurm';
 import { cancelCommand, runsCommand } from './clusterCommands';
+import { EXPORT_USAGE, exportModelCommand, publishModelCommand } from './exportCommands';
 import { classifyCommand, engineCommand, evaluateCommand, exitWithParent, RELAYED_ENV, runInChild, trainCommand } from './trainCommands';
 
 const USAGE = `cellfinder-retrain: build and check cellfinder training data
@@ -134,6 +135,8 @@ it can and says why not; cpu never does.
       The whole loop on the bundled sample: extract cubes, build a labelled
       dataset, retrain ResNet-18 briefly, classify the candidates, evaluate.
 
+${EXPORT_USAGE}
+
 Exit codes: 0 ok, 1 data problem, 2 usage error.`;
 
 interface Io {
@@ -172,6 +175,10 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         return await evaluateCommand(rest, io);
       case 'engine':
         return await engineCommand(rest, io);
+      case 'model':
+        if (rest[0] === 'export') return await exportModelCommand(rest.slice(1), io);
+        if (rest[0] === 'publish') return await publishModelCommand(rest.slice(1), io);
+        throw new UsageError(`unknown model command "${rest[0] ?? ''}" (export, publish)`);
       case undefined:
       case 'help':
       case '--help':
