@@ -18,10 +18,12 @@ import { TRAIN_CONFIG_FILE, TRAIN_DEFAULTS, type TrainConfig } from '../src/trai
 import type { HostToTraining } from '../src/webview/protocol';
 import { SLURM_JOBS_FILE } from '../src/core/runFiles';
 import type { TrainingEvent } from '../src/training/events';
-import { readModelFile } from '../src/training/modelFiles';
+import { readModelFile, writeKerasModel } from '../src/training/modelFiles';
+import { initialWeights, resnetSpec } from '../src/training/resnet';
+import * as tf from '@tensorflow/tfjs';
 import { RESUME_FOLDER } from '../src/training/trainer';
 import { RunFollower, type RunRecord } from '../src/training/runs';
-import { REPO_ROOT, scratch, tinyDataset } from './helpers';
+import { REPO_ROOT, SAMPLE, scratch, tinyDataset } from './helpers';
 
 const CLI = path.join(REPO_ROOT, 'bin', 'cellfinder-retrain.js');
 const SLURM_SCRIPT = path.join(REPO_ROOT, 'scripts', 'slurm-local.sh');
@@ -346,4 +348,37 @@ test('a job on a node where the login node\'s engine does not load fails at its 
   assert.ok(!run.events.some((e) => e.type === 'batch'), 'nothing was trained');
   for (let i = 0; i < 30 && / \| SLURM job \d+: (running|completing)/.test(cli(['runs', runDir]).out); i++) await new Promise((resolve) => setTimeout(resolve, 1000));
   assert.match(cli(['runs', runDir]).out, new RegExp(`^${runDir}: failed \\| SLURM job ${jobId}: failed`, 'm'));
+});
+
+test('classify --brains --slurm classifies each brain of a list as one task of an array job; jobs shows each task; each brain\'s results are those of a classify here', { timeout: 8 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const model = path.join(root, 'resnet18.keras');
+  const spec = resnetSpec(18, 2);
+  await writeKerasModel(model, spec, initialWeights(tf, spec, 3));
+  // Two brains (the bundled sample twice), one with a path relative to the list.
+  const list = path.join(root, 'brains.csv');
+  const [signal, background, points] = [path.join(SAMPLE, 'signal'), path.join(SAMPLE, 'background'), path.join(SAMPLE, 'candidates', 'candidates.xml')];
+  await fs.writeFile(list, ['signal,background,points,output_dir', `${signal},${background},${points},brain-a`, `${signal},${background},${points},${path.join(root, 'brain-b')}`, ''].join('\n'));
+  const common = ['--trained-model', model, '--voxel-sizes', '5', '2', '2', '--batch-size', '8'];
+  const jobs = path.join(root, 'jobs');
+  const submitted = cli(['classify', '--brains', list, ...common, '-o', jobs, '--slurm', '--time', '20']);
+  assert.equal(submitted.code, 0, submitted.err);
+  const jobId = /^Submitted SLURM job (\d+): classifying 2 brains as an array job, one task per brain$/m.exec(submitted.out)?.[1];
+  assert.ok(jobId, submitted.out);
+  assert.match(await fs.readFile(path.join(jobs, SLURM_SCRIPT_FILE), 'utf8'), /^#SBATCH --array=0-1$/m);
+  // Followed as the editor follows it, until both tasks are done.
+  let listed = '';
+  for (let i = 0; i < 300 && !/: 2 of 2 brains classified/.test(listed); i++) {
+    listed = cli(['jobs', jobs]).out;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  assert.match(listed, new RegExp(`^SLURM job ${jobId}: 2 of 2 brains classified$`, 'm'));
+  assert.match(listed, new RegExp(`^  task 0 \\(${signal}\\): (completed on node \\S+ · |no longer in SLURM's queue · )?classified · \\d+/\\d+ candidates \\(100%\\)$`, 'm'));
+  assert.match(listed, /^ {2}task 1 \(.*\): .*classified/m);
+  // Each brain's results are what classify here writes for it.
+  const here = path.join(root, 'here');
+  const local = cli(['classify', '--signal', signal, '--background', background, '--points', points, ...common, '-o', here]);
+  assert.equal(local.code, 0, local.err);
+  const expected = await fs.readFile(path.join(here, 'classified_points.csv'), 'utf8');
+  for (const brain of [path.join(root, 'brain-a'), path.join(root, 'brain-b')]) assert.equal(await fs.readFile(path.join(brain, 'classified_points.csv'), 'utf8'), expected, brain);
 });

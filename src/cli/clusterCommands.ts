@@ -9,8 +9,8 @@ import { EVENTS_FILE } from '../core/runFiles';
 import { REQUIRED_ENGINE_ENV, type RequiredEngine } from '../engine/backend';
 import { engineRoot, ENGINE_DIR_ENV, readActiveEngine } from '../engine/engineLayout';
 import { scanWorkspace } from '../core/workspaceScan';
-import { cancelRunOrJob, describeJob, latestJob, readRunWithJob, type RunWithJob } from '../cluster/clusterRuns';
-import { describeJobState, jobIsActive, SlurmError, submitJob, type JobRecord, type SlurmRequest } from '../cluster/slurm';
+import { cancelRunOrJob, classifyJobProgress, describeClassifyTask, describeJob, latestJob, readRunWithJob, type RunWithJob } from '../cluster/clusterRuns';
+import { describeJobState, jobIsActive, jobOutputFile, SlurmError, submitJob, type JobRecord, type SlurmRequest } from '../cluster/slurm';
 import type { TrainingEvent } from '../training/events';
 import { parseArgs, UsageError, type FlagSpec } from './args';
 
@@ -83,6 +83,27 @@ function withoutSlurmFlags(argv: readonly string[]): string[] {
 }
 
 /**
+ * Submits `classify` (given as `argv`, with its SLURM options) as a job:
+ * one brain, its records in its output folder; or, with `tasks`, an array
+ * job over a brain list, its records and SLURM's files in `folder`. A
+ * resubmitted job classifies only what is left (classify resumes).
+ */
+export async function submitClassifyJob(argv: readonly string[], request: SlurmRequest, folder: string, tasks: number | undefined, cli: { node: string; entry: string }, json: boolean, io: Io): Promise<number> {
+  const latest = await latestJob(folder);
+  if (latest && jobIsActive(latest.state)) {
+    throw new SlurmError(`job ${latest.job.jobId} of ${folder} is ${describeJobState(latest.state)}`, `Wait for it, or stop it first (scancel ${latest.job.jobId}), then submit again`);
+  }
+  const command = [cli.node, cli.entry, 'classify', ...withoutSlurmFlags(argv)];
+  const record = await submitJob({ name: 'cellfinder-classify', runDir: folder, workDir: process.cwd(), command, request, environment: jobEngine(request), tasks }, 'classify');
+  if (json) io.out(JSON.stringify({ jobId: record.jobId, mode: 'classify', folder, tasks }));
+  else {
+    io.out(`Submitted SLURM job ${record.jobId}: classifying ${tasks ? `${tasks} brains as an array job, one task per brain` : folder}`);
+    io.out(`  follow it: cellfinder-retrain jobs ${folder}   (SLURM's output: ${jobOutputFile(folder, record.jobId, 'out', tasks ? 0 : undefined)}${tasks ? ', one per task' : ''})`);
+  }
+  return 0;
+}
+
+/**
  * Submits `train` (given as `argv`, with its SLURM options) as a job whose
  * outputs and events go to `runDir`, as they would here; prints the job id
  * and how to follow it.
@@ -132,5 +153,24 @@ export async function cancelCommand(argv: readonly string[], io: Io): Promise<nu
   const { positionals } = parseArgs(argv, []);
   if (positionals.length !== 1) throw new UsageError('cancel takes one run folder');
   io.out(await cancelRunOrJob(path.resolve(positionals[0])));
+  return 0;
+}
+
+/** `jobs <folder>`: the classify job submitted for the folder, each task's state and progress (a brain list's array job: one line per brain). */
+export async function jobsCommand(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parseArgs(argv, [{ name: 'json', values: 0 }]);
+  if (positionals.length !== 1) throw new UsageError('jobs takes one folder: the -o of classify --slurm');
+  const folder = path.resolve(positionals[0]);
+  const progress = await classifyJobProgress(folder);
+  if (!progress) {
+    io.out(`No classify job was submitted for ${folder}.`);
+    return 0;
+  }
+  if (flags.has('json')) io.out(JSON.stringify(progress, null, 2));
+  else {
+    const done = progress.tasks.filter((task) => task.finished).length;
+    io.out(`SLURM job ${progress.job.jobId}: ${done} of ${progress.tasks.length} ${progress.tasks.length === 1 ? 'brain' : 'brains'} classified`);
+    for (const task of progress.tasks) io.out(`  ${describeClassifyTask(task)}`);
+  }
   return 0;
 }

@@ -24,7 +24,7 @@ import { OutOfMemoryError } from '../training/outOfMemory';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
 import { progressPrinter, stopOnSignals } from './progress';
 import { SlurmError } from '../cluster/slurm';
-import { cancelCommand, runsCommand } from './clusterCommands';
+import { cancelCommand, jobsCommand, runsCommand } from './clusterCommands';
 import { EXPORT_USAGE, exportModelCommand, publishModelCommand } from './exportCommands';
 import { classifyCommand, engineCommand, evaluateCommand, exitWithParent, RELAYED_ENV, runInChild, trainCommand } from './trainCommands';
 
@@ -80,6 +80,13 @@ working directory, so run it from the dataset folder (see README).
            [--cache <dataset>] [--normalize-channels]
       One pass through the volume; Ctrl-C stops after the batch in progress, and
       the same command (also after a crash) classifies only what is left.
+      --brains <list.csv> instead of --signal/--background/--points/-o: each brain
+      of the list (header signal,background,points,output_dir) in turn, or the
+      one of --brain N. With --slurm [SLURM options as for train]: a job; with
+      --brains, an array job, one task per brain, its SLURM files in -o.
+  jobs <folder> [--json]
+      A classify job's tasks (from classify --slurm -o <folder>): each one's
+      SLURM state and progress.
       Writes classified_points.xml (cellfinder's) and classified_points.csv
       (x,y,z,type,cell_probability,non_cell_probability).
       --normalize-channels: as cellfinder, each channel's cubes become
@@ -167,6 +174,8 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         return await trainCommand(rest, io);
       case 'classify':
         return await classifyCommand(rest, io);
+      case 'jobs':
+        return await jobsCommand(rest, io);
       case 'runs':
         return await runsCommand(rest, io);
       case 'cancel':

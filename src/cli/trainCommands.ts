@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { writeFileAtomic } from '../core/atomicFile';
+import { readBrainList, type Brain } from '../core/brainList';
 import { DataFileError } from '../core/errors';
 import { describeDevice, loadTensorFlow, missingRequiredEngine, REQUIRED_ENGINE_ENV, type TensorFlowRuntime } from '../engine/backend';
 import { fixCpuMaxPool3dGrad } from '../engine/cpuMaxPool3dGradFix';
@@ -31,7 +32,7 @@ import { loadSamples } from '../training/trainingData';
 import { RESUME_FOLDER, train } from '../training/trainer';
 import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type FlagSpec } from './args';
 import { REQUEUE_ENV, requeueJob, TIME_LIMIT_SIGNAL } from '../cluster/slurm';
-import { SLURM_FLAGS, slurmRequestFrom, submitTrainJob } from './clusterCommands';
+import { SLURM_FLAGS, slurmRequestFrom, submitClassifyJob, submitTrainJob } from './clusterCommands';
 import { progressPrinter, STOP_SIGNALS, stopOnSignals } from './progress';
 
 export interface Io {
@@ -271,37 +272,77 @@ async function networkFor(flags: Map<string, string[]>, channels: number) {
   return { runtime, network: await loadNetwork(runtime.tf, file, depth, channels) };
 }
 
+const CLASSIFY_FLAGS: FlagSpec[] = [
+  ...CANDIDATE_INPUT_FLAGS,
+  { name: 'trained-model', values: 1 },
+  { name: 'model-weights', values: 1 },
+  { name: 'network-depth', values: 1 },
+  { name: 'batch-size', values: 1 },
+  { name: 'device', values: 1 },
+  { name: 'cache', values: 1 },
+  { name: 'normalize-channels', values: 0 },
+  { name: 'brains', values: 1 },
+  { name: 'brain', values: 1 },
+];
+
+/**
+ * `classify`: one brain (--signal, --points, -o), or each brain of a list
+ * (--brains); with --slurm, submitted as a job (a list as an array job, one
+ * task per brain, each task classifying the brain of its SLURM_ARRAY_TASK_ID).
+ */
 export async function classifyCommand(argv: readonly string[], io: Io): Promise<number> {
-  const { flags, positionals } = parseArgs(argv, [
-    ...CANDIDATE_INPUT_FLAGS,
-    { name: 'trained-model', values: 1 },
-    { name: 'model-weights', values: 1 },
-    { name: 'network-depth', values: 1 },
-    { name: 'batch-size', values: 1 },
-    { name: 'device', values: 1 },
-    { name: 'cache', values: 1 },
-    { name: 'normalize-channels', values: 0 },
-  ]);
+  const { flags, positionals } = parseArgs(argv, [...CLASSIFY_FLAGS, ...SLURM_FLAGS]);
   if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
-  for (const required of ['signal', 'points', 'output-dir']) if (!flags.has(required)) throw new UsageError(`--${required} is required`);
+  const slurm = slurmRequestFrom(flags);
+  const listFile = flags.get('brains')?.[0];
+  const cli = { node: process.execPath, entry: cliEntry() };
+  if (!listFile) {
+    if (flags.has('brain')) throw new UsageError('--brain picks a brain of a --brains list');
+    for (const required of ['signal', 'points', 'output-dir']) if (!flags.has(required)) throw new UsageError(`--${required} is required`);
+    const brain = { signal: flags.get('signal')![0], background: flags.get('background')?.[0], points: flags.get('points')![0], outputDir: path.resolve(flags.get('output-dir')![0]) };
+    if (slurm) return submitClassifyJob(argv, slurm, brain.outputDir, undefined, cli, flags.has('json'), io);
+    return classifyBrain(flags, brain, io);
+  }
+  const given = ['signal', 'background', 'points', 'cache'].find((name) => flags.has(name));
+  if (given) throw new UsageError(`--${given} is not used with --brains: each brain's volumes and points come from the list`);
+  const brains = await readBrainList(listFile);
+  if (slurm) {
+    const folder = flags.get('output-dir')?.[0];
+    if (!folder) throw new UsageError('-o is required with --brains --slurm: the folder for the array job\'s record and SLURM\'s output files (each brain\'s results go to its output_dir)');
+    return submitClassifyJob(argv, slurm, path.resolve(folder), brains.length, cli, flags.has('json'), io);
+  }
+  // An array task classifies its own brain; otherwise --brain N, or every brain in turn.
+  const picked = flags.get('brain')?.[0] ?? process.env.SLURM_ARRAY_TASK_ID;
+  if (picked !== undefined && !(/^\d+$/.test(picked) && Number(picked) < brains.length)) throw new UsageError(`--brain must be 0..${brains.length - 1} (the line of the brain in ${listFile}, from 0), got ${picked}`);
+  const indices = picked === undefined ? brains.map((_, index) => index) : [Number(picked)];
+  for (const index of indices) {
+    io.err(`brain ${index} of ${listFile} (${brains.length} in all): ${brains[index].signal}`);
+    const status = await classifyBrain(flags, brains[index], io);
+    if (status !== 0) return status;
+  }
+  return 0;
+}
+
+/** Classifies one brain's candidates into its output folder (resuming what an interrupted run left). */
+async function classifyBrain(flags: Map<string, string[]>, brain: Brain, io: Io): Promise<number> {
   const voxelSizes = parseVoxelSizes(flags.get('voxel-sizes'));
   // 32: at 64 ResNet-18 inference took 2.4 GB (at 4000x5000, 5,000 candidates) for 4% more speed.
   const batchSize = number(flags, 'batch-size', 32, (n) => Number.isInteger(n) && n > 0, 'a positive integer');
-  const { runtime, network } = await networkFor(flags, flags.has('background') ? 2 : 1);
+  const { runtime, network } = await networkFor(flags, brain.background ? 2 : 1);
   const normalizeChannels = flags.has('normalize-channels');
   // As cellfinder, normalising is what the flag says; but a model classified otherwise than it was trained gives meaningless probabilities.
   const trainedNormalised = (await runConfigOf(network.file))?.normalizeChannels;
   if (trainedNormalised !== undefined && trainedNormalised !== normalizeChannels) {
     io.err(`warning: ${network.file} was trained ${trainedNormalised ? 'with' : 'without'} --normalize-channels (its run's ${TRAIN_CONFIG_FILE}): ${trainedNormalised ? 'add' : 'leave out'} --normalize-channels to classify as it was trained`);
   }
-  const outputDir = path.resolve(flags.get('output-dir')![0]);
+  const outputDir = path.resolve(brain.outputDir);
   const stopping = stopOnSignals(io, 'Stopping after the current batch; what is classified is kept, and the same command continues from there...');
   let report;
   try {
     report = await classifyCandidates(runtime.tf, network, {
-      signal: flags.get('signal')![0],
-      background: flags.get('background')?.[0],
-      points: flags.get('points')![0],
+      signal: brain.signal,
+      background: brain.background,
+      points: brain.points,
       outputDir,
       voxelSizes,
       batchSize,

@@ -1,13 +1,14 @@
 /**
  * A training run together with its SLURM job, for every place that shows or
  * stops runs (the CLI's `runs` and `cancel`, the editor's Runs view and
- * training panel). A run submitted as a job records it in its folder
+ * training panel); and the per-task progress of classify jobs. A run submitted as a job records it in its folder
  * (SLURM_JOBS_FILE); then the job, not a process id (which names a process
  * on the job's node), says whether the run still goes on. No VS Code here.
  */
+import { promises as fs } from 'node:fs';
 import type { TrainingEvent } from '../training/events';
 import { cancelRun, readRun, summarizeRun, type RunRecord } from '../training/runs';
-import { cancelJob, describeJobState, jobIsActive, jobState, readJobRecords, SlurmError, type JobRecord, type JobState } from './slurm';
+import { arrayTaskStates, cancelJob, describeJobState, jobIsActive, jobOutputFile, jobState, readJobRecords, SlurmError, type JobRecord, type JobState } from './slurm';
 
 export interface RunWithJob {
   run: RunRecord;
@@ -68,4 +69,55 @@ export async function cancelRunOrJob(runDir: string): Promise<string> {
   if (run.status !== 'running' || run.pid === undefined) return `${runDir} is not running (${run.events.length ? run.status : 'no run there'}): nothing to cancel`;
   cancelRun(run.pid);
   return `run ${runDir} (process ${run.pid}) told to stop after the current batch (a resumable checkpoint is written)`;
+}
+
+/** One task of a classify job (the job itself when it is not an array), as SLURM and its output files say. */
+export interface ClassifyTask {
+  /** Index in the brain list; undefined for a one-brain job. */
+  task?: number;
+  /** The brain's signal volume, as the task named it when it started. */
+  signal?: string;
+  state?: JobState;
+  /** Candidates classified so far and in all, from the task's last progress line. */
+  progress?: { done: number; total: number };
+  finished: boolean;
+  /** The task's error, when it ended with one. */
+  error?: string;
+}
+
+/**
+ * The progress of each task of the latest classify job submitted for
+ * `folder`: SLURM's state, and the task's own progress lines in its error
+ * file (written as it goes, also on the shared filesystem); undefined when
+ * no classify job was submitted there.
+ */
+export async function classifyJobProgress(folder: string): Promise<{ job: JobRecord; tasks: ClassifyTask[] } | undefined> {
+  const job = (await readJobRecords(folder)).filter((record) => record.mode === 'classify').at(-1);
+  if (!job) return undefined;
+  const indices: Array<number | undefined> = job.tasks ? Array.from({ length: job.tasks }, (_, task) => task) : [undefined];
+  const states: Map<number | undefined, JobState | undefined> = job.tasks ? await arrayTaskStates(job.jobId) : new Map([[undefined, await jobState(job.jobId)]]);
+  const tasks = await Promise.all(
+    indices.map(async (task): Promise<ClassifyTask> => {
+      const read = (kind: 'out' | 'err') => fs.readFile(jobOutputFile(folder, job.jobId, kind, task), 'utf8').catch(() => '');
+      const [out, err] = await Promise.all([read('out'), read('err')]);
+      const progress = [...err.matchAll(/^classifying: (\d+)\/(\d+)/gm)].at(-1);
+      return {
+        task,
+        signal: /^brain \d+ of .*?: (.*)$/m.exec(err)?.[1],
+        state: states.get(task),
+        progress: progress && { done: Number(progress[1]), total: Number(progress[2]) },
+        finished: /^Classified \d+ candidates/m.test(out) || /"xmlFile"/.test(out),
+        error: [...err.matchAll(/^error: (.*)$/gm)].at(-1)?.[1],
+      };
+    }),
+  );
+  return { job, tasks };
+}
+
+/** "task 1 (…/brain2/signal): running on node gpu07 · 1200/5000 candidates (24%)". */
+export function describeClassifyTask(task: ClassifyTask): string {
+  const name = `${task.task === undefined ? 'job' : `task ${task.task}`}${task.signal ? ` (${task.signal})` : ''}`;
+  const progress = task.progress && `${task.progress.done}/${task.progress.total} candidates (${task.progress.total ? Math.floor((100 * task.progress.done) / task.progress.total) : 100}%)`;
+  const outcome = task.finished ? 'classified' : task.error ? `failed: ${task.error}` : undefined;
+  return `${name}: ${[jobIsActive(task.state) || !outcome ? describeJobState(task.state) : undefined, outcome, progress].filter(Boolean).join(' · ')}`;
 }

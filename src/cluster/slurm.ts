@@ -70,8 +70,10 @@ export const REQUEUE_ENV = 'CELLFINDER_RETRAIN_SLURM_REQUEUE';
 
 export interface JobRecord {
   jobId: string;
-  /** Which command the job runs: a new run, or the continuation of an interrupted one. */
-  mode: 'train' | 'resume';
+  /** Which command the job runs: a new run, the continuation of an interrupted one, or classification (of one brain, or one per task of an array). */
+  mode: 'train' | 'resume' | 'classify';
+  /** For an array job: its number of tasks (task i runs entry i of the job's list). */
+  tasks?: number;
   /** ms since epoch. */
   submittedAt: number;
   /** What the job asked SLURM for (absent in records written before it was kept): a resubmission asks for it again. */
@@ -90,6 +92,13 @@ export interface JobSpec {
   request: SlurmRequest;
   /** Set for the command unless the job's environment (sbatch's --export) already sets them. */
   environment?: Readonly<Record<string, string>>;
+  /** An array job of this many tasks (SLURM_ARRAY_TASK_ID 0..n-1), each with its own output files. */
+  tasks?: number;
+}
+
+/** SLURM's output or error file of the job (or of task `task` of an array job) in the folder it was submitted for. */
+export function jobOutputFile(runDir: string, jobId: string, kind: 'out' | 'err', task?: number): string {
+  return path.join(runDir, `slurm-${jobId}${task === undefined ? '' : `_${task}`}.${kind}`);
 }
 
 /** `'it''s'`-style quoting: the one form the shell takes literally, whatever the text. */
@@ -141,8 +150,10 @@ export function batchScript(spec: JobSpec): string {
   const directives = [
     `--job-name=${sbatchValue(spec.name)}`,
     `--chdir=${sbatchValue(spec.workDir)}`,
-    `--output=${sbatchValue(path.join(spec.runDir, 'slurm-%j.out'))}`,
-    `--error=${sbatchValue(path.join(spec.runDir, 'slurm-%j.err'))}`,
+    // %A_%a: an array's job id and task index, the names jobOutputFile gives.
+    `--output=${sbatchValue(path.join(spec.runDir, spec.tasks ? 'slurm-%A_%a.out' : 'slurm-%j.out'))}`,
+    `--error=${sbatchValue(path.join(spec.runDir, spec.tasks ? 'slurm-%A_%a.err' : 'slurm-%j.err'))}`,
+    ...(spec.tasks ? [`--array=0-${spec.tasks - 1}`] : []),
     `--signal=B:${TIME_LIMIT_SIGNAL}@${warningSeconds(spec.request)}`,
     ...sbatchOptions(spec.request),
   ];
@@ -224,7 +235,7 @@ export async function submitJob(spec: JobSpec, mode: JobRecord['mode']): Promise
   if (result.code !== 0 || !/^\d+$/.test(jobId)) {
     throw new SlurmError(`sbatch refused the job: ${slurmSaid(result)}`, `Change what it names and submit again (the script it was given: ${scriptFile})`);
   }
-  const record: JobRecord = { jobId, mode, submittedAt: Date.now(), request: spec.request };
+  const record: JobRecord = { jobId, mode, submittedAt: Date.now(), request: spec.request, ...(spec.tasks ? { tasks: spec.tasks } : {}) };
   await appendLineDurably(path.join(spec.runDir, SLURM_JOBS_FILE), JSON.stringify(record));
   return record;
 }
@@ -267,6 +278,26 @@ export async function jobState(jobId: string): Promise<JobState | undefined> {
   if (!line) return undefined;
   const [, state, reason, nodes] = line.split('|');
   return { jobId, state, reason: reason && reason !== 'None' ? reason : undefined, nodes: nodes || undefined };
+}
+
+/**
+ * The state of each task of array job `jobId` (task index to state) that
+ * squeue still knows; a task it has forgotten (ended minutes ago) is absent.
+ */
+export async function arrayTaskStates(jobId: string): Promise<Map<number, JobState>> {
+  // -r: one line per task, also for tasks still pending together (else "123_[0-4]").
+  const result = await runSlurmCommand('squeue', ['-h', '-r', '--states=all', '-j', jobId, '-o', '%i|%T|%r|%N']);
+  if (result.code !== 0) {
+    if (/invalid job id/i.test(result.stderr)) return new Map();
+    throw new SlurmError(`squeue could not say the state of job ${jobId}: ${slurmSaid(result)}`, 'Check that the cluster answers (squeue) and try again');
+  }
+  const states = new Map<number, JobState>();
+  for (const line of result.stdout.split('\n').filter(Boolean)) {
+    const [id, state, reason, nodes] = line.split('|');
+    const task = /^(\d+)_(\d+)$/.exec(id);
+    if (task?.[1] === jobId) states.set(Number(task[2]), { jobId: id, state, reason: reason && reason !== 'None' ? reason : undefined, nodes: nodes || undefined });
+  }
+  return states;
 }
 
 /** "pending: Resources", "running on node gpu07", "completed on node gpu07", "no longer in SLURM's queue". */
