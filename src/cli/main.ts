@@ -25,6 +25,7 @@ import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type Fla
 import { progressPrinter, stopOnSignals } from './progress';
 import { SlurmError } from '../cluster/slurm';
 import { cancelCommand, runsCommand } from './clusterCommands';
+import { MODEL_USAGE, modelCommand } from './modelCommands';
 import { classifyCommand, engineCommand, evaluateCommand, exitWithParent, RELAYED_ENV, runInChild, trainCommand } from './trainCommands';
 
 const USAGE = `cellfinder-retrain: build and check cellfinder training data
@@ -127,6 +128,7 @@ it can and says why not; cpu never does.
       labelling.json) into <dataset>/.candidate-cache/, in one pass through the
       volume, so labelling shows each one at once. Ctrl-C stops; run it again
       to continue. The editor starts it for sets of 500 candidates or more.
+${MODEL_USAGE}
   demo [--output-dir <dir>] [--epochs 2]
       The whole loop on the bundled sample: extract cubes, build a labelled
       dataset, retrain ResNet-18 briefly, classify the candidates, evaluate.
@@ -169,6 +171,8 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         return await evaluateCommand(rest, io);
       case 'engine':
         return await engineCommand(rest, io);
+      case 'model':
+        return await modelCommand(rest, io);
       case undefined:
       case 'help':
       case '--help':

@@ -413,7 +413,7 @@ export async function describeModelFile(file: string): Promise<ModelDescription>
  * describing a model reads a few kilobytes instead of its hundreds of
  * megabytes of weights. Undefined when the archive has no such member.
  */
-function readZipMember(file: string, member: string): Promise<Uint8Array | undefined> {
+export function readZipMember(file: string, member: string): Promise<Uint8Array | undefined> {
   return new Promise((resolve, reject) => {
     const stream = createReadStream(file, { highWaterMark: 64 * 1024 });
     const parts: Uint8Array[] = [];
