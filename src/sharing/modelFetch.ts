@@ -21,7 +21,7 @@ import { createReadStream, promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
-import { discardFile, exists, makeFolder, moveFileNoClobber, prepareFile, type PreparedFile } from '../core/atomicFile';
+import { discardFile, exists, moveFileNoClobber, prepareFile, type PreparedFile } from '../core/atomicFile';
 import { DataFileError } from '../core/errors';
 import { checkModelCard, sha256OfFile } from './modelCard';
 
@@ -81,7 +81,7 @@ export interface FetchProgress {
   (file: string, bytesDone: number, bytesTotal: number | undefined): void;
 }
 
-type CheckKind = 'cellfinder sha256' | 'hub sha256' | 'hub git blob id' | 'model card sha256';
+export type CheckKind = 'cellfinder sha256' | 'hub sha256' | 'hub git blob id' | 'model card sha256';
 
 /** One file to bring in: where its bytes come from, where it goes, and what its hash must be. */
 interface Incoming {
@@ -95,25 +95,30 @@ interface Incoming {
  * Fetches cellfinder's pre-trained network `name` into `folder` (default
  * cellfinder's own), from `from` (a local file, or a folder holding the file
  * under cellfinder's name), else from `url`, else MODEL_URL_ENV, else
- * cellfinder's URL.
+ * cellfinder's URL; it must have cellfinder's SHA-256.
  */
 export async function fetchCellfinderModel(
   options: { name?: CellfinderModelName; folder?: string; from?: string; url?: string; onProgress?: FetchProgress } = {},
 ): Promise<FetchedFile> {
   const model = CELLFINDER_MODELS[options.name ?? 'resnet50_tv'];
-  const destination = path.join(path.resolve(options.folder ?? cellfinderModelsFolder()), model.fileName);
-  const check = { kind: 'cellfinder sha256' as const, expected: model.sha256 };
+  const from = options.from !== undefined && (await isFolder(options.from)) ? path.join(options.from, model.fileName) : options.from;
+  return fetchFile(path.join(path.resolve(options.folder ?? cellfinderModelsFolder()), model.fileName), {
+    from,
+    url: options.url ?? (process.env[MODEL_URL_ENV] || model.url),
+    check: { kind: 'cellfinder sha256', expected: model.sha256 },
+    onProgress: options.onProgress,
+  });
+}
+
+/** One file to `destination` from a local file (`from`) or else `url`, kept only when it passes `check`. */
+export async function fetchFile(destination: string, source: { from?: string; url: string; check?: { kind: CheckKind; expected: string }; onProgress?: FetchProgress }): Promise<FetchedFile> {
   let open: Incoming['open'];
-  if (options.from !== undefined) {
-    const from = path.resolve(options.from);
-    const source = (await isFolder(from)) ? path.join(from, model.fileName) : from;
-    if (!(await exists(source))) throw new DataFileError(source, 'does not exist', `Give cellfinder's ${model.fileName} (or the folder holding it) to --from`);
-    open = () => openLocal(source);
-  } else {
-    const url = options.url ?? (process.env[MODEL_URL_ENV] || model.url);
-    open = () => openUrl(url, destination);
-  }
-  const [fetched] = await bringIn([{ name: model.fileName, destination, open, check }], options.onProgress);
+  if (source.from !== undefined) {
+    const from = path.resolve(source.from);
+    if (!(await exists(from))) throw new DataFileError(from, 'does not exist', `Give --from ${path.basename(destination)} or the folder holding it`);
+    open = () => openLocal(from);
+  } else open = () => openUrl(source.url, destination);
+  const [fetched] = await bringIn([{ name: path.basename(destination), destination, open, check: source.check }], source.onProgress);
   return fetched;
 }
 
@@ -255,15 +260,18 @@ async function openUrl(url: string, destination: string): Promise<{ chunks: Asyn
 async function bringIn(incoming: Incoming[], onProgress: FetchProgress | undefined): Promise<FetchedFile[]> {
   const results: FetchedFile[] = [];
   const prepared: Array<{ file: PreparedFile; result: FetchedFile }> = [];
+  const createdFolders: Array<{ first: string; last: string }> = [];
+  let placed = false;
   try {
     for (const item of incoming) {
       if (await exists(item.destination)) {
         results.push(await alreadyThere(item));
         continue;
       }
-      await makeFolder(path.dirname(item.destination)).catch((error: Error) => {
+      const made = await createFolders(path.dirname(item.destination)).catch((error: Error) => {
         throw new DataFileError(path.dirname(item.destination), `cannot be created (${error.message})`, 'Choose a folder you can write to (-o)');
       });
+      if (made) createdFolders.push({ first: made, last: path.dirname(item.destination) });
       const { chunks, bytes } = await item.open();
       let sha256 = '';
       const file = await prepareFile(item.destination, async (handle) => {
@@ -282,10 +290,26 @@ async function bringIn(incoming: Incoming[], onProgress: FetchProgress | undefin
       }
     }
     for (const { file } of prepared) await moveFileNoClobber(file.temp, file.file);
+    placed = true;
     return results;
   } finally {
     for (const { file } of prepared) await discardFile(file);
+    // A failed fetch leaves no trace: the folders it made go too (rmdir removes only empty ones).
+    if (!placed) for (const folder of createdFolders.reverse()) await removeEmptyFolders(folder.last, folder.first);
   }
+}
+
+/** Removes `deepest` and its parents up to and including `top`, as long as each is empty. */
+async function removeEmptyFolders(deepest: string, top: string): Promise<void> {
+  for (let folder = deepest; folder.startsWith(top); folder = path.dirname(folder)) {
+    if (!(await fs.rmdir(folder).then(() => true, () => false))) return;
+    if (folder === top) return;
+  }
+}
+
+/** `mkdir -p`; returns the first folder it had to make (undefined when all were there). */
+async function createFolders(folder: string): Promise<string | undefined> {
+  return fs.mkdir(folder, { recursive: true });
 }
 
 /** A destination that exists already: fine when it holds the expected bytes; otherwise an error, and it stays as it is. */
