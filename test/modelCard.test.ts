@@ -99,9 +99,10 @@ test('a training run writes a model card beside its model; evaluate adds the con
   const split = started.split!;
   assert.ok(card.includes(`training ${split.training.cells} cells + ${split.training.nonCells} non-cells, validation ${split.validation.cells} cells + ${split.validation.nonCells} non-cells`));
   assert.ok(card.includes(`**Final epoch (2 of 2):** training loss ${final.loss.toFixed(4)}`));
-  assert.match(card, /\*\*Best epoch by validation loss \([12]\):\*\*/);
+  const best = [...finished.history].reverse().reduce((a, b) => ((b.valLoss as number) < (a.valLoss as number) ? b : a));
+  assert.ok(card.includes(`**Best epoch by validation loss (${best.epoch + 1}):** training loss ${best.loss.toFixed(4)}`));
   assert.match(card, /No `evaluation\.json` in the run folder/);
-  assert.match(card, /- Training engine: .+ \(TensorFlow\.js backend\)/);
+  assert.match(card, /^- Training engine: .+$/m);
   assert.ok(card.includes(`| \`model.keras\` | ${ours.files[0].bytes} | \`${ours.files[0].sha256}\` |`));
   assert.deepEqual((await checkModelCard(cardFile)).files.map((f) => f.status), ['matches']);
 

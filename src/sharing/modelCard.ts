@@ -338,7 +338,8 @@ interface CardFacts {
 
 function bestEpoch(history: readonly EpochMetrics[]): EpochMetrics | undefined {
   const validated = history.filter((m) => m.valLoss !== undefined);
-  return validated.reduce<EpochMetrics | undefined>((best, m) => (best === undefined || (m.valLoss as number) < (best.valLoss as number) ? m : best), undefined);
+  // The later epoch on a tie, being trained longer (as the trainer's --keep-checkpoints ranks them).
+  return validated.reduce<EpochMetrics | undefined>((best, m) => (best === undefined || (m.valLoss as number) <= (best.valLoss as number) ? m : best), undefined);
 }
 
 /** The checkpoint's epoch (1-based) when the model file is one of the run's per-epoch checkpoints. */
@@ -478,7 +479,7 @@ function cardBody(facts: CardFacts): string {
   add('### Software', '');
   add(`- cellfinder-retrain ${facts.version}`);
   add(`- Model files written in the Keras ${KERAS_VERSION} format${model.kerasVersion && model.kerasVersion !== KERAS_VERSION ? ` (this file says Keras ${model.kerasVersion})` : ''}`);
-  if (run?.backends.length) add(`- Training engine: ${run.backends.join(', ')} (TensorFlow.js backend)`);
+  if (run?.backends.length) add(`- Training engine: ${run.backends.join(', ')}`);
   add('');
 
   add('## Files', '');
