@@ -187,12 +187,19 @@ test('hf://ORG/NAME: every file of the revision the Hub lists, each checked (LFS
     delete process.env.HF_ENDPOINT;
   }
 
-  // A downloaded copy given with --from: copied as it is (no card in it to check it against).
+  // A downloaded copy given with --from: copied as it is when it has no card of ours ...
   const offline = await fetchHubModel('lab/retrained', { folder: path.join(root, 'offline'), from: folder });
   assert.deepEqual(offline.files.map((f) => [path.relative(path.join(root, 'offline'), f.file), f.verified]), [
     ['config.json', 'none known'],
     [path.join('weights', 'model.keras'), 'none known'],
   ]);
+  // ... and checked against the hashes of the card it carries when it has one: a changed model keeps nothing.
+  await fs.writeFile(path.join(folder, 'README.md'), `---\nlibrary_name: keras\ncellfinder_retrain:\n  files:\n    - path: weights/model.keras\n      sha256: ${sha256(weights)}\n---\n\n# card\n`);
+  const carded = await fetchHubModel('lab/retrained', { folder: path.join(root, 'carded'), from: folder });
+  assert.equal(carded.files.find((f) => f.file.endsWith('model.keras'))?.verified, 'model card sha256');
+  await fs.appendFile(path.join(folder, 'weights', 'model.keras'), 'x');
+  await assert.rejects(fetchHubModel('lab/retrained', { folder: path.join(root, 'changed'), from: folder }), /weights\/model\.keras does not match its model card sha256/);
+  assert.ok(!existsSync(path.join(root, 'changed')));
 });
 
 test('repository names the Hub would refuse are refused before any request', async () => {
