@@ -547,7 +547,6 @@ function hyperparameters(run: RunFacts): Array<[string, string]> {
 
 interface RecordedCard {
   files: CardFile[];
-  source: string;
 }
 
 /** The `cellfinder_retrain` part of a card's front matter, or undefined when the text has none. */
@@ -560,10 +559,10 @@ function readFrontMatter(text: string, card: string): RecordedCard | undefined {
   } catch (error) {
     throw new DataFileError(card, `has front matter that is not valid YAML (${(error as Error).message})`, 'Write the card again (cellfinder-retrain model card MODEL)');
   }
-  const ours = (data as Record<string, unknown> | null)?.[CARD_KEY] as { files?: unknown; source?: unknown } | undefined;
+  const ours = (data as Record<string, unknown> | null)?.[CARD_KEY] as { files?: unknown } | undefined;
   if (!ours || !Array.isArray(ours.files)) return undefined;
   const files = ours.files.filter((f): f is CardFile => typeof f?.path === 'string' && typeof f?.sha256 === 'string');
-  return { files, source: String(ours.source ?? '') };
+  return { files };
 }
 
 export interface CardCheck {

@@ -103,17 +103,19 @@ export async function fetchCellfinderModel(
   const model = CELLFINDER_MODELS[options.name ?? 'resnet50_tv'];
   const from = options.from !== undefined && (await isFolder(options.from)) ? path.join(options.from, model.fileName) : options.from;
   return fetchFile(path.join(path.resolve(options.folder ?? cellfinderModelsFolder()), model.fileName), {
-    from,
-    url: options.url ?? (process.env[MODEL_URL_ENV] || model.url),
+    ...(from !== undefined ? { from } : { url: options.url ?? (process.env[MODEL_URL_ENV] || model.url) }),
     check: { kind: 'cellfinder sha256', expected: model.sha256 },
     onProgress: options.onProgress,
   });
 }
 
-/** One file to `destination` from a local file (`from`) or else `url`, kept only when it passes `check`. */
-export async function fetchFile(destination: string, source: { from?: string; url: string; check?: { kind: CheckKind; expected: string }; onProgress?: FetchProgress }): Promise<FetchedFile> {
+/** One file to `destination` from a local file (`from`) or a URL, kept only when it passes `check`. */
+export async function fetchFile(
+  destination: string,
+  source: ({ from: string } | { url: string }) & { check?: { kind: CheckKind; expected: string }; onProgress?: FetchProgress },
+): Promise<FetchedFile> {
   let open: Incoming['open'];
-  if (source.from !== undefined) {
+  if ('from' in source) {
     const from = path.resolve(source.from);
     if (!(await exists(from))) throw new DataFileError(from, 'does not exist', `Give --from ${path.basename(destination)} or the folder holding it`);
     open = () => openLocal(from);
