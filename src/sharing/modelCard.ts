@@ -261,7 +261,6 @@ export interface ModelCardOptions {
   license?: string;
   /** 'always': the caller has just replaced the model file itself (the trainer). Default 'same-model'. */
   replace?: 'always' | 'same-model';
-  now?: Date;
 }
 
 /** The card as text, for a card file or a Hub folder's README.md. */
@@ -278,7 +277,7 @@ async function composeModelCard(modelFile: string, options: ModelCardOptions): P
   const start = run?.started?.start?.modelFile;
   const startHash = start && (await exists(start)) ? await sha256OfFile(start) : undefined;
   const files: CardFile[] = [{ path: path.relative(cardFolder, file).split(path.sep).join('/'), sha256: await sha256OfFile(file), bytes: (await fs.stat(file)).size }];
-  const facts: CardFacts = { model, run, datasets, start: start ? { file: start, sha256: startHash } : undefined, files, license: options.license ?? DEFAULT_CARD_LICENSE, written: (options.now ?? new Date()).toISOString(), version: packageVersion(), cardFolder };
+  const facts: CardFacts = { model, run, datasets, start: start ? { file: start, sha256: startHash } : undefined, files, license: options.license ?? DEFAULT_CARD_LICENSE, written: new Date().toISOString(), version: packageVersion(), cardFolder };
   return { text: `---\n${stringifyYaml(frontMatter(facts), { lineWidth: 0 })}---\n\n${cardBody(facts)}`, facts };
 }
 
