@@ -30,7 +30,7 @@ test('every contributed command is registered by the extension, and the core nev
   assert.equal(manifest.capabilities.untrustedWorkspaces.supported, 'limited');
   const bundle = readFileSync(path.join(REPO_ROOT, 'dist', 'cli.js'), 'utf8');
   assert.doesNotMatch(bundle, /require\("vscode"\)/, 'the CLI bundle (core only) must not need vscode');
-  for (const folder of ['core', 'cluster', 'engine', 'training', 'controllers', 'webview']) {
+  for (const folder of ['core', 'cluster', 'engine', 'training', 'sharing', 'controllers', 'webview']) {
     for (const file of listTs(path.join(REPO_ROOT, 'src', folder))) assert.doesNotMatch(readFileSync(file, 'utf8'), /from 'vscode'/, `${file} must not import vscode`);
   }
   // The domain core stands alone: training and the engine build on it, never the other way.

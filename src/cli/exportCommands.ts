@@ -32,11 +32,12 @@ export const EXPORT_USAGE = `  model export --hub <out> <model.keras> [--card <R
       run's training-config.json, or --dataset), a cover image, README.md with
       the run's validation figures (--run, default the model's folder), and
       package.zip. --test-with runs that bioimageio command's test on it.
-  model publish <hub folder|model.keras> --to hf://ORG/NAME [--card <README.md>]
+      An <out> that already holds files is refused unless --force (then
+      replaced once the new export is complete).`;
+
+export const PUBLISH_USAGE = `  model publish <hub folder|model.keras> --to hf://ORG/NAME [--card <README.md>]
       Uploads a Hub folder (or exports the .keras first) with the token in
-      HF_TOKEN; the token is never written anywhere.
-  An <out> that already holds files is refused unless --force (then replaced
-  once the new export is complete).`;
+      HF_TOKEN; the token is never written anywhere.`;
 
 async function readCard(flags: Map<string, string[]>): Promise<string | undefined> {
   const file = flags.get('card')?.[0];

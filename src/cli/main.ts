@@ -25,7 +25,7 @@ import { CANDIDATE_INPUT_FLAGS, parseArgs, parseVoxelSizes, UsageError, type Fla
 import { progressPrinter, stopOnSignals } from './progress';
 import { SlurmError } from '../cluster/slurm';
 import { cancelCommand, jobsCommand, runsCommand } from './clusterCommands';
-import { EXPORT_USAGE, exportModelCommand, publishModelCommand } from './exportCommands';
+import { MODEL_USAGE, modelCommand } from './modelCommands';
 import { classifyCommand, engineCommand, evaluateCommand, exitWithParent, RELAYED_ENV, runInChild, trainCommand } from './trainCommands';
 
 const USAGE = `cellfinder-retrain: build and check cellfinder training data
@@ -138,11 +138,10 @@ it can and says why not; cpu never does.
       labelling.json) into <dataset>/.candidate-cache/, in one pass through the
       volume, so labelling shows each one at once. Ctrl-C stops; run it again
       to continue. The editor starts it for sets of 500 candidates or more.
+${MODEL_USAGE}
   demo [--output-dir <dir>] [--epochs 2]
       The whole loop on the bundled sample: extract cubes, build a labelled
       dataset, retrain ResNet-18 briefly, classify the candidates, evaluate.
-
-${EXPORT_USAGE}
 
 Exit codes: 0 ok, 1 data problem, 2 usage error.`;
 
@@ -185,9 +184,7 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
       case 'engine':
         return await engineCommand(rest, io);
       case 'model':
-        if (rest[0] === 'export') return await exportModelCommand(rest.slice(1), io);
-        if (rest[0] === 'publish') return await publishModelCommand(rest.slice(1), io);
-        throw new UsageError(`unknown model command "${rest[0] ?? ''}" (export, publish)`);
+        return await modelCommand(rest, io);
       case undefined:
       case 'help':
       case '--help':

@@ -180,7 +180,7 @@ function describeEvent(event: TrainingEvent): string | undefined {
     case 'cancelled':
       return `Stopped at epoch ${event.epoch + 1}, batch ${event.batch + 1}. Resume with: cellfinder-retrain train --resume ${event.resumeFrom}`;
     case 'finished':
-      return `Finished: ${event.modelFile}`;
+      return `Finished: ${event.modelFile}${event.card ? `\n  model card: ${event.card}` : ''}${event.cardProblem ? `\nwarning: no model card was written: ${event.cardProblem}` : ''}`;
     case 'error':
       return `error: ${event.message}${event.fix ? `. ${event.fix}` : ''}`;
     case 'batch':

@@ -34,7 +34,8 @@ export type TrainingEvent =
   /** With keepCheckpoints: the run's checkpoints after this epoch, and those it deleted (this epoch's is among neither when it was not written). */
   | { type: 'checkpoints-kept'; epoch: number; kept: string[]; removed: string[] }
   | { type: 'cancelled'; epoch: number; batch: number; resumeFrom: string }
-  | { type: 'finished'; modelFile: string; history: EpochMetrics[] }
+  /** `card`: the model card written beside the model; `cardProblem`: why none could be (the model is saved either way). */
+  | { type: 'finished'; modelFile: string; history: EpochMetrics[]; card?: string; cardProblem?: string }
   /** `suggestedBatchSize`: after running out of memory, a batch size that fits. */
   | { type: 'error'; message: string; file?: string; fix?: string; suggestedBatchSize?: number };
 

@@ -34,7 +34,8 @@ import type * as tfType from '@tensorflow/tfjs';
 import { exists, removeStaleTempFiles, writeFileAtomic } from '../core/atomicFile';
 import { DataFileError } from '../core/errors';
 import { pythonFloatRepr, shortestFloat32 } from '../core/pythonFloat';
-import { SPLIT_FILE } from '../core/runFiles';
+import { EVENTS_FILE, SPLIT_FILE } from '../core/runFiles';
+import { readRunFacts, writeModelCard } from '../sharing/modelCard';
 import { categoricalAccuracy, categoricalCrossEntropy, KerasAdam } from './adam';
 import { CELLFINDER_AUGMENTATION } from './augment';
 import type { TensorFlowRuntime } from '../engine/backend';
@@ -159,7 +160,7 @@ export async function train(
   }
 
   const allCubes = classCounts(samples);
-  emit({
+  const started: Extract<TrainingEvent, { type: 'started' }> = {
     type: 'started',
     backend: engine.backend,
     gpu: engine.gpu,
@@ -171,7 +172,8 @@ export async function train(
     start: state.start,
     split: { file: splitFile, training: classCounts(training), validation: classCounts(validation) },
     warnings: trainingWarnings(allCubes, state.start, requestedLearningRate),
-  });
+  };
+  emit(started);
 
   const random = config.seed === undefined ? randomFor(undefined) : seededRandom(config.seed + 1000003 * (state.epoch + 1) + state.batchesDone);
   const augmentation = config.augment ? { options: { ...CELLFINDER_AUGMENTATION, likelihood: config.augmentLikelihood, affine: config.affineMode }, random } : undefined;
@@ -266,14 +268,35 @@ export async function train(
   if (config.saveWeights) await writeKerasWeights(modelFile, spec, weights, optimizer, { overwrite: true });
   else await writeKerasModel(modelFile, spec, weights, optimizer, { overwrite: true });
   await fs.rm(path.join(output, RESUME_FOLDER), { recursive: true, force: true });
-  emit({ type: 'finished', modelFile, history: state.history });
+  const card = await writeRunModelCard(modelFile, output, config, started, state.history);
+  emit({ type: 'finished', modelFile, history: state.history, ...card });
   return { status: 'finished', modelFile, history: state.history };
 }
 
 /**
+ * The model's card beside it (sharing/modelCard.ts), from what this process
+ * knows (the settings it trained with, every epoch) and what the run's event
+ * log adds (the engines of earlier starts of a resumed run). The trainer has
+ * just replaced the model file, so an earlier card there, which described the
+ * replaced model, is replaced too. The model is saved whatever happens here:
+ * a card that cannot be written is reported, not a failed run.
+ */
+async function writeRunModelCard(modelFile: string, output: string, config: TrainConfig, started: Extract<TrainingEvent, { type: 'started' }>, history: EpochMetrics[]): Promise<{ card?: string; cardProblem?: string }> {
+  try {
+    const recorded = (await exists(path.join(output, EVENTS_FILE))) ? await readRunFacts(output, modelFile) : undefined;
+    const backends = [...new Set([...(recorded?.backends ?? []), started.backend])];
+    const run = { folder: output, config, started: recorded?.started ?? started, history, backends };
+    return { card: (await writeModelCard(modelFile, { run, replace: 'always' })).card };
+  } catch (error) {
+    return { cardProblem: (error as Error).message };
+  }
+}
+
+/**
  * Where cellfinder keeps its pre-trained network after downloading it, which
- * `--continue-training` starts from when no model is named. We never download
- * (users are often offline): a missing file is an error that says where to put it.
+ * `--continue-training` starts from when no model is named. Training never
+ * downloads (users are often offline; fetching is the explicit step `model
+ * fetch`): a missing file is an error that says how to get it.
  */
 export function pretrainedWeightsPath(home: string = homedir()): string {
   return path.join(home, '.brainglobe', 'cellfinder', 'models', 'resnet50_tv.h5');
@@ -285,7 +308,7 @@ async function pretrainedWeights(): Promise<string> {
     throw new DataFileError(
       file,
       'is not there: --continue-training without --trained-model or --model-weights starts from cellfinder\'s pre-trained ResNet-50',
-      'Copy resnet50_tv.h5 there (from a machine where cellfinder downloaded it, or from gin.g-node.org/cellfinder/models), or name a model with --model-weights',
+      'Fetch it with cellfinder-retrain model fetch (offline: model fetch --from a copy of resnet50_tv.h5), or name a model with --model-weights',
     );
   }
   return file;
