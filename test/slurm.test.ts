@@ -382,3 +382,31 @@ test('classify --brains --slurm classifies each brain of a list as one task of a
   const expected = await fs.readFile(path.join(here, 'classified_points.csv'), 'utf8');
   for (const brain of [path.join(root, 'brain-a'), path.join(root, 'brain-b')]) assert.equal(await fs.readFile(path.join(brain, 'classified_points.csv'), 'utf8'), expected, brain);
 });
+
+test('a job killed outright (SIGKILL to every process of the run, as a node failure leaves it) resumes from its last epoch when resubmitted, and trains every batch of the later epochs once', { timeout: 8 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const yaml = await tinyDataset(root, 4);
+  const runDir = path.join(root, 'run');
+  const firstJob = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '3']);
+  const run = await follow(t, runDir);
+  await run.waitFor('batch', (e) => e.epoch === 1 && e.batch === 4);
+  // As a node that loses power: every process of the run dies at once, the training process first (else it would see its
+  // parent go and write a checkpoint, as it does when the job's shell is killed), with no signal any of them could handle.
+  const processes = spawnSync('pgrep', ['-f', runDir], { encoding: 'utf8' }).stdout.trim().split('\n').map(Number).filter((pid) => pid !== process.pid);
+  assert.ok(processes.length >= 1, 'the job\'s processes are found');
+  for (const pid of processes.sort((a, b) => b - a)) spawnSync('kill', ['-9', String(pid)]);
+  for (let i = 0; i < 60 && / \| SLURM job \d+: (running|completing)/.test(cli(['runs', runDir]).out); i++) await new Promise((resolve) => setTimeout(resolve, 1000));
+  const listed = cli(['runs', runDir]).out;
+  assert.match(listed, new RegExp(`^${runDir}: interrupted, epoch 1/3, val_accuracy [\\d.]+, resumable \\| SLURM job ${firstJob}: `, 'm'));
+  assert.ok(!run.events.some((e) => e.type === 'cancelled'), 'the run had no chance to write a checkpoint of its own');
+
+  const secondJob = submit(['--resume', runDir]);
+  const resumed = await run.waitFor('started', (e) => e.resumedAtEpoch !== undefined);
+  // From the end of epoch 0, the last checkpoint: epoch 1's batches are trained again, from its start.
+  assert.equal(resumed.resumedAtEpoch, 1);
+  assert.equal(resumed.resumedAtIteration, 12);
+  const finished = await run.waitFor('finished');
+  assert.deepEqual(finished.history.map((h) => h.epoch), [0, 1, 2]);
+  assert.equal((await readModelFile(finished.modelFile)).optimizer?.iterations, 36);
+  assert.deepEqual((await readJobRecords(runDir)).map((job) => job.jobId), [firstJob, secondJob]);
+});
