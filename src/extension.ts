@@ -13,6 +13,7 @@ import { extractToDataset } from './core/extractToDataset';
 import { LabellingPanels } from './editor/labellingPanel';
 import { askVoxelSizes, pickDatasetFolder, pickVolume } from './editor/pickers';
 import { requireTrust } from './editor/settings';
+import { classifyBrainsOnSlurm } from './editor/classifyJobs';
 import { registerSidebar, type SidebarItem, type WorkspaceIndex } from './editor/sidebar';
 import { Training } from './editor/training';
 import { EngineSetupError, setupEngine } from './engine/engineSetup';
@@ -42,6 +43,7 @@ export function activate(context: vscode.ExtensionContext): void {
     command('cellfinder.extractCubes', () => extractCubesCommand(index)),
     command('cellfinder.classify', () => training.classifyWith(undefined)),
     command('cellfinder.classifyWithModel', (item) => training.classifyWith(item?.kind === 'model' ? item.file : undefined)),
+    command('cellfinder.classifyBrainsOnSlurm', (item) => classifyBrainsOnSlurm(context, item?.kind === 'model' ? item.file : undefined)),
     command('cellfinder.setUpEngine', setUpEngineCommand),
     command('cellfinder.refresh', () => index.refresh()),
     command('cellfinder.validateDataset', (item) => validateDataset(index, item)),

@@ -155,7 +155,7 @@ test('a training run writes a model card beside its model; evaluate adds the con
 test('model card: usage and bad input', async (t) => {
   const root = scratch(t);
   assert.equal((await run(['model'])).code, 2);
-  assert.match((await run(['model', 'export'])).err, /unknown model command "export" \(card, fetch\)/);
+  assert.match((await run(['model', 'share'])).err, /unknown model command "share" \(card, fetch, export, publish\)/);
   assert.equal((await run(['model', 'card'])).code, 2);
   const notAModel = path.join(root, 'notes.keras');
   await fs.writeFile(notAModel, 'not a model');

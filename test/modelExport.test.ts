@@ -17,6 +17,7 @@ import { parse } from 'yaml';
 import { main } from '../src/cli/main';
 import { RDF_FILE, testWithBioimageio } from '../src/sharing/bioimageio';
 import { exportForHub } from '../src/sharing/hubExport';
+import { modelCardPath } from '../src/sharing/modelCard';
 import { parseHubTarget, planHubUpload, publishToHub, type HubClient } from '../src/sharing/hubPublish';
 import { encodeNpyFloat32 } from '../src/sharing/npy';
 import { encodeGreyPng } from '../src/sharing/png';
@@ -86,7 +87,10 @@ test('a trained model exported for the Hub loads through Keras 3\'s hf:// loader
   const hubExport = await capture(['model', 'export', '--hub', hub, model]);
   assert.equal(hubExport.code, 0, hubExport.err);
   assert.deepEqual((await fs.readdir(hub)).sort(), ['README.md', 'config.json', 'metadata.json', 'model.weights.h5']);
-  assert.match(await fs.readFile(path.join(hub, 'README.md'), 'utf8'), /^---\nlibrary_name: keras\n/);
+  // The run wrote the model's card beside it: it becomes the repository's README.md, front matter and all.
+  const hubReadme = await fs.readFile(path.join(hub, 'README.md'), 'utf8');
+  assert.equal(hubReadme, await fs.readFile(modelCardPath(model), 'utf8'));
+  assert.match(hubReadme, /^---\n(.+\n)*library_name: keras\n/);
   const loaded = spawnSync(PEER_PYTHON, [path.join(REPO_ROOT, 'test', 'python', 'hub_load.py'), hub, path.join(zoo, 'test_input.npy')], { encoding: 'utf8', maxBuffer: 16 * 2 ** 20 });
   assert.equal(loaded.status, 0, loaded.stderr.slice(-3000));
   const keras = JSON.parse(loaded.stdout) as { requested: string[]; outputs: number[][] };

@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, promises as fs, symlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, test } from 'node:test';
-import { readJobRecords, SLURM_SCRIPT_FILE } from '../src/cluster/slurm';
+import { cancelArrayJob, readJobRecords, SLURM_SCRIPT_FILE } from '../src/cluster/slurm';
 import { runCliJson, slurmArgs } from '../src/controllers/cliProcess';
 import { engineRoot, readActiveEngine } from '../src/engine/engineLayout';
 import { TrainingController } from '../src/controllers/trainingController';
@@ -409,4 +409,19 @@ test('a job killed outright (SIGKILL to every process of the run, as a node fail
   assert.deepEqual(finished.history.map((h) => h.epoch), [0, 1, 2]);
   assert.equal((await readModelFile(finished.modelFile)).optimizer?.iterations, 36);
   assert.deepEqual((await readJobRecords(runDir)).map((job) => job.jobId), [firstJob, secondJob]);
+});
+
+test('a queued array job of a brain list shows each task pending, and cancelling it takes every task off the queue', { timeout: 2 * 60_000 }, async (t) => {
+  const root = scratch(t);
+  const list = path.join(root, 'brains.csv');
+  const [signal, background, points] = [path.join(SAMPLE, 'signal'), path.join(SAMPLE, 'background'), path.join(SAMPLE, 'candidates', 'candidates.xml')];
+  await fs.writeFile(list, `signal,background,points,output_dir\n${signal},${background},${points},a\n${signal},,${points},b\n`);
+  const jobs = path.join(root, 'jobs');
+  const submitted = cli(['classify', '--brains', list, '--trained-model', path.join(root, 'no-model-needed-while-held.keras'), '-o', jobs, '--slurm', '--sbatch-line', '--hold']);
+  assert.equal(submitted.code, 0, submitted.err);
+  const jobId = /^Submitted SLURM job (\d+)/m.exec(submitted.out)?.[1] as string;
+  assert.equal(cli(['jobs', jobs]).out, `SLURM job ${jobId}: 0 of 2 brains classified\n  task 0: pending: JobHeldUser\n  task 1: pending: JobHeldUser\n`);
+  assert.equal(await cancelArrayJob(jobId, 2), `job ${jobId}: 2 queued task(s) taken off the queue, 0 running task(s) told to stop after the current batch (what they classified is kept; submit again to classify the rest)`);
+  assert.match(cli(['jobs', jobs]).out, /^ {2}task 0: cancelled\b.*\n {2}task 1: cancelled\b.*\n$/m);
+  assert.equal(await cancelArrayJob(jobId, 2), `job ${jobId} has no task queued or running: nothing to cancel`);
 });

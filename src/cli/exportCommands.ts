@@ -3,14 +3,15 @@
  * uploads to the Hugging Face Hub, as a BioImage Model Zoo package, and the
  * Hub folder's upload.
  */
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { readFile } from 'node:fs/promises';
 import { DataFileError } from '../core/errors';
 import { loadTensorFlow } from '../engine/backend';
 import { exportForBioimageio, PACKAGE_ZIP, testWithBioimageio, validationFromRun } from '../sharing/bioimageio';
 import { exportForHub } from '../sharing/hubExport';
+import { modelCardPath } from '../sharing/modelCard';
 import { HubPublishError, planHubUpload, publishToHub } from '../sharing/hubPublish';
 import { runConfigOf } from '../training/trainConfig';
 import { loadSamples } from '../training/trainingData';
@@ -23,8 +24,9 @@ interface Io {
 
 export const EXPORT_USAGE = `  model export --hub <out> <model.keras> [--card <README.md>] [--force]
       The folder Keras 3 uploads for model.save("hf://ORG/NAME"): config.json,
-      metadata.json, model.weights.h5 and the model card as README.md (a short
-      placeholder without --card). keras.saving.load_model loads it.
+      metadata.json, model.weights.h5 and the model card as README.md (--card,
+      else the model's own <model>.card.md, else a short placeholder).
+      keras.saving.load_model loads it.
   model export --bioimageio <out> <model.keras> [--run <run dir>] [--dataset <training.yaml|dir>]
                [--author NAME]... [--license SPDX] [--test-with <bioimageio>] [--force]
       A BioImage Model Zoo package (format 0.5.12): rdf.yaml, the model as
@@ -39,9 +41,10 @@ export const PUBLISH_USAGE = `  model publish <hub folder|model.keras> --to hf:/
       Uploads a Hub folder (or exports the .keras first) with the token in
       HF_TOKEN; the token is never written anywhere.`;
 
-async function readCard(flags: Map<string, string[]>): Promise<string | undefined> {
-  const file = flags.get('card')?.[0];
-  if (file === undefined) return undefined;
+/** The card for the Hub's README.md: --card, else the model's own card (written by its run or `model card`), else none. */
+async function readCard(flags: Map<string, string[]>, modelFile: string): Promise<string | undefined> {
+  const file = flags.get('card')?.[0] ?? modelCardPath(modelFile);
+  if (!flags.has('card') && !existsSync(file)) return undefined;
   return readFile(file, 'utf8').catch((error: Error) => {
     throw new DataFileError(file, `cannot be read (${error.message})`, 'Give the model card\'s Markdown file');
   });
@@ -79,7 +82,7 @@ export async function exportModelCommand(argv: readonly string[], io: Io): Promi
   if ((hub === undefined) === (bioimageio === undefined)) throw new UsageError('model export needs one of --hub <out> or --bioimageio <out>');
   const force = flags.has('force');
   if (hub !== undefined) {
-    const folder = await exportForHub(modelFile, hub, { card: await readCard(flags), force });
+    const folder = await exportForHub(modelFile, hub, { card: await readCard(flags, modelFile), force });
     io.out(`Hub folder: ${folder} (upload it with: model publish ${folder} --to hf://ORG/NAME)`);
     return 0;
   }
@@ -117,7 +120,7 @@ export async function publishModelCommand(argv: readonly string[], io: Io): Prom
   const isFolder = (await stat(source).catch(() => undefined))?.isDirectory();
   const exported = isFolder ? undefined : await mkdtemp(path.join(tmpdir(), 'cellfinder-retrain-hub-'));
   try {
-    const folder = exported ? await exportForHub(source, path.join(exported, 'hub'), { card: await readCard(flags) }) : source;
+    const folder = exported ? await exportForHub(source, path.join(exported, 'hub'), { card: await readCard(flags, source) }) : source;
     const plan = await planHubUpload(folder, target);
     io.err(`Uploading ${plan.files.length} files to hf://${plan.repo.name}...`);
     io.out(`Published: ${await publishToHub(plan)}`);

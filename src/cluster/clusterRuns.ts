@@ -95,7 +95,7 @@ export async function classifyJobProgress(folder: string): Promise<{ job: JobRec
   const job = (await readJobRecords(folder)).filter((record) => record.mode === 'classify').at(-1);
   if (!job) return undefined;
   const indices: Array<number | undefined> = job.tasks ? Array.from({ length: job.tasks }, (_, task) => task) : [undefined];
-  const states: Map<number | undefined, JobState | undefined> = job.tasks ? await arrayTaskStates(job.jobId) : new Map([[undefined, await jobState(job.jobId)]]);
+  const states: Map<number | undefined, JobState | undefined> = job.tasks ? await arrayTaskStates(job.jobId, job.tasks) : new Map([[undefined, await jobState(job.jobId)]]);
   const tasks = await Promise.all(
     indices.map(async (task): Promise<ClassifyTask> => {
       const read = (kind: 'out' | 'err') => fs.readFile(jobOutputFile(folder, job.jobId, kind, task), 'utf8').catch(() => '');

@@ -281,10 +281,12 @@ export async function jobState(jobId: string): Promise<JobState | undefined> {
 }
 
 /**
- * The state of each task of array job `jobId` (task index to state) that
- * squeue still knows; a task it has forgotten (ended minutes ago) is absent.
+ * The state of each of the `tasks` tasks of array job `jobId` (task index to
+ * state) that squeue still knows; a task it has forgotten (ended minutes
+ * ago) is absent. Tasks SLURM has not yet split off the array (all pending
+ * together, or cancelled before any started) take the array's own state.
  */
-export async function arrayTaskStates(jobId: string): Promise<Map<number, JobState>> {
+export async function arrayTaskStates(jobId: string, tasks: number): Promise<Map<number, JobState>> {
   // -r: one line per task, also for tasks still pending together (else "123_[0-4]").
   const result = await runSlurmCommand('squeue', ['-h', '-r', '--states=all', '-j', jobId, '-o', '%i|%T|%r|%N']);
   if (result.code !== 0) {
@@ -292,11 +294,15 @@ export async function arrayTaskStates(jobId: string): Promise<Map<number, JobSta
     throw new SlurmError(`squeue could not say the state of job ${jobId}: ${slurmSaid(result)}`, 'Check that the cluster answers (squeue) and try again');
   }
   const states = new Map<number, JobState>();
+  let whole: JobState | undefined;
   for (const line of result.stdout.split('\n').filter(Boolean)) {
     const [id, state, reason, nodes] = line.split('|');
+    const parsed = { jobId: id, state, reason: reason && reason !== 'None' ? reason : undefined, nodes: nodes || undefined };
     const task = /^(\d+)_(\d+)$/.exec(id);
-    if (task?.[1] === jobId) states.set(Number(task[2]), { jobId: id, state, reason: reason && reason !== 'None' ? reason : undefined, nodes: nodes || undefined });
+    if (task?.[1] === jobId) states.set(Number(task[2]), parsed);
+    else if (id === jobId) whole = parsed;
   }
+  if (whole) for (let task = 0; task < tasks; task++) if (!states.has(task)) states.set(task, whole);
   return states;
 }
 
@@ -332,4 +338,21 @@ export async function cancelJob(jobId: string): Promise<string> {
   const result = await runSlurmCommand('scancel', running ? ['--batch', '--signal=TERM', jobId] : [jobId]);
   if (result.code !== 0) throw new SlurmError(`scancel could not stop job ${jobId}: ${slurmSaid(result)}`, `Check the job with squeue -j ${jobId}; scancel ${jobId} ends it at once (losing the epoch in progress)`);
   return running ? `job ${jobId} told to stop after the current batch (a resumable checkpoint is written)` : `job ${jobId} removed from the queue before it started`;
+}
+
+/**
+ * Stops every task of array job `jobId` as `cancelJob` stops one job: tasks
+ * still queued are taken off the queue, running ones get SIGTERM (they stop
+ * after the batch in flight, keeping what they classified).
+ */
+export async function cancelArrayJob(jobId: string, tasks: number): Promise<string> {
+  const states = [...(await arrayTaskStates(jobId, tasks)).values()].filter(jobIsActive);
+  if (!states.length) return `job ${jobId} has no task queued or running: nothing to cancel`;
+  const pending = states.filter((state) => state.state === 'PENDING').length;
+  for (const args of [pending ? ['--state=PENDING', jobId] : undefined, states.length > pending ? ['--batch', '--signal=TERM', jobId] : undefined]) {
+    if (!args) continue;
+    const result = await runSlurmCommand('scancel', args);
+    if (result.code !== 0) throw new SlurmError(`scancel could not stop job ${jobId}: ${slurmSaid(result)}`, `Check the job with squeue -r -j ${jobId}; scancel ${jobId} ends every task at once`);
+  }
+  return `job ${jobId}: ${pending} queued task(s) taken off the queue, ${states.length - pending} running task(s) told to stop after the current batch (what they classified is kept; submit again to classify the rest)`;
 }

@@ -15,6 +15,25 @@ export function canSubmitToSlurm(): Promise<boolean> {
   return new Promise((resolve) => execFile('sbatch', ['--version'], (error) => resolve(!error)));
 }
 
+const LAST_PLACE_KEY = 'cellfinder.lastRanOnSlurm';
+
+/**
+ * Where a run or classification goes: this machine, or (where sbatch is on
+ * PATH, as on a cluster's login node) a SLURM job with what the form asks
+ * for. Undefined for this machine, null when the user gave up. The last
+ * choice is offered first.
+ */
+export async function askWhereToRun(context: vscode.ExtensionContext, title: string): Promise<SlurmRequest | undefined | null> {
+  if (!(await canSubmitToSlurm())) return undefined;
+  const here = { label: 'This machine', description: 'a background process here', slurm: false };
+  const cluster = { label: 'Submit to SLURM', description: 'a job on the cluster, followed here', slurm: true };
+  const lastOnSlurm = context.workspaceState.get<boolean>(LAST_PLACE_KEY, false);
+  const picked = await vscode.window.showQuickPick(lastOnSlurm ? [cluster, here] : [here, cluster], { title });
+  if (!picked) return null;
+  await context.workspaceState.update(LAST_PLACE_KEY, picked.slurm);
+  return picked.slurm ? ((await askSlurmRequest()) ?? null) : undefined;
+}
+
 /** The request saved in the workspace's settings. */
 export function savedSlurmRequest(): SlurmRequest {
   const settings = vscode.workspace.getConfiguration(SETTINGS);

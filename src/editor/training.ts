@@ -23,12 +23,12 @@ import type { TrainingToHost } from '../webview/protocol';
 import { askVoxelSizes, pickFile, pickVolume } from './pickers';
 import { cliLocation, nodePath, requireTrust, setting, trainingDevice, workerScript } from './settings';
 import type { WorkspaceIndex } from './sidebar';
-import { askSlurmRequest, canSubmitToSlurm } from './slurmForm';
+import { followClassifyJob } from './classifyJobs';
+import { askWhereToRun } from './slurmForm';
 import { loadPage } from './webviewPanel';
 
 export const TRAINING_VIEW_TYPE = 'cellfinder.training';
 const LAST_RUN_KEY = 'cellfinder.lastTrainConfig';
-const LAST_PLACE_KEY = 'cellfinder.lastTrainedOnSlurm';
 const DEPTHS: NetworkDepth[] = [18, 34, 50, 101, 152];
 
 export class Training {
@@ -106,7 +106,7 @@ export class Training {
     const defaultOutput = path.join(path.dirname(path.dirname(yamlFiles[0])), 'runs', `run-${stamp}`);
     const outputDir = await vscode.window.showInputBox({ title: 'Output folder for the run', value: defaultOutput, validateInput: (v) => (existsSync(path.join(v, EVENTS_FILE)) ? 'A run already wrote there: choose a new folder' : undefined) });
     if (!outputDir) return;
-    const slurm = await this.pickPlace();
+    const slurm = await askWhereToRun(this.context, 'Where to train');
     if (slurm === null) return;
 
     const config: TrainConfig = {
@@ -135,22 +135,6 @@ export class Training {
     this.show(outputDir);
     this.follow(outputDir);
     this.index.refreshSoon();
-  }
-
-  /**
-   * Where the run trains: this machine, or (where sbatch is on PATH, as on a
-   * cluster's login node) a SLURM job with what the form asks for. Undefined
-   * for this machine, null when the user gave up.
-   */
-  private async pickPlace() {
-    if (!(await canSubmitToSlurm())) return undefined;
-    const here = { label: 'This machine', description: 'a background process here', slurm: false };
-    const cluster = { label: 'Submit to SLURM', description: 'a job on the cluster, followed here like a local run', slurm: true };
-    const lastOnSlurm = this.context.workspaceState.get<boolean>(LAST_PLACE_KEY, false);
-    const picked = await vscode.window.showQuickPick(lastOnSlurm ? [cluster, here] : [here, cluster], { title: 'Where to train' });
-    if (!picked) return null;
-    await this.context.workspaceState.update(LAST_PLACE_KEY, picked.slurm);
-    return picked.slurm ? ((await askSlurmRequest()) ?? null) : undefined;
   }
 
   /** Submits the run as a SLURM job through the CLI (`train ... --slurm`), as a user would from a terminal. */
@@ -269,6 +253,13 @@ export class Training {
     if (voxelSizes === undefined) return;
     const outputDir = path.join(path.dirname(points), `classified-${path.basename(file).replace(/\.(weights\.h5|keras|h5)$/, '')}`);
     const { args, note } = await classifyArgs({ model: file, points, signal, background, voxelSizes, outputDir });
+    const slurm = await askWhereToRun(this.context, 'Where to classify');
+    if (slurm === null) return;
+    if (slurm) {
+      await runCliJson(cliLocation(this.context), [...args, ...slurmArgs(slurm)]);
+      await followClassifyJob(outputDir, `Cellfinder: classifying ${path.basename(points)} on SLURM`);
+      return;
+    }
     const report = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Cellfinder: classifying candidates${note ? `, ${note}` : ''}`, cancellable: true }, (progress, token) => {
       const abort = new AbortController();
       token.onCancellationRequested(() => abort.abort());
