@@ -12,7 +12,8 @@ import { DataFileError } from './core/errors';
 import { extractToDataset } from './core/extractToDataset';
 import { LabellingPanels } from './editor/labellingPanel';
 import { askVoxelSizes, pickDatasetFolder, pickVolume } from './editor/pickers';
-import { requireTrust } from './editor/settings';
+import { applyEngineDirSetting, requireTrust } from './editor/settings';
+import { ENGINE_DIR_ENV } from './engine/engineLayout';
 import { classifyBrainsOnSlurm } from './editor/classifyJobs';
 import { registerSidebar, type SidebarItem, type WorkspaceIndex } from './editor/sidebar';
 import { Training } from './editor/training';
@@ -25,6 +26,9 @@ type ItemArgument = SidebarItem | undefined;
 
 export function activate(context: vscode.ExtensionContext): void {
   log = vscode.window.createOutputChannel('Cellfinder');
+  const engineDirStartedWith = process.env[ENGINE_DIR_ENV];
+  applyEngineDirSetting(engineDirStartedWith);
+  context.subscriptions.push(vscode.workspace.onDidChangeConfiguration((change) => change.affectsConfiguration('cellfinder.engineDir') && applyEngineDirSetting(engineDirStartedWith)));
   const index = registerSidebar(context);
   const labelling = new LabellingPanels(context, index, log);
   const training = new Training(context, index);

@@ -8,7 +8,10 @@ import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { classifyArgs } from '../src/controllers/cliProcess';
+import { parseArgs } from '../src/cli/args';
+import { SLURM_FLAGS, slurmRequestFrom } from '../src/cli/clusterCommands';
+import { summarizeRunWithJob } from '../src/cluster/clusterRuns';
+import { classifyArgs, slurmArgs } from '../src/controllers/cliProcess';
 import { TrainingDataset } from '../src/core/dataset';
 import { CANDIDATE_SET_FILE, LabellingSession, loadCandidateSet, orderCandidates, saveCandidateSet, type CandidateSet } from '../src/core/labelling';
 import { scanWorkspace } from '../src/core/workspaceScan';
@@ -246,4 +249,26 @@ test('the editor classifies a model as its run trained it: --normalize-channels 
   assert.equal(elsewhere.note, undefined);
   assert.deepEqual(elsewhere.args.slice(0, 3), ['classify', '--model-weights', path.join(root, 'resnet50_tv.h5')]);
   assert.deepEqual(elsewhere.args.slice(-2), ['--cache', root]);
+});
+
+test('the editor\'s SLURM form values reach the CLI unchanged (slurmArgs read back by train --slurm), and a SLURM run\'s status follows its job', () => {
+  const request = { partition: 'gpu', gres: 'gpu:a100:1', cpus: 8, mem: '64G', time: '2-00:00:00', account: 'lab x', extraLines: ['--qos=long', '#SBATCH --constraint=a100,h100'], requeue: true };
+  const { flags } = parseArgs(slurmArgs(request), SLURM_FLAGS);
+  assert.deepEqual(slurmRequestFrom(flags), request);
+  assert.deepEqual(slurmRequestFrom(parseArgs(slurmArgs({}), SLURM_FLAGS).flags), { partition: undefined, gres: undefined, cpus: undefined, mem: undefined, time: undefined, account: undefined, extraLines: undefined, requeue: false });
+
+  const launched: TrainingEvent = { type: 'launched', time: 1, pid: 2 ** 22 + 12345, mode: 'train' } as TrainingEvent;
+  const cancelled = { type: 'cancelled', epoch: 0, batch: 3, resumeFrom: '/run' } as unknown as TrainingEvent;
+  const finished = { type: 'finished', modelFile: '/run/model.keras', history: [] } as unknown as TrainingEvent;
+  const status = (events: TrainingEvent[], state?: string) => summarizeRunWithJob('/run', events, state ? { jobId: '7', state } : undefined).status;
+  // Queued: nothing written yet, or only an earlier attempt's end; the job says the run goes on.
+  assert.equal(status([], 'PENDING'), 'running');
+  assert.equal(status([launched, cancelled], 'PENDING'), 'running');
+  // A pid in the log names a process on the job's node: never looked up here.
+  assert.equal(status([launched], 'RUNNING'), 'running');
+  assert.equal(status([launched, finished], 'COMPLETING'), 'finished');
+  // The job gone: the events say how the run ended; without an end, interrupted.
+  assert.equal(status([launched, cancelled], 'CANCELLED'), 'cancelled');
+  assert.equal(status([launched], 'NODE_FAIL'), 'interrupted');
+  assert.equal(status([launched], undefined), 'interrupted');
 });
