@@ -25,12 +25,17 @@ const HF_TOKEN_SECRET = 'cellfinder.huggingFaceToken';
 const LAST_HUB_TARGET_KEY = 'cellfinder.lastHubTarget';
 
 export class ModelSharing {
+  /** Tells VS Code to read a card again: it keeps a virtual document's text until told (a card is rewritten by Write Model Card). */
+  private readonly cardChanged = new vscode.EventEmitter<vscode.Uri>();
+
   constructor(
     private readonly context: vscode.ExtensionContext,
     private readonly index: WorkspaceIndex,
   ) {
     context.subscriptions.push(
+      this.cardChanged,
       vscode.workspace.registerTextDocumentContentProvider(CARD_SCHEME, {
+        onDidChange: this.cardChanged.event,
         provideTextDocumentContent: async (uri) => cardWithoutFrontMatter(await fs.readFile(uri.fsPath, 'utf8')),
       }),
     );
@@ -60,7 +65,9 @@ export class ModelSharing {
   }
 
   private async openCard(card: string): Promise<void> {
-    await vscode.commands.executeCommand('markdown.showPreview', vscode.Uri.file(card).with({ scheme: CARD_SCHEME }));
+    const uri = vscode.Uri.file(card).with({ scheme: CARD_SCHEME });
+    this.cardChanged.fire(uri);
+    await vscode.commands.executeCommand('markdown.showPreview', uri);
   }
 
   /** `model export --hub|--bioimageio OUT MODEL`: asks the folder, then offers to reveal it. */
