@@ -11,6 +11,7 @@ import { mergeTrainingYamls } from './core/merge';
 import { DataFileError } from './core/errors';
 import { extractToDataset } from './core/extractToDataset';
 import { LabellingPanels } from './editor/labellingPanel';
+import { ModelSharing } from './editor/models';
 import { askVoxelSizes, pickDatasetFolder, pickVolume } from './editor/pickers';
 import { applyEngineDirSetting, requireTrust } from './editor/settings';
 import { ENGINE_DIR_ENV } from './engine/engineLayout';
@@ -32,6 +33,7 @@ export function activate(context: vscode.ExtensionContext): void {
   const index = registerSidebar(context);
   const labelling = new LabellingPanels(context, index, log);
   const training = new Training(context, index);
+  const models = new ModelSharing(context, index);
   const command = (id: string, run: (item: ItemArgument) => Promise<void> | void) =>
     vscode.commands.registerCommand(id, (item: ItemArgument) => runReportingErrors(async () => run(item)));
   context.subscriptions.push(
@@ -46,8 +48,14 @@ export function activate(context: vscode.ExtensionContext): void {
     command('cellfinder.createTrainingDataset', () => createTrainingDataset(index)),
     command('cellfinder.extractCubes', () => extractCubesCommand(index)),
     command('cellfinder.classify', () => training.classifyWith(undefined)),
-    command('cellfinder.classifyWithModel', (item) => training.classifyWith(item?.kind === 'model' ? item.file : undefined)),
-    command('cellfinder.classifyBrainsOnSlurm', (item) => classifyBrainsOnSlurm(context, item?.kind === 'model' ? item.file : undefined)),
+    command('cellfinder.classifyWithModel', (item) => training.classifyWith(modelOf(item))),
+    command('cellfinder.classifyBrainsOnSlurm', (item) => classifyBrainsOnSlurm(context, modelOf(item))),
+    command('cellfinder.showModelCard', (item) => models.showCard(modelOf(item))),
+    command('cellfinder.writeModelCard', (item) => models.writeCard(modelOf(item))),
+    command('cellfinder.exportForHub', (item) => models.exportModel('hub', modelOf(item))),
+    command('cellfinder.exportForBioimageio', (item) => models.exportModel('bioimageio', modelOf(item))),
+    command('cellfinder.publishToHub', (item) => models.publish(modelOf(item))),
+    command('cellfinder.fetchModel', () => models.fetch()),
     command('cellfinder.setUpEngine', setUpEngineCommand),
     command('cellfinder.refresh', () => index.refresh()),
     command('cellfinder.validateDataset', (item) => validateDataset(index, item)),
@@ -69,6 +77,10 @@ export function deactivate(): void {}
 
 function datasetOf(item: ItemArgument): string | undefined {
   return item?.kind === 'dataset' ? item.dataset.root : undefined;
+}
+
+function modelOf(item: ItemArgument): string | undefined {
+  return item?.kind === 'model' ? item.file : undefined;
 }
 
 async function pickRun(index: WorkspaceIndex): Promise<string | undefined> {

@@ -22,24 +22,24 @@ interface Io {
   err: (text: string) => void;
 }
 
-export const EXPORT_USAGE = `  model export --hub <out> <model.keras> [--card <README.md>] [--force]
+export const EXPORT_USAGE = `  model export --hub <out> <model.keras> [--card <README.md>] [--force] [--json]
       The folder Keras 3 uploads for model.save("hf://ORG/NAME"): config.json,
       metadata.json, model.weights.h5 and the model card as README.md (--card,
       else the model's own <model>.card.md, else a short placeholder).
       keras.saving.load_model loads it.
   model export --bioimageio <out> <model.keras> [--run <run dir>] [--dataset <training.yaml|dir>]
-               [--author NAME]... [--license SPDX] [--test-with <bioimageio>] [--force]
+               [--author NAME]... [--license SPDX] [--test-with <bioimageio>] [--force] [--json]
       A BioImage Model Zoo package (format 0.5.12): rdf.yaml, the model as
       keras_v3 weights, test tensors cut from the model's own dataset (from its
       run's training-config.json, or --dataset), a cover image, README.md with
       the run's validation figures (--run, default the model's folder), and
       package.zip. --test-with runs that bioimageio command's test on it.
       An <out> that already holds files is refused unless --force (then
-      replaced once the new export is complete).`;
+      replaced once the new export is complete). --json: what was written, as JSON.`;
 
-export const PUBLISH_USAGE = `  model publish <hub folder|model.keras> --to hf://ORG/NAME [--card <README.md>]
+export const PUBLISH_USAGE = `  model publish <hub folder|model.keras> --to hf://ORG/NAME [--card <README.md>] [--json]
       Uploads a Hub folder (or exports the .keras first) with the token in
-      HF_TOKEN; the token is never written anywhere.`;
+      HF_TOKEN; the token is never written anywhere. --json: the address, as JSON.`;
 
 /** The card for the Hub's README.md: --card, else the model's own card (written by its run or `model card`), else none. */
 async function readCard(flags: Map<string, string[]>, modelFile: string): Promise<string | undefined> {
@@ -74,6 +74,7 @@ export async function exportModelCommand(argv: readonly string[], io: Io): Promi
     { name: 'license', values: 1 },
     { name: 'test-with', values: 1 },
     { name: 'force', values: 0 },
+    { name: 'json', values: 0 },
   ]);
   if (positionals.length !== 1) throw new UsageError('model export takes one model file (a .keras)');
   const [modelFile] = positionals;
@@ -81,9 +82,10 @@ export async function exportModelCommand(argv: readonly string[], io: Io): Promi
   const bioimageio = flags.get('bioimageio')?.[0];
   if ((hub === undefined) === (bioimageio === undefined)) throw new UsageError('model export needs one of --hub <out> or --bioimageio <out>');
   const force = flags.has('force');
+  const json = flags.has('json');
   if (hub !== undefined) {
     const folder = await exportForHub(modelFile, hub, { card: await readCard(flags, modelFile), force });
-    io.out(`Hub folder: ${folder} (upload it with: model publish ${folder} --to hf://ORG/NAME)`);
+    io.out(json ? JSON.stringify({ folder }) : `Hub folder: ${folder} (upload it with: model publish ${folder} --to hf://ORG/NAME)`);
     return 0;
   }
   const runDir = flags.get('run')?.[0] ?? path.dirname(modelFile);
@@ -98,12 +100,14 @@ export async function exportModelCommand(argv: readonly string[], io: Io): Promi
     license: flags.get('license')?.[0],
     force,
   });
-  io.out(`BioImage Model Zoo package: ${rdf} (zip: ${path.join(path.dirname(rdf), PACKAGE_ZIP)})`);
+  const zip = path.join(path.dirname(rdf), PACKAGE_ZIP);
+  if (!json) io.out(`BioImage Model Zoo package: ${rdf} (zip: ${zip})`);
   const bioimageioCommand = flags.get('test-with')?.[0];
   if (bioimageioCommand !== undefined) {
     await testWithBioimageio(rdf, bioimageioCommand);
-    io.out('bioimageio test: passed');
+    if (!json) io.out('bioimageio test: passed');
   }
+  if (json) io.out(JSON.stringify({ folder: path.dirname(rdf), rdf, zip, tested: bioimageioCommand !== undefined }));
   return 0;
 }
 
@@ -112,6 +116,7 @@ export async function publishModelCommand(argv: readonly string[], io: Io): Prom
   const { flags, positionals } = parseArgs(argv, [
     { name: 'to', values: 1 },
     { name: 'card', values: 1 },
+    { name: 'json', values: 0 },
   ]);
   if (positionals.length !== 1) throw new UsageError('model publish takes one Hub folder (from model export --hub) or .keras model');
   const target = flags.get('to')?.[0];
@@ -123,7 +128,8 @@ export async function publishModelCommand(argv: readonly string[], io: Io): Prom
     const folder = exported ? await exportForHub(source, path.join(exported, 'hub'), { card: await readCard(flags, source) }) : source;
     const plan = await planHubUpload(folder, target);
     io.err(`Uploading ${plan.files.length} files to hf://${plan.repo.name}...`);
-    io.out(`Published: ${await publishToHub(plan)}`);
+    const url = await publishToHub(plan);
+    io.out(flags.has('json') ? JSON.stringify({ url }) : `Published: ${url}`);
     return 0;
   } catch (error) {
     // A refused name, a missing token or a failed upload: one line, exit 1, like a file problem.

@@ -17,9 +17,14 @@ export interface CliLocation {
   device: DeviceChoice;
 }
 
-export function runCliJson<T>(cli: CliLocation, args: readonly string[], onStderrLine?: (line: string) => void, signal?: AbortSignal): Promise<T> {
+/**
+ * `environment` is added to the child's own: the way to hand it a secret (a
+ * Hugging Face token), which on its command line would be visible to every
+ * user of the machine (`ps`) and end up in error messages that quote it.
+ */
+export function runCliJson<T>(cli: CliLocation, args: readonly string[], onStderrLine?: (line: string) => void, signal?: AbortSignal, environment: Readonly<Record<string, string>> = {}): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const child = spawn(cli.nodePath, [cli.cliScript, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], signal, env: { ...process.env, [DEVICE_ENV]: cli.device } });
+    const child = spawn(cli.nodePath, [cli.cliScript, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], signal, env: { ...process.env, [DEVICE_ENV]: cli.device, ...environment } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));

@@ -193,9 +193,11 @@ export function treeItem(item: SidebarItem, validation: ReadonlyMap<string, Vali
       const model = described && !('error' in described) ? `ResNet-${described.depth}, ${described.channels} ch` : undefined;
       const accuracy = item.run?.valAccuracy !== undefined ? `val. accuracy ${percent(item.run.valAccuracy)}` : undefined;
       tree.description = problem ? 'not a cellfinder model' : [model, accuracy, item.run ? `run ${path.basename(item.run.outputDir)}` : undefined].filter(Boolean).join(' · ');
-      tree.tooltip = problem ? `${item.file}\n${problem}` : item.file;
+      tree.tooltip = problem ? `${item.file}\n${problem}` : `${item.file}\nClick: its model card`;
       tree.iconPath = new vscode.ThemeIcon(problem ? 'warning' : 'symbol-class');
-      tree.contextValue = 'model';
+      // Export and publish need the architecture a .keras holds; a weights file has none.
+      tree.contextValue = item.file.endsWith('.keras') ? 'model-keras' : 'model-weights';
+      tree.command = { command: 'cellfinder.showModelCard', title: 'Show Model Card', arguments: [item] };
       tree.resourceUri = vscode.Uri.file(item.file);
       tree.id = `model:${item.file}`;
       return tree;

@@ -13,6 +13,8 @@ import { readJobRecords } from '../cluster/slurm';
 import { classifyArgs, runCliJson, slurmArgs } from '../controllers/cliProcess';
 import { TrainingController } from '../controllers/trainingController';
 import { EVENTS_FILE } from '../core/runFiles';
+import { listFetchedModels } from '../sharing/fetchedModels';
+import { hubModelFolder, type CellfinderModelName } from '../sharing/modelFetch';
 import type { Evaluation } from '../training/inference';
 import type { NetworkDepth } from '../training/resnet';
 import { RunFollower, startWorker, summarizeRun, type RunRecord } from '../training/runs';
@@ -30,6 +32,7 @@ import { loadPage } from './webviewPanel';
 export const TRAINING_VIEW_TYPE = 'cellfinder.training';
 const LAST_RUN_KEY = 'cellfinder.lastTrainConfig';
 const DEPTHS: NetworkDepth[] = [18, 34, 50, 101, 152];
+const CELLFINDER_NETWORK_LABELS: Record<CellfinderModelName, string> = { resnet50_tv: 'cellfinder\'s pre-trained network', resnet50_1ch: 'cellfinder\'s signal-only network' };
 
 export class Training {
   private readonly panels = new Map<string, vscode.WebviewPanel>();
@@ -316,7 +319,15 @@ export class Training {
     const pretrained = pretrainedWeightsPath();
     type Choice = vscode.QuickPickItem & { start: { trainedModel?: string; modelWeights?: string; depth?: NetworkDepth } | 'browse' };
     const items: Choice[] = [];
-    if (existsSync(pretrained)) items.push({ label: 'cellfinder\'s pre-trained network', description: 'ResNet-50, resnet50_tv.h5', start: { modelWeights: pretrained, depth: 50 } });
+    // What `model fetch` brought in (cellfinder's networks, hf:// repositories), each with the depth its file says.
+    for (const fetched of await listFetchedModels()) {
+      if ('error' in fetched.description) continue;
+      const { depth, channels } = fetched.description;
+      const label = fetched.origin === 'hub' ? `hf://${fetched.repo}` : CELLFINDER_NETWORK_LABELS[fetched.name];
+      const within = fetched.origin === 'hub' ? path.relative(hubModelFolder(fetched.repo), fetched.file) : path.basename(fetched.file);
+      const start = fetched.file.endsWith('.keras') ? { trainedModel: fetched.file } : { modelWeights: fetched.file };
+      items.push({ label: `$(cloud-download) ${label}`, description: `ResNet-${depth}, ${channels} ch · ${within}`, detail: fetched.origin === 'hub' ? fetched.file : undefined, start: { ...start, depth } });
+    }
     for (const item of this.index.models()) {
       if (item.kind !== 'model') continue;
       items.push({ label: path.basename(item.file), description: vscode.workspace.asRelativePath(item.file), start: item.file.endsWith('.keras') ? { trainedModel: item.file } : { modelWeights: item.file } });
@@ -325,7 +336,7 @@ export class Training {
     items.push({ label: '$(folder-opened) Browse for a model…', start: 'browse' });
     const lastStart = last.trainedModel ?? last.modelWeights;
     const picked = await vscode.window.showQuickPick(items, {
-      title: existsSync(pretrained) ? 'Start from' : `Start from (cellfinder's pre-trained weights would be listed if they were at ${pretrained})`,
+      title: existsSync(pretrained) ? 'Start from' : `Start from (cellfinder's pre-trained network is not at ${pretrained}: "Cellfinder: Fetch a Model…" brings it)`,
       placeHolder: lastStart ? `last run started from ${path.basename(lastStart)}` : undefined,
     });
     if (!picked) return undefined;

@@ -41,6 +41,8 @@ import { describeModelFile, readZipMember, type ModelDescription } from '../trai
 import { parameterCount, resnetSpec } from '../training/resnet';
 import { TRAIN_CONFIG_FILE, type TrainConfig } from '../training/trainConfig';
 import type { EpochMetrics } from '../training/trainer';
+import { HUB_CARD_FILE } from './hubExport';
+import { KERAS_MEMBERS } from './kerasArchive';
 
 /** A model's card is `<model file name>.card.md` beside it: `model.keras.card.md` (unambiguous when a .keras and a .weights.h5 share a stem). */
 export const MODEL_CARD_SUFFIX = '.card.md';
@@ -61,6 +63,20 @@ export const DEFAULT_CARD_LICENSE = 'bsd-3-clause';
 
 export function modelCardPath(modelFile: string): string {
   return `${modelFile}${MODEL_CARD_SUFFIX}`;
+}
+
+/**
+ * The card that describes `modelFile`, if there is one: its own
+ * `<model file>.card.md`, else, for the `model.weights.h5` of a Hub folder
+ * (an export, or a fetched repository), the folder's README.md.
+ */
+export async function findModelCard(modelFile: string): Promise<string | undefined> {
+  const ownCard = modelCardPath(modelFile);
+  if (await exists(ownCard)) return ownCard;
+  const folder = path.dirname(modelFile);
+  const isHubFolder = path.basename(modelFile) === 'model.weights.h5' && (await Promise.all(KERAS_MEMBERS.map((member) => exists(path.join(folder, member))))).every(Boolean);
+  const readme = path.join(folder, HUB_CARD_FILE);
+  return isHubFolder && (await exists(readme)) ? readme : undefined;
 }
 
 export async function sha256OfFile(file: string): Promise<string> {
@@ -549,8 +565,20 @@ interface RecordedCard {
 }
 
 /** The `cellfinder_retrain` part of a card's front matter, or undefined when the text has none. */
+const FRONT_MATTER = /^---\r?\n([\s\S]*?)\r?\n---\r?\n/;
+
+/**
+ * The card's Markdown without its front matter: what a reader is shown. The
+ * front matter is for the Hub and for `--check`; VS Code's preview shows it
+ * as a table of raw YAML in newer versions (setting markdown.preview.frontMatter),
+ * where the nested hashes and model-index crowd out the card itself.
+ */
+export function cardWithoutFrontMatter(text: string): string {
+  return text.replace(FRONT_MATTER, '').replace(/^\s+/, '');
+}
+
 function readFrontMatter(text: string, card: string): RecordedCard | undefined {
-  const match = /^---\r?\n([\s\S]*?)\r?\n---\r?\n/.exec(text);
+  const match = FRONT_MATTER.exec(text);
   if (!match) return undefined;
   let data: unknown;
   try {

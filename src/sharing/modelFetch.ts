@@ -134,9 +134,14 @@ export function parseHubRepo(spec: string): string {
   return repo;
 }
 
-/** Default home of a fetched Hub repository: beside cellfinder's own models, one folder per repository. */
+/** Where fetched Hub repositories go: beside cellfinder's own models, one `ORG/NAME` folder per repository. */
+export function hubModelsFolder(home: string = homedir()): string {
+  return path.join(cellfinderModelsFolder(home), 'hf');
+}
+
+/** Default home of a fetched Hub repository. */
 export function hubModelFolder(repo: string, home: string = homedir()): string {
-  return path.join(cellfinderModelsFolder(home), 'hf', ...repo.split('/'));
+  return path.join(hubModelsFolder(home), ...repo.split('/'));
 }
 
 interface HubSibling {
