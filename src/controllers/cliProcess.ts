@@ -17,9 +17,21 @@ export interface CliLocation {
   device: DeviceChoice;
 }
 
-export function runCliJson<T>(cli: CliLocation, args: readonly string[], onStderrLine?: (line: string) => void, signal?: AbortSignal): Promise<T> {
+export interface CliRunOptions {
+  /** Each line the command writes to stderr (its progress), as it comes. */
+  onStderrLine?: (line: string) => void;
+  signal?: AbortSignal;
+  /**
+   * The command's working directory; the extension host's otherwise (the
+   * folder the editor happened to start in). A SLURM job runs there too, so
+   * a submission gives a folder the cluster's nodes see.
+   */
+  cwd?: string;
+}
+
+export function runCliJson<T>(cli: CliLocation, args: readonly string[], { onStderrLine, signal, cwd }: CliRunOptions = {}): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const child = spawn(cli.nodePath, [cli.cliScript, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], signal, env: { ...process.env, [DEVICE_ENV]: cli.device } });
+    const child = spawn(cli.nodePath, [cli.cliScript, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], signal, cwd, env: { ...process.env, [DEVICE_ENV]: cli.device } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));

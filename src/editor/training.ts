@@ -153,9 +153,14 @@ export class Training {
     return picked.slurm ? ((await askSlurmRequest()) ?? null) : undefined;
   }
 
-  /** Submits the run as a SLURM job through the CLI (`train ... --slurm`), as a user would from a terminal. */
+  /**
+   * Submits the run as a SLURM job through the CLI (`train ... --slurm`), as
+   * a user would from a terminal in the run folder: the job starts in the
+   * folder it was submitted from, and the run folder is one the nodes see
+   * (they write the run's events there).
+   */
   private async submit(outputDir: string, args: string[]): Promise<void> {
-    const { jobId } = await runCliJson<{ jobId: string }>(cliLocation(this.context), args);
+    const { jobId } = await runCliJson<{ jobId: string }>(cliLocation(this.context), args, { cwd: outputDir });
     this.submittedJobs.set(outputDir, jobId);
     void vscode.window.showInformationMessage(`Cellfinder: submitted SLURM job ${jobId} for ${path.basename(outputDir)}; its panel follows it`);
   }
@@ -272,7 +277,7 @@ export class Training {
     const report = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Cellfinder: classifying candidates${note ? `, ${note}` : ''}`, cancellable: true }, (progress, token) => {
       const abort = new AbortController();
       token.onCancellationRequested(() => abort.abort());
-      return runCliJson<{ xmlFile: string; cells: number; nonCells: number }>(cliLocation(this.context), args, (line) => progress.report({ message: line }), abort.signal);
+      return runCliJson<{ xmlFile: string; cells: number; nonCells: number }>(cliLocation(this.context), args, { onStderrLine: (line) => progress.report({ message: line }), signal: abort.signal });
     });
     const choice = await vscode.window.showInformationMessage(`Cellfinder: ${report.cells} cells, ${report.nonCells} non-cells → ${report.xmlFile}`, 'Label these candidates');
     if (choice) await vscode.commands.executeCommand('cellfinder.labelCandidates');
