@@ -22,6 +22,7 @@ import { CELLS_FOLDER, NON_CELLS_FOLDER, TrainingDataset } from '../src/core/dat
 import { readJobRecords, SLURM_SCRIPT_FILE } from '../src/cluster/slurm';
 import { EVENTS_FILE } from '../src/core/runFiles';
 import { readActiveEngine } from '../src/engine/engineLayout';
+import { TRAIN_CONFIG_FILE } from '../src/training/trainConfig';
 import { pathWithOnly, REPO_ROOT, scratch } from '../test/helpers';
 import { kerasCellProbabilities, ourCellProbabilities } from '../test/kerasPeer';
 import { CodeServer, launchChromium, makeProfile, packageExtension, Workbench, type Profile } from './codeServer';
@@ -208,8 +209,11 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
     const jobId = /^SLURM job (\d+)/.exec((await jobRow.textContent()) ?? '')?.[1];
     const slurmRun = path.join(workspace, 'runs', (await slurmPanel.locator('#run-name').textContent()) ?? '');
     assert.deepEqual((await readJobRecords(slurmRun)).map((record) => record.jobId), [jobId], 'the panel shows the job the run folder records');
-    // The job starts in the run folder (which the nodes see), not wherever the editor was started.
-    assert.match(await fs.readFile(path.join(slurmRun, SLURM_SCRIPT_FILE), 'utf8'), new RegExp(`^#SBATCH --chdir=${slurmRun}$`, 'm'));
+    // The job starts in the run folder (which the nodes see), not wherever the editor was started, and runs the
+    // run's settings file as a terminal run would (SLURM's output files read as its output).
+    const batchScript = await fs.readFile(path.join(slurmRun, SLURM_SCRIPT_FILE), 'utf8');
+    assert.match(batchScript, new RegExp(`^#SBATCH --chdir=${slurmRun}$`, 'm'));
+    assert.match(batchScript, new RegExp(`^exec \\S+ \\S+ train --config ${path.join(slurmRun, TRAIN_CONFIG_FILE)}$`, 'm'));
     // The job's events reach the panel as a local run's do: the curve, then an epoch row, while it runs on the node.
     await slurmPanel.locator('#epochs tbody tr').first().waitFor({ timeout: 180_000 });
     await jobRow.filter({ hasText: /^SLURM job \d+: running on node \S+$/ }).waitFor({ timeout: 15_000 });
