@@ -6,43 +6,63 @@
  * make or Node headers (the addon comes in the VSIX); "Retrain Network" from
  * the palette trains on that engine in the background with the panel
  * following, Cancel and Resume; the model appears under Models; predicting
- * with it orders candidates most uncertain first; an untrusted workspace only
- * browses. Screenshots go to docs/e2e/.
+ * with it orders candidates most uncertain first; "Retrain Network" again,
+ * submitted to SLURM through the form, with the panel following the job
+ * (the one-node cluster of scripts/slurm-local.sh, started here when it is
+ * not running); an untrusted workspace only browses. Screenshots go to
+ * docs/e2e/, the SLURM run's to docs/screenshots/.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, test } from 'node:test';
 import type { Browser } from 'playwright-core';
 import { CELLS_FOLDER, NON_CELLS_FOLDER, TrainingDataset } from '../src/core/dataset';
+import { readJobRecords, SLURM_SCRIPT_FILE } from '../src/cluster/slurm';
+import { EVENTS_FILE } from '../src/core/runFiles';
 import { readActiveEngine } from '../src/engine/engineLayout';
+import { TRAIN_CONFIG_FILE } from '../src/training/trainConfig';
 import { pathWithOnly, REPO_ROOT, scratch } from '../test/helpers';
 import { kerasCellProbabilities, ourCellProbabilities } from '../test/kerasPeer';
 import { CodeServer, launchChromium, makeProfile, packageExtension, Workbench, type Profile } from './codeServer';
 import { sampleWorkspace } from './sampleWorkspace';
 
 const SHOTS = path.join(REPO_ROOT, 'docs', 'e2e');
+const SLURM_SHOTS = path.join(REPO_ROOT, 'docs', 'screenshots');
+const SLURM_SCRIPT = path.join(REPO_ROOT, 'scripts', 'slurm-local.sh');
 
 let browser: Browser;
 let vsix: string;
+let startedSlurmHere = false;
 before(async () => {
+  // The SLURM step needs a cluster: without one the journey fails rather than skipping it (CI starts it first).
+  if (spawnSync('bash', [SLURM_SCRIPT, 'status']).status !== 0) {
+    const start = spawnSync('bash', [SLURM_SCRIPT, 'start'], { encoding: 'utf8' });
+    assert.equal(start.status, 0, `the test cluster did not start: ${start.stderr}`);
+    startedSlurmHere = true;
+  }
   vsix = packageExtension();
   browser = await launchChromium();
 });
-after(() => browser?.close());
+after(async () => {
+  await browser?.close();
+  if (startedSlurmHere) spawnSync('bash', [SLURM_SCRIPT, 'stop']);
+});
 
 async function cubeFiles(folder: string): Promise<string[]> {
   return (await fs.readdir(folder).catch(() => [] as string[])).filter((name) => name.endsWith('.tif')).sort();
 }
 
-test('the journey in a real VS Code: sidebar, keyboard labelling that survives kill -9, engine set-up without a compiler, retrain with cancel/resume, predict, untrusted browsing', { timeout: 15 * 60_000 }, async (t) => {
+test('the journey in a real VS Code: sidebar, keyboard labelling that survives kill -9, engine set-up without a compiler, retrain with cancel/resume, predict, retrain on SLURM, untrusted browsing', { timeout: 18 * 60_000 }, async (t) => {
   const root = scratch(t, 'cfr-e2e-');
   const workspace = await sampleWorkspace(root);
   const profile: Profile = makeProfile(vsix, { theme: 'Default Dark Modern', workspaceTrust: false });
-  // The editor runs as on a workstation without a compiler, make or Node.js headers (/usr/bin has them
-  // beside node): only what engine set-up then uses, pip's Python and npm, and its own engine folder.
+  // The editor runs as on a cluster's login node without a compiler, make or Node.js headers (/usr/bin has
+  // them beside node): only what engine set-up then uses, pip's Python and npm, SLURM's commands, and its own engine folder.
   const engineRoot = path.join(root, 'engine');
-  profile.env = { ...profile.env, PATH: pathWithOnly(t, ['node', 'npm', 'python3', 'tar', 'gzip']), CELLFINDER_RETRAIN_ENGINE_DIR: engineRoot, npm_config_nodedir: scratch(t) };
+  const commands = ['node', 'npm', 'python3', 'tar', 'gzip', 'sbatch', 'squeue', 'sinfo', 'scancel', 'scontrol'];
+  profile.env = { ...profile.env, PATH: pathWithOnly(t, commands), CELLFINDER_RETRAIN_ENGINE_DIR: engineRoot, npm_config_nodedir: scratch(t) };
   let server = await CodeServer.start(profile, workspace, { askTrust: false });
   t.after(() => server.stop('SIGKILL'));
   let workbench = await Workbench.open(browser, server);
@@ -131,6 +151,8 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
     await answer(['Enter']);
     await answer(['Enter']);
     await answer(['Enter']);
+    // sbatch is on PATH, so the editor asks where to train: here first.
+    await answer(['type:This machine', 'Enter']);
     const panel = workbench.webview();
     await panel.locator('#run-status', { hasText: 'running' }).waitFor({ timeout: 60_000 });
     await panel.locator('#epochs tbody tr').first().waitFor({ timeout: 120_000 });
@@ -162,11 +184,58 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
     const remembered = JSON.parse(await fs.readFile(path.join(round1, 'labelling.json'), 'utf8')) as { predictions?: string };
     assert.match(remembered.predictions ?? '', /classified_points\.csv$/);
     await workbench.screenshot(SHOTS, '5-predicted-dark');
+
+    // 6. Retrain Network again, as a SLURM job: the same answers, 3 epochs, then "Submit to SLURM" and its form.
+    await workbench.runCommand('Cellfinder: Retrain Network');
+    await answer(['Enter']);
+    await answer(['type:From scratch', 'Enter']);
+    await answer(['type:ResNet-18', 'Enter']);
+    await answer(['Control+a', 'type:3', 'Enter']);
+    await answer(['Control+a', 'type:1', 'Enter']);
+    await answer(['Enter']);
+    await answer(['Enter']);
+    await answer(['Enter']);
+    await answer(['type:Submit to SLURM', 'Enter']);
+    await answer(['type:Time limit', 'Enter']);
+    await answer(['Control+a', 'type:20', 'Enter']);
+    // The form shows the partition sinfo names as the default, and the sbatch options it will submit.
+    await workbench.page.locator('.quick-input-widget .monaco-list-row', { hasText: 'cluster default (cpu)' }).waitFor();
+    await workbench.page.locator('.quick-input-widget .monaco-list-row', { hasText: '--time=20' }).waitFor();
+    await workbench.screenshot(SLURM_SHOTS, 'vscode-slurm-form-dark');
+    await answer(['type:Submit the job', 'Enter']);
+    const slurmPanel = workbench.webview();
+    const jobRow = slurmPanel.locator('#job');
+    await jobRow.filter({ hasText: /^SLURM job \d+: (pending|running on node \S+)$/ }).waitFor({ timeout: 30_000 });
+    const jobId = /^SLURM job (\d+)/.exec((await jobRow.textContent()) ?? '')?.[1];
+    const slurmRun = path.join(workspace, 'runs', (await slurmPanel.locator('#run-name').textContent()) ?? '');
+    assert.deepEqual((await readJobRecords(slurmRun)).map((record) => record.jobId), [jobId], 'the panel shows the job the run folder records');
+    // The job starts in the run folder (which the nodes see), not wherever the editor was started, and runs the
+    // run's settings file as a terminal run would (SLURM's output files read as its output).
+    const batchScript = await fs.readFile(path.join(slurmRun, SLURM_SCRIPT_FILE), 'utf8');
+    assert.match(batchScript, new RegExp(`^#SBATCH --chdir=${slurmRun}$`, 'm'));
+    assert.match(batchScript, new RegExp(`^exec \\S+ \\S+ train --config ${path.join(slurmRun, TRAIN_CONFIG_FILE)}$`, 'm'));
+    // The job's events reach the panel as a local run's do: the curve, then an epoch row, while it runs on the node.
+    await slurmPanel.locator('#epochs tbody tr').first().waitFor({ timeout: 180_000 });
+    await jobRow.filter({ hasText: /^SLURM job \d+: running on node \S+$/ }).waitFor({ timeout: 15_000 });
+    await slurmPanel.locator('#run-status', { hasText: 'running' }).waitFor({ timeout: 1_000 });
+    assert.ok(Number(await slurmPanel.locator('#loss-chart').getAttribute('data-points')) > 0, 'the loss curve has points');
+    await workbench.screenshot(SLURM_SHOTS, 'vscode-training-slurm-running-dark');
+    await slurmPanel.locator('#run-status', { hasText: 'finished' }).waitFor({ timeout: 180_000 });
+    await jobRow.filter({ hasText: `SLURM job ${jobId}: completed on node` }).waitFor({ timeout: 30_000 });
+    assert.equal(await slurmPanel.locator('#epochs tbody tr').count(), 3);
+    assert.match(await fs.readFile(path.join(slurmRun, EVENTS_FILE), 'utf8'), /"type":"finished"/);
+    await fs.access(path.join(slurmRun, 'model.keras'));
+    // The form's answers are remembered in the workspace's settings for the next submission.
+    const settings = JSON.parse(await fs.readFile(path.join(workspace, '.vscode', 'settings.json'), 'utf8')) as Record<string, unknown>;
+    assert.equal(settings['cellfinder.slurm.time'], '20');
+    await workbench.openCellfinder();
+    await workbench.treeRow(path.basename(slurmRun)).locator('.label-description', { hasText: `finished · 3 epoch(s)` }).filter({ hasText: `SLURM job ${jobId}: completed on node` }).waitFor({ timeout: 30_000 });
+    await workbench.screenshot(SLURM_SHOTS, 'vscode-training-slurm-finished-dark');
     assert.deepEqual(workbench.webviewErrors, []);
     await workbench.page.close();
     await server.stop();
 
-    // 6. The same workspace, untrusted, in the light theme: the views browse, the palette offers no training.
+    // 7. The same workspace, untrusted, in the light theme: the views browse, the palette offers no training.
     const untrustedProfile = makeProfile(vsix, { theme: 'Default Light Modern', workspaceTrust: true });
     server = await CodeServer.start(untrustedProfile, workspace, { askTrust: true });
     workbench = await Workbench.open(browser, server);
@@ -179,7 +248,7 @@ test('the journey in a real VS Code: sidebar, keyboard labelling that survives k
     await workbench.treeRow('labelled').locator('.label-description', { hasText: '2 cells · 2 non-cells' }).waitFor({ timeout: 30_000 });
     const offered = await workbench.paletteEntries('Cellfinder:');
     assert.ok(!offered.some((entry) => /Retrain Network|Label Candidates|Classify/.test(entry)), `untrusted palette offers ${offered.join(', ')}`);
-    await workbench.screenshot(SHOTS, '6-untrusted-light');
+    await workbench.screenshot(SHOTS, '7-untrusted-light');
     await workbench.page.close();
   } catch (error) {
     // CI shows only the log: say what the editor showed when the step failed.

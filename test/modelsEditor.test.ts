@@ -46,7 +46,7 @@ test('publish: the token reaches the child only through its environment, never i
   const probe = path.join(root, 'probe.js');
   await fs.writeFile(probe, "process.stdout.write(JSON.stringify({ argv: process.argv, token: process.env.HF_TOKEN ?? null }));\n");
   const request = publishRequest({ modelFile: path.join(root, 'model.keras'), target: 'hf://lab/cellfinder-mine', token: TOKEN });
-  const seen = await runCliJson<{ argv: string[]; token: string | null }>({ ...CLI, cliScript: probe }, request.args, undefined, undefined, request.environment);
+  const seen = await runCliJson<{ argv: string[]; token: string | null }>({ ...CLI, cliScript: probe }, request.args, { environment: request.environment });
   assert.equal(seen.token, TOKEN);
   assert.ok(!seen.argv.some((arg) => arg.includes(TOKEN)), `the token is on the command line: ${seen.argv.join(' ')}`);
   assert.deepEqual(seen.argv.slice(2), [...request.args, '--json']);
@@ -54,14 +54,14 @@ test('publish: the token reaches the child only through its environment, never i
   assert.notEqual(process.env.HF_TOKEN, TOKEN);
 
   // The real CLI with the request as the editor sends it: a model that is not there fails before any upload, without the token in what it says.
-  await assert.rejects(runCliJson(CLI, request.args, (line) => assert.ok(!line.includes(TOKEN), `stderr quotes the token: ${line}`), undefined, request.environment), (error: Error) => {
+  await assert.rejects(runCliJson(CLI, request.args, { onStderrLine: (line) => assert.ok(!line.includes(TOKEN), `stderr quotes the token: ${line}`), environment: request.environment }), (error: Error) => {
     assert.match(error.message, /model\.keras/);
     assert.ok(!error.message.includes(TOKEN));
     return true;
   });
   // Without a token the CLI says how to give one.
   const withoutToken = publishRequest({ modelFile: root, target: 'hf://lab/cellfinder-mine', token: '' });
-  await assert.rejects(runCliJson(CLI, withoutToken.args, undefined, undefined, withoutToken.environment), /no Hugging Face token: set HF_TOKEN/);
+  await assert.rejects(runCliJson(CLI, withoutToken.args, { environment: withoutToken.environment }), /no Hugging Face token: set HF_TOKEN/);
 });
 
 test('Retrain Network\'s fetched starting points: a Hub repository fetched by the real model fetch --from, and cellfinder\'s networks by their file names', { timeout: 5 * 60_000 }, async (t) => {
@@ -86,7 +86,7 @@ test('Retrain Network\'s fetched starting points: a Hub repository fetched by th
   const exported = await runCliJson<{ folder: string }>(CLI, exportRequest({ kind: 'hub', modelFile: model, outDir: hub, card: written.card }).args);
   assert.equal(exported.folder, hub);
   const environment = { HOME: home };
-  const fetched = await runCliJson<{ files: FetchedFile[] }>(CLI, fetchRequest({ kind: 'hub', repo: 'hf://lab/cellfinder-mine', from: hub }).args, undefined, undefined, environment);
+  const fetched = await runCliJson<{ files: FetchedFile[] }>(CLI, fetchRequest({ kind: 'hub', repo: 'hf://lab/cellfinder-mine', from: hub }).args, { environment });
   const repoFolder = hubModelFolder('lab/cellfinder-mine', home);
   assert.deepEqual(fetched.files.map((file) => path.relative(repoFolder, file.file)).sort(), ['README.md', 'config.json', 'metadata.json', 'model.weights.h5']);
   assert.ok(fetched.files.every((file) => file.status === 'fetched'));

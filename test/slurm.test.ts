@@ -292,6 +292,8 @@ test('the editor\'s path: Retrain Network\'s settings file submitted with train 
     const request = { time: '20', extraLines: ['--hold'] };
     const { jobId } = await runCliJson<{ jobId: string }>(cliLocation, ['train', '--config', path.join(runDir, TRAIN_CONFIG_FILE), ...slurmArgs(request)]);
     assert.deepEqual((await readJobRecords(runDir)).map((job) => job.request), [{ ...request, requeue: false }]);
+    // The job runs the settings file; the --json the editor submits with is the submission's, not the job's.
+    assert.match(await fs.readFile(path.join(runDir, SLURM_SCRIPT_FILE), 'utf8'), new RegExp(`^exec \\S+ \\S+ train --config ${path.join(runDir, TRAIN_CONFIG_FILE)}$`, 'm'));
     return { runDir, jobId };
   };
   /** The panel's host side, as the editor makes it; the messages it would post to the page. */

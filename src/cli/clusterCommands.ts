@@ -115,7 +115,10 @@ export async function submitTrainJob(argv: readonly string[], request: SlurmRequ
   }
   // Resubmitted without SLURM options (the editor's Resume, or `--resume DIR --slurm`), a run asks for what its last job asked for.
   const asked = mode === 'resume' && latest && !asksForAnything(request) ? (latest.job.request ?? request) : request;
-  const record = await submitJob({ name: `cellfinder-${mode}`, runDir, workDir: process.cwd(), command: [cli.node, cli.entry, 'train', ...withoutSlurmFlags(argv)], request: asked, environment: jobEngine(asked) }, mode);
+  // --json says how this submission reports (the editor reads the job id from it); the job itself writes the run's
+  // events file, and SLURM's output files read as a run in a terminal does.
+  const command = [cli.node, cli.entry, 'train', ...withoutSlurmFlags(argv).filter((arg) => arg !== '--json')];
+  const record = await submitJob({ name: `cellfinder-${mode}`, runDir, workDir: process.cwd(), command, request: asked, environment: jobEngine(asked) }, mode);
   if (json) io.out(JSON.stringify({ jobId: record.jobId, mode, runDir, events: path.join(runDir, EVENTS_FILE) }));
   else {
     io.out(`Submitted SLURM job ${record.jobId}: ${mode === 'resume' ? 'resuming' : 'training'} ${runDir}`);

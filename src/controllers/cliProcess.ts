@@ -17,14 +17,27 @@ export interface CliLocation {
   device: DeviceChoice;
 }
 
-/**
- * `environment` is added to the child's own: the way to hand it a secret (a
- * Hugging Face token), which on its command line would be visible to every
- * user of the machine (`ps`) and end up in error messages that quote it.
- */
-export function runCliJson<T>(cli: CliLocation, args: readonly string[], onStderrLine?: (line: string) => void, signal?: AbortSignal, environment: Readonly<Record<string, string>> = {}): Promise<T> {
+export interface CliRunOptions {
+  /** Each line the command writes to stderr (its progress), as it comes. */
+  onStderrLine?: (line: string) => void;
+  signal?: AbortSignal;
+  /**
+   * The command's working directory; the extension host's otherwise (the
+   * folder the editor happened to start in). A SLURM job runs there too, so
+   * a submission gives a folder the cluster's nodes see.
+   */
+  cwd?: string;
+  /**
+   * Added to the child's own environment: the way to hand it a secret (a
+   * Hugging Face token), which on its command line would be visible to every
+   * user of the machine (`ps`) and end up in error messages that quote it.
+   */
+  environment?: Readonly<Record<string, string>>;
+}
+
+export function runCliJson<T>(cli: CliLocation, args: readonly string[], { onStderrLine, signal, cwd, environment }: CliRunOptions = {}): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const child = spawn(cli.nodePath, [cli.cliScript, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], signal, env: { ...process.env, [DEVICE_ENV]: cli.device, ...environment } });
+    const child = spawn(cli.nodePath, [cli.cliScript, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], signal, cwd, env: { ...process.env, [DEVICE_ENV]: cli.device, ...environment } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));

@@ -4,6 +4,7 @@
  * progress notification with each task's state and progress; cancelling the
  * notification stops the job resumably.
  */
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { classifyJobProgress, describeClassifyTask } from '../cluster/clusterRuns';
@@ -67,6 +68,8 @@ export async function classifyBrainsOnSlurm(context: vscode.ExtensionContext, mo
   const folder = path.join(path.dirname(list), `classify-jobs-${new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15)}`);
   const args = ['classify', '--brains', list, file.endsWith('.keras') ? '--trained-model' : '--model-weights', file, '-o', folder];
   if (voxelSizes) args.push('--voxel-sizes', ...voxelSizes.map(String));
-  await runCliJson(cliLocation(context), [...args, ...slurmArgs(request)]);
+  // Submitted from its own folder: the array's tasks start where it was submitted, and that must be a folder the nodes see.
+  await fs.mkdir(folder, { recursive: true });
+  await runCliJson(cliLocation(context), [...args, ...slurmArgs(request)], { cwd: folder });
   await followClassifyJob(folder, `Cellfinder: classifying the brains of ${path.basename(list)} on SLURM`);
 }

@@ -131,7 +131,7 @@ export class LabellingPanels {
     void vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Cellfinder: cutting the candidates for labelling', cancellable: true }, async (progress, token) => {
       token.onCancellationRequested(() => abort.abort());
       try {
-        await runCliJson(cliLocation(this.context), ['cache', datasetRoot], (line) => progress.report({ message: line }), abort.signal);
+        await runCliJson(cliLocation(this.context), ['cache', datasetRoot], { onStderrLine: (line) => progress.report({ message: line }), signal: abort.signal });
       } catch (error) {
         // Stopped on purpose: the next opening continues it. Otherwise labelling goes on from the planes.
         if (!abort.signal.aborted) this.log.appendLine(`labelling: the candidate cache sweep failed (${(error as Error).message}); candidates are read from the planes`);
@@ -190,7 +190,7 @@ export class LabellingPanels {
     const report = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Cellfinder: predicting with ${path.basename(model)}${note ? `, ${note}` : ''}`, cancellable: true }, (progress, token) => {
       const abort = new AbortController();
       token.onCancellationRequested(() => abort.abort());
-      return runCliJson<{ probabilitiesFile: string }>(cliLocation(this.context), args, (line) => progress.report({ message: line }), abort.signal);
+      return runCliJson<{ probabilitiesFile: string }>(cliLocation(this.context), args, { onStderrLine: (line) => progress.report({ message: line }), signal: abort.signal });
     });
     return report.probabilitiesFile;
   }

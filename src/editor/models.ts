@@ -226,7 +226,7 @@ export class ModelSharing {
       vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Cellfinder: ${title}`, cancellable: true }, (progress, cancel) => {
         const abort = new AbortController();
         cancel.onCancellationRequested(() => abort.abort());
-        return runCliJson<T>(cliLocation(this.context), request.args, (line) => progress.report({ message: line }), abort.signal, request.environment);
+        return runCliJson<T>(cliLocation(this.context), request.args, { onStderrLine: (line) => progress.report({ message: line }), signal: abort.signal, environment: request.environment });
       }),
     ).finally(() => this.index.refreshSoon());
   }

@@ -140,9 +140,14 @@ export class Training {
     this.index.refreshSoon();
   }
 
-  /** Submits the run as a SLURM job through the CLI (`train ... --slurm`), as a user would from a terminal. */
+  /**
+   * Submits the run as a SLURM job through the CLI (`train ... --slurm`), as
+   * a user would from a terminal in the run folder: the job starts in the
+   * folder it was submitted from, and the run folder is one the nodes see
+   * (they write the run's events there).
+   */
   private async submit(outputDir: string, args: string[]): Promise<void> {
-    const { jobId } = await runCliJson<{ jobId: string }>(cliLocation(this.context), args);
+    const { jobId } = await runCliJson<{ jobId: string }>(cliLocation(this.context), args, { cwd: outputDir });
     this.submittedJobs.set(outputDir, jobId);
     void vscode.window.showInformationMessage(`Cellfinder: submitted SLURM job ${jobId} for ${path.basename(outputDir)}; its panel follows it`);
   }
@@ -259,14 +264,16 @@ export class Training {
     const slurm = await askWhereToRun(this.context, 'Where to classify');
     if (slurm === null) return;
     if (slurm) {
-      await runCliJson(cliLocation(this.context), [...args, ...slurmArgs(slurm)]);
+      // Submitted from the output folder: the job starts where it was submitted, and that must be a folder the nodes see.
+      await fs.mkdir(outputDir, { recursive: true });
+      await runCliJson(cliLocation(this.context), [...args, ...slurmArgs(slurm)], { cwd: outputDir });
       await followClassifyJob(outputDir, `Cellfinder: classifying ${path.basename(points)} on SLURM`);
       return;
     }
     const report = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Cellfinder: classifying candidates${note ? `, ${note}` : ''}`, cancellable: true }, (progress, token) => {
       const abort = new AbortController();
       token.onCancellationRequested(() => abort.abort());
-      return runCliJson<{ xmlFile: string; cells: number; nonCells: number }>(cliLocation(this.context), args, (line) => progress.report({ message: line }), abort.signal);
+      return runCliJson<{ xmlFile: string; cells: number; nonCells: number }>(cliLocation(this.context), args, { onStderrLine: (line) => progress.report({ message: line }), signal: abort.signal });
     });
     const choice = await vscode.window.showInformationMessage(`Cellfinder: ${report.cells} cells, ${report.nonCells} non-cells → ${report.xmlFile}`, 'Label these candidates');
     if (choice) await vscode.commands.executeCommand('cellfinder.labelCandidates');
