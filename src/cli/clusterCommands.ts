@@ -71,15 +71,22 @@ function asksForAnything(request: SlurmRequest): boolean {
   return Object.values(request).some((value) => (Array.isArray(value) ? value.length > 0 : value !== undefined && value !== false));
 }
 
-/** `argv` without the SLURM options (each takes one value, inline or next): the command the job runs. */
-function withoutSlurmFlags(argv: readonly string[]): string[] {
+/**
+ * What the job runs: our CLI's `command` with `argv` less the SLURM options
+ * (each takes one value, inline or next) and less --json, which says how this
+ * submission reports (the editor reads the job id from it); the job writes
+ * its own events and results, and SLURM's output files read as a run in a
+ * terminal does.
+ */
+function jobCommand(cli: { node: string; entry: string }, command: 'train' | 'classify', argv: readonly string[]): string[] {
   const kept: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const flag = SLURM_FLAGS.find((spec) => argv[i] === `--${spec.name}` || argv[i].startsWith(`--${spec.name}=`));
-    if (!flag) kept.push(argv[i]);
-    else if (flag.values === 1 && !argv[i].includes('=')) i++;
+    if (flag) {
+      if (flag.values === 1 && !argv[i].includes('=')) i++;
+    } else if (argv[i] !== '--json') kept.push(argv[i]);
   }
-  return kept;
+  return [cli.node, cli.entry, command, ...kept];
 }
 
 /**
@@ -93,8 +100,7 @@ export async function submitClassifyJob(argv: readonly string[], request: SlurmR
   if (latest && jobIsActive(latest.state)) {
     throw new SlurmError(`job ${latest.job.jobId} of ${folder} is ${describeJobState(latest.state)}`, `Wait for it, or stop it first (scancel ${latest.job.jobId}), then submit again`);
   }
-  const command = [cli.node, cli.entry, 'classify', ...withoutSlurmFlags(argv)];
-  const record = await submitJob({ name: 'cellfinder-classify', runDir: folder, workDir: process.cwd(), command, request, environment: jobEngine(request), tasks }, 'classify');
+  const record = await submitJob({ name: 'cellfinder-classify', runDir: folder, workDir: process.cwd(), command: jobCommand(cli, 'classify', argv), request, environment: jobEngine(request), tasks }, 'classify');
   if (json) io.out(JSON.stringify({ jobId: record.jobId, mode: 'classify', folder, tasks }));
   else {
     io.out(`Submitted SLURM job ${record.jobId}: classifying ${tasks ? `${tasks} brains as an array job, one task per brain` : folder}`);
@@ -115,10 +121,7 @@ export async function submitTrainJob(argv: readonly string[], request: SlurmRequ
   }
   // Resubmitted without SLURM options (the editor's Resume, or `--resume DIR --slurm`), a run asks for what its last job asked for.
   const asked = mode === 'resume' && latest && !asksForAnything(request) ? (latest.job.request ?? request) : request;
-  // --json says how this submission reports (the editor reads the job id from it); the job itself writes the run's
-  // events file, and SLURM's output files read as a run in a terminal does.
-  const command = [cli.node, cli.entry, 'train', ...withoutSlurmFlags(argv).filter((arg) => arg !== '--json')];
-  const record = await submitJob({ name: `cellfinder-${mode}`, runDir, workDir: process.cwd(), command, request: asked, environment: jobEngine(asked) }, mode);
+  const record = await submitJob({ name: `cellfinder-${mode}`, runDir, workDir: process.cwd(), command: jobCommand(cli, 'train', argv), request: asked, environment: jobEngine(asked) }, mode);
   if (json) io.out(JSON.stringify({ jobId: record.jobId, mode, runDir, events: path.join(runDir, EVENTS_FILE) }));
   else {
     io.out(`Submitted SLURM job ${record.jobId}: ${mode === 'resume' ? 'resuming' : 'training'} ${runDir}`);

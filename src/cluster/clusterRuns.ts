@@ -1,9 +1,10 @@
 /**
  * A training run together with its SLURM job, for every place that shows or
  * stops runs (the CLI's `runs` and `cancel`, the editor's Runs view and
- * training panel); and the per-task progress of classify jobs. A run submitted as a job records it in its folder
- * (SLURM_JOBS_FILE); then the job, not a process id (which names a process
- * on the job's node), says whether the run still goes on. No VS Code here.
+ * training panel), and the per-task progress of classify jobs. A run
+ * submitted as a job records it in its folder (SLURM_JOBS_FILE); then the
+ * job, not a process id (which names a process on the job's node), says
+ * whether the run still goes on. No VS Code here.
  */
 import { promises as fs } from 'node:fs';
 import type { TrainingEvent } from '../training/events';
@@ -106,7 +107,7 @@ export async function classifyJobProgress(folder: string): Promise<{ job: JobRec
         signal: /^brain \d+ of .*?: (.*)$/m.exec(err)?.[1],
         state: states.get(task),
         progress: progress && { done: Number(progress[1]), total: Number(progress[2]) },
-        finished: /^Classified \d+ candidates/m.test(out) || /"xmlFile"/.test(out),
+        finished: /^Classified \d+ candidates/m.test(out),
         error: [...err.matchAll(/^error: (.*)$/gm)].at(-1)?.[1],
       };
     }),
