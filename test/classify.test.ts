@@ -55,6 +55,19 @@ test('classify stopped by kill -9 or Ctrl-C continues where it stopped and write
   const expectedCsv = await fs.readFile(path.join(clean, 'classified_points.csv'), 'utf8');
   const expectedXml = await fs.readFile(path.join(clean, 'classified_points.xml'), 'utf8');
   assert.ok(!existsSync(path.join(clean, PARTIAL_RESULTS)));
+  // The same command after it finished (a resubmitted array job's finished brains) classifies nothing again...
+  const repeated = spawnSync(process.execPath, [CLI, ...classifyArgs(model, clean)], { encoding: 'utf8' });
+  assert.equal(repeated.status, 0, repeated.stderr);
+  assert.match(repeated.stderr, /all 13 candidate\(s\) were classified by an earlier run of this command/);
+  assert.doesNotMatch(repeated.stderr, /classifying: [0-9]\//);
+  assert.equal(await fs.readFile(path.join(clean, 'classified_points.csv'), 'utf8'), expectedCsv);
+  // ...unless the model file changed since (retrained in place): then every candidate is classified with it.
+  const later = new Date(Date.now() + 60_000);
+  await fs.utimes(model, later, later);
+  const changed = spawnSync(process.execPath, [CLI, ...classifyArgs(model, clean)], { encoding: 'utf8' });
+  assert.equal(changed.status, 0, changed.stderr);
+  assert.doesNotMatch(changed.stderr, /earlier run|already classified/);
+  assert.match(changed.stderr, /classifying: 13\/13 \(100%/);
 
   for (const signal of ['SIGKILL', 'SIGINT'] as const) {
     const output = path.join(root, `stopped-${signal}`);

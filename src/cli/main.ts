@@ -79,7 +79,8 @@ working directory, so run it from the dataset folder (see README).
            --points <xml> -o <dir> [--voxel-sizes Z Y X] [--batch-size 32] [--device D]
            [--cache <dataset>] [--normalize-channels]
       One pass through the volume; Ctrl-C stops after the batch in progress, and
-      the same command (also after a crash) classifies only what is left.
+      the same command (also after a crash) classifies only what is left
+      (nothing, once it has finished with the same model and points).
       --brains <list.csv> instead of --signal/--background/--points/-o: each brain
       of the list (header signal,background,points,output_dir) in turn, or the
       one of --brain N. With --slurm [SLURM options as for train]: a job; with

@@ -359,7 +359,8 @@ async function classifyBrain(flags: Map<string, string[]>, brain: Brain, io: Io)
   } finally {
     stopping.release();
   }
-  if (report.resumed) io.err(`continued an interrupted run: ${report.resumed} candidate(s) were already classified`);
+  if (report.resumed > 0 && report.resumed === report.classified.length) io.err(`all ${report.resumed} candidate(s) were classified by an earlier run of this command (same model, points and volumes): its results written again`);
+  else if (report.resumed) io.err(`continued an interrupted run: ${report.resumed} candidate(s) were already classified`);
   if (flags.has('cache')) io.err(`${report.fromCache} cube(s) read from the candidate cache of ${flags.get('cache')![0]}, the rest cut from the volumes`);
   report.channelStatistics?.forEach(({ mean, std }, channel) => io.err(`${channel === 0 ? 'signal' : 'background'} normalised with mean ${mean}, std ${std}`));
   if (flags.has('json')) io.out(JSON.stringify({ ...report, classified: undefined, count: report.classified.length }, null, 2));

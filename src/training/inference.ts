@@ -7,7 +7,8 @@
  * (--normalize-channels, see channelStatistics.ts). And evaluation of a
  * model on a labelled dataset.
  */
-import { readFile, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { readFile, rename, rm, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import type * as tfType from '@tensorflow/tfjs';
 import { appendLineDurably, makeFolder, writeFileAtomic } from '../core/atomicFile';
@@ -108,6 +109,15 @@ export interface ClassifyReport {
  */
 export const PARTIAL_RESULTS = 'classified_points.partial.csv';
 
+/**
+ * The partial file of a classification that finished, kept (hidden): the
+ * same command again finds every candidate classified and only writes the
+ * outputs again, as the finished brains of a resubmitted array job do. Its
+ * first line says what it is of, the model's and the points' file versions
+ * included, so a retrained model or edited points are classified afresh.
+ */
+export const FINISHED_RESULTS = '.classified_points.done.csv';
+
 /** The band budget of classification (extraction's is BAND_BYTES_PER_CHANNEL). */
 const CLASSIFY_BAND_BYTES_PER_CHANNEL = 32 * 2 ** 20;
 
@@ -135,8 +145,13 @@ export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwo
     });
     const partialFile = path.join(options.outputDir, PARTIAL_RESULTS);
     const normalizeChannels = Boolean(options.normalizeChannels);
-    const identity = `# ${JSON.stringify({ model: path.resolve(network.file), points: path.resolve(options.points), signal: path.resolve(options.signal), background: options.background && path.resolve(options.background), voxelSizes: options.voxelSizes ?? null, normalizeChannels })}`;
-    const done = await readPartialResults(partialFile, identity);
+    const finishedFile = path.join(options.outputDir, FINISHED_RESULTS);
+    const version = async (file: string) => {
+      const { size, mtimeMs } = await stat(file);
+      return `${size}@${mtimeMs}`;
+    };
+    const identity = `# ${JSON.stringify({ model: path.resolve(network.file), modelVersion: await version(network.file), points: path.resolve(options.points), pointsVersion: await version(options.points), signal: path.resolve(options.signal), background: options.background && path.resolve(options.background), voxelSizes: options.voxelSizes ?? null, normalizeChannels })}`;
+    const done = await readPartialResults(existsSync(partialFile) ? partialFile : finishedFile, identity);
     const resumed = done.size;
     const total = plan.extractable.length;
     const todo = { ...plan, extractable: plan.extractable.filter((entry) => !done.has(entry.index)) };
@@ -199,7 +214,7 @@ export async function classifyCandidates(tf: typeof tfType, network: LoadedNetwo
     const probabilitiesFile = path.join(options.outputDir, 'classified_points.csv');
     await writeCellCounterXml(xmlFile, classified.map(({ x, y, z, type }) => ({ x, y, z, type })), { overwrite: true });
     await writeFileAtomic(probabilitiesFile, classifiedCsv(classified), { overwrite: true });
-    await rm(partialFile, { force: true });
+    if (existsSync(partialFile)) await rename(partialFile, finishedFile);
     return {
       xmlFile,
       probabilitiesFile,
