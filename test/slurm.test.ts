@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, promises as fs, symlinkSync } from 'node:fs';
 import * as path from 'node:path';
-import { after, before, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import { cancelArrayJob, readJobRecords, SLURM_SCRIPT_FILE } from '../src/cluster/slurm';
 import { runCliJson, slurmArgs } from '../src/controllers/cliProcess';
 import { engineRoot, readActiveEngine } from '../src/engine/engineLayout';
@@ -163,26 +163,6 @@ test('cancel stops a running job mid-epoch with a resumable checkpoint; train --
   assert.ok(!existsSync(path.join(runDir, RESUME_FOLDER)), 'the resume state is removed when the run finishes');
 });
 
-test('with --requeue, a job SLURM requeues mid-epoch (scontrol requeue) runs its command again, which resumes the run instead of starting it over', { timeout: 10 * 60_000 }, async (t) => {
-  const root = scratch(t);
-  const yaml = await tinyDataset(root, 4);
-  const runDir = path.join(root, 'run');
-  const jobId = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '3', '--requeue']);
-  assert.match(await fs.readFile(path.join(runDir, 'slurm-job.sh'), 'utf8'), /^#SBATCH --requeue$/m);
-  const run = await follow(t, runDir);
-  await run.waitFor('batch', (e) => e.epoch === 1 && e.batch === 2);
-  const requeue = spawnSync('scontrol', ['requeue', jobId], { encoding: 'utf8' });
-  assert.equal(requeue.status, 0, requeue.stderr);
-  // The same job, started again: its command resumes from the checkpoint the first start left (mid-epoch on SIGTERM, else the last epoch's).
-  const resumed = await run.waitFor('started', (e) => e.resumedAtEpoch !== undefined);
-  assert.equal(resumed.resumedAtEpoch, 1);
-  const finished = await run.waitFor('finished');
-  assert.deepEqual(finished.history.map((h) => h.epoch), [0, 1, 2]);
-  // Every batch trained once over the two starts; nothing of the first start's epoch 0 was trained again.
-  assert.equal((await readModelFile(finished.modelFile)).optimizer?.iterations, 36);
-  assert.match(await fs.readFile(path.join(runDir, `slurm-${jobId}.err`), 'utf8'), new RegExp(`SLURM restarted job ${jobId} \\(restart 1\\): resuming ${runDir}`));
-});
-
 test('bad requests are refused before anything is queued, each saying what is wrong and what to do; a run whose squeue is missing is still listed', { timeout: 5 * 60_000 }, async (t) => {
   const root = scratch(t);
   const yaml = await tinyDataset(root);
@@ -259,24 +239,48 @@ test('near its time limit a job gets SLURM\'s warning signal and stops by itself
   assert.match(cli(['runs', runDir]).out, new RegExp(`^${runDir}: cancelled, epoch \\d+/50, val_accuracy [\\d.]+, resumable \\| SLURM job ${jobId}: failed on node \\S+ \\(NonZeroExitCode\\)$`, 'm'));
 });
 
-test('with --requeue, a job near its time limit stops with a checkpoint, requeues itself and finishes the run in its next start', { timeout: 12 * 60_000 }, async (t) => {
-  const root = scratch(t);
-  const yaml = await tinyDataset(root, 4);
-  const runDir = path.join(root, 'run');
-  // 2 minutes, the warning at 1: more epochs than one start trains before it.
-  const jobId = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '15', '--time', '2', '--requeue']);
-  assert.match(await fs.readFile(path.join(runDir, SLURM_SCRIPT_FILE), 'utf8'), /^export CELLFINDER_RETRAIN_SLURM_REQUEUE=1$/m);
-  const run = await follow(t, runDir);
-  const cancelled = await run.waitFor('cancelled', () => true, 150);
-  // SLURM makes a requeued job eligible again only after a delay (2 minutes here), then schedules it.
-  const resumed = await run.waitFor('started', (e) => e.resumedAtEpoch !== undefined, 330);
-  assert.equal(resumed.resumedAtIteration, cancelled.epoch * 12 + cancelled.batch);
-  const finished = await run.waitFor('finished', () => true, 240);
-  assert.deepEqual(finished.history.map((h) => h.epoch), Array.from({ length: 15 }, (_, i) => i));
-  assert.equal((await readModelFile(finished.modelFile)).optimizer?.iterations, 15 * 12);
-  // One job throughout: requeued, not resubmitted.
-  assert.deepEqual((await readJobRecords(runDir)).map((job) => job.jobId), [jobId]);
-  assert.match(await fs.readFile(path.join(runDir, `slurm-${jobId}.err`), 'utf8'), /SLURM restarted job \d+ \(restart \d+\): resuming/);
+// SLURM lets a requeued job start again only about two minutes after the requeue: the two requeue tests wait that out
+// side by side (each job asks for 4 GB, so both fit on the test cluster's node at once).
+describe('requeued jobs', { concurrency: 2 }, () => {
+  test('with --requeue, a job SLURM requeues mid-epoch (scontrol requeue) runs its command again, which resumes the run instead of starting it over', { timeout: 10 * 60_000 }, async (t) => {
+    const root = scratch(t);
+    const yaml = await tinyDataset(root, 4);
+    const runDir = path.join(root, 'run');
+    const jobId = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '3', '--requeue', '--mem', '4G']);
+    assert.match(await fs.readFile(path.join(runDir, 'slurm-job.sh'), 'utf8'), /^#SBATCH --requeue$/m);
+    const run = await follow(t, runDir);
+    await run.waitFor('batch', (e) => e.epoch === 1 && e.batch === 2);
+    const requeue = spawnSync('scontrol', ['requeue', jobId], { encoding: 'utf8' });
+    assert.equal(requeue.status, 0, requeue.stderr);
+    // The same job, started again: its command resumes from the checkpoint the first start left (mid-epoch on SIGTERM, else the last epoch's).
+    const resumed = await run.waitFor('started', (e) => e.resumedAtEpoch !== undefined);
+    assert.equal(resumed.resumedAtEpoch, 1);
+    const finished = await run.waitFor('finished');
+    assert.deepEqual(finished.history.map((h) => h.epoch), [0, 1, 2]);
+    // Every batch trained once over the two starts; nothing of the first start's epoch 0 was trained again.
+    assert.equal((await readModelFile(finished.modelFile)).optimizer?.iterations, 36);
+    assert.match(await fs.readFile(path.join(runDir, `slurm-${jobId}.err`), 'utf8'), new RegExp(`SLURM restarted job ${jobId} \\(restart 1\\): resuming ${runDir}`));
+  });
+
+  test('with --requeue, a job near its time limit stops with a checkpoint, requeues itself and finishes the run in its next start', { timeout: 12 * 60_000 }, async (t) => {
+    const root = scratch(t);
+    const yaml = await tinyDataset(root, 4);
+    const runDir = path.join(root, 'run');
+    // 2 minutes, the warning at 1: more epochs than one start trains before it.
+    const jobId = submit(['-y', yaml, '-o', runDir, ...TINY_RUN, '--epochs', '15', '--time', '2', '--requeue', '--mem', '4G']);
+    assert.match(await fs.readFile(path.join(runDir, SLURM_SCRIPT_FILE), 'utf8'), /^export CELLFINDER_RETRAIN_SLURM_REQUEUE=1$/m);
+    const run = await follow(t, runDir);
+    const cancelled = await run.waitFor('cancelled', () => true, 150);
+    // SLURM makes a requeued job eligible again only after a delay (2 minutes here), then schedules it.
+    const resumed = await run.waitFor('started', (e) => e.resumedAtEpoch !== undefined, 330);
+    assert.equal(resumed.resumedAtIteration, cancelled.epoch * 12 + cancelled.batch);
+    const finished = await run.waitFor('finished', () => true, 240);
+    assert.deepEqual(finished.history.map((h) => h.epoch), Array.from({ length: 15 }, (_, i) => i));
+    assert.equal((await readModelFile(finished.modelFile)).optimizer?.iterations, 15 * 12);
+    // One job throughout: requeued, not resubmitted.
+    assert.deepEqual((await readJobRecords(runDir)).map((job) => job.jobId), [jobId]);
+    assert.match(await fs.readFile(path.join(runDir, `slurm-${jobId}.err`), 'utf8'), /SLURM restarted job \d+ \(restart \d+\): resuming/);
+  });
 });
 
 test('the editor\'s path: Retrain Network\'s settings file submitted with train --config --slurm; the training panel\'s controller shows the queue state, follows the job to the end, and its Cancel takes a queued job off the queue', { timeout: 6 * 60_000 }, async (t) => {
