@@ -8,7 +8,7 @@
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { cancelRunOrJob, summarizeRunWithJob } from '../cluster/clusterRuns';
+import { cancelRunOrJob, describeJob, summarizeRunWithJob } from '../cluster/clusterRuns';
 import { readJobRecords } from '../cluster/slurm';
 import { classifyArgs, runCliJson, slurmArgs } from '../controllers/cliProcess';
 import { TrainingController } from '../controllers/trainingController';
@@ -193,12 +193,17 @@ export class Training {
     this.index.refreshSoon();
   }
 
-  /** The run's status: a SLURM run's by its job as last asked (one just submitted counts as queued). */
+  /**
+   * The run's status: a SLURM run's by its job as the Runs view last asked;
+   * a job submitted from here that the Runs view has not asked about yet (a
+   * new run, or a Resume while the view still knows the job before) counts
+   * as queued.
+   */
   private summarize(outputDir: string, events: RunRecord['events']): RunRecord {
     const listing = this.index.runWithJob(outputDir);
-    if (listing?.job) return summarizeRunWithJob(outputDir, events, listing.jobState);
     const submitted = this.submittedJobs.get(outputDir);
-    return submitted ? summarizeRunWithJob(outputDir, events, { jobId: submitted, state: 'PENDING' }) : summarizeRun(outputDir, events);
+    if (submitted !== undefined && listing?.job?.jobId !== submitted) return summarizeRunWithJob(outputDir, events, { jobId: submitted, state: 'PENDING' });
+    return listing?.job ? summarizeRunWithJob(outputDir, events, listing.jobState) : summarizeRun(outputDir, events);
   }
 
   /** Shows the run's progress in the status bar until it ends, then offers the next step. */
@@ -222,8 +227,9 @@ export class Training {
       const batch = [...run.events].reverse().find((e) => e.type === 'batch');
       const started = run.events.find((e) => e.type === 'started');
       const epochs = started?.type === 'started' ? started.epochs : undefined;
-      const job = this.index.runItems().find((item) => item.kind === 'run' && item.run.outputDir === run.outputDir);
-      const waiting = job?.kind === 'run' && job.job ? job.job : this.submittedJobs.has(run.outputDir) ? `SLURM job ${this.submittedJobs.get(run.outputDir)} submitted` : 'starting training…';
+      const listing = this.index.runWithJob(run.outputDir);
+      const submitted = this.submittedJobs.get(run.outputDir);
+      const waiting = submitted !== undefined && listing?.job?.jobId !== submitted ? `SLURM job ${submitted} submitted` : ((listing && describeJob(listing)) ?? 'starting training…');
       this.statusBar.text = batch?.type === 'batch' ? `$(sync~spin) Cellfinder: epoch ${batch.epoch + 1}/${epochs ?? '?'} · ${Math.round((100 * batch.batch) / batch.batches)}%` : `$(sync~spin) Cellfinder: ${waiting}`;
       this.statusBar.tooltip = `Training ${name}: click to open its panel`;
       this.statusBar.command = { command: 'cellfinder.openRun', title: 'Open', arguments: [{ kind: 'run', run }] };
