@@ -4,6 +4,8 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { main } from '../src/cli/main';
+import { PROVENANCE_LOG, type ProvenanceRecord } from '../src/core/dataset';
+import { modelCardPath } from '../src/sharing/modelCard';
 import { REPO_ROOT, SAMPLE, scratch } from './helpers';
 
 async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
@@ -28,6 +30,15 @@ test('extract --json: cubes + training.yaml, edge points listed, progress on std
   // Running again adds nothing and overwrites nothing.
   const again = JSON.parse((await run([...EXTRACT, '--output-dir', out, '--voxel-sizes', '5', '2', '2', '--label', 'cell', '--json'])).out);
   assert.deepEqual([again.added, again.alreadyPresent], [0, 13]);
+
+  // Each cube's record says the voxel sizes it was cut at, and a model card of a run on the dataset says them.
+  const records = (await fs.readFile(path.join(out, PROVENANCE_LOG), 'utf8')).trim().split('\n').map((line) => JSON.parse(line) as ProvenanceRecord);
+  assert.deepEqual([...new Set(records.map((record) => `${record.action} ${record.voxelSizes?.join(',')}`))], ['add 5,2,2']);
+  const runFolder = path.join(out, 'run');
+  const trained = await run(['train', '-y', path.join(out, 'training.yaml'), '-o', runFolder, '--network-depth', '18', '--epochs', '1', '--batch-size', '13', '--test-fraction', '0', '--no-save-checkpoints']);
+  assert.equal(trained.code, 0, trained.err);
+  const card = await fs.readFile(modelCardPath(path.join(runFolder, 'model.keras')), 'utf8');
+  assert.ok(card.includes(`| \`${path.join(out, 'training.yaml')}\` | 13 | 0 | 5, 2, 2 (rescaled to 5, 1, 1) |`), card);
 
   const info = await run(['dataset', 'info', out, '--json']);
   assert.equal(JSON.parse(info.out).cells, 13);

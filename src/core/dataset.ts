@@ -16,6 +16,7 @@ import { countNonFinite, cubeFileName, encodeCube, pointFromCubeFileName, readCu
 import { readCellCounterXml } from './cellCounterXml';
 import { DataFileError } from './errors';
 import { NO_BACKGROUND_CHANNEL, readTrainingYaml, writeTrainingYaml, type CubeLabel, type ResolvedTrainingDataEntry, type TrainingDataEntry } from './trainingYaml';
+import type { VoxelSizes } from './extraction';
 
 export const CELLS_FOLDER = 'cells';
 export const NON_CELLS_FOLDER = 'non_cells';
@@ -49,6 +50,8 @@ export interface ProvenanceRecord {
   undoes?: string;
   /** For a remove: where the cube files were moved. */
   trashedTo?: string;
+  /** For an add: the data's voxel sizes (z, y, x) µm the cube was cut at (the network's 5, 1, 1 when not rescaled); absent in records written before they were kept. */
+  voxelSizes?: VoxelSizes;
 }
 
 export interface AddCubeRequest {
@@ -58,6 +61,8 @@ export interface AddCubeRequest {
   channels: Float32Array[];
   source?: string;
   prediction?: Prediction;
+  /** The data's voxel sizes the cube was cut at (see ProvenanceRecord). */
+  voxelSizes?: VoxelSizes;
 }
 
 /** `repaired`: the cube was there but a channel file was missing, and is now written. */
@@ -232,7 +237,7 @@ export class TrainingDataset {
     const outcome = await saveCubeFiles(files, request.channels.map((data) => encodeCube(data)), path.join(this.root, TRASH_FOLDER));
     // A save killed between its files and its log line left a cube with no record: add the record now.
     if (outcome === 'added' || !(await this.isLogged(request.position))) {
-      await this.log({ action: 'add', position: request.position, label: request.label, source: request.source, prediction: request.prediction });
+      await this.log({ action: 'add', position: request.position, label: request.label, source: request.source, prediction: request.prediction, voxelSizes: request.voxelSizes });
     }
     return outcome;
   }

@@ -5,7 +5,7 @@
 import * as path from 'node:path';
 import { readCellCounterXml, CellType, type CellCounterPoint } from './cellCounterXml';
 import { summarizeTrainingYaml, TrainingDataset } from './dataset';
-import { countNonFinite } from './cube';
+import { countNonFinite, NETWORK_VOXEL_SIZES } from './cube';
 import { DataFileError } from './errors';
 import { extractCubes, planExtraction, type SkippedPoint, type VoxelSizes } from './extraction';
 import type { CubeLabel } from './trainingYaml';
@@ -79,7 +79,7 @@ export async function extractToDataset(options: ExtractToDatasetOptions): Promis
         continue;
       }
       const label = options.label ?? (labelForType(cube.point.type) as CubeLabel);
-      const result = await dataset.addCube({ position: cube.point, label, channels: cube.channels, source: path.resolve(options.signal) });
+      const result = await dataset.addCube({ position: cube.point, label, channels: cube.channels, source: path.resolve(options.signal), voxelSizes: options.voxelSizes ?? NETWORK_VOXEL_SIZES });
       if (result === 'added') added++;
       else if (result === 'repaired') repaired++;
       else alreadyPresent++;

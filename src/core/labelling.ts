@@ -11,7 +11,7 @@ import { promises as fs } from 'node:fs';
 import { writeFileAtomic } from './atomicFile';
 import * as path from 'node:path';
 import { readCellCounterXml, type CellCounterPoint } from './cellCounterXml';
-import { pointFromCubeFileName, type Point3 } from './cube';
+import { NETWORK_VOXEL_SIZES, pointFromCubeFileName, type Point3 } from './cube';
 import { CELLS_FOLDER, NON_CELLS_FOLDER, positionKey, TrainingDataset, type Prediction, type ProvenanceRecord } from './dataset';
 import { CandidateCache } from './candidateCache';
 import { logOddsOfProbability, readProbabilities } from './chooseCandidates';
@@ -353,7 +353,7 @@ export class LabellingSession {
       return;
     }
     const cube = await this.cube(id);
-    await this.dataset.addCube({ position: candidate.position, label: decision, channels: cube.channels, source: this.set?.signal, prediction: candidate.prediction });
+    await this.dataset.addCube({ position: candidate.position, label: decision, channels: cube.channels, source: this.set?.signal, prediction: candidate.prediction, voxelSizes: this.set ? (this.set.voxelSizes ?? NETWORK_VOXEL_SIZES) : undefined });
     this.state.added(candidate.position, decision, candidate.prediction);
   }
 

@@ -29,6 +29,7 @@ import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { exists, parseJsonLines, writeFileAtomic } from '../core/atomicFile';
 import { PROVENANCE_LOG, summarizeTrainingYaml, type ProvenanceRecord } from '../core/dataset';
 import { DataFileError } from '../core/errors';
+import { NETWORK_VOXEL_SIZES } from '../core/cube';
 import type { VoxelSizes } from '../core/extraction';
 import { loadCandidateSet } from '../core/labelling';
 import { EVENTS_FILE } from '../core/runFiles';
@@ -176,8 +177,12 @@ interface DatasetFacts {
   nonCells?: number;
   channelStatistics: Array<{ cubeDir: string; type: string; signal?: [number, number]; background?: [number, number] }>;
   provenance?: ProvenanceSummary;
-  /** The data voxel sizes of the candidate set last labelled into the dataset (its labelling.json). */
-  voxelSizes?: VoxelSizes | 'network';
+  /**
+   * The data voxel sizes its cubes were cut at, each once: from the
+   * provenance log's add records, else (records written before they were
+   * kept) the candidate set last labelled into it (its labelling.json).
+   */
+  voxelSizes: VoxelSizes[];
 }
 
 async function datasetFacts(yamlFile: string, workingDirectory: string | undefined): Promise<DatasetFacts> {
@@ -185,7 +190,7 @@ async function datasetFacts(yamlFile: string, workingDirectory: string | undefin
   try {
     summary = await summarizeTrainingYaml(yamlFile, workingDirectory);
   } catch (error) {
-    return { yamlFile, problem: error instanceof DataFileError ? error.problem : (error as Error).message, channelStatistics: [] };
+    return { yamlFile, problem: error instanceof DataFileError ? error.problem : (error as Error).message, channelStatistics: [], voxelSizes: [] };
   }
   const folder = path.dirname(summary.yamlFile);
   const channelStatistics = summary.entries.map(({ entry }) => ({
@@ -194,21 +199,20 @@ async function datasetFacts(yamlFile: string, workingDirectory: string | undefin
     signal: entry.signalMean !== undefined && entry.signalStd !== undefined ? ([entry.signalMean, entry.signalStd] as [number, number]) : undefined,
     background: entry.bgChannel !== NO_BACKGROUND_CHANNEL && entry.bgMean !== undefined && entry.bgStd !== undefined ? ([entry.bgMean, entry.bgStd] as [number, number]) : undefined,
   }));
-  const set = await loadCandidateSet(folder).catch(() => undefined);
+  const records = parseJsonLines<ProvenanceRecord>(await fs.readFile(path.join(folder, PROVENANCE_LOG), 'utf8').catch(() => ''));
+  const recorded = new Map(records.flatMap((record) => (record.action === 'add' && record.voxelSizes ? [[record.voxelSizes.join(','), record.voxelSizes] as const] : [])));
+  const set = recorded.size ? undefined : await loadCandidateSet(folder).catch(() => undefined);
   return {
     yamlFile: summary.yamlFile,
     cells: summary.cells,
     nonCells: summary.nonCells,
     channelStatistics,
-    provenance: await provenanceSummary(path.join(folder, PROVENANCE_LOG)),
-    voxelSizes: set ? (set.voxelSizes ?? 'network') : undefined,
+    provenance: provenanceSummary(records),
+    voxelSizes: recorded.size ? [...recorded.values()] : set ? [set.voxelSizes ?? NETWORK_VOXEL_SIZES] : [],
   };
 }
 
-async function provenanceSummary(logFile: string): Promise<ProvenanceSummary | undefined> {
-  const text = await fs.readFile(logFile, 'utf8').catch(() => undefined);
-  if (text === undefined) return undefined;
-  const records = parseJsonLines<ProvenanceRecord>(text);
+function provenanceSummary(records: ProvenanceRecord[]): ProvenanceSummary | undefined {
   if (records.length === 0) return undefined;
   const byAction: Record<string, number> = {};
   for (const record of records) byAction[record.action] = (byAction[record.action] ?? 0) + 1;
@@ -521,9 +525,8 @@ function statsText(stats: [number, number] | undefined): string {
 }
 
 function voxelSizeText(sizes: DatasetFacts['voxelSizes']): string {
-  if (sizes === undefined) return 'not recorded';
-  if (sizes === 'network') return '5, 1, 1 (no rescaling)';
-  return `${sizes.join(', ')} (rescaled to 5, 1, 1)`;
+  if (sizes.length === 0) return 'not recorded';
+  return sizes.map((size) => (size.every((value, axis) => value === NETWORK_VOXEL_SIZES[axis]) ? '5, 1, 1 (no rescaling)' : `${size.join(', ')} (rescaled to 5, 1, 1)`)).join('; ');
 }
 
 function provenanceText(provenance: ProvenanceSummary | undefined): string {
