@@ -18,7 +18,7 @@ import { askSlurmRequest, canSubmitToSlurm } from './slurmForm';
 const JOB_CHECK_MS = 10_000;
 
 /** Follows the classify job submitted for `folder` until every task has ended, then says how each ended. */
-export async function followClassifyJob(folder: string, title: string): Promise<void> {
+async function followClassifyJob(folder: string, title: string): Promise<void> {
   const ended = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title, cancellable: true }, async (progress, token) => {
     for (;;) {
       const job = await classifyJobProgress(folder);
@@ -68,8 +68,17 @@ export async function classifyBrainsOnSlurm(context: vscode.ExtensionContext, mo
   const folder = path.join(path.dirname(list), `classify-jobs-${new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15)}`);
   const args = ['classify', '--brains', list, file.endsWith('.keras') ? '--trained-model' : '--model-weights', file, '-o', folder];
   if (voxelSizes) args.push('--voxel-sizes', ...voxelSizes.map(String));
-  // Submitted from its own folder: the array's tasks start where it was submitted, and that must be a folder the nodes see.
+  await submitClassifyJob(context, [...args, ...slurmArgs(request)], folder, `Cellfinder: classifying the brains of ${path.basename(list)} on SLURM`);
+}
+
+/**
+ * Submits `classify ... --slurm` (its `args`) from `folder`, where its records
+ * and SLURM's files go, and follows the job there. Submitted from that folder
+ * because the job starts where it was submitted, which must be a folder the
+ * nodes see.
+ */
+export async function submitClassifyJob(context: vscode.ExtensionContext, args: readonly string[], folder: string, title: string): Promise<void> {
   await fs.mkdir(folder, { recursive: true });
-  await runCliJson(cliLocation(context), [...args, ...slurmArgs(request)], { cwd: folder });
-  await followClassifyJob(folder, `Cellfinder: classifying the brains of ${path.basename(list)} on SLURM`);
+  await runCliJson(cliLocation(context), args, { cwd: folder });
+  await followClassifyJob(folder, title);
 }

@@ -25,7 +25,7 @@ import type { TrainingToHost } from '../webview/protocol';
 import { askVoxelSizes, pickFile, pickVolume } from './pickers';
 import { cliLocation, nodePath, requireTrust, setting, trainingDevice, workerScript } from './settings';
 import type { WorkspaceIndex } from './sidebar';
-import { followClassifyJob } from './classifyJobs';
+import { submitClassifyJob } from './classifyJobs';
 import { askWhereToRun } from './slurmForm';
 import { loadPage } from './webviewPanel';
 
@@ -270,10 +270,7 @@ export class Training {
     const slurm = await askWhereToRun(this.context, 'Where to classify');
     if (slurm === null) return;
     if (slurm) {
-      // Submitted from the output folder: the job starts where it was submitted, and that must be a folder the nodes see.
-      await fs.mkdir(outputDir, { recursive: true });
-      await runCliJson(cliLocation(this.context), [...args, ...slurmArgs(slurm)], { cwd: outputDir });
-      await followClassifyJob(outputDir, `Cellfinder: classifying ${path.basename(points)} on SLURM`);
+      await submitClassifyJob(this.context, [...args, ...slurmArgs(slurm)], outputDir, `Cellfinder: classifying ${path.basename(points)} on SLURM`);
       return;
     }
     const report = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Cellfinder: classifying candidates${note ? `, ${note}` : ''}`, cancellable: true }, (progress, token) => {
