@@ -114,6 +114,12 @@ export const SHIPPED_ADDON_FOLDER = 'prebuilds';
 export const SHIPPED_ADDON_FILE = 'tfjs_binding.node';
 export const SHIPPED_ADDON_STAMP = 'tfjs_binding.json';
 
+/** Our own TensorFlow kernels, compiled into the addon (see native/cellfinder_kernels.cc), in the package's native/. */
+export const KERNELS_SOURCE_NAME = 'cellfinder_kernels.cc';
+export function kernelsSourceFile(): string {
+  return path.join(packageRoot(), 'native', KERNELS_SOURCE_NAME);
+}
+
 /** tfjs_binding.json: what the shipped addon is, to tell whether it fits this version. */
 export interface ShippedAddonStamp {
   tfjsNodeVersion: string;
@@ -121,6 +127,8 @@ export interface ShippedAddonStamp {
   /** The TensorFlow whose C API headers it was compiled with. */
   tensorflowVersion: string;
   sha256: string;
+  /** SHA-256 of native/cellfinder_kernels.cc as compiled in: an addon without this package's kernels does not fit. */
+  kernelsSha256: string;
   /** The build machine's compiler and glibc, and the symbol versions the addon requires of each library. */
   compiler: string;
   glibc: string;

@@ -63,6 +63,8 @@ import {
   engineRoot,
   type EngineVariant,
   GOOGLE_PROTOBUF_INTEGRITY,
+  KERNELS_SOURCE_NAME,
+  kernelsSourceFile,
   GOOGLE_PROTOBUF_VERSION,
   MANIFEST_FILE,
   NAPI_BUILD_VERSION,
@@ -412,6 +414,7 @@ class Setup {
     await fs.mkdir(downloads, { recursive: true });
 
     await this.time('tfjsNode', () => this.fetchTfjsNode(downloads, packageDir));
+    await addOwnKernels(packageDir);
     this.checkCancelled();
 
     let sourceInfo: EngineManifest['source'];
@@ -590,6 +593,10 @@ class Setup {
     }
     if (stamp.tfjsNodeVersion !== TFJS_NODE_VERSION || stamp.napiBuildVersion !== NAPI_BUILD_VERSION) {
       this.line(`the shipped addon in ${folder} is tfjs-node ${stamp.tfjsNodeVersion} for N-API ${stamp.napiBuildVersion}, this version needs ${TFJS_NODE_VERSION} for N-API ${NAPI_BUILD_VERSION}; compiling one`);
+      return undefined;
+    }
+    if (stamp.kernelsSha256 !== (await sha256Of(kernelsSourceFile()))) {
+      this.line(`the shipped addon in ${folder} was compiled with other batch-norm kernels than this package's ${kernelsSourceFile()}; compiling one`);
       return undefined;
     }
     if (!existsSync(file) || (await sha256Of(file)) !== stamp.sha256) {
@@ -922,7 +929,7 @@ class Setup {
         // node-gyp takes npm_config_nodedir over --nodedir: both name the folder chosen.
         env: { ...this.env, ...tools.node.env, npm_config_offline: 'true', npm_config_nodedir: nodeDir, CXXFLAGS: `${this.env.CXXFLAGS ?? ''} -include '${compat}'`.trim() },
         onLine: (line) => {
-          if (/^\s*CXX\(target\)/.test(line)) this.progress('build', `compiling (${++compiled} of 2 sources)`, compiled / 3);
+          if (/^\s*CXX\(target\)/.test(line)) this.progress('build', `compiling (${++compiled} of 3 sources)`, compiled / 4);
           if (/SOLINK_MODULE/.test(line)) this.progress('build', 'linking', 0.8);
         },
       },
@@ -982,6 +989,21 @@ class Setup {
     this.progress('verify', `TensorFlow ${version} loads${cuda ? (gpu.usingGpu ? ` and uses ${gpu.devices.map((d) => d.name).join(', ')}` : `, without a GPU: ${gpu.reason}`) : ''}`, 1);
     return { version, gpu };
   }
+}
+
+/**
+ * Adds our TensorFlow kernels (native/cellfinder_kernels.cc) to tfjs-node's
+ * addon: the source into its binding/ (so the header closure copies the C
+ * kernel API's headers too) and into binding.gyp's sources. Done for every
+ * set-up, so that a compile after a shipped addon fails to load has it too.
+ */
+async function addOwnKernels(packageDir: string): Promise<void> {
+  const gypFile = path.join(packageDir, 'binding.gyp');
+  const gyp = await fs.readFile(gypFile, 'utf8');
+  const lastSource = "'binding/tfjs_binding.cc'";
+  if (!gyp.includes(lastSource)) throw new EngineSetupError('NPM_FAILED', `${gypFile} does not list ${lastSource}: not tfjs-node ${TFJS_NODE_VERSION}'s binding.gyp`, 'Run the setup again without --tfjs-node-tarball, or with the tarball of that version');
+  await fs.copyFile(kernelsSourceFile(), path.join(packageDir, 'binding', KERNELS_SOURCE_NAME));
+  await fs.writeFile(gypFile, gyp.replace(lastSource, `${lastSource},\n      'binding/${KERNELS_SOURCE_NAME}'`));
 }
 
 /** What compiling the addon runs. */

@@ -17,24 +17,28 @@
  * over the channels): one pass instead of tfjs' multiply and add: 64 -> 15
  * ms on (64, 25, 25, 12, 64), side by side in one process.
  *
- * In training, the batch statistics and the gradient's sums are not
+ * In training, the batch statistics and the gradient's sums must not be
  * FusedBatchNormV3's and FusedBatchNormGradV3's own: those sum the up to
  * 640,000 values per z (conv1, batch 16) one after another in float32, and
  * were off by up to 2e-4 (variance) and 1e-4 (gamma's gradient), relative,
  * which made the gradients of the layers before them 1000x less accurate
- * than a careful float32 computation (test/gradientAccuracy.test.ts). Here
- * every such sum is a matrix product with a row of ones (oneDNN accumulates
- * in blocks, as accurate as a pairwise sum) over (batch*y*x, z*channels),
- * then a sum over the channels; the variance is two-pass. The gradient's
- * b centred + k runs as the inference kernel too, and each layer's per-z
- * values are tiled for the channels in one op. Cost, forward + gradient,
- * in one process alternating with the FusedBatchNormV3/GradV3 version
- * (which transposed to NCHW): conv1's (16, 25, 25, 12, 64) 91 -> 64 ms, but
- * the small layers of units 3-5 about 1.5 ms slower each, being ~60 small
- * ops where that was ~15 (about 25 us each, whatever the size). Whole
- * steps alternating in one process on a quiet machine: a ResNet-18 step 6%
- * slower, a ResNet-50 step 10-13% slower. Fewer ops per layer is what is
- * left to gain.
+ * than a careful float32 computation (test/gradientAccuracy.test.ts).
+ *
+ * Batch norm therefore runs as our own TensorFlow kernels
+ * (native/cellfinder_kernels.cc, compiled into the addon): the training
+ * forward pass and its gradient one op each, summing in double, and in
+ * inference batch norm + ReLU, or batch norm + the residual add + ReLU, as
+ * one pass. On conv1's (16, 25, 25, 12, 64): training forward + gradient 14
+ * ms where TensorFlow ops took 80 (and FusedBatchNormV3/GradV3 with their
+ * NCHW transposes about 90); inference batch norm + add + ReLU 10 ms where
+ * FusedBatchNormV3 inference, Add and Relu took 23.
+ *
+ * Those kernels are CPU kernels. On a GPU, and with an engine set up before
+ * they existed (an addon without them), batch norm runs as TensorFlow ops
+ * with the same accuracy: every sum is a matrix product with a row of ones
+ * (oneDNN and cuBLAS accumulate in blocks, as accurate as a pairwise sum)
+ * over (batch*y*x, z*channels), then a sum over the channels; the variance
+ * is two-pass. That is about sixty small ops per layer.
  *
  * The callers (../training/resnet.ts) use these kernels when the active backend has
  * them and the plain tfjs ops otherwise; the gradient checks and the
@@ -48,6 +52,11 @@ const NATIVE_RELU = 'CellfinderNativeRelu';
 const NATIVE_RELU_GRAD = 'CellfinderNativeReluGrad';
 const NATIVE_BATCH_NORM_INFERENCE = 'CellfinderNativeBatchNormInference';
 const NATIVE_ADAM = 'CellfinderNativeKerasAdam';
+/** Our own ops (native/cellfinder_kernels.cc), each also registered as the tfjs kernel of the same name. */
+const BATCH_NORM_TRAINING = 'CellfinderBatchNormTraining';
+const BATCH_NORM_TRAINING_GRAD = 'CellfinderBatchNormTrainingGrad';
+const BATCH_NORM_INFERENCE = 'CellfinderBatchNormInference';
+const BATCH_NORM_ADD_RELU = 'CellfinderBatchNormAddRelu';
 
 interface OpAttr {
   name: string;
@@ -57,7 +66,7 @@ interface OpAttr {
 
 /** The parts of tfjs-node's NodeJSKernelBackend used here. */
 interface NodeBackend {
-  binding: { TF_ATTR_TYPE: number; TF_ATTR_FLOAT: number; TF_ATTR_STRING: number; TF_ATTR_BOOL: number; TF_ATTR_SHAPE: number; TF_FLOAT: number };
+  binding: { TF_ATTR_TYPE: number; TF_ATTR_FLOAT: number; TF_ATTR_STRING: number; TF_ATTR_BOOL: number; TF_ATTR_SHAPE: number; TF_FLOAT: number; isUsingGpuDevice(): boolean };
   executeSingleOutput(name: string, attrs: OpAttr[], inputs: tfType.TensorInfo[]): tfType.TensorInfo;
   executeMultipleOutputs(name: string, attrs: OpAttr[], inputs: tfType.TensorInfo[], outputs: number): tfType.TensorInfo[];
 }
@@ -97,6 +106,56 @@ export function registerNativeKernels(tf: Tf, backendName: string): void {
     firstOutputs(tf, backend.executeMultipleOutputs('FusedBatchNormV3', batchNormInferenceAttrs(backend.binding, epsilon as number), [x, scale, offset, mean, variance], 6), 1)[0],
   );
   register(NATIVE_ADAM, (backend, inputs) => kerasAdam(tf, backend, inputs));
+
+  const epsilonAttr = (backend: NodeBackend, epsilon: unknown): OpAttr => ({ name: 'epsilon', type: backend.binding.TF_ATTR_FLOAT, value: epsilon as number });
+  register(BATCH_NORM_TRAINING, (backend, { x, gamma, beta }, { epsilon }) => backend.executeMultipleOutputs(BATCH_NORM_TRAINING, [epsilonAttr(backend, epsilon)], [x, gamma, beta], 3));
+  register(BATCH_NORM_TRAINING_GRAD, (backend, { dy, x, mean, variance, gamma }, { epsilon }) =>
+    backend.executeMultipleOutputs(BATCH_NORM_TRAINING_GRAD, [epsilonAttr(backend, epsilon)], [dy, x, mean, variance, gamma], 3),
+  );
+  register(BATCH_NORM_INFERENCE, (backend, { x, gamma, beta, mean, variance }, { epsilon, relu }) =>
+    backend.executeSingleOutput(BATCH_NORM_INFERENCE, [epsilonAttr(backend, epsilon), { name: 'relu', type: backend.binding.TF_ATTR_BOOL, value: relu as boolean }], [x, gamma, beta, mean, variance]),
+  );
+  register(BATCH_NORM_ADD_RELU, (backend, { x, gamma, beta, mean, variance, shortcut }, { epsilon }) =>
+    backend.executeSingleOutput(BATCH_NORM_ADD_RELU, [epsilonAttr(backend, epsilon)], [x, gamma, beta, mean, variance, shortcut]),
+  );
+}
+
+/**
+ * Whether the active backend runs our batch-norm kernels: the native engine
+ * on the CPU, with an addon that has them (one compiled before they existed
+ * does not: TensorFlow then says the op is not registered). Asked once per
+ * backend by running the inference op on one value.
+ */
+const ownKernelsByBackend = new WeakMap<object, boolean>();
+function ownBatchNormKernels(tf: Tf): boolean {
+  if (!nativeKernelsActive(tf)) return false;
+  const backend = tf.backend() as unknown as NodeBackend;
+  let known = ownKernelsByBackend.get(backend);
+  if (known === undefined) {
+    known = !backend.binding.isUsingGpuDevice() && probeOwnKernels(tf);
+    ownKernelsByBackend.set(backend, known);
+  }
+  return known;
+}
+
+function probeOwnKernels(tf: Tf): boolean {
+  try {
+    tf.tidy(() => {
+      const one = tf.ones([1]) as tfType.Tensor1D;
+      tf.engine().runKernel(BATCH_NORM_INFERENCE, { x: tf.ones([1, 1, 1, 1, 1]), gamma: one, beta: one, mean: one, variance: one }, { epsilon: 1e-3, relu: false });
+    });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Why batch norm runs as TensorFlow ops on the native engine, when it does (for the engine's status and the run's first event). */
+export function batchNormKernelsNote(tf: Tf): string | undefined {
+  if (!nativeKernelsActive(tf) || ownBatchNormKernels(tf)) return undefined;
+  const backend = tf.backend() as unknown as NodeBackend;
+  if (backend.binding.isUsingGpuDevice()) return undefined;
+  return "this engine's addon predates cellfinder-retrain's batch-norm kernels, so batch norm runs as TensorFlow ops (slower); run: cellfinder-retrain engine setup --force";
 }
 
 /**
@@ -154,23 +213,34 @@ export function nativeRelu<T extends tfType.Tensor>(tf: Tf, x: T): T {
   return tf.engine().runKernel(NATIVE_RELU, { x }) as T;
 }
 
+/** Batch norm's parameters and moving statistics, one value per z each. */
+export interface BatchNormParameters {
+  gamma: tfType.Tensor1D;
+  beta: tfType.Tensor1D;
+  movingMean: tfType.Tensor1D;
+  movingVariance: tfType.Tensor1D;
+}
+
 /**
  * Inference-mode batch normalisation over z (axis 3) with the moving
- * statistics, as Keras computes it; forward only (inference never
- * differentiates).
+ * statistics, as Keras computes it, then (optionally) the shortcut added
+ * and ReLU: one pass with our kernels, else FusedBatchNormV3 in inference
+ * form, Add and Relu. Forward only (inference never differentiates).
  */
-export function nativeBatchNormInference(
-  tf: Tf,
-  input: tfType.Tensor5D,
-  parameters: { gamma: tfType.Tensor1D; beta: tfType.Tensor1D; movingMean: tfType.Tensor1D; movingVariance: tfType.Tensor1D },
-  epsilon: number,
-): tfType.Tensor5D {
+export function nativeBatchNormInference(tf: Tf, input: tfType.Tensor5D, parameters: BatchNormParameters, epsilon: number, then: { relu?: boolean; shortcut?: tfType.Tensor5D } = {}): tfType.Tensor5D {
+  const { gamma, beta, movingMean: mean, movingVariance: variance } = parameters;
+  if (ownBatchNormKernels(tf)) {
+    if (then.shortcut) return tf.engine().runKernel(BATCH_NORM_ADD_RELU, { x: input, gamma, beta, mean, variance, shortcut: then.shortcut }, { epsilon }) as tfType.Tensor5D;
+    return tf.engine().runKernel(BATCH_NORM_INFERENCE, { x: input, gamma, beta, mean, variance }, { epsilon, relu: then.relu ?? false }) as tfType.Tensor5D;
+  }
   const [batch, height, width, depth, channels] = input.shape;
   return tf.tidy(() => {
-    const [scale, offset, mean, variance] = perColumn(tf, [parameters.gamma, parameters.beta, parameters.movingMean, parameters.movingVariance], channels);
+    const [scale, offset, meanColumn, varianceColumn] = perColumn(tf, [gamma, beta, mean, variance], channels);
     const x = tf.reshape(input, [batch, height, width, depth * channels]);
-    const y = tf.engine().runKernel(NATIVE_BATCH_NORM_INFERENCE, { x, scale, offset, mean, variance }, { epsilon }) as tfType.Tensor4D;
-    return tf.reshape(y, input.shape);
+    const y = tf.engine().runKernel(NATIVE_BATCH_NORM_INFERENCE, { x, scale, offset, mean: meanColumn, variance: varianceColumn }, { epsilon }) as tfType.Tensor4D;
+    let output = tf.reshape(y, input.shape) as tfType.Tensor5D;
+    if (then.shortcut) output = tf.add(output, then.shortcut);
+    return then.relu || then.shortcut ? nativeRelu(tf, output) : output;
   });
 }
 
@@ -203,11 +273,37 @@ function sumPerZ(tf: Tf, ones: tfType.Tensor2D, matrix: tfType.Tensor2D, depth: 
 /**
  * Training-mode batch normalisation over z (axis 3) with the batch's
  * statistics, with its gradient written out (dx = gamma rstd (dy - mean dy -
- * xhat mean(dy xhat))); every sum over a z slice as sumPerZ (see the top of
+ * xhat mean(dy xhat))), every sum over a z slice accurate (see the top of
  * this file). Returns the batch mean and biased variance (Keras' moving
  * averages use the biased one), which the caller disposes.
  */
 export function nativeBatchNormTraining(tf: Tf, input: tfType.Tensor5D, gamma: tfType.Tensor1D, beta: tfType.Tensor1D, epsilon: number): { output: tfType.Tensor5D; mean: tfType.Tensor1D; variance: tfType.Tensor1D } {
+  return ownBatchNormKernels(tf) ? batchNormTrainingKernels(tf, input, gamma, beta, epsilon) : batchNormTrainingOps(tf, input, gamma, beta, epsilon);
+}
+
+/** Training batch norm as our two kernels: the forward pass, and its gradient from dy, x and the batch statistics. */
+function batchNormTrainingKernels(tf: Tf, input: tfType.Tensor5D, gamma: tfType.Tensor1D, beta: tfType.Tensor1D, epsilon: number): { output: tfType.Tensor5D; mean: tfType.Tensor1D; variance: tfType.Tensor1D } {
+  let mean: tfType.Tensor1D | undefined;
+  let variance: tfType.Tensor1D | undefined;
+  const normalise = tf.customGrad(((x: tfType.Tensor5D, scale: tfType.Tensor1D, offset: tfType.Tensor1D, save: tfType.GradSaveFunc) => {
+    const [y, batchMean, batchVariance] = tf.engine().runKernel(BATCH_NORM_TRAINING, { x, gamma: scale, beta: offset }, { epsilon }) as [tfType.Tensor5D, tfType.Tensor1D, tfType.Tensor1D];
+    mean = tf.keep(batchMean);
+    variance = tf.keep(batchVariance);
+    save([x, batchMean, batchVariance, scale]);
+    return {
+      value: y,
+      gradFunc: (dy: tfType.Tensor, saved: tfType.Tensor[]) => {
+        const [savedX, savedMean, savedVariance, savedScale] = saved;
+        return tf.engine().runKernel(BATCH_NORM_TRAINING_GRAD, { dy, x: savedX, mean: savedMean, variance: savedVariance, gamma: savedScale }, { epsilon }) as tfType.Tensor[];
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  const output = normalise(input, gamma, beta) as tfType.Tensor5D;
+  return { output, mean: mean as tfType.Tensor1D, variance: variance as tfType.Tensor1D };
+}
+
+/** Training batch norm as TensorFlow ops (GPU, or an addon without our kernels); see the top of this file. */
+function batchNormTrainingOps(tf: Tf, input: tfType.Tensor5D, gamma: tfType.Tensor1D, beta: tfType.Tensor1D, epsilon: number): { output: tfType.Tensor5D; mean: tfType.Tensor1D; variance: tfType.Tensor1D } {
   const [batch, height, width, depth, channels] = input.shape;
   const rows = batch * height * width;
   const count = rows * channels;

@@ -16,7 +16,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { MANYLINUX_2_27, readVersionNeeds, versionsBeyond } from './elfVersions';
-import { NAPI_BUILD_VERSION, packageRoot, readEngine, SHIPPED_ADDON_FILE, SHIPPED_ADDON_STAMP, shippedAddonFolder, type ShippedAddonStamp, TFJS_NODE_VERSION } from './engineLayout';
+import { kernelsSourceFile, NAPI_BUILD_VERSION, packageRoot, readEngine, SHIPPED_ADDON_FILE, SHIPPED_ADDON_STAMP, shippedAddonFolder, type ShippedAddonStamp, TFJS_NODE_VERSION } from './engineLayout';
 import { setupEngine, sha256Of } from './engineSetup';
 
 export interface BuildAddonOptions {
@@ -44,7 +44,8 @@ export async function buildShippedAddon(options: BuildAddonOptions = {}): Promis
   if (!options.force) {
     const stamp = await fs.readFile(stampFile, 'utf8').then((text) => JSON.parse(text) as ShippedAddonStamp, () => undefined);
     const intact = stamp && (await sha256Of(file).catch(() => '')) === stamp.sha256;
-    if (stamp && intact && stamp.tfjsNodeVersion === TFJS_NODE_VERSION && stamp.napiBuildVersion === NAPI_BUILD_VERSION) return { file, stamp, alreadyBuilt: true };
+    const sameKernels = stamp?.kernelsSha256 === (await sha256Of(kernelsSourceFile()));
+    if (stamp && intact && sameKernels && stamp.tfjsNodeVersion === TFJS_NODE_VERSION && stamp.napiBuildVersion === NAPI_BUILD_VERSION) return { file, stamp, alreadyBuilt: true };
   }
   const workDir = path.resolve(options.workDir ?? path.join(packageRoot(), 'build', 'addon-engine'));
   // Always against the pinned wheel's headers unless one is given: never a Python TensorFlow that happens to be installed.
@@ -65,6 +66,7 @@ export async function buildShippedAddon(options: BuildAddonOptions = {}): Promis
     napiBuildVersion: NAPI_BUILD_VERSION,
     tensorflowVersion: result.tensorflowVersion,
     sha256: await sha256Of(compiled),
+    kernelsSha256: await sha256Of(kernelsSourceFile()),
     compiler: result.addonBuild?.from ?? 'unknown',
     glibc: header?.glibcVersionRuntime ?? 'unknown',
     requires,

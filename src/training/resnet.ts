@@ -10,7 +10,7 @@
  * load if we do exactly the same, so the model is written out here once.
  */
 import type * as tfType from '@tensorflow/tfjs';
-import { nativeBatchNormInference, nativeBatchNormTraining, nativeKernelsActive, nativeRelu } from '../engine/nativeKernels';
+import { type BatchNormParameters, nativeBatchNormInference, nativeBatchNormTraining, nativeKernelsActive, nativeRelu } from '../engine/nativeKernels';
 
 export const NETWORK_DEPTHS = [18, 34, 50, 101, 152] as const;
 export type NetworkDepth = (typeof NETWORK_DEPTHS)[number];
@@ -268,8 +268,57 @@ export function forward(
   };
   let logits: tfType.Tensor2D | undefined;
   const deferredPadding = new Map<string, number>();
+  // Inference on the native engine: a batch norm followed by ReLU, or by the
+  // residual add and ReLU, is left pending until that ReLU, which runs the
+  // three as one pass (nativeBatchNormInference). Not while `observe` wants
+  // every layer's output.
+  const fusable = !training && !observe && nativeKernelsActive(tf) ? fusableLayers(spec) : undefined;
+  const pendingBatchNorms = new Map<string, { input: tfType.Tensor5D; parameters: BatchNormParameters }>();
+  const pendingAdds = new Map<string, { batchNorm: string; shortcut: string }>();
+  const valueOf = (name: string): tfType.Tensor => {
+    const batchNorm = pendingBatchNorms.get(name);
+    if (batchNorm) {
+      pendingBatchNorms.delete(name);
+      outputs.set(name, nativeBatchNormInference(tf, batchNorm.input, batchNorm.parameters, BATCH_NORM_EPSILON));
+    }
+    const add = pendingAdds.get(name);
+    if (add) {
+      pendingAdds.delete(name);
+      outputs.set(name, tf.add(valueOf(add.batchNorm), valueOf(add.shortcut)));
+    }
+    return outputs.get(name) as tfType.Tensor;
+  };
+  const movingParameters = (layer: string): BatchNormParameters => ({
+    gamma: weight(layer, 'gamma') as tfType.Tensor1D,
+    beta: weight(layer, 'beta') as tfType.Tensor1D,
+    movingMean: weight(layer, 'moving_mean') as tfType.Tensor1D,
+    movingVariance: weight(layer, 'moving_variance') as tfType.Tensor1D,
+  });
   for (const layer of spec.layers) {
-    const inputs = layer.inputs.map((name) => outputs.get(name) as tfType.Tensor);
+    if (fusable?.has(layer.name)) {
+      if (layer.kind === 'batchNorm') {
+        pendingBatchNorms.set(layer.name, { input: valueOf(layer.inputs[0]) as tfType.Tensor5D, parameters: movingParameters(layer.name) });
+        continue;
+      }
+      if (layer.kind === 'add') {
+        const batchNorm = layer.inputs.find((name) => pendingBatchNorms.has(name));
+        if (batchNorm) {
+          pendingAdds.set(layer.name, { batchNorm, shortcut: layer.inputs.find((name) => name !== batchNorm) as string });
+          continue;
+        }
+      }
+    }
+    if (layer.kind === 'relu' && (pendingBatchNorms.has(layer.inputs[0]) || pendingAdds.has(layer.inputs[0]))) {
+      const add = pendingAdds.get(layer.inputs[0]);
+      const batchNormName = add ? add.batchNorm : layer.inputs[0];
+      const batchNorm = pendingBatchNorms.get(batchNormName) as { input: tfType.Tensor5D; parameters: BatchNormParameters };
+      const then = add ? { shortcut: valueOf(add.shortcut) as tfType.Tensor5D } : { relu: true };
+      pendingBatchNorms.delete(batchNormName);
+      pendingAdds.delete(layer.inputs[0]);
+      outputs.set(layer.name, nativeBatchNormInference(tf, batchNorm.input, batchNorm.parameters, BATCH_NORM_EPSILON, then));
+      continue;
+    }
+    const inputs = layer.inputs.map(valueOf);
     let output: tfType.Tensor;
     switch (layer.kind) {
       case 'input':
@@ -292,9 +341,7 @@ export function forward(
           statistics.push({ layer: layer.name, mean: result.mean, variance: result.variance });
           output = result.output;
         } else {
-          const movingMean = weight(layer.name, 'moving_mean') as tfType.Tensor1D;
-          const movingVariance = weight(layer.name, 'moving_variance') as tfType.Tensor1D;
-          output = batchNormWithMovingStatistics(tf, inputs[0] as tfType.Tensor5D, { gamma, beta, movingMean, movingVariance });
+          output = batchNormWithMovingStatistics(tf, inputs[0] as tfType.Tensor5D, movingParameters(layer.name));
         }
         break;
       }
@@ -320,6 +367,34 @@ export function forward(
   }
   const probabilities = outputs.get('fully_connected') as tfType.Tensor2D;
   return { probabilities, logits: logits as tfType.Tensor2D, statistics };
+}
+
+/**
+ * The batch norms and adds that inference can leave to the ReLU after them
+ * (see forward): a batch norm whose one consumer is a ReLU or such an add, an
+ * add whose one consumer is a ReLU.
+ */
+const fusableBySpec = new WeakMap<ResNetSpec, Set<string>>();
+function fusableLayers(spec: ResNetSpec): Set<string> {
+  let fusable = fusableBySpec.get(spec);
+  if (fusable) return fusable;
+  const consumers = new Map<string, LayerSpec[]>();
+  for (const layer of spec.layers) for (const input of layer.inputs) consumers.set(input, [...(consumers.get(input) ?? []), layer]);
+  const onlyConsumer = (name: string) => {
+    const list = consumers.get(name) ?? [];
+    return list.length === 1 ? list[0] : undefined;
+  };
+  const feedsRelu = (name: string) => onlyConsumer(name)?.kind === 'relu';
+  fusable = new Set<string>();
+  for (const layer of spec.layers) {
+    if (layer.kind === 'add' && feedsRelu(layer.name)) fusable.add(layer.name);
+  }
+  for (const layer of spec.layers) {
+    const consumer = onlyConsumer(layer.name);
+    if (layer.kind === 'batchNorm' && consumer && (consumer.kind === 'relu' || fusable.has(consumer.name))) fusable.add(layer.name);
+  }
+  fusableBySpec.set(spec, fusable);
+  return fusable;
 }
 
 /**
@@ -431,11 +506,7 @@ export function batchNormWithBatchStatistics(
  * statistics: the native engine's one-pass kernel where it is active, else
  * a tfjs multiply and add.
  */
-export function batchNormWithMovingStatistics(
-  tf: typeof tfType,
-  input: tfType.Tensor5D,
-  parameters: { gamma: tfType.Tensor1D; beta: tfType.Tensor1D; movingMean: tfType.Tensor1D; movingVariance: tfType.Tensor1D },
-): tfType.Tensor5D {
+export function batchNormWithMovingStatistics(tf: typeof tfType, input: tfType.Tensor5D, parameters: BatchNormParameters): tfType.Tensor5D {
   if (nativeKernelsActive(tf)) return nativeBatchNormInference(tf, input, parameters, BATCH_NORM_EPSILON);
   const broadcast = [1, 1, 1, input.shape[3], 1];
   const scale = tf.mul(parameters.gamma, tf.rsqrt(tf.add(parameters.movingVariance, BATCH_NORM_EPSILON)));

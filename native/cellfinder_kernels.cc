@@ -1,0 +1,454 @@
+// cellfinder-retrain's own TensorFlow CPU kernels: the network's batch
+// normalisation (over z, axis 3 of (batch, y, x, z, channels), as cellfinder
+// builds it), in training (forward and gradient) and inference form, each one
+// op where TensorFlow ops take about sixty (see src/engine/nativeKernels.ts).
+//
+// Compiled into the native engine's addon (engineSetup.ts adds this file to
+// tfjs-node's binding.gyp); the ops register with TensorFlow when the addon
+// loads, through TensorFlow's C kernel API, which its wheel exports.
+//
+// Accuracy: every sum over a z slice (up to 640,000 values for conv1 at batch
+// 32) accumulates in double, one accumulator per column of the (rows, z *
+// channels) view, so the batch statistics and the gradient's sums are exact
+// to float32 rounding; the variance is two-pass. TensorFlow's
+// FusedBatchNormV3/GradV3 sum in float32 and were 1000x less accurate in the
+// gradients of the layers before them (test/gradientAccuracy.test.ts).
+//
+// Speed: a pass over the activations per sum (forward: mean, variance,
+// output; gradient: the two sums, then dx), split by rows over the CPUs this
+// process may use.
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "tensorflow/c/kernels.h"
+#include "tensorflow/c/ops.h"
+#include "tensorflow/c/tf_status.h"
+#include "tensorflow/c/tf_tensor.h"
+
+// glibc 2.34 gave these new symbol versions; the old ones still exist there,
+// and only they exist on the glibc 2.27 systems TensorFlow's manylinux_2_27
+// wheel supports (the build checks every symbol version the addon needs).
+__asm__(".symver pthread_create,pthread_create@GLIBC_2.2.5");
+__asm__(".symver pthread_join,pthread_join@GLIBC_2.2.5");
+
+namespace {
+
+constexpr int kMaxParts = 16;
+// Starting a thread costs tens of microseconds: one per 256k values at least.
+constexpr int64_t kValuesPerPart = 1 << 18;
+
+int UsableCpus() {
+  static const int cpus = [] {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+    int count = CPU_COUNT(&set);
+    return count > 0 ? count : 1;
+  }();
+  return cpus;
+}
+
+int PartsFor(int64_t values) {
+  int64_t parts = values / kValuesPerPart;
+  if (parts > UsableCpus()) parts = UsableCpus();
+  if (parts > kMaxParts) parts = kMaxParts;
+  return parts < 1 ? 1 : static_cast<int>(parts);
+}
+
+template <typename Body>
+struct Part {
+  const Body* body;
+  int64_t begin;
+  int64_t end;
+  int index;
+};
+
+template <typename Body>
+void* RunPart(void* argument) {
+  auto* part = static_cast<Part<Body>*>(argument);
+  (*part->body)(part->begin, part->end, part->index);
+  return nullptr;
+}
+
+// body(first_row, end_row, part) over `rows` in `parts` contiguous parts, part
+// 0 on the calling thread; a thread that cannot start runs its part here.
+template <typename Body>
+void ForEachPart(int64_t rows, int parts, const Body& body) {
+  std::vector<Part<Body>> work(parts);
+  std::vector<pthread_t> threads(parts);
+  std::vector<bool> started(parts, false);
+  for (int p = 0; p < parts; ++p) work[p] = {&body, rows * p / parts, rows * (p + 1) / parts, p};
+  for (int p = 1; p < parts; ++p) started[p] = pthread_create(&threads[p], nullptr, RunPart<Body>, &work[p]) == 0;
+  RunPart<Body>(&work[0]);
+  for (int p = 1; p < parts; ++p) {
+    if (started[p]) pthread_join(threads[p], nullptr);
+    else RunPart<Body>(&work[p]);
+  }
+}
+
+// The (rows, depth * channels) matrix view of a (batch, y, x, depth, channels) tensor.
+struct Layout {
+  int64_t rows;
+  int64_t depth;
+  int64_t channels;
+  int64_t columns;
+  int64_t count;  // values per z: rows * channels
+};
+
+// Owns what TF_GetInput and TF_AllocateOutput hand out.
+class Tensors {
+ public:
+  ~Tensors() {
+    for (TF_Tensor* tensor : owned_) TF_DeleteTensor(tensor);
+  }
+  TF_Tensor* Input(TF_OpKernelContext* context, int index, TF_Status* status) {
+    TF_Tensor* tensor = nullptr;
+    TF_GetInput(context, index, &tensor, status);
+    if (tensor) owned_.push_back(tensor);
+    return TF_GetCode(status) == TF_OK ? tensor : nullptr;
+  }
+  float* Output(TF_OpKernelContext* context, int index, const std::vector<int64_t>& dims, TF_Status* status) {
+    size_t bytes = sizeof(float);
+    for (int64_t dim : dims) bytes *= static_cast<size_t>(dim);
+    TF_Tensor* tensor = TF_AllocateOutput(context, index, TF_FLOAT, dims.data(), static_cast<int>(dims.size()), bytes, status);
+    if (tensor) owned_.push_back(tensor);
+    return TF_GetCode(status) == TF_OK ? static_cast<float*>(TF_TensorData(tensor)) : nullptr;
+  }
+
+ private:
+  std::vector<TF_Tensor*> owned_;
+};
+
+const float* Data(TF_Tensor* tensor) { return static_cast<const float*>(TF_TensorData(tensor)); }
+
+std::vector<int64_t> DimsOf(TF_Tensor* tensor) {
+  std::vector<int64_t> dims(TF_NumDims(tensor));
+  for (size_t i = 0; i < dims.size(); ++i) dims[i] = TF_Dim(tensor, static_cast<int>(i));
+  return dims;
+}
+
+bool Fail(TF_OpKernelContext* context, TF_Status* status, const char* op, const char* message) {
+  char text[256];
+  std::snprintf(text, sizeof text, "%s: %s", op, message);
+  TF_SetStatus(status, TF_INVALID_ARGUMENT, text);
+  TF_OpKernelContext_Failure(context, status);
+  return false;
+}
+
+// Checks that x is (batch, y, x, depth, channels) and each per-z input has depth values.
+bool ReadLayout(TF_OpKernelContext* context, TF_Status* status, const char* op, TF_Tensor* x, std::initializer_list<TF_Tensor*> perZ, Layout* layout) {
+  if (TF_NumDims(x) != 5) return Fail(context, status, op, "the input must be 5-D (batch, y, x, z, channels)");
+  layout->depth = TF_Dim(x, 3);
+  layout->channels = TF_Dim(x, 4);
+  layout->rows = TF_Dim(x, 0) * TF_Dim(x, 1) * TF_Dim(x, 2);
+  layout->columns = layout->depth * layout->channels;
+  layout->count = layout->rows * layout->channels;
+  for (TF_Tensor* values : perZ) {
+    if (TF_NumDims(values) != 1 || TF_Dim(values, 0) != layout->depth) return Fail(context, status, op, "each per-z input must have one value per z (the input's axis 3)");
+  }
+  if (layout->count == 0) return Fail(context, status, op, "the input is empty");
+  return true;
+}
+
+bool SameShape(TF_Tensor* a, TF_Tensor* b) { return DimsOf(a) == DimsOf(b); }
+
+// Each z's value repeated for its channels: one value per column.
+std::vector<float> PerColumn(const Layout& layout, const std::vector<double>& perZ) {
+  std::vector<float> columns(layout.columns);
+  for (int64_t j = 0; j < layout.columns; ++j) columns[j] = static_cast<float>(perZ[j / layout.channels]);
+  return columns;
+}
+
+// Sums over rows and channels per z of `terms` (term(row, column_values, sums)
+// adds each column's term of one row to sums), in double.
+template <typename Terms>
+void SumPerZ(const Layout& layout, int sumsPerColumn, const Terms& terms, std::vector<std::vector<double>>* perZ) {
+  int parts = PartsFor(layout.rows * layout.columns);
+  std::vector<double> partial(static_cast<size_t>(parts) * sumsPerColumn * layout.columns, 0.0);
+  ForEachPart(layout.rows, parts, [&](int64_t begin, int64_t end, int part) {
+    double* sums = partial.data() + static_cast<size_t>(part) * sumsPerColumn * layout.columns;
+    for (int64_t row = begin; row < end; ++row) terms(row, sums);
+  });
+  for (int s = 0; s < sumsPerColumn; ++s) {
+    std::vector<double>& out = (*perZ)[s];
+    out.assign(layout.depth, 0.0);
+    for (int p = 0; p < parts; ++p) {
+      const double* sums = partial.data() + (static_cast<size_t>(p) * sumsPerColumn + s) * layout.columns;
+      for (int64_t j = 0; j < layout.columns; ++j) out[j / layout.channels] += sums[j];
+    }
+  }
+}
+
+// Rows of out from rows of the inputs, in parallel.
+template <typename RowFn>
+void MapRows(const Layout& layout, const RowFn& rowFn) {
+  ForEachPart(layout.rows, PartsFor(layout.rows * layout.columns), [&](int64_t begin, int64_t end, int) {
+    for (int64_t row = begin; row < end; ++row) rowFn(row);
+  });
+}
+
+struct EpsilonKernel {
+  float epsilon = 0;
+  bool relu = false;
+};
+
+void* CreateKernel(TF_OpKernelConstruction* construction) {
+  auto* kernel = new EpsilonKernel;
+  TF_Status* status = TF_NewStatus();
+  TF_OpKernelConstruction_GetAttrFloat(construction, "epsilon", &kernel->epsilon, status);
+  if (TF_GetCode(status) == TF_OK && TF_OpKernelConstruction_HasAttr(construction, "relu", status)) {
+    TF_OpKernelConstruction_GetAttrBool(construction, "relu", reinterpret_cast<unsigned char*>(&kernel->relu), status);
+  }
+  if (TF_GetCode(status) != TF_OK) TF_OpKernelConstruction_Failure(construction, status);
+  TF_DeleteStatus(status);
+  return kernel;
+}
+
+void DeleteKernel(void* kernel) { delete static_cast<EpsilonKernel*>(kernel); }
+
+// y = (x - mean) * gamma / sqrt(variance + epsilon) + beta with the batch's
+// mean and biased variance per z, which are outputs 1 and 2 (Keras' moving
+// averages use the biased variance).
+void BatchNormTraining(void* self, TF_OpKernelContext* context) {
+  const char* op = "CellfinderBatchNormTraining";
+  const float epsilon = static_cast<EpsilonKernel*>(self)->epsilon;
+  TF_Status* status = TF_NewStatus();
+  {
+    Tensors tensors;
+    TF_Tensor* x = tensors.Input(context, 0, status);
+    TF_Tensor* gamma = x ? tensors.Input(context, 1, status) : nullptr;
+    TF_Tensor* beta = gamma ? tensors.Input(context, 2, status) : nullptr;
+    Layout layout;
+    if (!beta) {
+      TF_OpKernelContext_Failure(context, status);
+    } else if (ReadLayout(context, status, op, x, {gamma, beta}, &layout)) {
+      const float* input = Data(x);
+      const int64_t columns = layout.columns;
+      std::vector<std::vector<double>> sums(1);
+      SumPerZ(layout, 1, [&](int64_t row, double* acc) {
+        const float* values = input + row * columns;
+        for (int64_t j = 0; j < columns; ++j) acc[j] += values[j];
+      }, &sums);
+      std::vector<double> mean(layout.depth);
+      for (int64_t z = 0; z < layout.depth; ++z) mean[z] = sums[0][z] / static_cast<double>(layout.count);
+      const std::vector<float> meanColumn = PerColumn(layout, mean);
+      SumPerZ(layout, 1, [&](int64_t row, double* acc) {
+        const float* values = input + row * columns;
+        for (int64_t j = 0; j < columns; ++j) {
+          const float centred = values[j] - meanColumn[j];
+          acc[j] += static_cast<double>(centred) * centred;
+        }
+      }, &sums);
+      std::vector<double> variance(layout.depth), scale(layout.depth), offset(layout.depth);
+      const float* gammaValues = Data(gamma);
+      const float* betaValues = Data(beta);
+      for (int64_t z = 0; z < layout.depth; ++z) {
+        variance[z] = sums[0][z] / static_cast<double>(layout.count);
+        scale[z] = gammaValues[z] / std::sqrt(static_cast<double>(static_cast<float>(variance[z])) + epsilon);
+        offset[z] = betaValues[z];
+      }
+      const std::vector<float> scaleColumn = PerColumn(layout, scale);
+      const std::vector<float> offsetColumn = PerColumn(layout, offset);
+      float* y = tensors.Output(context, 0, DimsOf(x), status);
+      float* meanOut = y ? tensors.Output(context, 1, {layout.depth}, status) : nullptr;
+      float* varianceOut = meanOut ? tensors.Output(context, 2, {layout.depth}, status) : nullptr;
+      if (!varianceOut) {
+        TF_OpKernelContext_Failure(context, status);
+      } else {
+        for (int64_t z = 0; z < layout.depth; ++z) {
+          meanOut[z] = static_cast<float>(mean[z]);
+          varianceOut[z] = static_cast<float>(variance[z]);
+        }
+        MapRows(layout, [&](int64_t row) {
+          const float* values = input + row * columns;
+          float* out = y + row * columns;
+          for (int64_t j = 0; j < columns; ++j) out[j] = (values[j] - meanColumn[j]) * scaleColumn[j] + offsetColumn[j];
+        });
+      }
+    }
+  }
+  TF_DeleteStatus(status);
+}
+
+// The gradient of BatchNormTraining given dy, x and its mean and variance:
+// dx = a dy + b (x - mean) + k per z, with a = gamma rstd, b = -a rstd^2
+// mean(dy (x - mean)), k = -a mean(dy); dgamma = rstd sum(dy (x - mean)),
+// dbeta = sum(dy).
+void BatchNormTrainingGrad(void* self, TF_OpKernelContext* context) {
+  const char* op = "CellfinderBatchNormTrainingGrad";
+  const float epsilon = static_cast<EpsilonKernel*>(self)->epsilon;
+  TF_Status* status = TF_NewStatus();
+  {
+    Tensors tensors;
+    TF_Tensor* inputs[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+    bool read = true;
+    for (int i = 0; i < 5 && read; ++i) read = (inputs[i] = tensors.Input(context, i, status)) != nullptr;
+    TF_Tensor *dy = inputs[0], *x = inputs[1], *mean = inputs[2], *variance = inputs[3], *gamma = inputs[4];
+    Layout layout;
+    if (!read) {
+      TF_OpKernelContext_Failure(context, status);
+    } else if (!SameShape(dy, x)) {
+      Fail(context, status, op, "dy and x must have the same shape");
+    } else if (ReadLayout(context, status, op, x, {mean, variance, gamma}, &layout)) {
+      const float* gradient = Data(dy);
+      const float* input = Data(x);
+      const int64_t columns = layout.columns;
+      std::vector<double> meanValues(Data(mean), Data(mean) + layout.depth);
+      const std::vector<float> meanColumn = PerColumn(layout, meanValues);
+      std::vector<std::vector<double>> sums(2);
+      SumPerZ(layout, 2, [&](int64_t row, double* acc) {
+        const float* dyRow = gradient + row * columns;
+        const float* xRow = input + row * columns;
+        double* accCentred = acc + columns;
+        for (int64_t j = 0; j < columns; ++j) {
+          acc[j] += dyRow[j];
+          accCentred[j] += static_cast<double>(dyRow[j]) * (xRow[j] - meanColumn[j]);
+        }
+      }, &sums);
+      const std::vector<double>& sumDy = sums[0];
+      const std::vector<double>& sumDyCentred = sums[1];
+      const double count = static_cast<double>(layout.count);
+      std::vector<double> a(layout.depth), b(layout.depth), k(layout.depth);
+      float* dx = tensors.Output(context, 0, DimsOf(x), status);
+      float* dgamma = dx ? tensors.Output(context, 1, {layout.depth}, status) : nullptr;
+      float* dbeta = dgamma ? tensors.Output(context, 2, {layout.depth}, status) : nullptr;
+      if (!dbeta) {
+        TF_OpKernelContext_Failure(context, status);
+      } else {
+        for (int64_t z = 0; z < layout.depth; ++z) {
+          const double rstd = 1.0 / std::sqrt(static_cast<double>(Data(variance)[z]) + epsilon);
+          a[z] = Data(gamma)[z] * rstd;
+          b[z] = -a[z] * rstd * rstd * sumDyCentred[z] / count;
+          k[z] = -a[z] * sumDy[z] / count;
+          dgamma[z] = static_cast<float>(sumDyCentred[z] * rstd);
+          dbeta[z] = static_cast<float>(sumDy[z]);
+        }
+        const std::vector<float> aColumn = PerColumn(layout, a), bColumn = PerColumn(layout, b), kColumn = PerColumn(layout, k);
+        MapRows(layout, [&](int64_t row) {
+          const float* dyRow = gradient + row * columns;
+          const float* xRow = input + row * columns;
+          float* out = dx + row * columns;
+          for (int64_t j = 0; j < columns; ++j) out[j] = aColumn[j] * dyRow[j] + bColumn[j] * (xRow[j] - meanColumn[j]) + kColumn[j];
+        });
+      }
+    }
+  }
+  TF_DeleteStatus(status);
+}
+
+// Inference: y = x * s + (beta - mean * s) with s = gamma / sqrt(variance +
+// epsilon), the moving statistics, as Keras computes it; then, in one pass,
+// the shortcut added (CellfinderBatchNormAddRelu, input 5) and ReLU (always
+// there, and with the attribute relu in CellfinderBatchNormInference).
+void BatchNormInference(void* self, TF_OpKernelContext* context) {
+  const bool withShortcut = TF_NumInputs(context) == 6;
+  const char* op = withShortcut ? "CellfinderBatchNormAddRelu" : "CellfinderBatchNormInference";
+  const auto* kernel = static_cast<EpsilonKernel*>(self);
+  const bool relu = withShortcut || kernel->relu;
+  TF_Status* status = TF_NewStatus();
+  {
+    Tensors tensors;
+    TF_Tensor* inputs[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+    const int count = withShortcut ? 6 : 5;
+    bool read = true;
+    for (int i = 0; i < count && read; ++i) read = (inputs[i] = tensors.Input(context, i, status)) != nullptr;
+    TF_Tensor *x = inputs[0], *gamma = inputs[1], *beta = inputs[2], *mean = inputs[3], *variance = inputs[4], *shortcut = inputs[5];
+    Layout layout;
+    if (!read) {
+      TF_OpKernelContext_Failure(context, status);
+    } else if (withShortcut && !SameShape(x, shortcut)) {
+      Fail(context, status, op, "x and the shortcut must have the same shape");
+    } else if (ReadLayout(context, status, op, x, {gamma, beta, mean, variance}, &layout)) {
+      std::vector<double> scale(layout.depth), shift(layout.depth);
+      for (int64_t z = 0; z < layout.depth; ++z) {
+        // float32 steps as Keras' TensorFlow backend takes them (rsqrt, times gamma; beta - mean * that).
+        const float s = static_cast<float>(1.0 / std::sqrt(static_cast<double>(Data(variance)[z] + kernel->epsilon))) * Data(gamma)[z];
+        scale[z] = s;
+        shift[z] = Data(beta)[z] - Data(mean)[z] * s;
+      }
+      const std::vector<float> scaleColumn = PerColumn(layout, scale), shiftColumn = PerColumn(layout, shift);
+      const float* input = Data(x);
+      const float* added = withShortcut ? Data(shortcut) : nullptr;
+      const int64_t columns = layout.columns;
+      float* y = tensors.Output(context, 0, DimsOf(x), status);
+      if (!y) {
+        TF_OpKernelContext_Failure(context, status);
+      } else {
+        MapRows(layout, [&](int64_t row) {
+          const float* values = input + row * columns;
+          float* out = y + row * columns;
+          if (added) {
+            const float* shortcutRow = added + row * columns;
+            for (int64_t j = 0; j < columns; ++j) {
+              const float sum = (values[j] * scaleColumn[j] + shiftColumn[j]) + shortcutRow[j];
+              out[j] = sum > 0.0f ? sum : 0.0f;
+            }
+          } else if (relu) {
+            for (int64_t j = 0; j < columns; ++j) {
+              const float value = values[j] * scaleColumn[j] + shiftColumn[j];
+              out[j] = value > 0.0f ? value : 0.0f;
+            }
+          } else {
+            for (int64_t j = 0; j < columns; ++j) out[j] = values[j] * scaleColumn[j] + shiftColumn[j];
+          }
+        });
+      }
+    }
+  }
+  TF_DeleteStatus(status);
+}
+
+// Output 0 has input 0's shape; outputs 1.. have input `perZInput`'s (one value per z).
+template <int perZInput>
+void ShapeLikeInputs(TF_ShapeInferenceContext* context, TF_Status* status) {
+  TF_ShapeHandle* shape = TF_NewShapeHandle();
+  TF_ShapeInferenceContextGetInput(context, 0, shape, status);
+  if (TF_GetCode(status) == TF_OK) TF_ShapeInferenceContextSetOutput(context, 0, shape, status);
+  if (perZInput > 0) {
+    TF_ShapeInferenceContextGetInput(context, perZInput, shape, status);
+    for (int output = 1; output < 3 && TF_GetCode(status) == TF_OK; ++output) TF_ShapeInferenceContextSetOutput(context, output, shape, status);
+  }
+  TF_DeleteShapeHandle(shape);
+}
+
+struct OpSpec {
+  const char* name;
+  std::vector<const char*> inputs;
+  std::vector<const char*> outputs;
+  std::vector<const char*> attrs;
+  void (*shape)(TF_ShapeInferenceContext*, TF_Status*);
+  void (*compute)(void*, TF_OpKernelContext*);
+};
+
+void Register(const OpSpec& spec) {
+  TF_Status* status = TF_NewStatus();
+  TF_OpDefinitionBuilder* builder = TF_NewOpDefinitionBuilder(spec.name);
+  for (const char* input : spec.inputs) TF_OpDefinitionBuilderAddInput(builder, input);
+  for (const char* output : spec.outputs) TF_OpDefinitionBuilderAddOutput(builder, output);
+  for (const char* attr : spec.attrs) TF_OpDefinitionBuilderAddAttr(builder, attr);
+  TF_OpDefinitionBuilderSetShapeInferenceFunction(builder, spec.shape);
+  TF_RegisterOpDefinition(builder, status);
+  if (TF_GetCode(status) == TF_OK) {
+    TF_KernelBuilder* kernel = TF_NewKernelBuilder(spec.name, "CPU", CreateKernel, spec.compute, DeleteKernel);
+    TF_RegisterKernelBuilder(spec.name, kernel, status);
+  }
+  // Not fatal: without these ops the engine runs batch norm as TensorFlow ops (nativeKernels.ts probes for them).
+  if (TF_GetCode(status) != TF_OK) std::fprintf(stderr, "cellfinder-retrain: could not register %s: %s\n", spec.name, TF_Message(status));
+  TF_DeleteStatus(status);
+}
+
+[[maybe_unused]] const bool registered = [] {
+  Register({"CellfinderBatchNormTraining", {"x: float", "gamma: float", "beta: float"}, {"y: float", "mean: float", "variance: float"}, {"epsilon: float"}, ShapeLikeInputs<1>, BatchNormTraining});
+  Register({"CellfinderBatchNormTrainingGrad", {"dy: float", "x: float", "mean: float", "variance: float", "gamma: float"}, {"dx: float", "dgamma: float", "dbeta: float"}, {"epsilon: float"}, ShapeLikeInputs<2>, BatchNormTrainingGrad});
+  Register({"CellfinderBatchNormInference", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float"}, {"y: float"}, {"epsilon: float", "relu: bool"}, ShapeLikeInputs<0>, BatchNormInference});
+  Register({"CellfinderBatchNormAddRelu", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float", "shortcut: float"}, {"y: float"}, {"epsilon: float"}, ShapeLikeInputs<0>, BatchNormInference});
+  return true;
+}();
+
+}  // namespace
