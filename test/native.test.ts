@@ -18,6 +18,7 @@ import { ACTIVE_FILE, engineRoot, MANIFEST_FILE, readActiveEngine } from '../src
 import { EngineSetupError, setupEngine, type SetupProgress } from '../src/engine/engineSetup';
 import { compareTinyFits, formatGradientChecks, inputValues, resnetGradientCases, runGradientChecks, tinyModelFit } from '../src/training/gradientCheck';
 import { engineStatus, loadNativeBackend } from '../src/engine/nativeBackend';
+import { BATCH_NORM_KERNELS_ENV, ownBatchNormKernels } from '../src/engine/nativeKernels';
 import { headerClosure, openWheel, readZipDirectory, wheelMetadata, ZipError } from '../src/engine/wheel';
 import { forward, initialWeights, resnetSpec } from '../src/training/resnet';
 import { assembleBatch, planBatch } from '../src/training/trainingData';
@@ -111,20 +112,38 @@ test('native engine: ResNet-18 inference on real cubes, with batch-norm statisti
   }
   const samples = PEER_CUBES.map((ch0) => ({ files: [ch0, ch0.replace(/Ch0\.tif$/, 'Ch1.tif')], label: 0 as const, position: { x: 0, y: 0, z: 0 } }));
   const batch = await assembleBatch(planBatch(samples, { channels: 2, normalise: false }));
-  const logitsOn = async (backend: string) => {
+  const logitsOn = async (backend: string, observe?: () => void) => {
     await tf.setBackend(backend);
     const weights = new Map([...values].map(([key, v]) => [key, tf.variable(tf.tensor(v.data, v.shape, 'float32'))]));
     const input = tf.tensor5d(batch.inputs, [batch.size, 50, 50, 20, 2]);
-    const logits = forward(tf, spec, weights, input, false).logits.dataSync() as Float32Array;
+    const logits = forward(tf, spec, weights, input, false, observe).logits.dataSync() as Float32Array;
     tf.dispose([input, ...weights.values()]);
     return logits;
   };
   const cpu = await logitsOn('cpu');
-  const native = await logitsOn('tensorflow');
   const scale = Math.max(...cpu.map(Math.abs));
-  const worst = Math.max(...native.map((v, i) => Math.abs(v - cpu[i])));
-  t.diagnostic(`logits of ${PEER_CUBES.length} cubes: largest |cpu| ${scale.toExponential(2)}, largest |native - cpu| ${worst.toExponential(2)}`);
-  assert.ok(worst <= 1e-4 * scale, `native logits differ from cpu by ${worst} (scale ${scale})`);
+  // Our kernels with batch norm, add and ReLU fused; layer by layer (observe turns fusing off); TensorFlow's own ops.
+  const fused = await logitsOn('tensorflow');
+  assert.ok(ownBatchNormKernels(tf), 'the CPU engine runs our batch-norm kernels (native/cellfinder_kernels.cc)');
+  const layerByLayer = await logitsOn('tensorflow', () => undefined);
+  process.env[BATCH_NORM_KERNELS_ENV] = '0';
+  const tensorflowOps = await logitsOn('tensorflow').finally(() => delete process.env[BATCH_NORM_KERNELS_ENV]);
+  for (const [name, native] of Object.entries({ fused, layerByLayer, tensorflowOps })) {
+    const worst = Math.max(...native.map((v, i) => Math.abs(v - cpu[i])));
+    t.diagnostic(`${name}: logits of ${PEER_CUBES.length} cubes: largest |cpu| ${scale.toExponential(2)}, largest |native - cpu| ${worst.toExponential(2)}`);
+    assert.ok(worst <= 1e-4 * scale, `${name}: native logits differ from cpu by ${worst} (scale ${scale})`);
+  }
+});
+
+test('native engine: our batch-norm kernels name themselves and the problem when given a tensor of the wrong shape', async (t) => {
+  if (NO_ENGINE) return t.skip(NO_ENGINE);
+  assert.ok((await loadNativeBackend(tf, { env: LOAD_ENV })).ok);
+  const perZ = tf.ones([4]);
+  assert.throws(() => tf.engine().runKernel('CellfinderBatchNormTraining', { x: tf.ones([2, 3, 4, 5]), gamma: perZ, beta: perZ }, { epsilon: 1e-5 }), /CellfinderBatchNormTraining: the input must be 5-D \(batch, y, x, z, channels\)/);
+  assert.throws(() => tf.engine().runKernel('CellfinderBatchNormTraining', { x: tf.ones([1, 2, 2, 3, 2]), gamma: perZ, beta: perZ }, { epsilon: 1e-5 }), /CellfinderBatchNormTraining: each per-z input must have one value per z/);
+  const x = tf.ones([1, 2, 2, 4, 2]);
+  assert.throws(() => tf.engine().runKernel('CellfinderBatchNormAddRelu', { x, gamma: perZ, beta: perZ, mean: perZ, variance: perZ, shortcut: tf.ones([1, 2, 2, 4, 3]) }, { epsilon: 1e-5 }), /CellfinderBatchNormAddRelu: x and the shortcut must have the same shape/);
+  assert.throws(() => tf.engine().runKernel('CellfinderBatchNormTrainingGrad', { dy: tf.ones([1, 2, 2, 4, 3]), x, mean: perZ, variance: perZ, gamma: perZ }, { epsilon: 1e-5 }), /CellfinderBatchNormTrainingGrad: dy and x must have the same shape/);
 });
 
 test('native engine: a one-batch fit of a tiny tfjs-layers model matches the cpu backend', async (t) => {

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { after, test } from 'node:test';
 import { MANYLINUX_2_27, readVersionNeeds, versionsBeyond, type VersionNeed } from '../src/engine/elfVersions';
-import { GOOGLE_PROTOBUF_VERSION, PINNED_TENSORFLOW, readActiveEngine, SHIPPED_ADDON_FILE, SHIPPED_ADDON_STAMP, shippedAddonFolder, type ShippedAddonStamp, TFJS_NODE_VERSION } from '../src/engine/engineLayout';
+import { GOOGLE_PROTOBUF_VERSION, kernelsSourceFile, PINNED_TENSORFLOW, readActiveEngine, SHIPPED_ADDON_FILE, SHIPPED_ADDON_STAMP, shippedAddonFolder, type ShippedAddonStamp, TFJS_NODE_VERSION } from '../src/engine/engineLayout';
 import { setupEngine, sha256Of } from '../src/engine/engineSetup';
 import { pathWithOnly, REPO_ROOT, scratch } from './helpers';
 
@@ -72,8 +72,8 @@ test('the shipped addon needs no glibc, libstdc++ or libgcc symbol version beyon
   const needs = readVersionNeeds(ADDON);
   t.diagnostic(`${ADDON} (${(await fs.stat(ADDON)).size} bytes) needs:\n${sortedNeeds(needs).join('\n')}`);
   assert.deepEqual(versionsBeyond(needs, MANYLINUX_2_27), []);
-  // It links the C and C++ runtimes and TensorFlow (by soname), nothing else with versioned symbols.
-  assert.deepEqual(needs.map((need) => need.file).sort(), ['libc.so.6', 'libstdc++.so.6', 'libtensorflow_cc.so.2']);
+  // It links the C, maths (our kernels' sqrt) and C++ runtimes and TensorFlow (by soname), nothing else with versioned symbols.
+  assert.deepEqual(needs.map((need) => need.file).sort(), ['libc.so.6', 'libm.so.6', 'libstdc++.so.6', 'libtensorflow_cc.so.2']);
   assert.ok(!needs.some((need) => need.versions.includes('GLIBCXX_3.4.29')), "GCC 11+'s std::__throw_bad_array_new_length stays inside the addon");
   const binutils = readelfNeeds(ADDON);
   if (binutils) assert.deepEqual(sortedNeeds(needs), sortedNeeds(binutils), 'readelf -V reads the same');
@@ -81,6 +81,8 @@ test('the shipped addon needs no glibc, libstdc++ or libgcc symbol version beyon
   // The stamp set-up reads describes this very file.
   const stamp = JSON.parse(readFileSync(path.join(shippedAddonFolder(), SHIPPED_ADDON_STAMP), 'utf8')) as ShippedAddonStamp;
   assert.equal(stamp.sha256, await sha256Of(ADDON));
+  assert.equal(stamp.kernelsSha256, await sha256Of(kernelsSourceFile()), 'compiled with this package\'s native/cellfinder_kernels.cc');
+  assert.ok(readFileSync(ADDON).includes('CellfinderBatchNormTraining'), 'the shipped addon has our batch-norm kernels');
   assert.deepEqual(sortedNeeds(stamp.requires), sortedNeeds(needs));
 
   // The check does refuse what this machine's own libraries need: its libstdc++ was built for its newer glibc.
@@ -180,5 +182,6 @@ test('compile fallback: without Node.js headers, node-gyp builds the addon again
   assert.match(log, /node-gyp\.js rebuild --nodedir=\S+build-support\/node /, 'node-gyp got the folder made from node-api-headers');
   const addon = path.join(result.engineDir, 'tfjs-node', 'lib', 'napi-v8', SHIPPED_ADDON_FILE);
   assert.deepEqual(versionsBeyond(readVersionNeeds(addon), MANYLINUX_2_27), []);
+  assert.ok(readFileSync(addon).includes('CellfinderBatchNormTraining'), 'the compiled addon has our batch-norm kernels');
   t.diagnostic(`compiled in ${result.timings.build} s; verified TensorFlow ${result.tensorflowVersion}`);
 });

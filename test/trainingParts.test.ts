@@ -13,6 +13,7 @@ import { BatchThread } from '../src/training/batchThread';
 import { seededRandom, type Random } from '../src/core/random';
 import { batchNormWithBatchStatistics, kerasWeightGroups, maxPool3dSeparable, parameterCount, resnetSpec } from '../src/training/resnet';
 import { loadTensorFlow } from '../src/engine/backend';
+import { BATCH_NORM_KERNELS_ENV, ownBatchNormKernels } from '../src/engine/nativeKernels';
 import { writeStoredZip } from '../src/training/storedZip';
 import { learningRateForEpoch, TRAIN_DEFAULTS } from '../src/training/trainConfig';
 import { checkpointsToKeep } from '../src/training/trainer';
@@ -242,8 +243,20 @@ test('separable max pool equals tf.maxPool3d in values and gradients; on ties on
   assert.equal(Array.from(windowGradient).reduce((a, b) => a + b, 0), 2 * 2 * 2);
 });
 
-test('batch norm with the written-out gradient equals differentiating through mean and variance', async () => {
+test('batch norm with the written-out gradient equals differentiating through mean and variance (native: our kernels and TensorFlow ops)', async () => {
   const { tf: t, backend } = await loadTensorFlow();
+  const native = ownBatchNormKernels(t);
+  for (const kernels of native ? ['1', '0'] : [undefined]) {
+    if (kernels) process.env[BATCH_NORM_KERNELS_ENV] = kernels;
+    try {
+      checkBatchNorm(t, `${backend}${kernels ? ` (${BATCH_NORM_KERNELS_ENV}=${kernels})` : ''}`);
+    } finally {
+      delete process.env[BATCH_NORM_KERNELS_ENV];
+    }
+  }
+});
+
+function checkBatchNorm(t: typeof tf, backend: string): void {
   const x = t.randomNormal([3, 6, 5, 4, 7], 2, 3, 'float32', 11) as tf.Tensor5D;
   const gamma = t.randomNormal([4], 1, 0.2, 'float32', 12) as tf.Tensor1D;
   const beta = t.randomNormal([4], 0, 0.2, 'float32', 13) as tf.Tensor1D;
@@ -263,9 +276,9 @@ test('batch norm with the written-out gradient equals differentiating through me
   });
   const { mean, variance } = batchNormWithBatchStatistics(t, x, gamma, beta);
   const moments = t.moments(x, [0, 1, 2, 4]);
-  assert.ok(t.max(t.abs(t.sub(mean, moments.mean))).dataSync()[0] < 1e-5);
-  assert.ok(t.max(t.abs(t.sub(variance, moments.variance))).dataSync()[0] < 1e-4);
-});
+  assert.ok(t.max(t.abs(t.sub(mean, moments.mean))).dataSync()[0] < 1e-5, backend);
+  assert.ok(t.max(t.abs(t.sub(variance, moments.variance))).dataSync()[0] < 1e-4, backend);
+}
 
 test('a stored zip streamed to a file is a valid zip to Python\'s zipfile, with every member intact', async (t) => {
   const dir = scratch(t);

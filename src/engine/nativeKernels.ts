@@ -11,11 +11,12 @@
  * tfjs ops vs 57 ms fused; ReLU gradient 93 ms (tfjs' Step is six ops) vs
  * 9 ms for TensorFlow's ReluGrad.
  *
- * Batch normalisation over z of (batch, y, x, z, channels) applies each z's
- * scale and shift with TensorFlow's FusedBatchNormV3 in inference form (NHWC
- * on the free reshape (batch, y, x, z*channels), each z's values repeated
- * over the channels): one pass instead of tfjs' multiply and add: 64 -> 15
- * ms on (64, 25, 25, 12, 64), side by side in one process.
+ * Batch normalisation over z of (batch, y, x, z, channels), where our own
+ * kernels (below) are missing, applies each z's scale and shift with
+ * TensorFlow's FusedBatchNormV3 in inference form (NHWC on the free reshape
+ * (batch, y, x, z*channels), each z's values repeated over the channels):
+ * one pass instead of tfjs' multiply and add: 64 -> 15 ms on (64, 25, 25,
+ * 12, 64), side by side in one process.
  *
  * In training, the batch statistics and the gradient's sums must not be
  * FusedBatchNormV3's and FusedBatchNormGradV3's own: those sum the up to
@@ -127,8 +128,10 @@ export function registerNativeKernels(tf: Tf, backendName: string): void {
  * backend by running the inference op on one value.
  */
 const ownKernelsByBackend = new WeakMap<object, boolean>();
-function ownBatchNormKernels(tf: Tf): boolean {
-  if (!nativeKernelsActive(tf)) return false;
+/** Set to 0 to run batch norm as TensorFlow ops on the CPU too (to compare the two; the tests do). */
+export const BATCH_NORM_KERNELS_ENV = 'CELLFINDER_RETRAIN_BATCH_NORM_KERNELS';
+export function ownBatchNormKernels(tf: Tf): boolean {
+  if (!nativeKernelsActive(tf) || process.env[BATCH_NORM_KERNELS_ENV] === '0') return false;
   const backend = tf.backend() as unknown as NodeBackend;
   let known = ownKernelsByBackend.get(backend);
   if (known === undefined) {
@@ -152,7 +155,7 @@ function probeOwnKernels(tf: Tf): boolean {
 
 /** Why batch norm runs as TensorFlow ops on the native engine, when it does (for the engine's status and the run's first event). */
 export function batchNormKernelsNote(tf: Tf): string | undefined {
-  if (!nativeKernelsActive(tf) || ownBatchNormKernels(tf)) return undefined;
+  if (!nativeKernelsActive(tf) || ownBatchNormKernels(tf) || process.env[BATCH_NORM_KERNELS_ENV] === '0') return undefined;
   const backend = tf.backend() as unknown as NodeBackend;
   if (backend.binding.isUsingGpuDevice()) return undefined;
   return "this engine's addon predates cellfinder-retrain's batch-norm kernels, so batch norm runs as TensorFlow ops (slower); run: cellfinder-retrain engine setup --force";

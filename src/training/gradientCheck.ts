@@ -247,7 +247,7 @@ export function resnetGradientCases(): GradCase[] {
     // are seeded by its position).
     {
       name: 'network batch norm, training',
-      op: 'resnet.ts batchNormWithBatchStatistics (native: FusedBatchNormV3 + FusedBatchNormGradV3)',
+      op: 'resnet.ts batchNormWithBatchStatistics (native: our kernels on the CPU, TensorFlow ops on a GPU)',
       inputs: [
         { name: 'x', shape: [2, 4, 4, 5, 3] },
         { name: 'gamma', shape: [5], kind: 'positive' },

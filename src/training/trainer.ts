@@ -39,6 +39,7 @@ import { readRunFacts, writeModelCard } from '../sharing/modelCard';
 import { categoricalAccuracy, categoricalCrossEntropy, KerasAdam } from './adam';
 import { CELLFINDER_AUGMENTATION } from './augment';
 import type { TensorFlowRuntime } from '../engine/backend';
+import { batchNormKernelsNote } from '../engine/nativeKernels';
 import { BatchThread } from './batchThread';
 import { readModelFile, removeStaleModelTempFiles, writeKerasModel, writeKerasWeights, type LoadedModel } from './modelFiles';
 import { randomFor, seededRandom } from '../core/random';
@@ -171,7 +172,7 @@ export async function train(
     resumedAtIteration: resume ? optimizer.iterations : undefined,
     start: state.start,
     split: { file: splitFile, training: classCounts(training), validation: classCounts(validation) },
-    warnings: trainingWarnings(allCubes, state.start, requestedLearningRate),
+    warnings: trainingWarnings(allCubes, state.start, requestedLearningRate, batchNormKernelsNote(tf)),
   };
   emit(started);
 
@@ -403,8 +404,8 @@ function trainStep(
 }
 
 /** What a run goes ahead with but is likely a mistake. */
-function trainingWarnings({ cells, nonCells }: ClassCounts, start: RunStart | undefined, requestedLearningRate: number): string[] | undefined {
-  const warnings: string[] = [];
+function trainingWarnings({ cells, nonCells }: ClassCounts, start: RunStart | undefined, requestedLearningRate: number, engineNote: string | undefined): string[] | undefined {
+  const warnings: string[] = engineNote ? [engineNote] : [];
   if (cells === 0 || nonCells === 0) {
     const [has, lacks] = cells === 0 ? ['non-cells', 'cells'] : ['cells', 'non-cells'];
     warnings.push(`the training data holds only ${has} (${cells + nonCells}), no ${lacks}: the network will learn to call everything a ${has === 'cells' ? 'cell' : 'non-cell'}. Add a dataset with ${lacks} (training.yaml type ${lacks === 'cells' ? 'cell' : 'no_cell'})`);
