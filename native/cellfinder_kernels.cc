@@ -404,6 +404,101 @@ void BatchNormInference(void* self, TF_OpKernelContext* context) {
   TF_DeleteStatus(status);
 }
 
+// Inference's first block: batch norm (moving statistics), ReLU and a 'valid'
+// max pool (attributes pool and strides, (y, x, z)) in one pass, so conv1's
+// large output is read once and its normalised copy never written: ReLU and
+// max commute, so each window's largest normalised value is taken, then ReLU.
+struct PoolKernel {
+  float epsilon = 0;
+  int64_t pool[3] = {1, 1, 1};
+  int64_t strides[3] = {1, 1, 1};
+};
+
+void* CreatePoolKernel(TF_OpKernelConstruction* construction) {
+  auto* kernel = new PoolKernel;
+  TF_Status* status = TF_NewStatus();
+  TF_OpKernelConstruction_GetAttrFloat(construction, "epsilon", &kernel->epsilon, status);
+  if (TF_GetCode(status) == TF_OK) TF_OpKernelConstruction_GetAttrInt64List(construction, "pool", kernel->pool, 3, status);
+  if (TF_GetCode(status) == TF_OK) TF_OpKernelConstruction_GetAttrInt64List(construction, "strides", kernel->strides, 3, status);
+  if (TF_GetCode(status) != TF_OK) TF_OpKernelConstruction_Failure(construction, status);
+  TF_DeleteStatus(status);
+  return kernel;
+}
+
+void DeletePoolKernel(void* kernel) { delete static_cast<PoolKernel*>(kernel); }
+
+void BatchNormReluMaxPool(void* self, TF_OpKernelContext* context) {
+  const char* op = "CellfinderBatchNormReluMaxPool";
+  const auto* kernel = static_cast<PoolKernel*>(self);
+  TF_Status* status = TF_NewStatus();
+  {
+    Tensors tensors;
+    TF_Tensor* inputs[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+    bool read = true;
+    for (int i = 0; i < 5 && read; ++i) read = (inputs[i] = tensors.Input(context, i, status)) != nullptr;
+    TF_Tensor *x = inputs[0], *gamma = inputs[1], *beta = inputs[2], *mean = inputs[3], *variance = inputs[4];
+    Layout layout;
+    if (!read) {
+      TF_OpKernelContext_Failure(context, status);
+    } else if (ReadLayout(context, status, op, x, {gamma, beta, mean, variance}, &layout)) {
+      const std::vector<int64_t> in = DimsOf(x);
+      std::vector<int64_t> out = in;
+      bool fits = true;
+      for (int axis = 0; axis < 3; ++axis) {
+        const int64_t pool = kernel->pool[axis], stride = kernel->strides[axis];
+        fits = fits && pool >= 1 && stride >= 1 && in[axis + 1] >= pool;
+        out[axis + 1] = fits ? (in[axis + 1] - pool) / stride + 1 : 0;
+      }
+      if (!fits) {
+        Fail(context, status, op, "the pool window must fit in the input (valid padding) and pool and strides be at least 1");
+      } else {
+        std::vector<float> scale(layout.depth), shift(layout.depth);
+        for (int64_t z = 0; z < layout.depth; ++z) {
+          // As BatchNormInference: Keras' float32 steps.
+          scale[z] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(Data(variance)[z] + kernel->epsilon))) * Data(gamma)[z];
+          shift[z] = Data(beta)[z] - Data(mean)[z] * scale[z];
+        }
+        float* y = tensors.Output(context, 0, out, status);
+        if (!y) {
+          TF_OpKernelContext_Failure(context, status);
+        } else {
+          const float* input = Data(x);
+          const int64_t channels = layout.channels;
+          const int64_t rowsOut = out[0] * out[1];  // (batch, y) rows of output
+          const int64_t values = rowsOut * out[2] * out[3] * channels * kernel->pool[0] * kernel->pool[1] * kernel->pool[2];
+          ForEachPart(rowsOut, PartsFor(values), [&](int64_t begin, int64_t end, int) {
+            std::vector<float> best(channels);
+            for (int64_t row = begin; row < end; ++row) {
+              const int64_t b = row / out[1], oy = row % out[1];
+              for (int64_t ox = 0; ox < out[2]; ++ox) {
+                for (int64_t oz = 0; oz < out[3]; ++oz) {
+                  for (int64_t c = 0; c < channels; ++c) best[c] = -INFINITY;
+                  for (int64_t wy = 0; wy < kernel->pool[0]; ++wy) {
+                    for (int64_t wx = 0; wx < kernel->pool[1]; ++wx) {
+                      for (int64_t wz = 0; wz < kernel->pool[2]; ++wz) {
+                        const int64_t iy = oy * kernel->strides[0] + wy, ix = ox * kernel->strides[1] + wx, iz = oz * kernel->strides[2] + wz;
+                        const float* voxel = input + (((b * in[1] + iy) * in[2] + ix) * in[3] + iz) * channels;
+                        const float s = scale[iz], t = shift[iz];
+                        for (int64_t c = 0; c < channels; ++c) {
+                          const float value = voxel[c] * s + t;
+                          best[c] = value > best[c] ? value : best[c];
+                        }
+                      }
+                    }
+                  }
+                  float* target = y + (((b * out[1] + oy) * out[2] + ox) * out[3] + oz) * channels;
+                  for (int64_t c = 0; c < channels; ++c) target[c] = best[c] > 0.0f ? best[c] : 0.0f;
+                }
+              }
+            }
+          });
+        }
+      }
+    }
+  }
+  TF_DeleteStatus(status);
+}
+
 // Output 0 has input 0's shape; outputs 1.. have input `perZInput`'s (one value per z).
 template <int perZInput>
 void ShapeLikeInputs(TF_ShapeInferenceContext* context, TF_Status* status) {
@@ -417,6 +512,9 @@ void ShapeLikeInputs(TF_ShapeInferenceContext* context, TF_Status* status) {
   TF_DeleteShapeHandle(shape);
 }
 
+// The pooled output's shape depends on attributes: left unknown (eager execution does not ask).
+void UnknownShape(TF_ShapeInferenceContext* context, TF_Status* status) { TF_ShapeInferenceContextSetUnknownShape(context, status); }
+
 struct OpSpec {
   const char* name;
   std::vector<const char*> inputs;
@@ -424,6 +522,8 @@ struct OpSpec {
   std::vector<const char*> attrs;
   void (*shape)(TF_ShapeInferenceContext*, TF_Status*);
   void (*compute)(void*, TF_OpKernelContext*);
+  void* (*create)(TF_OpKernelConstruction*) = CreateKernel;
+  void (*destroy)(void*) = DeleteKernel;
 };
 
 void Register(const OpSpec& spec) {
@@ -435,7 +535,7 @@ void Register(const OpSpec& spec) {
   TF_OpDefinitionBuilderSetShapeInferenceFunction(builder, spec.shape);
   TF_RegisterOpDefinition(builder, status);
   if (TF_GetCode(status) == TF_OK) {
-    TF_KernelBuilder* kernel = TF_NewKernelBuilder(spec.name, "CPU", CreateKernel, spec.compute, DeleteKernel);
+    TF_KernelBuilder* kernel = TF_NewKernelBuilder(spec.name, "CPU", spec.create, spec.compute, spec.destroy);
     TF_RegisterKernelBuilder(spec.name, kernel, status);
   }
   // Not fatal: without these ops the engine runs batch norm as TensorFlow ops (nativeKernels.ts probes for them).
@@ -447,6 +547,7 @@ void Register(const OpSpec& spec) {
   Register({"CellfinderBatchNormTraining", {"x: float", "gamma: float", "beta: float"}, {"y: float", "mean: float", "variance: float"}, {"epsilon: float"}, ShapeLikeInputs<1>, BatchNormTraining});
   Register({"CellfinderBatchNormTrainingGrad", {"dy: float", "x: float", "mean: float", "variance: float", "gamma: float"}, {"dx: float", "dgamma: float", "dbeta: float"}, {"epsilon: float"}, ShapeLikeInputs<2>, BatchNormTrainingGrad});
   Register({"CellfinderBatchNormInference", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float"}, {"y: float"}, {"epsilon: float", "relu: bool"}, ShapeLikeInputs<0>, BatchNormInference});
+  Register({"CellfinderBatchNormReluMaxPool", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float"}, {"y: float"}, {"epsilon: float", "pool: list(int)", "strides: list(int)"}, UnknownShape, BatchNormReluMaxPool, CreatePoolKernel, DeletePoolKernel});
   Register({"CellfinderBatchNormAddRelu", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float", "shortcut: float"}, {"y: float"}, {"epsilon: float"}, ShapeLikeInputs<0>, BatchNormInference});
   return true;
 }();

@@ -58,6 +58,7 @@ const BATCH_NORM_TRAINING = 'CellfinderBatchNormTraining';
 const BATCH_NORM_TRAINING_GRAD = 'CellfinderBatchNormTrainingGrad';
 const BATCH_NORM_INFERENCE = 'CellfinderBatchNormInference';
 const BATCH_NORM_ADD_RELU = 'CellfinderBatchNormAddRelu';
+const BATCH_NORM_RELU_MAX_POOL = 'CellfinderBatchNormReluMaxPool';
 
 interface OpAttr {
   name: string;
@@ -67,7 +68,7 @@ interface OpAttr {
 
 /** The parts of tfjs-node's NodeJSKernelBackend used here. */
 interface NodeBackend {
-  binding: { TF_ATTR_TYPE: number; TF_ATTR_FLOAT: number; TF_ATTR_STRING: number; TF_ATTR_BOOL: number; TF_ATTR_SHAPE: number; TF_FLOAT: number; isUsingGpuDevice(): boolean };
+  binding: { TF_ATTR_TYPE: number; TF_ATTR_INT: number; TF_ATTR_FLOAT: number; TF_ATTR_STRING: number; TF_ATTR_BOOL: number; TF_ATTR_SHAPE: number; TF_FLOAT: number; isUsingGpuDevice(): boolean };
   executeSingleOutput(name: string, attrs: OpAttr[], inputs: tfType.TensorInfo[]): tfType.TensorInfo;
   executeMultipleOutputs(name: string, attrs: OpAttr[], inputs: tfType.TensorInfo[], outputs: number): tfType.TensorInfo[];
 }
@@ -116,6 +117,13 @@ export function registerNativeKernels(tf: Tf, backendName: string): void {
   register(BATCH_NORM_INFERENCE, (backend, { x, gamma, beta, mean, variance }, { epsilon, relu }) =>
     backend.executeSingleOutput(BATCH_NORM_INFERENCE, [epsilonAttr(backend, epsilon), { name: 'relu', type: backend.binding.TF_ATTR_BOOL, value: relu as boolean }], [x, gamma, beta, mean, variance]),
   );
+  register(BATCH_NORM_RELU_MAX_POOL, (backend, { x, gamma, beta, mean, variance }, { epsilon, pool, strides }) =>
+    backend.executeSingleOutput(
+      BATCH_NORM_RELU_MAX_POOL,
+      [epsilonAttr(backend, epsilon), { name: 'pool', type: backend.binding.TF_ATTR_INT, value: pool as number[] }, { name: 'strides', type: backend.binding.TF_ATTR_INT, value: strides as number[] }],
+      [x, gamma, beta, mean, variance],
+    ),
+  );
   register(BATCH_NORM_ADD_RELU, (backend, { x, gamma, beta, mean, variance, shortcut }, { epsilon }) =>
     backend.executeSingleOutput(BATCH_NORM_ADD_RELU, [epsilonAttr(backend, epsilon)], [x, gamma, beta, mean, variance, shortcut]),
   );
@@ -145,7 +153,9 @@ function probeOwnKernels(tf: Tf): boolean {
   try {
     tf.tidy(() => {
       const one = tf.ones([1]) as tfType.Tensor1D;
-      tf.engine().runKernel(BATCH_NORM_INFERENCE, { x: tf.ones([1, 1, 1, 1, 1]), gamma: one, beta: one, mean: one, variance: one }, { epsilon: 1e-3, relu: false });
+      const parameters = { gamma: one, beta: one, mean: one, variance: one };
+      tf.engine().runKernel(BATCH_NORM_INFERENCE, { x: tf.ones([1, 1, 1, 1, 1]), ...parameters }, { epsilon: 1e-3, relu: false });
+      tf.engine().runKernel(BATCH_NORM_RELU_MAX_POOL, { x: tf.ones([1, 1, 1, 1, 1]), ...parameters }, { epsilon: 1e-3, pool: [1, 1, 1], strides: [1, 1, 1] });
     });
     return true;
   } catch {
@@ -224,15 +234,23 @@ export interface BatchNormParameters {
   movingVariance: tfType.Tensor1D;
 }
 
+/** What inference applies after batch norm in the same pass: ReLU; the shortcut added, then ReLU; or ReLU, then a 'valid' max pool. */
+export interface AfterBatchNorm {
+  relu?: boolean;
+  shortcut?: tfType.Tensor5D;
+  maxPool?: { poolSize: [number, number, number]; strides: [number, number, number] };
+}
+
 /**
  * Inference-mode batch normalisation over z (axis 3) with the moving
- * statistics, as Keras computes it, then (optionally) the shortcut added
- * and ReLU: one pass with our kernels, else FusedBatchNormV3 in inference
- * form, Add and Relu. Forward only (inference never differentiates).
+ * statistics, as Keras computes it, then what `then` asks for: one pass with
+ * our kernels, else FusedBatchNormV3 in inference form, Add, Relu and the
+ * max pool as TensorFlow ops. Forward only (inference never differentiates).
  */
-export function nativeBatchNormInference(tf: Tf, input: tfType.Tensor5D, parameters: BatchNormParameters, epsilon: number, then: { relu?: boolean; shortcut?: tfType.Tensor5D } = {}): tfType.Tensor5D {
+export function nativeBatchNormInference(tf: Tf, input: tfType.Tensor5D, parameters: BatchNormParameters, epsilon: number, then: AfterBatchNorm = {}): tfType.Tensor5D {
   const { gamma, beta, movingMean: mean, movingVariance: variance } = parameters;
   if (ownBatchNormKernels(tf)) {
+    if (then.maxPool) return tf.engine().runKernel(BATCH_NORM_RELU_MAX_POOL, { x: input, gamma, beta, mean, variance }, { epsilon, pool: then.maxPool.poolSize, strides: then.maxPool.strides }) as tfType.Tensor5D;
     if (then.shortcut) return tf.engine().runKernel(BATCH_NORM_ADD_RELU, { x: input, gamma, beta, mean, variance, shortcut: then.shortcut }, { epsilon }) as tfType.Tensor5D;
     return tf.engine().runKernel(BATCH_NORM_INFERENCE, { x: input, gamma, beta, mean, variance }, { epsilon, relu: then.relu ?? false }) as tfType.Tensor5D;
   }
@@ -243,7 +261,8 @@ export function nativeBatchNormInference(tf: Tf, input: tfType.Tensor5D, paramet
     const y = tf.engine().runKernel(NATIVE_BATCH_NORM_INFERENCE, { x, scale, offset, mean: meanColumn, variance: varianceColumn }, { epsilon }) as tfType.Tensor4D;
     let output = tf.reshape(y, input.shape) as tfType.Tensor5D;
     if (then.shortcut) output = tf.add(output, then.shortcut);
-    return then.relu || then.shortcut ? nativeRelu(tf, output) : output;
+    if (then.relu || then.shortcut || then.maxPool) output = nativeRelu(tf, output);
+    return then.maxPool ? tf.maxPool3d(output, then.maxPool.poolSize, then.maxPool.strides, 'valid') : output;
   });
 }
 

@@ -10,7 +10,7 @@
  * load if we do exactly the same, so the model is written out here once.
  */
 import type * as tfType from '@tensorflow/tfjs';
-import { type BatchNormParameters, nativeBatchNormInference, nativeBatchNormTraining, nativeKernelsActive, nativeRelu } from '../engine/nativeKernels';
+import { type AfterBatchNorm, type BatchNormParameters, nativeBatchNormInference, nativeBatchNormTraining, nativeKernelsActive, nativeRelu } from '../engine/nativeKernels';
 
 export const NETWORK_DEPTHS = [18, 34, 50, 101, 152] as const;
 export type NetworkDepth = (typeof NETWORK_DEPTHS)[number];
@@ -270,11 +270,13 @@ export function forward(
   const deferredPadding = new Map<string, number>();
   // Inference on the native engine: a batch norm followed by ReLU, or by the
   // residual add and ReLU, is left pending until that ReLU, which runs the
-  // three as one pass (nativeBatchNormInference). Not while `observe` wants
+  // three as one pass (nativeBatchNormInference); a ReLU followed by the max
+  // pool is left pending in turn until that pool. Not while `observe` wants
   // every layer's output.
   const fusable = !training && !observe && nativeKernelsActive(tf) ? fusableLayers(spec) : undefined;
   const pendingBatchNorms = new Map<string, { input: tfType.Tensor5D; parameters: BatchNormParameters }>();
   const pendingAdds = new Map<string, { batchNorm: string; shortcut: string }>();
+  const pendingRelus = new Map<string, string>();
   const valueOf = (name: string): tfType.Tensor => {
     const batchNorm = pendingBatchNorms.get(name);
     if (batchNorm) {
@@ -286,7 +288,17 @@ export function forward(
       pendingAdds.delete(name);
       outputs.set(name, tf.add(valueOf(add.batchNorm), valueOf(add.shortcut)));
     }
+    const reluOf = pendingRelus.get(name);
+    if (reluOf) {
+      pendingRelus.delete(name);
+      outputs.set(name, runPendingBatchNorm(reluOf, { relu: true }));
+    }
     return outputs.get(name) as tfType.Tensor;
+  };
+  const runPendingBatchNorm = (name: string, then: AfterBatchNorm): tfType.Tensor5D => {
+    const batchNorm = pendingBatchNorms.get(name) as { input: tfType.Tensor5D; parameters: BatchNormParameters };
+    pendingBatchNorms.delete(name);
+    return nativeBatchNormInference(tf, batchNorm.input, batchNorm.parameters, BATCH_NORM_EPSILON, then);
   };
   const movingParameters = (layer: string): BatchNormParameters => ({
     gamma: weight(layer, 'gamma') as tfType.Tensor1D,
@@ -308,14 +320,20 @@ export function forward(
         }
       }
     }
+    if (layer.kind === 'relu' && pendingBatchNorms.has(layer.inputs[0]) && fusable?.has(layer.name)) {
+      pendingRelus.set(layer.name, layer.inputs[0]);
+      continue;
+    }
     if (layer.kind === 'relu' && (pendingBatchNorms.has(layer.inputs[0]) || pendingAdds.has(layer.inputs[0]))) {
       const add = pendingAdds.get(layer.inputs[0]);
-      const batchNormName = add ? add.batchNorm : layer.inputs[0];
-      const batchNorm = pendingBatchNorms.get(batchNormName) as { input: tfType.Tensor5D; parameters: BatchNormParameters };
-      const then = add ? { shortcut: valueOf(add.shortcut) as tfType.Tensor5D } : { relu: true };
-      pendingBatchNorms.delete(batchNormName);
       pendingAdds.delete(layer.inputs[0]);
-      outputs.set(layer.name, nativeBatchNormInference(tf, batchNorm.input, batchNorm.parameters, BATCH_NORM_EPSILON, then));
+      outputs.set(layer.name, add ? runPendingBatchNorm(add.batchNorm, { shortcut: valueOf(add.shortcut) as tfType.Tensor5D }) : runPendingBatchNorm(layer.inputs[0], { relu: true }));
+      continue;
+    }
+    if (layer.kind === 'maxPool' && pendingRelus.has(layer.inputs[0])) {
+      const batchNorm = pendingRelus.get(layer.inputs[0]) as string;
+      pendingRelus.delete(layer.inputs[0]);
+      outputs.set(layer.name, runPendingBatchNorm(batchNorm, { maxPool: { poolSize: layer.poolSize, strides: layer.strides } }));
       continue;
     }
     const inputs = layer.inputs.map(valueOf);
@@ -370,9 +388,9 @@ export function forward(
 }
 
 /**
- * The batch norms and adds that inference can leave to the ReLU after them
- * (see forward): a batch norm whose one consumer is a ReLU or such an add, an
- * add whose one consumer is a ReLU.
+ * The layers inference can leave to the layer after them (see forward): an
+ * add whose one consumer is a ReLU; a ReLU whose one consumer is a max pool;
+ * a batch norm whose one consumer is a ReLU or such an add.
  */
 const fusableBySpec = new WeakMap<ResNetSpec, Set<string>>();
 function fusableLayers(spec: ResNetSpec): Set<string> {
@@ -388,6 +406,7 @@ function fusableLayers(spec: ResNetSpec): Set<string> {
   fusable = new Set<string>();
   for (const layer of spec.layers) {
     if (layer.kind === 'add' && feedsRelu(layer.name)) fusable.add(layer.name);
+    if (layer.kind === 'relu' && onlyConsumer(layer.name)?.kind === 'maxPool') fusable.add(layer.name);
   }
   for (const layer of spec.layers) {
     const consumer = onlyConsumer(layer.name);
