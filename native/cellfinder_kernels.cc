@@ -165,8 +165,9 @@ std::vector<float> PerColumn(const Layout& layout, const std::vector<double>& pe
   return columns;
 }
 
-// Sums over rows and channels per z of `terms` (term(row, column_values, sums)
-// adds each column's term of one row to sums), in double.
+// Sums over rows and channels per z, in double: terms(row, sums) adds each
+// column's terms of one row to sums (sumsPerColumn runs of one per column);
+// perZ gets one vector per run.
 template <typename Terms>
 void SumPerZ(const Layout& layout, int sumsPerColumn, const Terms& terms, std::vector<std::vector<double>>* perZ) {
   int parts = PartsFor(layout.rows * layout.columns);
@@ -193,308 +194,293 @@ void MapRows(const Layout& layout, const RowFn& rowFn) {
   });
 }
 
-struct EpsilonKernel {
+// The attributes an op of this file has (each op has epsilon; the others where named).
+struct KernelAttributes {
   float epsilon = 0;
   bool relu = false;
+  int64_t pool[3] = {1, 1, 1};
+  int64_t strides[3] = {1, 1, 1};
 };
 
 void* CreateKernel(TF_OpKernelConstruction* construction) {
-  auto* kernel = new EpsilonKernel;
+  auto* kernel = new KernelAttributes;
   TF_Status* status = TF_NewStatus();
   TF_OpKernelConstruction_GetAttrFloat(construction, "epsilon", &kernel->epsilon, status);
   if (TF_GetCode(status) == TF_OK && TF_OpKernelConstruction_HasAttr(construction, "relu", status)) {
     TF_OpKernelConstruction_GetAttrBool(construction, "relu", reinterpret_cast<unsigned char*>(&kernel->relu), status);
+  }
+  if (TF_GetCode(status) == TF_OK && TF_OpKernelConstruction_HasAttr(construction, "pool", status)) {
+    TF_OpKernelConstruction_GetAttrInt64List(construction, "pool", kernel->pool, 3, status);
+    if (TF_GetCode(status) == TF_OK) TF_OpKernelConstruction_GetAttrInt64List(construction, "strides", kernel->strides, 3, status);
   }
   if (TF_GetCode(status) != TF_OK) TF_OpKernelConstruction_Failure(construction, status);
   TF_DeleteStatus(status);
   return kernel;
 }
 
-void DeleteKernel(void* kernel) { delete static_cast<EpsilonKernel*>(kernel); }
+void DeleteKernel(void* kernel) { delete static_cast<KernelAttributes*>(kernel); }
+
+// Inputs 0..count-1 into `inputs`; false (the failure already reported) when one cannot be read.
+bool ReadInputs(Tensors* tensors, TF_OpKernelContext* context, TF_Status* status, int count, TF_Tensor** inputs) {
+  for (int i = 0; i < count; ++i) {
+    inputs[i] = tensors->Input(context, i, status);
+    if (!inputs[i]) {
+      TF_OpKernelContext_Failure(context, status);
+      return false;
+    }
+  }
+  return true;
+}
+
+// The training ops' outputs: one of x's shape and two of one value per z;
+// false (the failure already reported) when one cannot be allocated.
+bool AllocateTrainingOutputs(Tensors* tensors, TF_OpKernelContext* context, TF_Status* status, TF_Tensor* x, const Layout& layout, float** full, float** firstPerZ, float** secondPerZ) {
+  *full = tensors->Output(context, 0, DimsOf(x), status);
+  *firstPerZ = *full ? tensors->Output(context, 1, {layout.depth}, status) : nullptr;
+  *secondPerZ = *firstPerZ ? tensors->Output(context, 2, {layout.depth}, status) : nullptr;
+  if (!*secondPerZ) TF_OpKernelContext_Failure(context, status);
+  return *secondPerZ != nullptr;
+}
+
+// Inference's per-z scale and shift from the moving statistics, in the
+// float32 steps Keras' TensorFlow backend takes (rsqrt, times gamma; beta -
+// mean * that).
+void InferenceScaleShift(const Layout& layout, TF_Tensor* gamma, TF_Tensor* beta, TF_Tensor* mean, TF_Tensor* variance, float epsilon, std::vector<double>* scale, std::vector<double>* shift) {
+  scale->resize(layout.depth);
+  shift->resize(layout.depth);
+  for (int64_t z = 0; z < layout.depth; ++z) {
+    const float s = static_cast<float>(1.0 / std::sqrt(static_cast<double>(Data(variance)[z] + epsilon))) * Data(gamma)[z];
+    (*scale)[z] = s;
+    (*shift)[z] = Data(beta)[z] - Data(mean)[z] * s;
+  }
+}
 
 // y = (x - mean) * gamma / sqrt(variance + epsilon) + beta with the batch's
 // mean and biased variance per z, which are outputs 1 and 2 (Keras' moving
 // averages use the biased variance).
-void BatchNormTraining(void* self, TF_OpKernelContext* context) {
+void BatchNormTraining(const KernelAttributes& kernel, TF_OpKernelContext* context, TF_Status* status, Tensors& tensors) {
   const char* op = "CellfinderBatchNormTraining";
-  const float epsilon = static_cast<EpsilonKernel*>(self)->epsilon;
-  TF_Status* status = TF_NewStatus();
-  {
-    Tensors tensors;
-    TF_Tensor* x = tensors.Input(context, 0, status);
-    TF_Tensor* gamma = x ? tensors.Input(context, 1, status) : nullptr;
-    TF_Tensor* beta = gamma ? tensors.Input(context, 2, status) : nullptr;
-    Layout layout;
-    if (!beta) {
-      TF_OpKernelContext_Failure(context, status);
-    } else if (ReadLayout(context, status, op, x, {gamma, beta}, &layout)) {
-      const float* input = Data(x);
-      const int64_t columns = layout.columns;
-      std::vector<std::vector<double>> sums(1);
-      SumPerZ(layout, 1, [&](int64_t row, double* acc) {
-        const float* values = input + row * columns;
-        for (int64_t j = 0; j < columns; ++j) acc[j] += values[j];
-      }, &sums);
-      std::vector<double> mean(layout.depth);
-      for (int64_t z = 0; z < layout.depth; ++z) mean[z] = sums[0][z] / static_cast<double>(layout.count);
-      const std::vector<float> meanColumn = PerColumn(layout, mean);
-      SumPerZ(layout, 1, [&](int64_t row, double* acc) {
-        const float* values = input + row * columns;
-        for (int64_t j = 0; j < columns; ++j) {
-          const float centred = values[j] - meanColumn[j];
-          acc[j] += static_cast<double>(centred) * centred;
-        }
-      }, &sums);
-      std::vector<double> variance(layout.depth), scale(layout.depth), offset(layout.depth);
-      const float* gammaValues = Data(gamma);
-      const float* betaValues = Data(beta);
+  const float epsilon = kernel.epsilon;
+  TF_Tensor* inputs[3];
+  if (!ReadInputs(&tensors, context, status, 3, inputs)) return;
+  TF_Tensor *x = inputs[0], *gamma = inputs[1], *beta = inputs[2];
+  Layout layout;
+  if (ReadLayout(context, status, op, x, {gamma, beta}, &layout)) {
+    const float* input = Data(x);
+    const int64_t columns = layout.columns;
+    std::vector<std::vector<double>> sums(1);
+    SumPerZ(layout, 1, [&](int64_t row, double* acc) {
+      const float* values = input + row * columns;
+      for (int64_t j = 0; j < columns; ++j) acc[j] += values[j];
+    }, &sums);
+    std::vector<double> mean(layout.depth);
+    for (int64_t z = 0; z < layout.depth; ++z) mean[z] = sums[0][z] / static_cast<double>(layout.count);
+    const std::vector<float> meanColumn = PerColumn(layout, mean);
+    SumPerZ(layout, 1, [&](int64_t row, double* acc) {
+      const float* values = input + row * columns;
+      for (int64_t j = 0; j < columns; ++j) {
+        const float centred = values[j] - meanColumn[j];
+        acc[j] += static_cast<double>(centred) * centred;
+      }
+    }, &sums);
+    std::vector<double> variance(layout.depth), scale(layout.depth), offset(layout.depth);
+    const float* gammaValues = Data(gamma);
+    const float* betaValues = Data(beta);
+    for (int64_t z = 0; z < layout.depth; ++z) {
+      variance[z] = sums[0][z] / static_cast<double>(layout.count);
+      scale[z] = gammaValues[z] / std::sqrt(static_cast<double>(static_cast<float>(variance[z])) + epsilon);
+      offset[z] = betaValues[z];
+    }
+    const std::vector<float> scaleColumn = PerColumn(layout, scale);
+    const std::vector<float> offsetColumn = PerColumn(layout, offset);
+    float *y, *meanOut, *varianceOut;
+    if (AllocateTrainingOutputs(&tensors, context, status, x, layout, &y, &meanOut, &varianceOut)) {
       for (int64_t z = 0; z < layout.depth; ++z) {
-        variance[z] = sums[0][z] / static_cast<double>(layout.count);
-        scale[z] = gammaValues[z] / std::sqrt(static_cast<double>(static_cast<float>(variance[z])) + epsilon);
-        offset[z] = betaValues[z];
+        meanOut[z] = static_cast<float>(mean[z]);
+        varianceOut[z] = static_cast<float>(variance[z]);
       }
-      const std::vector<float> scaleColumn = PerColumn(layout, scale);
-      const std::vector<float> offsetColumn = PerColumn(layout, offset);
-      float* y = tensors.Output(context, 0, DimsOf(x), status);
-      float* meanOut = y ? tensors.Output(context, 1, {layout.depth}, status) : nullptr;
-      float* varianceOut = meanOut ? tensors.Output(context, 2, {layout.depth}, status) : nullptr;
-      if (!varianceOut) {
-        TF_OpKernelContext_Failure(context, status);
-      } else {
-        for (int64_t z = 0; z < layout.depth; ++z) {
-          meanOut[z] = static_cast<float>(mean[z]);
-          varianceOut[z] = static_cast<float>(variance[z]);
-        }
-        MapRows(layout, [&](int64_t row) {
-          const float* values = input + row * columns;
-          float* out = y + row * columns;
-          for (int64_t j = 0; j < columns; ++j) out[j] = (values[j] - meanColumn[j]) * scaleColumn[j] + offsetColumn[j];
-        });
-      }
+      MapRows(layout, [&](int64_t row) {
+        const float* values = input + row * columns;
+        float* out = y + row * columns;
+        for (int64_t j = 0; j < columns; ++j) out[j] = (values[j] - meanColumn[j]) * scaleColumn[j] + offsetColumn[j];
+      });
     }
   }
-  TF_DeleteStatus(status);
 }
 
 // The gradient of BatchNormTraining given dy, x and its mean and variance:
 // dx = a dy + b (x - mean) + k per z, with a = gamma rstd, b = -a rstd^2
 // mean(dy (x - mean)), k = -a mean(dy); dgamma = rstd sum(dy (x - mean)),
 // dbeta = sum(dy).
-void BatchNormTrainingGrad(void* self, TF_OpKernelContext* context) {
+void BatchNormTrainingGrad(const KernelAttributes& kernel, TF_OpKernelContext* context, TF_Status* status, Tensors& tensors) {
   const char* op = "CellfinderBatchNormTrainingGrad";
-  const float epsilon = static_cast<EpsilonKernel*>(self)->epsilon;
-  TF_Status* status = TF_NewStatus();
-  {
-    Tensors tensors;
-    TF_Tensor* inputs[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
-    bool read = true;
-    for (int i = 0; i < 5 && read; ++i) read = (inputs[i] = tensors.Input(context, i, status)) != nullptr;
-    TF_Tensor *dy = inputs[0], *x = inputs[1], *mean = inputs[2], *variance = inputs[3], *gamma = inputs[4];
-    Layout layout;
-    if (!read) {
-      TF_OpKernelContext_Failure(context, status);
-    } else if (!SameShape(dy, x)) {
-      Fail(context, status, op, "dy and x must have the same shape");
-    } else if (ReadLayout(context, status, op, x, {mean, variance, gamma}, &layout)) {
-      const float* gradient = Data(dy);
-      const float* input = Data(x);
-      const int64_t columns = layout.columns;
-      std::vector<double> meanValues(Data(mean), Data(mean) + layout.depth);
-      const std::vector<float> meanColumn = PerColumn(layout, meanValues);
-      std::vector<std::vector<double>> sums(2);
-      SumPerZ(layout, 2, [&](int64_t row, double* acc) {
+  const float epsilon = kernel.epsilon;
+  TF_Tensor* inputs[5];
+  if (!ReadInputs(&tensors, context, status, 5, inputs)) return;
+  TF_Tensor *dy = inputs[0], *x = inputs[1], *mean = inputs[2], *variance = inputs[3], *gamma = inputs[4];
+  Layout layout;
+  if (!SameShape(dy, x)) {
+    Fail(context, status, op, "dy and x must have the same shape");
+  } else if (ReadLayout(context, status, op, x, {mean, variance, gamma}, &layout)) {
+    const float* gradient = Data(dy);
+    const float* input = Data(x);
+    const int64_t columns = layout.columns;
+    std::vector<double> meanValues(Data(mean), Data(mean) + layout.depth);
+    const std::vector<float> meanColumn = PerColumn(layout, meanValues);
+    std::vector<std::vector<double>> sums(2);
+    SumPerZ(layout, 2, [&](int64_t row, double* acc) {
+      const float* dyRow = gradient + row * columns;
+      const float* xRow = input + row * columns;
+      double* accCentred = acc + columns;
+      for (int64_t j = 0; j < columns; ++j) {
+        acc[j] += dyRow[j];
+        accCentred[j] += static_cast<double>(dyRow[j]) * (xRow[j] - meanColumn[j]);
+      }
+    }, &sums);
+    const std::vector<double>& sumDy = sums[0];
+    const std::vector<double>& sumDyCentred = sums[1];
+    const double count = static_cast<double>(layout.count);
+    std::vector<double> a(layout.depth), b(layout.depth), k(layout.depth);
+    float *dx, *dgamma, *dbeta;
+    if (AllocateTrainingOutputs(&tensors, context, status, x, layout, &dx, &dgamma, &dbeta)) {
+      for (int64_t z = 0; z < layout.depth; ++z) {
+        const double rstd = 1.0 / std::sqrt(static_cast<double>(Data(variance)[z]) + epsilon);
+        a[z] = Data(gamma)[z] * rstd;
+        b[z] = -a[z] * rstd * rstd * sumDyCentred[z] / count;
+        k[z] = -a[z] * sumDy[z] / count;
+        dgamma[z] = static_cast<float>(sumDyCentred[z] * rstd);
+        dbeta[z] = static_cast<float>(sumDy[z]);
+      }
+      const std::vector<float> aColumn = PerColumn(layout, a), bColumn = PerColumn(layout, b), kColumn = PerColumn(layout, k);
+      MapRows(layout, [&](int64_t row) {
         const float* dyRow = gradient + row * columns;
         const float* xRow = input + row * columns;
-        double* accCentred = acc + columns;
-        for (int64_t j = 0; j < columns; ++j) {
-          acc[j] += dyRow[j];
-          accCentred[j] += static_cast<double>(dyRow[j]) * (xRow[j] - meanColumn[j]);
-        }
-      }, &sums);
-      const std::vector<double>& sumDy = sums[0];
-      const std::vector<double>& sumDyCentred = sums[1];
-      const double count = static_cast<double>(layout.count);
-      std::vector<double> a(layout.depth), b(layout.depth), k(layout.depth);
-      float* dx = tensors.Output(context, 0, DimsOf(x), status);
-      float* dgamma = dx ? tensors.Output(context, 1, {layout.depth}, status) : nullptr;
-      float* dbeta = dgamma ? tensors.Output(context, 2, {layout.depth}, status) : nullptr;
-      if (!dbeta) {
-        TF_OpKernelContext_Failure(context, status);
-      } else {
-        for (int64_t z = 0; z < layout.depth; ++z) {
-          const double rstd = 1.0 / std::sqrt(static_cast<double>(Data(variance)[z]) + epsilon);
-          a[z] = Data(gamma)[z] * rstd;
-          b[z] = -a[z] * rstd * rstd * sumDyCentred[z] / count;
-          k[z] = -a[z] * sumDy[z] / count;
-          dgamma[z] = static_cast<float>(sumDyCentred[z] * rstd);
-          dbeta[z] = static_cast<float>(sumDy[z]);
-        }
-        const std::vector<float> aColumn = PerColumn(layout, a), bColumn = PerColumn(layout, b), kColumn = PerColumn(layout, k);
-        MapRows(layout, [&](int64_t row) {
-          const float* dyRow = gradient + row * columns;
-          const float* xRow = input + row * columns;
-          float* out = dx + row * columns;
-          for (int64_t j = 0; j < columns; ++j) out[j] = aColumn[j] * dyRow[j] + bColumn[j] * (xRow[j] - meanColumn[j]) + kColumn[j];
-        });
-      }
+        float* out = dx + row * columns;
+        for (int64_t j = 0; j < columns; ++j) out[j] = aColumn[j] * dyRow[j] + bColumn[j] * (xRow[j] - meanColumn[j]) + kColumn[j];
+      });
     }
   }
-  TF_DeleteStatus(status);
 }
 
 // Inference: y = x * s + (beta - mean * s) with s = gamma / sqrt(variance +
 // epsilon), the moving statistics, as Keras computes it; then, in one pass,
 // the shortcut added (CellfinderBatchNormAddRelu, input 5) and ReLU (always
 // there, and with the attribute relu in CellfinderBatchNormInference).
-void BatchNormInference(void* self, TF_OpKernelContext* context) {
+void BatchNormInference(const KernelAttributes& kernel, TF_OpKernelContext* context, TF_Status* status, Tensors& tensors) {
   const bool withShortcut = TF_NumInputs(context) == 6;
   const char* op = withShortcut ? "CellfinderBatchNormAddRelu" : "CellfinderBatchNormInference";
-  const auto* kernel = static_cast<EpsilonKernel*>(self);
-  const bool relu = withShortcut || kernel->relu;
-  TF_Status* status = TF_NewStatus();
-  {
-    Tensors tensors;
-    TF_Tensor* inputs[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
-    const int count = withShortcut ? 6 : 5;
-    bool read = true;
-    for (int i = 0; i < count && read; ++i) read = (inputs[i] = tensors.Input(context, i, status)) != nullptr;
-    TF_Tensor *x = inputs[0], *gamma = inputs[1], *beta = inputs[2], *mean = inputs[3], *variance = inputs[4], *shortcut = inputs[5];
-    Layout layout;
-    if (!read) {
+    const bool relu = withShortcut || kernel.relu;
+  TF_Tensor* inputs[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  if (!ReadInputs(&tensors, context, status, withShortcut ? 6 : 5, inputs)) return;
+  TF_Tensor *x = inputs[0], *gamma = inputs[1], *beta = inputs[2], *mean = inputs[3], *variance = inputs[4], *shortcut = inputs[5];
+  Layout layout;
+  if (withShortcut && !SameShape(x, shortcut)) {
+    Fail(context, status, op, "x and the shortcut must have the same shape");
+  } else if (ReadLayout(context, status, op, x, {gamma, beta, mean, variance}, &layout)) {
+    std::vector<double> scale, shift;
+    InferenceScaleShift(layout, gamma, beta, mean, variance, kernel.epsilon, &scale, &shift);
+    const std::vector<float> scaleColumn = PerColumn(layout, scale), shiftColumn = PerColumn(layout, shift);
+    const float* input = Data(x);
+    const float* added = withShortcut ? Data(shortcut) : nullptr;
+    const int64_t columns = layout.columns;
+    float* y = tensors.Output(context, 0, DimsOf(x), status);
+    if (!y) {
       TF_OpKernelContext_Failure(context, status);
-    } else if (withShortcut && !SameShape(x, shortcut)) {
-      Fail(context, status, op, "x and the shortcut must have the same shape");
-    } else if (ReadLayout(context, status, op, x, {gamma, beta, mean, variance}, &layout)) {
-      std::vector<double> scale(layout.depth), shift(layout.depth);
-      for (int64_t z = 0; z < layout.depth; ++z) {
-        // float32 steps as Keras' TensorFlow backend takes them (rsqrt, times gamma; beta - mean * that).
-        const float s = static_cast<float>(1.0 / std::sqrt(static_cast<double>(Data(variance)[z] + kernel->epsilon))) * Data(gamma)[z];
-        scale[z] = s;
-        shift[z] = Data(beta)[z] - Data(mean)[z] * s;
-      }
-      const std::vector<float> scaleColumn = PerColumn(layout, scale), shiftColumn = PerColumn(layout, shift);
-      const float* input = Data(x);
-      const float* added = withShortcut ? Data(shortcut) : nullptr;
-      const int64_t columns = layout.columns;
-      float* y = tensors.Output(context, 0, DimsOf(x), status);
-      if (!y) {
-        TF_OpKernelContext_Failure(context, status);
-      } else {
-        MapRows(layout, [&](int64_t row) {
-          const float* values = input + row * columns;
-          float* out = y + row * columns;
-          if (added) {
-            const float* shortcutRow = added + row * columns;
-            for (int64_t j = 0; j < columns; ++j) {
-              const float sum = (values[j] * scaleColumn[j] + shiftColumn[j]) + shortcutRow[j];
-              out[j] = sum > 0.0f ? sum : 0.0f;
-            }
-          } else if (relu) {
-            for (int64_t j = 0; j < columns; ++j) {
-              const float value = values[j] * scaleColumn[j] + shiftColumn[j];
-              out[j] = value > 0.0f ? value : 0.0f;
-            }
-          } else {
-            for (int64_t j = 0; j < columns; ++j) out[j] = values[j] * scaleColumn[j] + shiftColumn[j];
+    } else {
+      MapRows(layout, [&](int64_t row) {
+        const float* values = input + row * columns;
+        float* out = y + row * columns;
+        if (added) {
+          const float* shortcutRow = added + row * columns;
+          for (int64_t j = 0; j < columns; ++j) {
+            const float sum = (values[j] * scaleColumn[j] + shiftColumn[j]) + shortcutRow[j];
+            out[j] = sum > 0.0f ? sum : 0.0f;
           }
-        });
-      }
+        } else if (relu) {
+          for (int64_t j = 0; j < columns; ++j) {
+            const float value = values[j] * scaleColumn[j] + shiftColumn[j];
+            out[j] = value > 0.0f ? value : 0.0f;
+          }
+        } else {
+          for (int64_t j = 0; j < columns; ++j) out[j] = values[j] * scaleColumn[j] + shiftColumn[j];
+        }
+      });
     }
   }
-  TF_DeleteStatus(status);
 }
 
 // Inference's first block: batch norm (moving statistics), ReLU and a 'valid'
 // max pool (attributes pool and strides, (y, x, z)) in one pass, so conv1's
 // large output is read once and its normalised copy never written: ReLU and
 // max commute, so each window's largest normalised value is taken, then ReLU.
-struct PoolKernel {
-  float epsilon = 0;
-  int64_t pool[3] = {1, 1, 1};
-  int64_t strides[3] = {1, 1, 1};
-};
-
-void* CreatePoolKernel(TF_OpKernelConstruction* construction) {
-  auto* kernel = new PoolKernel;
-  TF_Status* status = TF_NewStatus();
-  TF_OpKernelConstruction_GetAttrFloat(construction, "epsilon", &kernel->epsilon, status);
-  if (TF_GetCode(status) == TF_OK) TF_OpKernelConstruction_GetAttrInt64List(construction, "pool", kernel->pool, 3, status);
-  if (TF_GetCode(status) == TF_OK) TF_OpKernelConstruction_GetAttrInt64List(construction, "strides", kernel->strides, 3, status);
-  if (TF_GetCode(status) != TF_OK) TF_OpKernelConstruction_Failure(construction, status);
-  TF_DeleteStatus(status);
-  return kernel;
-}
-
-void DeletePoolKernel(void* kernel) { delete static_cast<PoolKernel*>(kernel); }
-
-void BatchNormReluMaxPool(void* self, TF_OpKernelContext* context) {
+void BatchNormReluMaxPool(const KernelAttributes& kernel, TF_OpKernelContext* context, TF_Status* status, Tensors& tensors) {
   const char* op = "CellfinderBatchNormReluMaxPool";
-  const auto* kernel = static_cast<PoolKernel*>(self);
-  TF_Status* status = TF_NewStatus();
-  {
-    Tensors tensors;
-    TF_Tensor* inputs[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
-    bool read = true;
-    for (int i = 0; i < 5 && read; ++i) read = (inputs[i] = tensors.Input(context, i, status)) != nullptr;
-    TF_Tensor *x = inputs[0], *gamma = inputs[1], *beta = inputs[2], *mean = inputs[3], *variance = inputs[4];
-    Layout layout;
-    if (!read) {
-      TF_OpKernelContext_Failure(context, status);
-    } else if (ReadLayout(context, status, op, x, {gamma, beta, mean, variance}, &layout)) {
-      const std::vector<int64_t> in = DimsOf(x);
-      std::vector<int64_t> out = in;
-      bool fits = true;
-      for (int axis = 0; axis < 3; ++axis) {
-        const int64_t pool = kernel->pool[axis], stride = kernel->strides[axis];
-        fits = fits && pool >= 1 && stride >= 1 && in[axis + 1] >= pool;
-        out[axis + 1] = fits ? (in[axis + 1] - pool) / stride + 1 : 0;
-      }
-      if (!fits) {
-        Fail(context, status, op, "the pool window must fit in the input (valid padding) and pool and strides be at least 1");
+    TF_Tensor* inputs[5];
+  if (!ReadInputs(&tensors, context, status, 5, inputs)) return;
+  TF_Tensor *x = inputs[0], *gamma = inputs[1], *beta = inputs[2], *mean = inputs[3], *variance = inputs[4];
+  Layout layout;
+  if (ReadLayout(context, status, op, x, {gamma, beta, mean, variance}, &layout)) {
+    const std::vector<int64_t> in = DimsOf(x);
+    std::vector<int64_t> out = in;
+    bool fits = true;
+    for (int axis = 0; axis < 3; ++axis) {
+      const int64_t pool = kernel.pool[axis], stride = kernel.strides[axis];
+      fits = fits && pool >= 1 && stride >= 1 && in[axis + 1] >= pool;
+      out[axis + 1] = fits ? (in[axis + 1] - pool) / stride + 1 : 0;
+    }
+    if (!fits) {
+      Fail(context, status, op, "the pool window must fit in the input (valid padding) and pool and strides be at least 1");
+    } else {
+      std::vector<double> scaleValues, shiftValues;
+      InferenceScaleShift(layout, gamma, beta, mean, variance, kernel.epsilon, &scaleValues, &shiftValues);
+      const std::vector<float> scale(scaleValues.begin(), scaleValues.end()), shift(shiftValues.begin(), shiftValues.end());
+      float* y = tensors.Output(context, 0, out, status);
+      if (!y) {
+        TF_OpKernelContext_Failure(context, status);
       } else {
-        std::vector<float> scale(layout.depth), shift(layout.depth);
-        for (int64_t z = 0; z < layout.depth; ++z) {
-          // As BatchNormInference: Keras' float32 steps.
-          scale[z] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(Data(variance)[z] + kernel->epsilon))) * Data(gamma)[z];
-          shift[z] = Data(beta)[z] - Data(mean)[z] * scale[z];
-        }
-        float* y = tensors.Output(context, 0, out, status);
-        if (!y) {
-          TF_OpKernelContext_Failure(context, status);
-        } else {
-          const float* input = Data(x);
-          const int64_t channels = layout.channels;
-          const int64_t rowsOut = out[0] * out[1];  // (batch, y) rows of output
-          const int64_t values = rowsOut * out[2] * out[3] * channels * kernel->pool[0] * kernel->pool[1] * kernel->pool[2];
-          ForEachPart(rowsOut, PartsFor(values), [&](int64_t begin, int64_t end, int) {
-            std::vector<float> best(channels);
-            for (int64_t row = begin; row < end; ++row) {
-              const int64_t b = row / out[1], oy = row % out[1];
-              for (int64_t ox = 0; ox < out[2]; ++ox) {
-                for (int64_t oz = 0; oz < out[3]; ++oz) {
-                  for (int64_t c = 0; c < channels; ++c) best[c] = -INFINITY;
-                  for (int64_t wy = 0; wy < kernel->pool[0]; ++wy) {
-                    for (int64_t wx = 0; wx < kernel->pool[1]; ++wx) {
-                      for (int64_t wz = 0; wz < kernel->pool[2]; ++wz) {
-                        const int64_t iy = oy * kernel->strides[0] + wy, ix = ox * kernel->strides[1] + wx, iz = oz * kernel->strides[2] + wz;
-                        const float* voxel = input + (((b * in[1] + iy) * in[2] + ix) * in[3] + iz) * channels;
-                        const float s = scale[iz], t = shift[iz];
-                        for (int64_t c = 0; c < channels; ++c) {
-                          const float value = voxel[c] * s + t;
-                          best[c] = value > best[c] ? value : best[c];
-                        }
+        const float* input = Data(x);
+        const int64_t channels = layout.channels;
+        const int64_t rowsOut = out[0] * out[1];  // (batch, y) rows of output
+        const int64_t values = rowsOut * out[2] * out[3] * channels * kernel.pool[0] * kernel.pool[1] * kernel.pool[2];
+        ForEachPart(rowsOut, PartsFor(values), [&](int64_t begin, int64_t end, int) {
+          std::vector<float> best(channels);
+          for (int64_t row = begin; row < end; ++row) {
+            const int64_t b = row / out[1], oy = row % out[1];
+            for (int64_t ox = 0; ox < out[2]; ++ox) {
+              for (int64_t oz = 0; oz < out[3]; ++oz) {
+                for (int64_t c = 0; c < channels; ++c) best[c] = -INFINITY;
+                for (int64_t wy = 0; wy < kernel.pool[0]; ++wy) {
+                  for (int64_t wx = 0; wx < kernel.pool[1]; ++wx) {
+                    for (int64_t wz = 0; wz < kernel.pool[2]; ++wz) {
+                      const int64_t iy = oy * kernel.strides[0] + wy, ix = ox * kernel.strides[1] + wx, iz = oz * kernel.strides[2] + wz;
+                      const float* voxel = input + (((b * in[1] + iy) * in[2] + ix) * in[3] + iz) * channels;
+                      const float s = scale[iz], t = shift[iz];
+                      for (int64_t c = 0; c < channels; ++c) {
+                        const float value = voxel[c] * s + t;
+                        best[c] = value > best[c] ? value : best[c];
                       }
                     }
                   }
-                  float* target = y + (((b * out[1] + oy) * out[2] + ox) * out[3] + oz) * channels;
-                  for (int64_t c = 0; c < channels; ++c) target[c] = best[c] > 0.0f ? best[c] : 0.0f;
                 }
+                float* target = y + (((b * out[1] + oy) * out[2] + ox) * out[3] + oz) * channels;
+                for (int64_t c = 0; c < channels; ++c) target[c] = best[c] > 0.0f ? best[c] : 0.0f;
               }
             }
-          });
-        }
+          }
+        });
       }
     }
+  }
+}
+
+// A kernel's compute function as TensorFlow calls it: the attributes, a
+// status for failures and the tensors it reads and allocates, freed after.
+template <void (*Body)(const KernelAttributes&, TF_OpKernelContext*, TF_Status*, Tensors&)>
+void Compute(void* self, TF_OpKernelContext* context) {
+  TF_Status* status = TF_NewStatus();
+  {
+    Tensors tensors;
+    Body(*static_cast<KernelAttributes*>(self), context, status, tensors);
   }
   TF_DeleteStatus(status);
 }
@@ -522,8 +508,6 @@ struct OpSpec {
   std::vector<const char*> attrs;
   void (*shape)(TF_ShapeInferenceContext*, TF_Status*);
   void (*compute)(void*, TF_OpKernelContext*);
-  void* (*create)(TF_OpKernelConstruction*) = CreateKernel;
-  void (*destroy)(void*) = DeleteKernel;
 };
 
 void Register(const OpSpec& spec) {
@@ -535,7 +519,7 @@ void Register(const OpSpec& spec) {
   TF_OpDefinitionBuilderSetShapeInferenceFunction(builder, spec.shape);
   TF_RegisterOpDefinition(builder, status);
   if (TF_GetCode(status) == TF_OK) {
-    TF_KernelBuilder* kernel = TF_NewKernelBuilder(spec.name, "CPU", spec.create, spec.compute, spec.destroy);
+    TF_KernelBuilder* kernel = TF_NewKernelBuilder(spec.name, "CPU", CreateKernel, spec.compute, DeleteKernel);
     TF_RegisterKernelBuilder(spec.name, kernel, status);
   }
   // Not fatal: without these ops the engine runs batch norm as TensorFlow ops (nativeKernels.ts probes for them).
@@ -544,11 +528,11 @@ void Register(const OpSpec& spec) {
 }
 
 [[maybe_unused]] const bool registered = [] {
-  Register({"CellfinderBatchNormTraining", {"x: float", "gamma: float", "beta: float"}, {"y: float", "mean: float", "variance: float"}, {"epsilon: float"}, ShapeLikeInputs<1>, BatchNormTraining});
-  Register({"CellfinderBatchNormTrainingGrad", {"dy: float", "x: float", "mean: float", "variance: float", "gamma: float"}, {"dx: float", "dgamma: float", "dbeta: float"}, {"epsilon: float"}, ShapeLikeInputs<2>, BatchNormTrainingGrad});
-  Register({"CellfinderBatchNormInference", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float"}, {"y: float"}, {"epsilon: float", "relu: bool"}, ShapeLikeInputs<0>, BatchNormInference});
-  Register({"CellfinderBatchNormReluMaxPool", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float"}, {"y: float"}, {"epsilon: float", "pool: list(int)", "strides: list(int)"}, UnknownShape, BatchNormReluMaxPool, CreatePoolKernel, DeletePoolKernel});
-  Register({"CellfinderBatchNormAddRelu", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float", "shortcut: float"}, {"y: float"}, {"epsilon: float"}, ShapeLikeInputs<0>, BatchNormInference});
+  Register({"CellfinderBatchNormTraining", {"x: float", "gamma: float", "beta: float"}, {"y: float", "mean: float", "variance: float"}, {"epsilon: float"}, ShapeLikeInputs<1>, Compute<BatchNormTraining>});
+  Register({"CellfinderBatchNormTrainingGrad", {"dy: float", "x: float", "mean: float", "variance: float", "gamma: float"}, {"dx: float", "dgamma: float", "dbeta: float"}, {"epsilon: float"}, ShapeLikeInputs<2>, Compute<BatchNormTrainingGrad>});
+  Register({"CellfinderBatchNormInference", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float"}, {"y: float"}, {"epsilon: float", "relu: bool"}, ShapeLikeInputs<0>, Compute<BatchNormInference>});
+  Register({"CellfinderBatchNormReluMaxPool", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float"}, {"y: float"}, {"epsilon: float", "pool: list(int)", "strides: list(int)"}, UnknownShape, Compute<BatchNormReluMaxPool>});
+  Register({"CellfinderBatchNormAddRelu", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float", "shortcut: float"}, {"y: float"}, {"epsilon: float"}, ShapeLikeInputs<0>, Compute<BatchNormInference>});
   return true;
 }();
 
