@@ -362,6 +362,9 @@ void BatchNormTrainingGrad(const KernelAttributes& kernel, TF_OpKernelContext* c
   }
 }
 
+// As TensorFlow's Relu: a NaN stays NaN (a diverged model must not look like a working one).
+inline float Relu(float value) { return value < 0.0f ? 0.0f : value; }
+
 // Inference: y = x * s + (beta - mean * s) with s = gamma / sqrt(variance +
 // epsilon), the moving statistics, as Keras computes it; then, in one pass,
 // the shortcut added (CellfinderBatchNormAddRelu, input 5) and ReLU (always
@@ -394,12 +397,12 @@ void BatchNormInference(const KernelAttributes& kernel, TF_OpKernelContext* cont
           const float* shortcutRow = added + row * columns;
           for (int64_t j = 0; j < columns; ++j) {
             const float sum = (values[j] * scaleColumn[j] + shiftColumn[j]) + shortcutRow[j];
-            out[j] = sum > 0.0f ? sum : 0.0f;
+            out[j] = Relu(sum);
           }
         } else if (relu) {
           for (int64_t j = 0; j < columns; ++j) {
             const float value = values[j] * scaleColumn[j] + shiftColumn[j];
-            out[j] = value > 0.0f ? value : 0.0f;
+            out[j] = Relu(value);
           }
         } else {
           for (int64_t j = 0; j < columns; ++j) out[j] = values[j] * scaleColumn[j] + shiftColumn[j];
@@ -413,6 +416,8 @@ void BatchNormInference(const KernelAttributes& kernel, TF_OpKernelContext* cont
 // max pool (attributes pool and strides, (y, x, z)) in one pass, so conv1's
 // large output is read once and its normalised copy never written: ReLU and
 // max commute, so each window's largest normalised value is taken, then ReLU.
+// A NaN in a window makes its maximum NaN (TensorFlow's MaxPool3D keeps or
+// drops it depending on where in the window it is).
 void BatchNormReluMaxPool(const KernelAttributes& kernel, TF_OpKernelContext* context, TF_Status* status, Tensors& tensors) {
   const char* op = "CellfinderBatchNormReluMaxPool";
     TF_Tensor* inputs[5];
@@ -457,13 +462,13 @@ void BatchNormReluMaxPool(const KernelAttributes& kernel, TF_OpKernelContext* co
                       const float s = scale[iz], t = shift[iz];
                       for (int64_t c = 0; c < channels; ++c) {
                         const float value = voxel[c] * s + t;
-                        best[c] = value > best[c] ? value : best[c];
+                        best[c] = value > best[c] || std::isnan(value) ? value : best[c];
                       }
                     }
                   }
                 }
                 float* target = y + (((b * out[1] + oy) * out[2] + ox) * out[3] + oz) * channels;
-                for (int64_t c = 0; c < channels; ++c) target[c] = best[c] > 0.0f ? best[c] : 0.0f;
+                for (int64_t c = 0; c < channels; ++c) target[c] = Relu(best[c]);
               }
             }
           }

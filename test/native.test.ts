@@ -135,6 +135,21 @@ test('native engine: ResNet-18 inference on real cubes, with batch-norm statisti
   }
 });
 
+test('native engine: our fused inference kernels keep a NaN, as TensorFlow\'s Relu does, so a diverged model does not look like a working one', async (t) => {
+  if (NO_ENGINE) return t.skip(NO_ENGINE);
+  assert.ok((await loadNativeBackend(tf, { env: LOAD_ENV })).ok);
+  const identity = { gamma: tf.ones([1]), beta: tf.zeros([1]), mean: tf.zeros([1]), variance: tf.ones([1]) };
+  const x = tf.tensor5d([NaN, -1, 2, -3], [1, 2, 2, 1, 1]);
+  const values = (tensor: unknown) => Array.from((tensor as tf.Tensor).dataSync());
+  assert.deepEqual(values(tf.relu(x)), [NaN, 0, 2, 0], "TensorFlow's own Relu");
+  assert.deepEqual(values(tf.engine().runKernel('CellfinderBatchNormInference', { x, ...identity }, { epsilon: 0, relu: true })), [NaN, 0, 2, 0]);
+  assert.deepEqual(values(tf.engine().runKernel('CellfinderBatchNormAddRelu', { x, ...identity, shortcut: tf.zeros([1, 2, 2, 1, 1]) }, { epsilon: 0 })), [NaN, 0, 2, 0]);
+  // Wherever the NaN sits in the window.
+  for (const window of [[NaN, 1, 2, 3], [1, 2, 3, NaN]]) {
+    assert.deepEqual(values(tf.engine().runKernel('CellfinderBatchNormReluMaxPool', { x: tf.tensor5d(window, [1, 2, 2, 1, 1]), ...identity }, { epsilon: 0, pool: [2, 2, 1], strides: [1, 1, 1] })), [NaN]);
+  }
+});
+
 test('native engine: our batch-norm kernels name themselves and the problem when given a tensor of the wrong shape', async (t) => {
   if (NO_ENGINE) return t.skip(NO_ENGINE);
   assert.ok((await loadNativeBackend(tf, { env: LOAD_ENV })).ok);
