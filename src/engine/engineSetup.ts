@@ -12,7 +12,8 @@
  *                  fits this version; if not (or `compile`), python3, a C++ compiler, make
  *                  and node-gyp are there. Python and pip only when downloading.
  *   2. tfjs-node:  `npm pack @tensorflow/tfjs-node@4.22.0` (+ google-protobuf) or the given
- *                  tarballs, integrity-checked, unpacked
+ *                  tarballs, integrity-checked, unpacked; our batch-norm kernels
+ *                  (native/cellfinder_kernels.cc) added to its binding's sources
  *   3. tensorflow: the wheel (given, or `pip download`ed, hash-pinned) or an installed
  *                  Python TensorFlow; its two shared libraries (stripped of their static
  *                  symbol tables when `strip` is there: 850 -> 635 MB) and the ~16 C API
@@ -63,9 +64,9 @@ import {
   engineRoot,
   type EngineVariant,
   GOOGLE_PROTOBUF_INTEGRITY,
+  GOOGLE_PROTOBUF_VERSION,
   KERNELS_SOURCE_NAME,
   kernelsSourceFile,
-  GOOGLE_PROTOBUF_VERSION,
   MANIFEST_FILE,
   NAPI_BUILD_VERSION,
   PINNED_WHEELS,

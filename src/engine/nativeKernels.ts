@@ -28,8 +28,8 @@
  * Batch norm therefore runs as our own TensorFlow kernels
  * (native/cellfinder_kernels.cc, compiled into the addon): the training
  * forward pass and its gradient one op each, summing in double, and in
- * inference batch norm + ReLU, or batch norm + the residual add + ReLU, as
- * one pass. On conv1's (16, 25, 25, 12, 64): training forward + gradient 14
+ * inference batch norm + ReLU, batch norm + the residual add + ReLU, or
+ * batch norm + ReLU + conv1's max pool, as one pass. On conv1's (16, 25, 25, 12, 64): training forward + gradient 14
  * ms where TensorFlow ops took 80 (and FusedBatchNormV3/GradV3 with their
  * NCHW transposes about 90); inference batch norm + add + ReLU 10 ms where
  * FusedBatchNormV3 inference, Add and Relu took 23.
@@ -129,15 +129,16 @@ export function registerNativeKernels(tf: Tf, backendName: string): void {
   );
 }
 
+/** Set to 0 to run batch norm as TensorFlow ops on the CPU too (to compare the two; the tests do). */
+export const BATCH_NORM_KERNELS_ENV = 'CELLFINDER_RETRAIN_BATCH_NORM_KERNELS';
+const ownKernelsByBackend = new WeakMap<object, boolean>();
+
 /**
  * Whether the active backend runs our batch-norm kernels: the native engine
  * on the CPU, with an addon that has them (one compiled before they existed
  * does not: TensorFlow then says the op is not registered). Asked once per
- * backend by running the inference op on one value.
+ * backend by running two of the ops on one value.
  */
-const ownKernelsByBackend = new WeakMap<object, boolean>();
-/** Set to 0 to run batch norm as TensorFlow ops on the CPU too (to compare the two; the tests do). */
-export const BATCH_NORM_KERNELS_ENV = 'CELLFINDER_RETRAIN_BATCH_NORM_KERNELS';
 export function ownBatchNormKernels(tf: Tf): boolean {
   if (!nativeKernelsActive(tf) || process.env[BATCH_NORM_KERNELS_ENV] === '0') return false;
   const backend = tf.backend() as unknown as NodeBackend;
@@ -163,7 +164,7 @@ function probeOwnKernels(tf: Tf): boolean {
   }
 }
 
-/** Why batch norm runs as TensorFlow ops on the native engine, when it does (for the engine's status and the run's first event). */
+/** Why batch norm runs as TensorFlow ops on the native engine's CPU when nobody asked for that (for the run's first event). */
 export function batchNormKernelsNote(tf: Tf): string | undefined {
   if (!nativeKernelsActive(tf) || ownBatchNormKernels(tf) || process.env[BATCH_NORM_KERNELS_ENV] === '0') return undefined;
   const backend = tf.backend() as unknown as NodeBackend;
