@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -200,18 +201,24 @@ struct KernelAttributes {
   bool relu = false;
   int64_t pool[3] = {1, 1, 1};
   int64_t strides[3] = {1, 1, 1};
+  int64_t padding[3] = {0, 0, 0};
 };
 
 void* CreateKernel(TF_OpKernelConstruction* construction) {
   auto* kernel = new KernelAttributes;
   TF_Status* status = TF_NewStatus();
-  TF_OpKernelConstruction_GetAttrFloat(construction, "epsilon", &kernel->epsilon, status);
+  if (TF_OpKernelConstruction_HasAttr(construction, "epsilon", status)) TF_OpKernelConstruction_GetAttrFloat(construction, "epsilon", &kernel->epsilon, status);
   if (TF_GetCode(status) == TF_OK && TF_OpKernelConstruction_HasAttr(construction, "relu", status)) {
     TF_OpKernelConstruction_GetAttrBool(construction, "relu", reinterpret_cast<unsigned char*>(&kernel->relu), status);
   }
   if (TF_GetCode(status) == TF_OK && TF_OpKernelConstruction_HasAttr(construction, "pool", status)) {
     TF_OpKernelConstruction_GetAttrInt64List(construction, "pool", kernel->pool, 3, status);
-    if (TF_GetCode(status) == TF_OK) TF_OpKernelConstruction_GetAttrInt64List(construction, "strides", kernel->strides, 3, status);
+  }
+  if (TF_GetCode(status) == TF_OK && TF_OpKernelConstruction_HasAttr(construction, "strides", status)) {
+    TF_OpKernelConstruction_GetAttrInt64List(construction, "strides", kernel->strides, 3, status);
+  }
+  if (TF_GetCode(status) == TF_OK && TF_OpKernelConstruction_HasAttr(construction, "padding", status)) {
+    TF_OpKernelConstruction_GetAttrInt64List(construction, "padding", kernel->padding, 3, status);
   }
   if (TF_GetCode(status) != TF_OK) TF_OpKernelConstruction_Failure(construction, status);
   TF_DeleteStatus(status);
@@ -478,6 +485,170 @@ void BatchNormReluMaxPool(const KernelAttributes& kernel, TF_OpKernelContext* co
   }
 }
 
+// Inference's convolutions where oneDNN's Conv3D is slow: conv1 (two input
+// channels, so its inner product is 2 values long: 240 of this 2-core AVX-512
+// machine's ~490 GFLOP/s) and the layers whose output has only a few
+// positions per cube (ResNet units 4 and 5: 3x3x2 and 2x2x1), where oneDNN
+// cannot block over positions and multiplies the zero padding too (at 3x3x2
+// a 3x3x3 kernel reaches the input with 40% of its taps).
+//
+// Direct convolution, one output position at a time for a group of Cubes
+// cubes (the batch's, so this is for batches of tens of cubes, as inference
+// has): the taps that reach the input (zero padding's never run) x input
+// channels are summed as fused multiply-adds into registers holding
+// FilterVectors vectors of filters for each cube, so each weight vector
+// loaded serves every cube of the group and each input value (broadcast)
+// every filter vector. Sums are float32 in tap order, as oneDNN's are (equal
+// to its results on conv1).
+struct Tap {
+  int64_t input;   // offset in one cube of (y, x, z, channels)
+  int64_t kernel;  // row of the (taps, filters) kernel
+};
+
+template <int Width, int FilterVectors, int Cubes>
+__attribute__((always_inline)) inline void ConvolveCubes(const float* const* cubes, const std::vector<Tap>& taps, const float* kernel, int64_t filters, int count, float* const* outputs) {
+  typedef float Vector __attribute__((vector_size(Width * sizeof(float))));
+  Vector sums[Cubes][FilterVectors];
+  for (int c = 0; c < Cubes; ++c) {
+    for (int v = 0; v < FilterVectors; ++v) sums[c][v] = Vector{};
+  }
+  for (const Tap& tap : taps) {
+    Vector w[FilterVectors];
+    const float* weights = kernel + tap.kernel * filters;
+    for (int v = 0; v < FilterVectors; ++v) std::memcpy(&w[v], weights + v * Width, sizeof(Vector));
+    for (int c = 0; c < Cubes; ++c) {
+      const float value = cubes[c][tap.input];
+      for (int v = 0; v < FilterVectors; ++v) sums[c][v] += value * w[v];
+    }
+  }
+  for (int c = 0; c < count; ++c) std::memcpy(outputs[c], sums[c], sizeof(sums[c]));
+}
+
+// One output position of every cube: per block of filters, the cubes Cubes
+// at a time (the last group repeats its last cube to fill the registers and
+// writes only its own), so a block's weights for this position's taps are
+// read from the cache once per group. The instruction set is chosen once per
+// process; each variant is this code compiled for it.
+struct PositionConvolution {
+  const float* x;       // (batch, y, x, z, channels)
+  int64_t batch, cubeValues;
+  const std::vector<Tap>* taps;
+  const float* kernel;  // (taps, filters)
+  int64_t filters;
+  float* output;        // (batch, positions, filters)
+  int64_t positions, position;
+};
+
+template <int Width, int FilterVectors, int Cubes>
+__attribute__((always_inline)) inline void ConvolvePosition(const PositionConvolution& c) {
+  const float* cubes[Cubes];
+  float* outputs[Cubes];
+  for (int64_t block = 0; block < c.filters; block += Width * FilterVectors) {
+    for (int64_t first = 0; first < c.batch; first += Cubes) {
+      const int count = static_cast<int>(c.batch - first < Cubes ? c.batch - first : Cubes);
+      for (int i = 0; i < Cubes; ++i) {
+        const int64_t cube = first + (i < count ? i : count - 1);
+        cubes[i] = c.x + cube * c.cubeValues;
+        outputs[i] = c.output + (cube * c.positions + c.position) * c.filters + block;
+      }
+      ConvolveCubes<Width, FilterVectors, Cubes>(cubes, *c.taps, c.kernel + block, c.filters, count, outputs);
+    }
+  }
+}
+
+// Registers: AVX-512 has 32 vectors, AVX2 and SSE 16, of which 24 or 12
+// accumulate. Their shape depends on the input channels: with few (conv1,
+// unit 3's entry) a position's weights are few and stay in the L1/L2 cache, so
+// more filter vectors per cube (6 cubes x 4 vectors of 16) use each input
+// value more; with 128 or more, a position's weights (up to 27 x 256 x 64
+// filters, 1.7 MB) are what is read from the cache, so more cubes per weight
+// vector (12 x 2) use each weight more: unit 4's 3x3x2 layers 15 -> 12 ms,
+// conv1 53 -> 56 ms the other way round (batch 64).
+constexpr int64_t kManyChannels = 128;
+__attribute__((target("avx512f,fma"))) void ConvolvePositionAvx512(const PositionConvolution& c, int64_t channels) {
+  if (channels < kManyChannels) ConvolvePosition<16, 4, 6>(c);
+  else ConvolvePosition<16, 2, 12>(c);
+}
+__attribute__((target("avx2,fma"))) void ConvolvePositionAvx2(const PositionConvolution& c, int64_t channels) {
+  if (channels < kManyChannels) ConvolvePosition<8, 2, 6>(c);
+  else ConvolvePosition<8, 1, 12>(c);
+}
+void ConvolvePositionSse(const PositionConvolution& c, int64_t channels) {
+  if (channels < kManyChannels) ConvolvePosition<4, 2, 6>(c);
+  else ConvolvePosition<4, 1, 12>(c);
+}
+
+// The widest variant this CPU runs; CELLFINDER_RETRAIN_CONVOLUTION_ISA=avx2
+// or sse picks a narrower one (the tests run each).
+void (*ConvolvePositionForThisCpu())(const PositionConvolution&, int64_t) {
+  __builtin_cpu_init();
+  const char* asked = std::getenv("CELLFINDER_RETRAIN_CONVOLUTION_ISA");
+  const bool any = !asked || !*asked, sse = asked && std::strcmp(asked, "sse") == 0;
+  if (any && __builtin_cpu_supports("avx512f")) return ConvolvePositionAvx512;
+  if (!sse && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ConvolvePositionAvx2;
+  return ConvolvePositionSse;
+}
+
+// Filters per register block of the widest variant: the op needs a multiple.
+constexpr int64_t kFilterMultiple = 64;
+
+// x (batch, y, x, z, channels), kernel (ky, kx, kz, channels, filters) ->
+// (batch, out y, out x, out z, filters): Keras' ZeroPadding3D(padding) then a
+// 'valid' Conv3D with strides (attributes padding and strides, (y, x, z)).
+void Convolution(const KernelAttributes& attributes, TF_OpKernelContext* context, TF_Status* status, Tensors& tensors) {
+  const char* op = "CellfinderConvolution";
+  TF_Tensor* inputs[2];
+  if (!ReadInputs(&tensors, context, status, 2, inputs)) return;
+  const std::vector<int64_t> in = DimsOf(inputs[0]), k = DimsOf(inputs[1]);
+  if (in.size() != 5 || k.size() != 5) {
+    Fail(context, status, op, "the input must be 5-D (batch, y, x, z, channels) and the kernel 5-D (y, x, z, channels, filters)");
+    return;
+  }
+  if (k[3] != in[4] || k[4] % kFilterMultiple != 0) {
+    Fail(context, status, op, "the kernel's axis 3 must equal the input's channels and its filters be a multiple of 64");
+    return;
+  }
+  int64_t out[3];
+  for (int axis = 0; axis < 3; ++axis) {
+    const int64_t padded = in[axis + 1] + 2 * attributes.padding[axis];
+    if (attributes.strides[axis] < 1 || attributes.padding[axis] < 0 || padded < k[axis]) {
+      Fail(context, status, op, "strides must be at least 1, padding at least 0, and the kernel must fit in the padded input");
+      return;
+    }
+    out[axis] = (padded - k[axis]) / attributes.strides[axis] + 1;
+  }
+  const int64_t batch = in[0], channels = in[4], filters = k[4], positions = out[0] * out[1] * out[2];
+  float* y = tensors.Output(context, 0, {batch, out[0], out[1], out[2], filters}, status);
+  if (!y) {
+    TF_OpKernelContext_Failure(context, status);
+    return;
+  }
+  static void (*const convolvePosition)(const PositionConvolution&, int64_t) = ConvolvePositionForThisCpu();
+  const int64_t work = batch * positions * filters * k[0] * k[1] * k[2] * channels;
+  ForEachPart(positions, PartsFor(work / 64), [&](int64_t begin, int64_t end, int) {
+    std::vector<Tap> taps;
+    for (int64_t position = begin; position < end; ++position) {
+      const int64_t at[3] = {position / (out[1] * out[2]), (position / out[2]) % out[1], position % out[2]};
+      // The taps that reach the input, in the kernel's row order.
+      taps.clear();
+      for (int64_t ky = 0; ky < k[0]; ++ky) {
+        const int64_t iy = at[0] * attributes.strides[0] + ky - attributes.padding[0];
+        if (iy < 0 || iy >= in[1]) continue;
+        for (int64_t kx = 0; kx < k[1]; ++kx) {
+          const int64_t ix = at[1] * attributes.strides[1] + kx - attributes.padding[1];
+          if (ix < 0 || ix >= in[2]) continue;
+          for (int64_t kz = 0; kz < k[2]; ++kz) {
+            const int64_t iz = at[2] * attributes.strides[2] + kz - attributes.padding[2];
+            if (iz < 0 || iz >= in[3]) continue;
+            for (int64_t ci = 0; ci < channels; ++ci) taps.push_back({((iy * in[2] + ix) * in[3] + iz) * channels + ci, ((ky * k[1] + kx) * k[2] + kz) * channels + ci});
+          }
+        }
+      }
+      convolvePosition({Data(inputs[0]), batch, in[1] * in[2] * in[3] * channels, &taps, Data(inputs[1]), filters, y, positions, position}, channels);
+    }
+  });
+}
+
 // A kernel's compute function as TensorFlow calls it: the attributes, a
 // status for failures and the tensors it reads and allocates, freed after.
 template <void (*Body)(const KernelAttributes&, TF_OpKernelContext*, TF_Status*, Tensors&)>
@@ -537,6 +708,7 @@ void Register(const OpSpec& spec) {
   Register({"CellfinderBatchNormTrainingGrad", {"dy: float", "x: float", "mean: float", "variance: float", "gamma: float"}, {"dx: float", "dgamma: float", "dbeta: float"}, {"epsilon: float"}, ShapeLikeInputs<2>, Compute<BatchNormTrainingGrad>});
   Register({"CellfinderBatchNormInference", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float"}, {"y: float"}, {"epsilon: float", "relu: bool"}, ShapeLikeInputs<0>, Compute<BatchNormInference>});
   Register({"CellfinderBatchNormReluMaxPool", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float"}, {"y: float"}, {"epsilon: float", "pool: list(int)", "strides: list(int)"}, UnknownShape, Compute<BatchNormReluMaxPool>});
+  Register({"CellfinderConvolution", {"x: float", "kernel: float"}, {"y: float"}, {"strides: list(int)", "padding: list(int)"}, UnknownShape, Compute<Convolution>});
   Register({"CellfinderBatchNormAddRelu", {"x: float", "gamma: float", "beta: float", "mean: float", "variance: float", "shortcut: float"}, {"y: float"}, {"epsilon: float"}, ShapeLikeInputs<0>, Compute<BatchNormInference>});
   return true;
 }();

@@ -9,6 +9,7 @@
  * set up but does not load or disagrees fails.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
@@ -18,10 +19,11 @@ import { ACTIVE_FILE, engineRoot, MANIFEST_FILE, readActiveEngine } from '../src
 import { EngineSetupError, setupEngine, type SetupProgress } from '../src/engine/engineSetup';
 import { compareTinyFits, formatGradientChecks, inputValues, resnetGradientCases, runGradientChecks, tinyModelFit } from '../src/training/gradientCheck';
 import { engineStatus, loadNativeBackend } from '../src/engine/nativeBackend';
-import { BATCH_NORM_KERNELS_ENV, ownBatchNormKernels } from '../src/engine/nativeKernels';
+import { nativeConvolution, OWN_KERNELS_ENV, ownKernels } from '../src/engine/nativeKernels';
 import { headerClosure, openWheel, readZipDirectory, wheelMetadata, ZipError } from '../src/engine/wheel';
 import { forward, initialWeights, resnetSpec } from '../src/training/resnet';
 import { assembleBatch, planBatch } from '../src/training/trainingData';
+import { ownConvolutionDifferences } from './convolutionCases';
 import { fakeWheel, scratch } from './helpers';
 import { PEER_CUBES } from './kerasPeer';
 
@@ -124,10 +126,10 @@ test('native engine: ResNet-18 inference on real cubes, with batch-norm statisti
   const scale = Math.max(...cpu.map(Math.abs));
   // Our kernels with batch norm, add and ReLU fused; layer by layer (observe turns fusing off); TensorFlow's own ops.
   const fused = await logitsOn('tensorflow');
-  assert.ok(ownBatchNormKernels(tf), 'the CPU engine runs our batch-norm kernels (native/cellfinder_kernels.cc)');
+  assert.ok(ownKernels(tf), 'the CPU engine runs our batch-norm and convolution kernels (native/cellfinder_kernels.cc)');
   const layerByLayer = await logitsOn('tensorflow', () => undefined);
-  process.env[BATCH_NORM_KERNELS_ENV] = '0';
-  const tensorflowOps = await logitsOn('tensorflow').finally(() => delete process.env[BATCH_NORM_KERNELS_ENV]);
+  process.env[OWN_KERNELS_ENV] = '0';
+  const tensorflowOps = await logitsOn('tensorflow').finally(() => delete process.env[OWN_KERNELS_ENV]);
   for (const [name, native] of Object.entries({ fused, layerByLayer, tensorflowOps })) {
     const worst = Math.max(...native.map((v, i) => Math.abs(v - cpu[i])));
     t.diagnostic(`${name}: logits of ${PEER_CUBES.length} cubes: largest |cpu| ${scale.toExponential(2)}, largest |native - cpu| ${worst.toExponential(2)}`);
@@ -148,6 +150,29 @@ test('native engine: our fused inference kernels keep a NaN, as TensorFlow\'s Re
   for (const window of [[NaN, 1, 2, 3], [1, 2, 3, NaN]]) {
     assert.deepEqual(values(tf.engine().runKernel('CellfinderBatchNormReluMaxPool', { x: tf.tensor5d(window, [1, 2, 2, 1, 1]), ...identity }, { epsilon: 0, pool: [2, 2, 1], strides: [1, 1, 1] })), [NaN]);
   }
+});
+
+test('native engine: our convolution kernel equals TensorFlow\'s Conv3D on each layer shape inference gives it, any batch size, padding and strides, in each instruction set\'s variant', async (t) => {
+  if (NO_ENGINE) return t.skip(NO_ENGINE);
+  assert.ok((await loadNativeBackend(tf, { env: LOAD_ENV })).ok);
+  assert.ok(ownKernels(tf));
+  assert.deepEqual(ownConvolutionDifferences(tf), []);
+  // The variant is chosen once per process: the narrower ones (this CPU runs them too) each in a child.
+  const child = `const tf = require('@tensorflow/tfjs');
+    require(${JSON.stringify(path.join(__dirname, '..', 'src', 'engine', 'nativeBackend.js'))}).loadNativeBackend(tf).then((loaded) => {
+      if (!loaded.ok) throw new Error('no native engine');
+      console.log(JSON.stringify(require(${JSON.stringify(path.join(__dirname, 'convolutionCases.js'))}).ownConvolutionDifferences(tf)));
+    });`;
+  for (const isa of ['avx2', 'sse']) {
+    const env: NodeJS.ProcessEnv = { ...process.env, CELLFINDER_RETRAIN_CONVOLUTION_ISA: isa };
+    delete env.CELLFINDER_RETRAIN_NATIVE;
+    const run = spawnSync(process.execPath, ['-e', child], { cwd: path.join(__dirname, '..', '..'), env, encoding: 'utf8' });
+    assert.equal(run.status, 0, run.stderr);
+    assert.deepEqual(JSON.parse(run.stdout.trim().split('\n').pop() as string), [], `the ${isa} variant`);
+  }
+  assert.throws(() => nativeConvolution(tf, tf.ones([1, 4, 4, 4, 2]) as tf.Tensor5D, tf.ones([3, 3, 3, 2, 32]) as tf.Tensor5D, [1, 1, 1], 1), /CellfinderConvolution: the kernel's axis 3 must equal the input's channels and its filters be a multiple of 64/);
+  assert.throws(() => nativeConvolution(tf, tf.ones([1, 4, 4, 4, 3]) as tf.Tensor5D, tf.ones([3, 3, 3, 2, 64]) as tf.Tensor5D, [1, 1, 1], 1), /CellfinderConvolution: the kernel's axis 3 must equal the input's channels/);
+  assert.throws(() => nativeConvolution(tf, tf.ones([1, 2, 2, 2, 2]) as tf.Tensor5D, tf.ones([5, 5, 5, 2, 64]) as tf.Tensor5D, [1, 1, 1], 0), /CellfinderConvolution: .*the kernel must fit in the padded input/);
 });
 
 test('native engine: our batch-norm kernels name themselves and the problem when given a tensor of the wrong shape', async (t) => {

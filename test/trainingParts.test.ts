@@ -13,7 +13,7 @@ import { BatchThread } from '../src/training/batchThread';
 import { seededRandom, type Random } from '../src/core/random';
 import { batchNormWithBatchStatistics, kerasWeightGroups, maxPool3dSeparable, parameterCount, resnetSpec } from '../src/training/resnet';
 import { loadTensorFlow } from '../src/engine/backend';
-import { BATCH_NORM_KERNELS_ENV, ownBatchNormKernels } from '../src/engine/nativeKernels';
+import { OWN_KERNELS_ENV, ownKernels } from '../src/engine/nativeKernels';
 import { writeStoredZip } from '../src/training/storedZip';
 import { learningRateForEpoch, TRAIN_DEFAULTS } from '../src/training/trainConfig';
 import { checkpointsToKeep } from '../src/training/trainer';
@@ -245,13 +245,13 @@ test('separable max pool equals tf.maxPool3d in values and gradients; on ties on
 
 test('batch norm with the written-out gradient equals differentiating through mean and variance (native: our kernels and TensorFlow ops)', async () => {
   const { tf: t, backend } = await loadTensorFlow();
-  const native = ownBatchNormKernels(t);
+  const native = ownKernels(t);
   for (const kernels of native ? ['1', '0'] : [undefined]) {
-    if (kernels) process.env[BATCH_NORM_KERNELS_ENV] = kernels;
+    if (kernels) process.env[OWN_KERNELS_ENV] = kernels;
     try {
-      checkBatchNorm(t, `${backend}${kernels ? ` (${BATCH_NORM_KERNELS_ENV}=${kernels})` : ''}`);
+      checkBatchNorm(t, `${backend}${kernels ? ` (${OWN_KERNELS_ENV}=${kernels})` : ''}`);
     } finally {
-      delete process.env[BATCH_NORM_KERNELS_ENV];
+      delete process.env[OWN_KERNELS_ENV];
     }
   }
 });

@@ -34,6 +34,10 @@
  * NCHW transposes about 90); inference batch norm + add + ReLU 10 ms where
  * FusedBatchNormV3 inference, Add and Relu took 23.
  *
+ * In inference, the convolutions oneDNN runs slowly (conv1 with its two
+ * input channels, strided ones, and those with a few output positions per
+ * cube) are our own kernel too; see ../training/resnet.ts' convolution().
+ *
  * Those kernels are CPU kernels. On a GPU, and with an engine set up before
  * they existed (an addon without them), batch norm runs as TensorFlow ops
  * with the same accuracy: every sum is a matrix product with a row of ones
@@ -59,6 +63,7 @@ const BATCH_NORM_TRAINING_GRAD = 'CellfinderBatchNormTrainingGrad';
 const BATCH_NORM_INFERENCE = 'CellfinderBatchNormInference';
 const BATCH_NORM_ADD_RELU = 'CellfinderBatchNormAddRelu';
 const BATCH_NORM_RELU_MAX_POOL = 'CellfinderBatchNormReluMaxPool';
+const CONVOLUTION = 'CellfinderConvolution';
 
 interface OpAttr {
   name: string;
@@ -127,20 +132,28 @@ export function registerNativeKernels(tf: Tf, backendName: string): void {
   register(BATCH_NORM_ADD_RELU, (backend, { x, gamma, beta, mean, variance, shortcut }, { epsilon }) =>
     backend.executeSingleOutput(BATCH_NORM_ADD_RELU, [epsilonAttr(backend, epsilon)], [x, gamma, beta, mean, variance, shortcut]),
   );
+  register(CONVOLUTION, (backend, { x, kernel }, { strides, padding }) =>
+    backend.executeSingleOutput(
+      CONVOLUTION,
+      [{ name: 'strides', type: backend.binding.TF_ATTR_INT, value: strides as number[] }, { name: 'padding', type: backend.binding.TF_ATTR_INT, value: padding as number[] }],
+      [x, kernel],
+    ),
+  );
 }
 
-/** Set to 0 to run batch norm as TensorFlow ops on the CPU too (to compare the two; the tests do). */
-export const BATCH_NORM_KERNELS_ENV = 'CELLFINDER_RETRAIN_BATCH_NORM_KERNELS';
+/** Set to 0 to run batch norm and every convolution as TensorFlow ops on the CPU too (to compare the two; the tests do). */
+export const OWN_KERNELS_ENV = 'CELLFINDER_RETRAIN_OWN_KERNELS';
 const ownKernelsByBackend = new WeakMap<object, boolean>();
 
 /**
- * Whether the active backend runs our batch-norm kernels: the native engine
- * on the CPU, with an addon that has them (one compiled before they existed
- * does not: TensorFlow then says the op is not registered). Asked once per
- * backend by running two of the ops on one value.
+ * Whether the active backend runs our own kernels: the native engine on the
+ * CPU, with an addon that has them all (one compiled before they, or the
+ * newest of them, existed does not: TensorFlow then says the op is not
+ * registered). Asked once per backend by running three of the ops on one
+ * value.
  */
-export function ownBatchNormKernels(tf: Tf): boolean {
-  if (!nativeKernelsActive(tf) || process.env[BATCH_NORM_KERNELS_ENV] === '0') return false;
+export function ownKernels(tf: Tf): boolean {
+  if (!nativeKernelsActive(tf) || process.env[OWN_KERNELS_ENV] === '0') return false;
   const backend = tf.backend() as unknown as NodeBackend;
   let known = ownKernelsByBackend.get(backend);
   if (known === undefined) {
@@ -157,6 +170,7 @@ function probeOwnKernels(tf: Tf): boolean {
       const parameters = { gamma: one, beta: one, mean: one, variance: one };
       tf.engine().runKernel(BATCH_NORM_INFERENCE, { x: tf.ones([1, 1, 1, 1, 1]), ...parameters }, { epsilon: 1e-3, relu: false });
       tf.engine().runKernel(BATCH_NORM_RELU_MAX_POOL, { x: tf.ones([1, 1, 1, 1, 1]), ...parameters }, { epsilon: 1e-3, pool: [1, 1, 1], strides: [1, 1, 1] });
+      tf.engine().runKernel(CONVOLUTION, { x: tf.ones([1, 1, 1, 1, 1]), kernel: tf.ones([1, 1, 1, 1, 64]) }, { strides: [1, 1, 1], padding: [0, 0, 0] });
     });
     return true;
   } catch {
@@ -165,11 +179,11 @@ function probeOwnKernels(tf: Tf): boolean {
 }
 
 /** Why batch norm runs as TensorFlow ops on the native engine's CPU when nobody asked for that (for the run's first event). */
-export function batchNormKernelsNote(tf: Tf): string | undefined {
-  if (!nativeKernelsActive(tf) || ownBatchNormKernels(tf) || process.env[BATCH_NORM_KERNELS_ENV] === '0') return undefined;
+export function ownKernelsNote(tf: Tf): string | undefined {
+  if (!nativeKernelsActive(tf) || ownKernels(tf) || process.env[OWN_KERNELS_ENV] === '0') return undefined;
   const backend = tf.backend() as unknown as NodeBackend;
   if (backend.binding.isUsingGpuDevice()) return undefined;
-  return "this engine's addon predates cellfinder-retrain's batch-norm kernels, so batch norm runs as TensorFlow ops (slower); run: cellfinder-retrain engine setup --force";
+  return "this engine's addon predates cellfinder-retrain's own batch-norm and convolution kernels, so these run as TensorFlow ops (slower); run: cellfinder-retrain engine setup --force";
 }
 
 /**
@@ -250,7 +264,7 @@ export interface AfterBatchNorm {
  */
 export function nativeBatchNormInference(tf: Tf, input: tfType.Tensor5D, parameters: BatchNormParameters, epsilon: number, then: AfterBatchNorm = {}): tfType.Tensor5D {
   const { gamma, beta, movingMean: mean, movingVariance: variance } = parameters;
-  if (ownBatchNormKernels(tf)) {
+  if (ownKernels(tf)) {
     if (then.maxPool) return tf.engine().runKernel(BATCH_NORM_RELU_MAX_POOL, { x: input, gamma, beta, mean, variance }, { epsilon, pool: then.maxPool.poolSize, strides: then.maxPool.strides }) as tfType.Tensor5D;
     if (then.shortcut) return tf.engine().runKernel(BATCH_NORM_ADD_RELU, { x: input, gamma, beta, mean, variance, shortcut: then.shortcut }, { epsilon }) as tfType.Tensor5D;
     return tf.engine().runKernel(BATCH_NORM_INFERENCE, { x: input, gamma, beta, mean, variance }, { epsilon, relu: then.relu ?? false }) as tfType.Tensor5D;
@@ -265,6 +279,15 @@ export function nativeBatchNormInference(tf: Tf, input: tfType.Tensor5D, paramet
     if (then.relu || then.shortcut || then.maxPool) output = nativeRelu(tf, output);
     return then.maxPool ? tf.maxPool3d(output, then.maxPool.poolSize, then.maxPool.strides, 'valid') : output;
   });
+}
+
+/**
+ * Keras' ZeroPadding3D(padding) then a 'valid' Conv3D, as our kernel: for
+ * the inference convolutions oneDNN runs slowly (see ../training/resnet.ts'
+ * convolution()); filters a multiple of 64. Forward only.
+ */
+export function nativeConvolution(tf: Tf, input: tfType.Tensor5D, kernel: tfType.Tensor5D, strides: [number, number, number], padding: number): tfType.Tensor5D {
+  return tf.engine().runKernel(CONVOLUTION, { x: input, kernel }, { strides, padding: [padding, padding, padding] }) as tfType.Tensor5D;
 }
 
 /** Scalars of one Adam step, float32 as Keras has them (see kerasAdam). */
@@ -301,7 +324,7 @@ function sumPerZ(tf: Tf, ones: tfType.Tensor2D, matrix: tfType.Tensor2D, depth: 
  * averages use the biased one), which the caller disposes.
  */
 export function nativeBatchNormTraining(tf: Tf, input: tfType.Tensor5D, gamma: tfType.Tensor1D, beta: tfType.Tensor1D, epsilon: number): { output: tfType.Tensor5D; mean: tfType.Tensor1D; variance: tfType.Tensor1D } {
-  return ownBatchNormKernels(tf) ? batchNormTrainingKernels(tf, input, gamma, beta, epsilon) : batchNormTrainingOps(tf, input, gamma, beta, epsilon);
+  return ownKernels(tf) ? batchNormTrainingKernels(tf, input, gamma, beta, epsilon) : batchNormTrainingOps(tf, input, gamma, beta, epsilon);
 }
 
 /** Training batch norm as our two kernels: the forward pass, and its gradient from dy, x and the batch statistics. */

@@ -10,7 +10,7 @@
  * load if we do exactly the same, so the model is written out here once.
  */
 import type * as tfType from '@tensorflow/tfjs';
-import { type AfterBatchNorm, type BatchNormParameters, nativeBatchNormInference, nativeBatchNormTraining, nativeKernelsActive, nativeRelu } from '../engine/nativeKernels';
+import { type AfterBatchNorm, type BatchNormParameters, nativeBatchNormInference, nativeBatchNormTraining, nativeConvolution, nativeKernelsActive, nativeRelu, ownKernels } from '../engine/nativeKernels';
 
 export const NETWORK_DEPTHS = [18, 34, 50, 101, 152] as const;
 export type NetworkDepth = (typeof NETWORK_DEPTHS)[number];
@@ -349,7 +349,7 @@ export function forward(
         deferredPadding.set(layer.name, layer.padding);
         break;
       case 'conv':
-        output = convolution(tf, inputs[0] as tfType.Tensor5D, weight(layer.name, 'kernel') as tfType.Tensor5D, layer.strides, deferredPadding.get(layer.inputs[0]) ?? 0);
+        output = convolution(tf, inputs[0] as tfType.Tensor5D, weight(layer.name, 'kernel') as tfType.Tensor5D, layer.strides, deferredPadding.get(layer.inputs[0]) ?? 0, !training);
         break;
       case 'batchNorm': {
         const gamma = weight(layer.name, 'gamma') as tfType.Tensor1D;
@@ -419,6 +419,16 @@ function fusableLayers(spec: ResNetSpec): Set<string> {
 /**
  * Keras' ZeroPadding3D(padding) followed by a 'valid' Conv3D, computed
  * without materialising the padded tensor where possible:
+ * - in inference on the CPU, with our kernels (../engine/nativeKernels.ts),
+ *   the layers where oneDNN's Conv3D is slow run as our own direct
+ *   convolution, which skips the zero padding's taps and blocks over the
+ *   batch's cubes instead of a cube's positions: conv1 (two input channels),
+ *   the strided ones and those with at most OWN_CONVOLUTION_MAX_POSITIONS
+ *   output positions per cube (units 4 and 5), not 1x1x1 ones (a matrix
+ *   product, which oneDNN does well). At batch 64 on a 2-core AVX-512
+ *   machine: conv1 82 -> 54 ms, the strided 3x3x3 unit entries 16 -> 8, 15 ->
+ *   8 and 43 -> 4 ms, unit 4's 3x3x2 layers 16 -> 11 ms, unit 5's 2x2x1 41 ->
+ *   4 ms; the stride-1 layers of many positions stay oneDNN's, faster there;
  * - stride 1 with a kernel of 2 * padding + 1 is exactly 'same' padding,
  *   which saves the pad (and its gradient's slice) and runs faster in
  *   oneDNN: f+b of (16, 12, 12, 6, 64) 3x3x3 74 -> 35 ms;
@@ -429,10 +439,12 @@ function fusableLayers(spec: ResNetSpec): Set<string> {
  *   there (f+b of (16, 2, 2, 1, 512) 512 filters: 136 ms 'same', 23 ms as
  *   below). Unit 4 (3x3x2 positions) is already as fast as the matmul.
  */
-export function convolution(tf: typeof tfType, input: tfType.Tensor5D, kernel: tfType.Tensor5D, strides: Shape3, padding: number): tfType.Tensor5D {
-  const [ky, kx, kz] = kernel.shape;
+export function convolution(tf: typeof tfType, input: tfType.Tensor5D, kernel: tfType.Tensor5D, strides: Shape3, padding: number, inference = false): tfType.Tensor5D {
+  const [ky, kx, kz, channels, filters] = kernel.shape;
   const outputPositions = [ky, kx, kz].reduce((product, k, axis) => product * (Math.floor((input.shape[axis + 1] + 2 * padding - k) / strides[axis]) + 1), 1);
   const fewPositions = outputPositions <= MATMUL_MAX_POSITIONS && nativeKernelsActive(tf);
+  const oneDnnSlow = ky * kx * kz > 1 && (channels <= OWN_CONVOLUTION_MAX_CHANNELS || strides.some((s) => s > 1) || outputPositions <= OWN_CONVOLUTION_MAX_POSITIONS);
+  if (inference && oneDnnSlow && filters % OWN_CONVOLUTION_FILTER_MULTIPLE === 0 && ownKernels(tf)) return nativeConvolution(tf, input, kernel, strides, padding);
   if (padding > 0 && strides.every((s) => s === 1) && [ky, kx, kz].every((k) => k === 2 * padding + 1)) {
     if (padding === 1 && fewPositions) return conv3dSameAsMatMul(tf, input, kernel);
     return tf.conv3d(input, kernel, 1, 'same');
@@ -441,6 +453,13 @@ export function convolution(tf: typeof tfType, input: tfType.Tensor5D, kernel: t
   if (fewPositions) return convValidAsMatMul(tf, padded, kernel, strides);
   return tf.conv3d(padded, kernel, strides, 'valid');
 }
+
+/** Input channels up to which oneDNN's Conv3D is slow (its inner product that short): cellfinder's conv1 has 2. */
+const OWN_CONVOLUTION_MAX_CHANNELS = 4;
+/** Output positions per cube up to which oneDNN's Conv3D is slower than ours (unit 4: 3x3x2); unit 3's 6x6x3 is faster in oneDNN. */
+const OWN_CONVOLUTION_MAX_POSITIONS = 18;
+/** Our convolution kernel's filters per register block (native/cellfinder_kernels.cc): every ResNet layer's count is a multiple. */
+const OWN_CONVOLUTION_FILTER_MULTIPLE = 64;
 
 /**
  * A 'valid' convolution with few output positions per cube as windows x

@@ -39,7 +39,7 @@ import { readRunFacts, writeModelCard } from '../sharing/modelCard';
 import { categoricalAccuracy, categoricalCrossEntropy, KerasAdam } from './adam';
 import { CELLFINDER_AUGMENTATION } from './augment';
 import type { TensorFlowRuntime } from '../engine/backend';
-import { batchNormKernelsNote } from '../engine/nativeKernels';
+import { ownKernelsNote } from '../engine/nativeKernels';
 import { BatchThread } from './batchThread';
 import { readModelFile, removeStaleModelTempFiles, writeKerasModel, writeKerasWeights, type LoadedModel } from './modelFiles';
 import { randomFor, seededRandom } from '../core/random';
@@ -172,7 +172,7 @@ export async function train(
     resumedAtIteration: resume ? optimizer.iterations : undefined,
     start: state.start,
     split: { file: splitFile, training: classCounts(training), validation: classCounts(validation) },
-    warnings: trainingWarnings(allCubes, state.start, requestedLearningRate, batchNormKernelsNote(tf)),
+    warnings: trainingWarnings(allCubes, state.start, requestedLearningRate, ownKernelsNote(tf)),
   };
   emit(started);
 
