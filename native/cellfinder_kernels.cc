@@ -498,23 +498,27 @@ void BatchNormReluMaxPool(const KernelAttributes& kernel, TF_OpKernelContext* co
 // channels are summed as fused multiply-adds into registers holding
 // FilterVectors vectors of filters for each cube, so each weight vector
 // loaded serves every cube of the group and each input value (broadcast)
-// every filter vector. Sums are float32 in tap order, as oneDNN's are (equal
-// to its results on conv1).
+// every filter vector. The kernel is read as blocks of the filters a group
+// sums (packed that way first when it has more filters), so a block's
+// weights are one contiguous run: read across the kernel's rows of 256-512
+// filters instead, unit 4's 3x3x2 layer ran at a third of the speed. Sums
+// are float32 in tap order, as oneDNN's are (equal to its results here).
 struct Tap {
   int64_t input;   // offset in one cube of (y, x, z, channels)
-  int64_t kernel;  // row of the (taps, filters) kernel
+  int64_t kernel;  // row of the kernel (taps, filters)
 };
 
 template <int Width, int FilterVectors, int Cubes>
-__attribute__((always_inline)) inline void ConvolveCubes(const float* const* cubes, const std::vector<Tap>& taps, const float* kernel, int64_t filters, int count, float* const* outputs) {
+__attribute__((always_inline)) inline void ConvolveCubes(const float* const* cubes, const std::vector<Tap>& taps, const float* block, int count, float* const* outputs) {
   typedef float Vector __attribute__((vector_size(Width * sizeof(float))));
+  constexpr int64_t kBlockWidth = Width * FilterVectors;
   Vector sums[Cubes][FilterVectors];
   for (int c = 0; c < Cubes; ++c) {
     for (int v = 0; v < FilterVectors; ++v) sums[c][v] = Vector{};
   }
   for (const Tap& tap : taps) {
     Vector w[FilterVectors];
-    const float* weights = kernel + tap.kernel * filters;
+    const float* weights = block + tap.kernel * kBlockWidth;
     for (int v = 0; v < FilterVectors; ++v) std::memcpy(&w[v], weights + v * Width, sizeof(Vector));
     for (int c = 0; c < Cubes; ++c) {
       const float value = cubes[c][tap.input];
@@ -527,69 +531,59 @@ __attribute__((always_inline)) inline void ConvolveCubes(const float* const* cub
 // One output position of every cube: per block of filters, the cubes Cubes
 // at a time (the last group repeats its last cube to fill the registers and
 // writes only its own), so a block's weights for this position's taps are
-// read from the cache once per group. The instruction set is chosen once per
-// process; each variant is this code compiled for it.
+// read from the cache once per group.
 struct PositionConvolution {
-  const float* x;       // (batch, y, x, z, channels)
+  const float* x;  // (batch, y, x, z, channels)
   int64_t batch, cubeValues;
   const std::vector<Tap>* taps;
-  const float* kernel;  // (taps, filters)
-  int64_t filters;
-  float* output;        // (batch, positions, filters)
+  const float* blocks;  // the kernel as (filters / block width, rows, block width)
+  int64_t rows, filters;
+  float* output;  // (batch, positions, filters)
   int64_t positions, position;
 };
 
 template <int Width, int FilterVectors, int Cubes>
 __attribute__((always_inline)) inline void ConvolvePosition(const PositionConvolution& c) {
+  constexpr int64_t kBlockWidth = Width * FilterVectors;
   const float* cubes[Cubes];
   float* outputs[Cubes];
-  for (int64_t block = 0; block < c.filters; block += Width * FilterVectors) {
+  for (int64_t block = 0; block < c.filters / kBlockWidth; ++block) {
     for (int64_t first = 0; first < c.batch; first += Cubes) {
       const int count = static_cast<int>(c.batch - first < Cubes ? c.batch - first : Cubes);
       for (int i = 0; i < Cubes; ++i) {
         const int64_t cube = first + (i < count ? i : count - 1);
         cubes[i] = c.x + cube * c.cubeValues;
-        outputs[i] = c.output + (cube * c.positions + c.position) * c.filters + block;
+        outputs[i] = c.output + (cube * c.positions + c.position) * c.filters + block * kBlockWidth;
       }
-      ConvolveCubes<Width, FilterVectors, Cubes>(cubes, *c.taps, c.kernel + block, c.filters, count, outputs);
+      ConvolveCubes<Width, FilterVectors, Cubes>(cubes, *c.taps, c.blocks + block * c.rows * kBlockWidth, count, outputs);
     }
   }
 }
 
-// Registers: AVX-512 has 32 vectors, AVX2 and SSE 16, of which 24 or 12
-// accumulate. Their shape depends on the input channels: with few (conv1,
-// unit 3's entry) a position's weights are few and stay in the L1/L2 cache, so
-// more filter vectors per cube (6 cubes x 4 vectors of 16) use each input
-// value more; with 128 or more, a position's weights (up to 27 x 256 x 64
-// filters, 1.7 MB) are what is read from the cache, so more cubes per weight
-// vector (12 x 2) use each weight more: unit 4's 3x3x2 layers 15 -> 12 ms,
-// conv1 53 -> 56 ms the other way round (batch 64).
-constexpr int64_t kManyChannels = 128;
-__attribute__((target("avx512f,fma"))) void ConvolvePositionAvx512(const PositionConvolution& c, int64_t channels) {
-  if (channels < kManyChannels) ConvolvePosition<16, 4, 6>(c);
-  else ConvolvePosition<16, 2, 12>(c);
-}
-__attribute__((target("avx2,fma"))) void ConvolvePositionAvx2(const PositionConvolution& c, int64_t channels) {
-  if (channels < kManyChannels) ConvolvePosition<8, 2, 6>(c);
-  else ConvolvePosition<8, 1, 12>(c);
-}
-void ConvolvePositionSse(const PositionConvolution& c, int64_t channels) {
-  if (channels < kManyChannels) ConvolvePosition<4, 2, 6>(c);
-  else ConvolvePosition<4, 1, 12>(c);
-}
+// One variant per instruction set, compiled for it: AVX-512 has 32 vector
+// registers (6 cubes x 4 vectors of 16 filters accumulate, 4 hold weights),
+// AVX2 and SSE 16 (6 x 2, 2).
+__attribute__((target("avx512f,fma"))) void ConvolvePositionAvx512(const PositionConvolution& c) { ConvolvePosition<16, 4, 6>(c); }
+__attribute__((target("avx2,fma"))) void ConvolvePositionAvx2(const PositionConvolution& c) { ConvolvePosition<8, 2, 6>(c); }
+void ConvolvePositionSse(const PositionConvolution& c) { ConvolvePosition<4, 2, 6>(c); }
+
+struct ConvolutionVariant {
+  void (*convolvePosition)(const PositionConvolution&);
+  int64_t blockWidth;  // filters per block
+};
 
 // The widest variant this CPU runs; CELLFINDER_RETRAIN_CONVOLUTION_ISA=avx2
 // or sse picks a narrower one (the tests run each).
-void (*ConvolvePositionForThisCpu())(const PositionConvolution&, int64_t) {
+ConvolutionVariant ConvolutionForThisCpu() {
   __builtin_cpu_init();
   const char* asked = std::getenv("CELLFINDER_RETRAIN_CONVOLUTION_ISA");
   const bool any = !asked || !*asked, sse = asked && std::strcmp(asked, "sse") == 0;
-  if (any && __builtin_cpu_supports("avx512f")) return ConvolvePositionAvx512;
-  if (!sse && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ConvolvePositionAvx2;
-  return ConvolvePositionSse;
+  if (any && __builtin_cpu_supports("avx512f")) return {ConvolvePositionAvx512, 64};
+  if (!sse && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {ConvolvePositionAvx2, 16};
+  return {ConvolvePositionSse, 8};
 }
 
-// Filters per register block of the widest variant: the op needs a multiple.
+// Filters per block of the widest variant: the op needs a multiple.
 constexpr int64_t kFilterMultiple = 64;
 
 // x (batch, y, x, z, channels), kernel (ky, kx, kz, channels, filters) ->
@@ -623,7 +617,32 @@ void Convolution(const KernelAttributes& attributes, TF_OpKernelContext* context
     TF_OpKernelContext_Failure(context, status);
     return;
   }
-  static void (*const convolvePosition)(const PositionConvolution&, int64_t) = ConvolvePositionForThisCpu();
+  static const ConvolutionVariant variant = ConvolutionForThisCpu();
+  const int64_t rows = k[0] * k[1] * k[2] * channels, width = variant.blockWidth;
+  const float* kernel = Data(inputs[1]);
+  std::vector<float> packed;
+  if (filters > width) {
+    // Only the taps some output position reaches the input with (unit 5's 2x2x1 uses 9 of 27).
+    std::vector<bool> reaches[3];
+    for (int axis = 0; axis < 3; ++axis) {
+      reaches[axis].assign(k[axis], false);
+      for (int64_t o = 0; o < out[axis]; ++o) {
+        for (int64_t tap = 0; tap < k[axis]; ++tap) {
+          const int64_t i = o * attributes.strides[axis] + tap - attributes.padding[axis];
+          if (i >= 0 && i < in[axis + 1]) reaches[axis][tap] = true;
+        }
+      }
+    }
+    packed.resize(static_cast<size_t>(rows * filters));
+    for (int64_t block = 0; block < filters / width; ++block) {
+      for (int64_t row = 0; row < rows; ++row) {
+        const int64_t spatial = row / channels;
+        if (!reaches[0][spatial / (k[1] * k[2])] || !reaches[1][(spatial / k[2]) % k[1]] || !reaches[2][spatial % k[2]]) continue;
+        std::memcpy(&packed[(block * rows + row) * width], kernel + row * filters + block * width, sizeof(float) * width);
+      }
+    }
+  }
+  const float* blocks = filters > width ? packed.data() : kernel;
   const int64_t work = batch * positions * filters * k[0] * k[1] * k[2] * channels;
   ForEachPart(positions, PartsFor(work / 64), [&](int64_t begin, int64_t end, int) {
     std::vector<Tap> taps;
@@ -644,7 +663,7 @@ void Convolution(const KernelAttributes& attributes, TF_OpKernelContext* context
           }
         }
       }
-      convolvePosition({Data(inputs[0]), batch, in[1] * in[2] * in[3] * channels, &taps, Data(inputs[1]), filters, y, positions, position}, channels);
+      variant.convolvePosition({Data(inputs[0]), batch, in[1] * in[2] * in[3] * channels, &taps, blocks, rows, filters, y, positions, position});
     }
   });
 }
