@@ -1,7 +1,8 @@
 // cellfinder-retrain's own TensorFlow CPU kernels: the network's batch
 // normalisation (over z, axis 3 of (batch, y, x, z, channels), as cellfinder
 // builds it), in training (forward and gradient) and inference form, each one
-// op where TensorFlow ops take about sixty (see src/engine/nativeKernels.ts).
+// op where TensorFlow ops take about sixty (see src/engine/nativeKernels.ts);
+// and, in inference, the convolutions oneDNN runs slowly (see Convolution).
 //
 // Compiled into the native engine's addon (engineSetup.ts adds this file to
 // tfjs-node's binding.gyp); the ops register with TensorFlow when the addon
@@ -16,7 +17,7 @@
 //
 // Speed: a pass over the activations per sum (forward: mean, variance,
 // output; gradient: the two sums, then dx), split by rows over the CPUs this
-// process may use.
+// process may use (the convolution: by output positions).
 
 #include <pthread.h>
 #include <sched.h>
