@@ -425,7 +425,8 @@ function fusableLayers(spec: ResNetSpec): Set<string> {
  *   batch's cubes instead of a cube's positions: conv1 (two input channels),
  *   the strided ones and those with at most OWN_CONVOLUTION_MAX_POSITIONS
  *   output positions per cube (units 4 and 5), not 1x1x1 ones (a matrix
- *   product, which oneDNN does well). At batch 64 on a 2-core AVX-512
+ *   product, which oneDNN does well), in batches of OWN_CONVOLUTION_MIN_BATCH
+ *   or more. At batch 64 on a 2-core AVX-512
  *   machine: conv1 82 -> 52 ms, the strided 3x3x3 unit entries 16 -> 8, 15 ->
  *   5 and 42 -> 4 ms, unit 4's 3x3x2 layers 17 -> 7 ms, unit 5's 2x2x1 42 ->
  *   5 ms; the stride-1 layers of many positions stay oneDNN's (as fast or
@@ -445,7 +446,8 @@ export function convolution(tf: typeof tfType, input: tfType.Tensor5D, kernel: t
   const outputPositions = [ky, kx, kz].reduce((product, k, axis) => product * (Math.floor((input.shape[axis + 1] + 2 * padding - k) / strides[axis]) + 1), 1);
   const fewPositions = outputPositions <= MATMUL_MAX_POSITIONS && nativeKernelsActive(tf);
   const oneDnnSlow = ky * kx * kz > 1 && (channels <= OWN_CONVOLUTION_MAX_CHANNELS || strides.some((s) => s > 1) || outputPositions <= OWN_CONVOLUTION_MAX_POSITIONS);
-  if (inference && oneDnnSlow && filters % OWN_CONVOLUTION_FILTER_MULTIPLE === 0 && ownKernels(tf)) return nativeConvolution(tf, input, kernel, strides, padding);
+  const ownFits = input.shape[0] >= OWN_CONVOLUTION_MIN_BATCH && filters % OWN_CONVOLUTION_FILTER_MULTIPLE === 0;
+  if (inference && oneDnnSlow && ownFits && ownKernels(tf)) return nativeConvolution(tf, input, kernel, strides, padding);
   if (padding > 0 && strides.every((s) => s === 1) && [ky, kx, kz].every((k) => k === 2 * padding + 1)) {
     if (padding === 1 && fewPositions) return conv3dSameAsMatMul(tf, input, kernel);
     return tf.conv3d(input, kernel, 1, 'same');
@@ -461,6 +463,12 @@ const OWN_CONVOLUTION_MAX_CHANNELS = 4;
 const OWN_CONVOLUTION_MAX_POSITIONS = 18;
 /** Our convolution kernel's filters per register block (native/cellfinder_kernels.cc): every ResNet layer's count is a multiple. */
 const OWN_CONVOLUTION_FILTER_MULTIPLE = 64;
+/**
+ * Cubes from which our kernel is used: it sums 6 cubes at a time (a smaller
+ * batch repeats one to fill the registers), and on conv1 it is as fast as
+ * oneDNN at 8 cubes and slower at 4 (13 vs 10 ms).
+ */
+const OWN_CONVOLUTION_MIN_BATCH = 12;
 
 /**
  * A 'valid' convolution with few output positions per cube as windows x
