@@ -488,10 +488,10 @@ void BatchNormReluMaxPool(const KernelAttributes& kernel, TF_OpKernelContext* co
 
 // Inference's convolutions where oneDNN's Conv3D is slow: conv1 (two input
 // channels, so its inner product is 2 values long: 240 of this 2-core AVX-512
-// machine's ~490 GFLOP/s) and the layers whose output has only a few
-// positions per cube (ResNet units 4 and 5: 3x3x2 and 2x2x1), where oneDNN
-// cannot block over positions and multiplies the zero padding too (at 3x3x2
-// a 3x3x3 kernel reaches the input with 40% of its taps).
+// machine's ~490 GFLOP/s), the strided ones, and the layers whose output has
+// only a few positions per cube (ResNet units 4 and 5: 3x3x2 and 2x2x1),
+// where oneDNN cannot block over positions and multiplies the zero padding
+// too (at 3x3x2 a 3x3x3 kernel reaches the input with 40% of its taps).
 //
 // Direct convolution, one output position at a time for a group of Cubes
 // cubes (the batch's, so this is for batches of tens of cubes, as inference
@@ -621,6 +621,11 @@ void Convolution(const KernelAttributes& attributes, TF_OpKernelContext* context
   static const ConvolutionVariant variant = ConvolutionForThisCpu();
   const int64_t rows = k[0] * k[1] * k[2] * channels, width = variant.blockWidth;
   const float* kernel = Data(inputs[1]);
+  // The input index a kernel tap reads for output index o on an axis; -1 where it reads the zero padding.
+  const auto inputAt = [&](int axis, int64_t o, int64_t tap) {
+    const int64_t i = o * attributes.strides[axis] + tap - attributes.padding[axis];
+    return i >= 0 && i < in[axis + 1] ? i : -1;
+  };
   std::vector<float> packed;
   if (filters > width) {
     // Only the taps some output position reaches the input with (unit 5's 2x2x1 uses 9 of 27).
@@ -629,8 +634,7 @@ void Convolution(const KernelAttributes& attributes, TF_OpKernelContext* context
       reaches[axis].assign(k[axis], false);
       for (int64_t o = 0; o < out[axis]; ++o) {
         for (int64_t tap = 0; tap < k[axis]; ++tap) {
-          const int64_t i = o * attributes.strides[axis] + tap - attributes.padding[axis];
-          if (i >= 0 && i < in[axis + 1]) reaches[axis][tap] = true;
+          if (inputAt(axis, o, tap) >= 0) reaches[axis][tap] = true;
         }
       }
     }
@@ -644,22 +648,24 @@ void Convolution(const KernelAttributes& attributes, TF_OpKernelContext* context
     }
   }
   const float* blocks = filters > width ? packed.data() : kernel;
-  const int64_t work = batch * positions * filters * k[0] * k[1] * k[2] * channels;
-  ForEachPart(positions, PartsFor(work / 64), [&](int64_t begin, int64_t end, int) {
+  // PartsFor is sized for passes over memory (a thread per 256k values); a
+  // multiply-add in registers costs far less: a thread per 16M of them.
+  const int64_t multiplyAdds = batch * positions * filters * rows;
+  ForEachPart(positions, PartsFor(multiplyAdds / 64), [&](int64_t begin, int64_t end, int) {
     std::vector<Tap> taps;
     for (int64_t position = begin; position < end; ++position) {
       const int64_t at[3] = {position / (out[1] * out[2]), (position / out[2]) % out[1], position % out[2]};
       // The taps that reach the input, in the kernel's row order.
       taps.clear();
       for (int64_t ky = 0; ky < k[0]; ++ky) {
-        const int64_t iy = at[0] * attributes.strides[0] + ky - attributes.padding[0];
-        if (iy < 0 || iy >= in[1]) continue;
+        const int64_t iy = inputAt(0, at[0], ky);
+        if (iy < 0) continue;
         for (int64_t kx = 0; kx < k[1]; ++kx) {
-          const int64_t ix = at[1] * attributes.strides[1] + kx - attributes.padding[1];
-          if (ix < 0 || ix >= in[2]) continue;
+          const int64_t ix = inputAt(1, at[1], kx);
+          if (ix < 0) continue;
           for (int64_t kz = 0; kz < k[2]; ++kz) {
-            const int64_t iz = at[2] * attributes.strides[2] + kz - attributes.padding[2];
-            if (iz < 0 || iz >= in[3]) continue;
+            const int64_t iz = inputAt(2, at[2], kz);
+            if (iz < 0) continue;
             for (int64_t ci = 0; ci < channels; ++ci) taps.push_back({((iy * in[2] + ix) * in[3] + iz) * channels + ci, ((ky * k[1] + kx) * k[2] + kz) * channels + ci});
           }
         }

@@ -178,7 +178,7 @@ function probeOwnKernels(tf: Tf): boolean {
   }
 }
 
-/** Why batch norm runs as TensorFlow ops on the native engine's CPU when nobody asked for that (for the run's first event). */
+/** Why batch norm and the inference convolutions run as TensorFlow ops on the native engine's CPU when nobody asked for that (for the run's first event). */
 export function ownKernelsNote(tf: Tf): string | undefined {
   if (!nativeKernelsActive(tf) || ownKernels(tf) || process.env[OWN_KERNELS_ENV] === '0') return undefined;
   const backend = tf.backend() as unknown as NodeBackend;
