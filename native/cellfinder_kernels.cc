@@ -109,21 +109,28 @@ class Tensors {
   ~Tensors() {
     for (TF_Tensor* tensor : owned_) TF_DeleteTensor(tensor);
   }
+  // Input and Output return null when TensorFlow cannot give the tensor, having reported the failure to the context.
   TF_Tensor* Input(TF_OpKernelContext* context, int index, TF_Status* status) {
     TF_Tensor* tensor = nullptr;
     TF_GetInput(context, index, &tensor, status);
     if (tensor) owned_.push_back(tensor);
-    return TF_GetCode(status) == TF_OK ? tensor : nullptr;
+    return Reported(context, status) ? tensor : nullptr;
   }
   float* Output(TF_OpKernelContext* context, int index, const std::vector<int64_t>& dims, TF_Status* status) {
     size_t bytes = sizeof(float);
     for (int64_t dim : dims) bytes *= static_cast<size_t>(dim);
     TF_Tensor* tensor = TF_AllocateOutput(context, index, TF_FLOAT, dims.data(), static_cast<int>(dims.size()), bytes, status);
     if (tensor) owned_.push_back(tensor);
-    return TF_GetCode(status) == TF_OK ? static_cast<float*>(TF_TensorData(tensor)) : nullptr;
+    return Reported(context, status) ? static_cast<float*>(TF_TensorData(tensor)) : nullptr;
   }
 
  private:
+  // Whether status is OK; if not, the failure is reported to the context.
+  static bool Reported(TF_OpKernelContext* context, TF_Status* status) {
+    if (TF_GetCode(status) == TF_OK) return true;
+    TF_OpKernelContext_Failure(context, status);
+    return false;
+  }
   std::vector<TF_Tensor*> owned_;
 };
 
@@ -232,10 +239,7 @@ void DeleteKernel(void* kernel) { delete static_cast<KernelAttributes*>(kernel);
 bool ReadInputs(Tensors* tensors, TF_OpKernelContext* context, TF_Status* status, int count, TF_Tensor** inputs) {
   for (int i = 0; i < count; ++i) {
     inputs[i] = tensors->Input(context, i, status);
-    if (!inputs[i]) {
-      TF_OpKernelContext_Failure(context, status);
-      return false;
-    }
+    if (!inputs[i]) return false;
   }
   return true;
 }
@@ -246,7 +250,6 @@ bool AllocateTrainingOutputs(Tensors* tensors, TF_OpKernelContext* context, TF_S
   *full = tensors->Output(context, 0, DimsOf(x), status);
   *firstPerZ = *full ? tensors->Output(context, 1, {layout.depth}, status) : nullptr;
   *secondPerZ = *firstPerZ ? tensors->Output(context, 2, {layout.depth}, status) : nullptr;
-  if (!*secondPerZ) TF_OpKernelContext_Failure(context, status);
   return *secondPerZ != nullptr;
 }
 
@@ -380,7 +383,7 @@ inline float Relu(float value) { return value < 0.0f ? 0.0f : value; }
 void BatchNormInference(const KernelAttributes& kernel, TF_OpKernelContext* context, TF_Status* status, Tensors& tensors) {
   const bool withShortcut = TF_NumInputs(context) == 6;
   const char* op = withShortcut ? "CellfinderBatchNormAddRelu" : "CellfinderBatchNormInference";
-    const bool relu = withShortcut || kernel.relu;
+  const bool relu = withShortcut || kernel.relu;
   TF_Tensor* inputs[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
   if (!ReadInputs(&tensors, context, status, withShortcut ? 6 : 5, inputs)) return;
   TF_Tensor *x = inputs[0], *gamma = inputs[1], *beta = inputs[2], *mean = inputs[3], *variance = inputs[4], *shortcut = inputs[5];
@@ -395,9 +398,7 @@ void BatchNormInference(const KernelAttributes& kernel, TF_OpKernelContext* cont
     const float* added = withShortcut ? Data(shortcut) : nullptr;
     const int64_t columns = layout.columns;
     float* y = tensors.Output(context, 0, DimsOf(x), status);
-    if (!y) {
-      TF_OpKernelContext_Failure(context, status);
-    } else {
+    if (y) {
       MapRows(layout, [&](int64_t row) {
         const float* values = input + row * columns;
         float* out = y + row * columns;
@@ -428,7 +429,7 @@ void BatchNormInference(const KernelAttributes& kernel, TF_OpKernelContext* cont
 // drops it depending on where in the window it is).
 void BatchNormReluMaxPool(const KernelAttributes& kernel, TF_OpKernelContext* context, TF_Status* status, Tensors& tensors) {
   const char* op = "CellfinderBatchNormReluMaxPool";
-    TF_Tensor* inputs[5];
+  TF_Tensor* inputs[5];
   if (!ReadInputs(&tensors, context, status, 5, inputs)) return;
   TF_Tensor *x = inputs[0], *gamma = inputs[1], *beta = inputs[2], *mean = inputs[3], *variance = inputs[4];
   Layout layout;
@@ -448,9 +449,7 @@ void BatchNormReluMaxPool(const KernelAttributes& kernel, TF_OpKernelContext* co
       InferenceScaleShift(layout, gamma, beta, mean, variance, kernel.epsilon, &scaleValues, &shiftValues);
       const std::vector<float> scale(scaleValues.begin(), scaleValues.end()), shift(shiftValues.begin(), shiftValues.end());
       float* y = tensors.Output(context, 0, out, status);
-      if (!y) {
-        TF_OpKernelContext_Failure(context, status);
-      } else {
+      if (y) {
         const float* input = Data(x);
         const int64_t channels = layout.channels;
         const int64_t rowsOut = out[0] * out[1];  // (batch, y) rows of output
@@ -614,10 +613,7 @@ void Convolution(const KernelAttributes& attributes, TF_OpKernelContext* context
   }
   const int64_t batch = in[0], channels = in[4], filters = k[4], positions = out[0] * out[1] * out[2];
   float* y = tensors.Output(context, 0, {batch, out[0], out[1], out[2], filters}, status);
-  if (!y) {
-    TF_OpKernelContext_Failure(context, status);
-    return;
-  }
+  if (!y) return;
   static const ConvolutionVariant variant = ConvolutionForThisCpu();
   const int64_t rows = k[0] * k[1] * k[2] * channels, width = variant.blockWidth;
   const float* kernel = Data(inputs[1]);
