@@ -426,11 +426,10 @@ function fusableLayers(spec: ResNetSpec): Set<string> {
  *   the strided ones and those with at most OWN_CONVOLUTION_MAX_POSITIONS
  *   output positions per cube (units 4 and 5), not 1x1x1 ones (a matrix
  *   product, which oneDNN does well), in batches of OWN_CONVOLUTION_MIN_BATCH
- *   or more. At batch 64 on a 2-core AVX-512
- *   machine: conv1 82 -> 52 ms, the strided 3x3x3 unit entries 16 -> 8, 15 ->
- *   5 and 42 -> 4 ms, unit 4's 3x3x2 layers 17 -> 7 ms, unit 5's 2x2x1 42 ->
- *   5 ms; the stride-1 layers of many positions stay oneDNN's (as fast or
- *   faster there);
+ *   or more. At batch 64 on a 2-core AVX-512 machine: conv1 82 -> 52 ms,
+ *   the strided 3x3x3 unit entries 16 -> 8, 15 -> 5 and 42 -> 4 ms, unit 4's
+ *   3x3x2 layers 17 -> 7 ms, unit 5's 2x2x1 42 -> 5 ms; the stride-1 layers
+ *   of many positions stay oneDNN's (as fast or faster there);
  * - stride 1 with a kernel of 2 * padding + 1 is exactly 'same' padding,
  *   which saves the pad (and its gradient's slice) and runs faster in
  *   oneDNN: f+b of (16, 12, 12, 6, 64) 3x3x3 74 -> 35 ms;
